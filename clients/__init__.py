@@ -1,0 +1,1 @@
+"""Client library and operator CLI for the rollout sidecar."""
