@@ -12,7 +12,6 @@ import argparse
 import filecmp
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -43,7 +42,9 @@ def generate(out: Path) -> None:
     for path in out.rglob("*.py*"):
         if path.suffix not in (".py", ".pyi"):
             continue
-        text = IMPORT_FIX.sub(lambda m: f"from sidecar._proto.{m.group(1)} import ", path.read_text())
+        text = IMPORT_FIX.sub(
+            lambda m: f"from sidecar._proto.{m.group(1)} import ", path.read_text()
+        )
         path.write_text(HEADER + text)
     for folder in [out, *[p for p in out.rglob("*") if p.is_dir()]]:
         (folder / "__init__.py").write_text(HEADER)
@@ -72,9 +73,16 @@ def main() -> int:
         generate(fresh)
         want, have = tree(fresh), tree(OUT)
         drift = sorted(set(want) ^ set(have))
-        drift += [k for k in sorted(set(want) & set(have)) if not filecmp.cmp(want[k], have[k], shallow=False)]
+        drift += [
+            k
+            for k in sorted(set(want) & set(have))
+            if not filecmp.cmp(want[k], have[k], shallow=False)
+        ]
         if drift:
-            print("generated protobuf code differs from protos/ (run `make generate`):", file=sys.stderr)
+            print(
+                "generated protobuf code differs from protos/ (run `make generate`):",
+                file=sys.stderr,
+            )
             for name in drift:
                 print(f"  sidecar/_proto/{name}", file=sys.stderr)
             return 1

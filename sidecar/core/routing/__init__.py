@@ -1,1 +1,18 @@
-"""routing"""
+"""Routing core: flag model and validation, stable bucketing, evaluation. Pure."""
+
+from sidecar.core.routing.bucketing import bucket, shadow_sampled
+from sidecar.core.routing.evaluate import Resolution, RoutingContext, evaluate
+from sidecar.core.routing.model import BASIS_POINTS, Flag, FlagError, Reason, SegmentRule
+
+__all__ = [
+    "BASIS_POINTS",
+    "Flag",
+    "FlagError",
+    "Reason",
+    "Resolution",
+    "RoutingContext",
+    "SegmentRule",
+    "bucket",
+    "evaluate",
+    "shadow_sampled",
+]

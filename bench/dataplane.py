@@ -1,0 +1,685 @@
+"""Data-plane benchmark: what the sidecar's hop costs, against the floor for any Python hop.
+
+Scenarios, each served by its own process(es), measured side by side in one run:
+
+  (a) direct         the load generator calls the bench upstream directly
+  (b) passthrough    a bare bytes-passthrough grpc.aio hop (bench/passthrough.py)
+  (c) sidecar        ``sidecar serve`` routing between two variants (stable 9000 / canary 1000)
+  (d) shadow-slow    (c) + every request mirrored to a shadow 10x slower than the primary
+  (e) shadow-dead    (c) + every request mirrored to a shadow that never answers
+
+Closed loop at 1 and 16 requests in flight (rps, p50, p99), then open loop at a fixed
+offered rate of half of (c)'s measured closed-loop capacity, latency from each request's
+scheduled start (p50, p99). Scenarios are interleaved and repeated; throughput is the median
+over repetitions, latency percentiles are computed over the pooled samples. Prints a table and
+writes bench/results/dataplane.json.
+
+Run: ``.venv/bin/python bench/dataplane.py`` (``make bench``); ``--help`` for the knobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from _load import LoadPool, RunResult  # noqa: E402
+
+from sidecar._proto.inference import grpc_predict_v2_pb2 as pb  # noqa: E402  (protobuf only)
+
+DIRECT, PASSTHROUGH, SIDECAR, SHADOW_SLOW, SHADOW_DEAD = "a", "b", "c", "d", "e"
+SCENARIOS: dict[str, str] = {
+    DIRECT: "(a) direct",
+    PASSTHROUGH: "(b) passthrough",
+    SIDECAR: "(c) sidecar",
+    SHADOW_SLOW: "(d) shadow 10x slow",
+    SHADOW_DEAD: "(e) shadow dead",
+}
+SIDECAR_SCENARIOS = (SIDECAR, SHADOW_SLOW, SHADOW_DEAD)
+
+TARGETS: dict[str, tuple[str, float, str]] = {
+    # ratio name -> (comparison, limit, meaning)
+    "throughput_sidecar_over_passthrough_16": (">=", 0.80, "(c)/(b) rps at 16 in flight"),
+    "added_p50_sidecar_over_passthrough_1": (
+        "<=",
+        1.25,
+        "(c)-(a) p50 over (b)-(a) p50 at 1 in flight",
+    ),
+    "open_loop_p99_shadow_slow_over_sidecar": ("<=", 1.15, "open-loop p99 (d)/(c)"),
+    "open_loop_p99_shadow_dead_over_sidecar": ("<=", 1.15, "open-loop p99 (e)/(c)"),
+}
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+
+class Procs:
+    """Server processes, each in its own session (process group), always stopped at exit."""
+
+    def __init__(self, workdir: Path, cpus: set[int] | None) -> None:
+        self._workdir = workdir
+        self._cpus = cpus
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, argv: list[str]) -> Proc:
+        log = self._workdir / f"{name}.log"
+        own = os.sched_getaffinity(0)
+        # The child inherits the affinity of the thread that forks it (and so do all of its
+        # threads and children), so set it on ourselves around the fork.
+        if self._cpus:
+            os.sched_setaffinity(0, self._cpus)
+        try:
+            with log.open("wb") as out:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                    start_new_session=True,
+                )
+        finally:
+            os.sched_setaffinity(0, own)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def wait_port(self, proc: Proc, timeout: float = 30.0) -> int:
+        """The port a bench server prints as its first line (``PORT n``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = proc.log.read_text(errors="replace")
+            for line in text.splitlines():
+                if line.startswith("PORT "):
+                    return int(line.split()[1])
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"{proc.name} printed no port in {timeout:.0f} s")
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            # Kill whatever is left in the group, the leader included.
+            _signal_group(proc, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=2.0)
+
+
+def _signal_group(proc: Proc, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.popen.pid, sig)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sidecar_config(upstream: str, shadow: str | None) -> dict[str, Any]:
+    variants: dict[str, Any] = {
+        "stable": {"address": upstream, "model_name": "classifier", "model_version": "v1"},
+        "canary": {"address": upstream, "model_name": "classifier", "model_version": "v2"},
+    }
+    config: dict[str, Any] = {
+        "listen": {
+            "predict": f"127.0.0.1:{free_port()}",
+            "control": f"127.0.0.1:{free_port()}",
+        },
+        "model": "classifier",
+        "variants": variants,
+        "flag": {
+            "key": "classifier-rollout",
+            "stable": "stable",
+            "canary": "canary",
+            "default": "stable",
+            "weights": {"stable": 9000, "canary": 1000},
+            "kill_switch": False,
+        },
+        "upstream": {"default_deadline": 5.0, "max_deadline": 30.0, "connect_timeout": 10.0},
+        "server": {"log_level": "warning", "log_requests": False, "shutdown_grace": 1.0},
+    }
+    if shadow is not None:
+        variants["shadow"] = {
+            "address": shadow,
+            "model_name": "classifier",
+            "model_version": "shadow",
+        }
+        config["shadow"] = {
+            "variant": "shadow",
+            "sample_bp": 10000,
+            "max_in_flight": 64,
+            "deadline": 1.0,
+            "comparator": "auto",
+        }
+    return config
+
+
+def request_bytes() -> bytes:
+    request = pb.ModelInferRequest(
+        model_name="classifier",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name="input-0",
+                datatype="FP64",
+                shape=[1, 4],
+                contents=pb.InferTensorContents(fp64_contents=[5.1, 3.5, 1.4, 0.2]),
+            )
+        ],
+    )
+    return bytes(request.SerializeToString())
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def pct_ms(values: list[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(values), q) * 1000.0) if values else None
+
+
+def median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def summarize(runs: list[RunResult]) -> dict[str, Any]:
+    lat = [x for r in runs for x in r.latencies]
+    lags = [x for r in runs for x in r.send_lags]
+    errors: dict[str, int] = {}
+    versions: dict[str, int] = {}
+    for r in runs:
+        for k, v in r.errors.items():
+            errors[k] = errors.get(k, 0) + v
+        for k, v in r.versions.items():
+            versions[k] = versions.get(k, 0) + v
+    out: dict[str, Any] = {
+        "rps": median([r.rps for r in runs]),
+        "p50_ms": pct_ms(lat, 50),
+        "p99_ms": pct_ms(lat, 99),
+        "errors": sum(errors.values()),
+        "error_codes": errors,
+        "requests": sum(r.completed for r in runs),
+        "reps": len(runs),
+        "rps_reps": [round(r.rps, 1) for r in runs],
+        "p50_ms_reps": [pct_ms(r.latencies, 50) for r in runs],
+        "p99_ms_reps": [pct_ms(r.latencies, 99) for r in runs],
+        "sampled_model_versions": versions,
+    }
+    if runs and runs[0].mode == "open":
+        out["offered_rps"] = runs[0].rate
+        out["achieved_send_rps"] = median([r.send_rate for r in runs])
+        out["send_lag_p50_ms"] = pct_ms(lags, 50)
+        out["send_lag_p99_ms"] = pct_ms(lags, 99)
+    return out
+
+
+def safe_div(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def compute_ratios(closed: dict[str, Any], open_: dict[str, Any]) -> dict[str, float | None]:
+    def get(table: dict[str, Any], key: str, field: str) -> float | None:
+        entry = table.get(key)
+        return None if entry is None else entry.get(field)
+
+    a1, b1, c1 = (get(closed, f"{s}@1", "p50_ms") for s in (DIRECT, PASSTHROUGH, SIDECAR))
+    added_b = None if a1 is None or b1 is None else b1 - a1
+    added_c = None if a1 is None or c1 is None else c1 - a1
+    return {
+        "throughput_sidecar_over_passthrough_16": safe_div(
+            get(closed, f"{SIDECAR}@16", "rps"), get(closed, f"{PASSTHROUGH}@16", "rps")
+        ),
+        "added_p50_sidecar_over_passthrough_1": safe_div(added_c, added_b),
+        "open_loop_p99_shadow_slow_over_sidecar": safe_div(
+            get(open_, SHADOW_SLOW, "p99_ms"), get(open_, SIDECAR, "p99_ms")
+        ),
+        "open_loop_p99_shadow_dead_over_sidecar": safe_div(
+            get(open_, SHADOW_DEAD, "p99_ms"), get(open_, SIDECAR, "p99_ms")
+        ),
+        "added_p50_ms_passthrough_1": added_b,
+        "added_p50_ms_sidecar_1": added_c,
+    }
+
+
+def judge(ratios: dict[str, float | None]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, (op, limit, meaning) in TARGETS.items():
+        value = ratios.get(name)
+        met = None if value is None else (value >= limit if op == ">=" else value <= limit)
+        out[name] = {"target": f"{op} {limit}", "value": value, "met": met, "meaning": meaning}
+    return out
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(closed: dict[str, Any], open_: dict[str, Any], verdicts: dict[str, Any]) -> None:
+    head = (
+        f"{'scenario':<22}{'loop':<7}{'load':>10}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    )
+    print("\n" + head + "\n" + "-" * len(head))
+    for key, s in closed.items():
+        scen, c = key.split("@")
+        flag = " !" if s["errors"] else ""
+        print(
+            f"{SCENARIOS[scen]:<22}{'closed':<7}{c + ' infl':>10}{fmt(s['rps'], '.0f'):>9}"
+            f"{fmt(s['p50_ms']):>9}{fmt(s['p99_ms']):>9}{s['errors']:>8}{flag}"
+        )
+    for scen, s in open_.items():
+        flag = " !" if s["errors"] else ""
+        print(
+            f"{SCENARIOS[scen]:<22}{'open':<7}{fmt(s['offered_rps'], '.0f') + '/s':>10}"
+            f"{fmt(s['rps'], '.0f'):>9}{fmt(s['p50_ms']):>9}{fmt(s['p99_ms']):>9}"
+            f"{s['errors']:>8}{flag}"
+        )
+    if open_:
+        print("open loop: rps = completed/s; latency from scheduled start; generator send lag:")
+        for scen, s in open_.items():
+            print(
+                f"  {SCENARIOS[scen]:<20} sent {fmt(s['achieved_send_rps'], '.0f')}/s of "
+                f"{fmt(s['offered_rps'], '.0f')}/s, send lag p50 {fmt(s['send_lag_p50_ms'])} ms,"
+                f" p99 {fmt(s['send_lag_p99_ms'])} ms"
+            )
+    print("\nratios (this run)                            value   target   verdict")
+    for name, v in verdicts.items():
+        verdict = "skipped" if v["met"] is None else ("met" if v["met"] else "NOT MET")
+        print(f"  {name:<42}{fmt(v['value'], '.3f'):>7}  {v['target']:>7}   {verdict}")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Settings:
+    reps: int
+    duration_s: float
+    open_duration_s: float
+    warmup_s: float
+    delay_ms: float
+    shadow_delay_ms: float
+    workers: int
+    timeout_s: float
+    max_requests: int
+    pin: bool
+    sidecar_cmd: str
+
+
+def wait_ready(
+    pool: LoadPool, procs: dict[str, Proc], targets: dict[str, str], req: bytes, timeout: float
+) -> dict[str, str]:
+    """Probe every target with ModelInfer until it answers; returns name -> failure reason."""
+    pending = dict(targets)
+    failures: dict[str, str] = {}
+    last: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for name, target in list(pending.items()):
+            proc = procs[name]
+            if not proc.alive():
+                failures[name] = f"exited with {proc.popen.returncode}:\n{proc.log_tail()}"
+                del pending[name]
+                continue
+            err = pool.probe(target, req, timeout=0.5)
+            if not err:
+                del pending[name]
+            else:
+                last[name] = err
+        if pending:
+            time.sleep(0.1)
+    for name in pending:
+        failures[name] = (
+            f"not answering after {timeout:.0f} s (last: {last.get(name)}):\n"
+            f"{procs[name].log_tail()}"
+        )
+    return failures
+
+
+def run(cfg: Settings, out_path: Path) -> int:
+    t_begin = time.monotonic()
+    all_cpus = sorted(os.sched_getaffinity(0))
+    server_cpus: set[int] | None = None
+    load_cpus: list[int] | None = None
+    if cfg.pin and len(all_cpus) >= 2:
+        server_cpus, load_cpus = {all_cpus[0]}, all_cpus[1:]
+        os.sched_setaffinity(0, set(load_cpus))
+    req = request_bytes()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-dataplane-"))
+    procs = Procs(workdir, server_cpus)
+    pool: LoadPool | None = None
+    py = sys.executable
+    try:
+        pool = LoadPool(cfg.workers, load_cpus)  # spawned first: they import while servers start
+        upstream = [py, str(BENCH_DIR / "upstream_server.py"), "--port", "0"]
+        primary = procs.start("upstream", [*upstream, "--delay-ms", str(cfg.delay_ms)])
+        slow = procs.start("shadow-slow", [*upstream, "--delay-ms", str(cfg.shadow_delay_ms)])
+        dead = procs.start("shadow-dead", [*upstream, "--mode", "hang"])
+        up_addr = f"127.0.0.1:{procs.wait_port(primary)}"
+        slow_addr = f"127.0.0.1:{procs.wait_port(slow)}"
+        dead_addr = f"127.0.0.1:{procs.wait_port(dead)}"
+        passthrough = procs.start(
+            "passthrough",
+            [py, str(BENCH_DIR / "passthrough.py"), "--port", "0", "--upstream", up_addr],
+        )
+        targets = {DIRECT: up_addr, PASSTHROUGH: f"127.0.0.1:{procs.wait_port(passthrough)}"}
+        by_scenario = {DIRECT: primary, PASSTHROUGH: passthrough}
+        for scen, shadow in ((SIDECAR, None), (SHADOW_SLOW, slow_addr), (SHADOW_DEAD, dead_addr)):
+            config = sidecar_config(up_addr, shadow)
+            path = workdir / f"sidecar-{scen}.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            by_scenario[scen] = procs.start(
+                f"sidecar-{scen}", [cfg.sidecar_cmd, "serve", "--config", str(path)]
+            )
+            targets[scen] = config["listen"]["predict"]
+
+        failures = wait_ready(pool, by_scenario, targets, req, timeout=30.0)
+        for name in (DIRECT, PASSTHROUGH):
+            if name in failures:
+                raise RuntimeError(f"{SCENARIOS[name]} did not start: {failures[name]}")
+        skipped_reason = None
+        if any(s in failures for s in SIDECAR_SCENARIOS):
+            first = next(s for s in SIDECAR_SCENARIOS if s in failures)
+            skipped_reason = (
+                f"`{cfg.sidecar_cmd} serve` failed for {SCENARIOS[first]}: " + (failures[first])
+            )
+            print(f"\nSKIPPING (c)-(e): {skipped_reason}\n", file=sys.stderr)
+        scenarios = [DIRECT, PASSTHROUGH] + ([] if skipped_reason else list(SIDECAR_SCENARIOS))
+        t_ready = time.monotonic()
+        print(
+            f"ready in {t_ready - t_begin:.1f} s; pinning: "
+            + (f"servers on CPU {sorted(server_cpus)}, load on {load_cpus}" if load_cpus else "off")
+        )
+
+        # Upstream calls counted around each sidecar run: mirrored share and calls/request.
+        upstream_calls: dict[str, dict[str, int]] = {
+            s: {"requests": 0, "primary": 0, "shadow": 0} for s in SIDECAR_SCENARIOS
+        }
+        shadow_target = {SHADOW_SLOW: slow_addr, SHADOW_DEAD: dead_addr}
+
+        def measured(scen: str, fn: Any) -> RunResult:
+            assert pool is not None
+            count = scen in SIDECAR_SCENARIOS
+            if count:
+                p0 = pool.server_calls(up_addr)
+                s0 = pool.server_calls(shadow_target[scen]) if scen in shadow_target else 0
+            result: RunResult = fn()
+            if count:
+                time.sleep(0.05)  # mirrored calls start after the primary answer
+                calls = upstream_calls[scen]
+                calls["requests"] += result.total
+                calls["primary"] += pool.server_calls(up_addr) - p0
+                if scen in shadow_target:
+                    calls["shadow"] += pool.server_calls(shadow_target[scen]) - s0
+            return result
+
+        closed_runs: dict[str, list[RunResult]] = {}
+        for rep in range(cfg.reps):
+            order = scenarios if rep % 2 == 0 else scenarios[::-1]
+            for scen in order:
+                for conc in (1, 16) if rep % 2 == 0 else (16, 1):
+                    result = measured(
+                        scen,
+                        lambda scen=scen, conc=conc: pool.closed(  # type: ignore[union-attr]
+                            targets[scen],
+                            req,
+                            conc,
+                            warmup_s=cfg.warmup_s,
+                            duration_s=cfg.duration_s,
+                            max_requests=cfg.max_requests,
+                            timeout=cfg.timeout_s,
+                        ),
+                    )
+                    closed_runs.setdefault(f"{scen}@{conc}", []).append(result)
+                    print(
+                        f"  rep {rep + 1} closed {SCENARIOS[scen]:<20} {conc:>2} in flight: "
+                        f"{result.rps:7.0f} rps  p50 {pct_ms(result.latencies, 50) or 0:6.2f}"
+                        f"  p99 {pct_ms(result.latencies, 99) or 0:6.2f} ms"
+                        f"  errors {result.n_errors}",
+                        flush=True,
+                    )
+        closed = {
+            f"{s}@{c}": summarize(closed_runs[f"{s}@{c}"]) for s in scenarios for c in (1, 16)
+        }
+
+        open_: dict[str, Any] = {}
+        rate = None
+        if not skipped_reason:
+            capacity = closed[f"{SIDECAR}@16"]["rps"]
+            rate = 0.5 * capacity
+            open_scen = [PASSTHROUGH, SIDECAR, SHADOW_SLOW, SHADOW_DEAD]
+            open_runs: dict[str, list[RunResult]] = {}
+            for rep in range(cfg.reps):
+                order = open_scen if rep % 2 == 0 else open_scen[::-1]
+                for scen in order:
+                    result = measured(
+                        scen,
+                        lambda scen=scen: pool.open(  # type: ignore[union-attr]
+                            targets[scen],
+                            req,
+                            rate,
+                            warmup_s=cfg.warmup_s,
+                            duration_s=cfg.open_duration_s,
+                            max_requests=cfg.max_requests,
+                            timeout=cfg.timeout_s,
+                        ),
+                    )
+                    open_runs.setdefault(scen, []).append(result)
+                    print(
+                        f"  rep {rep + 1} open   {SCENARIOS[scen]:<20} {rate:5.0f}/s: "
+                        f"p50 {pct_ms(result.latencies, 50) or 0:6.2f}"
+                        f"  p99 {pct_ms(result.latencies, 99) or 0:6.2f} ms"
+                        f"  sent {result.send_rate:5.0f}/s  errors {result.n_errors}",
+                        flush=True,
+                    )
+            open_ = {s: summarize(open_runs[s]) for s in open_scen}
+
+        ratios = compute_ratios(closed, open_)
+        verdicts = judge(ratios)
+        total_errors = sum(s["errors"] for s in closed.values()) + sum(
+            s["errors"] for s in open_.values()
+        )
+        print_table(closed, open_, verdicts)
+        for scen, calls in upstream_calls.items():
+            if calls["requests"]:
+                calls_per_req = calls["primary"] / calls["requests"]
+                mirrored = calls["shadow"] / calls["requests"]
+                print(
+                    f"  {SCENARIOS[scen]:<20} upstream calls per request {calls_per_req:.3f}"
+                    + (f", mirrored to shadow {mirrored:.1%}" if scen in shadow_target else "")
+                )
+        if total_errors:
+            print(f"\nWARNING: {total_errors} failed calls: this run is flagged invalid.")
+        if skipped_reason:
+            print(f"\n(c)-(e) SKIPPED: {skipped_reason.splitlines()[0]}")
+        runtime = time.monotonic() - t_begin
+        print(f"\ntotal bench runtime {runtime:.0f} s")
+
+        result_doc = {
+            "benchmark": "dataplane",
+            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "valid": total_errors == 0 and skipped_reason is None,
+            "errors_total": total_errors,
+            "skipped": skipped_reason,
+            "ratios": ratios,
+            "targets": verdicts,
+            "closed_loop": closed,
+            "open_loop": open_,
+            "upstream_calls": upstream_calls,
+            "parameters": {
+                "reps": cfg.reps,
+                "closed_duration_s": cfg.duration_s,
+                "open_duration_s": cfg.open_duration_s,
+                "warmup_s": cfg.warmup_s,
+                "concurrency": [1, 16],
+                "open_loop_rate_rps": rate,
+                "open_loop_rate_rule": "0.5 x median closed-loop rps of (c) at 16 in flight",
+                "primary_delay_ms": cfg.delay_ms,
+                "shadow_slow_delay_ms": cfg.shadow_delay_ms,
+                "shadow_dead": "never answers; sidecar shadow deadline 1.0 s",
+                "weights": {"stable": 9000, "canary": 1000},
+                "shadow": {"sample_bp": 10000, "max_in_flight": 64, "deadline_s": 1.0},
+                "load_workers": cfg.workers,
+                "call_timeout_s": cfg.timeout_s,
+                "max_requests_per_worker": cfg.max_requests,
+                "pinning": (
+                    {"servers": sorted(server_cpus), "load": load_cpus} if load_cpus else None
+                ),
+                "statistics": "rps: median over reps; p50/p99: over pooled samples of all reps",
+                "request": "ModelInfer 'classifier', one FP64 input [1,4], typed contents",
+            },
+            "machine": machine_info(),
+            "runtime_s": round(runtime, 1),
+        }
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result_doc, indent=2) + "\n")
+        print(f"wrote {out_path}")
+        return 1 if total_errors else 0
+    finally:
+        if pool is not None:
+            pool.close()
+        procs.stop_all()
+        for p in workdir.iterdir():
+            p.unlink()
+        workdir.rmdir()
+
+
+def machine_info() -> dict[str, Any]:
+    def version(pkg: str) -> str | None:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    cpu_model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "python": platform.python_version(),
+        "grpcio": version("grpcio"),
+        "protobuf": version("protobuf"),
+        "uvloop": version("uvloop"),
+        "platform": platform.platform(),
+        "loadavg_at_end": os.getloadavg(),
+    }
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process we started."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Data-plane benchmark: direct vs passthrough vs sidecar (routing, shadow).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of every measurement")
+    parser.add_argument("--duration", type=float, default=2.5, help="closed-loop window, s")
+    parser.add_argument("--open-duration", type=float, default=4.0, help="open-loop window, s")
+    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up before a window, s")
+    parser.add_argument("--delay-ms", type=float, default=1.0, help="primary upstream delay")
+    parser.add_argument(
+        "--shadow-delay-ms",
+        type=float,
+        default=None,
+        help="slow shadow's delay (default 10x primary, or 10 ms if the primary's is 0)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--timeout", type=float, default=2.0, help="per-call timeout, s")
+    parser.add_argument("--max-requests", type=int, default=50_000, help="cap per worker per run")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="servers on the first CPU, load generator on the others",
+    )
+    parser.add_argument(
+        "--sidecar", default=str(ROOT / ".venv" / "bin" / "sidecar"), help="sidecar executable"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=BENCH_DIR / "results" / "dataplane.json", help="result file"
+    )
+    args = parser.parse_args(argv)
+    shadow_delay = args.shadow_delay_ms
+    if shadow_delay is None:
+        shadow_delay = 10.0 * args.delay_ms if args.delay_ms > 0 else 10.0
+    cfg = Settings(
+        reps=args.reps,
+        duration_s=args.duration,
+        open_duration_s=args.open_duration,
+        warmup_s=args.warmup,
+        delay_ms=args.delay_ms,
+        shadow_delay_ms=shadow_delay,
+        workers=args.workers,
+        timeout_s=args.timeout,
+        max_requests=args.max_requests,
+        pin=args.pin,
+        sidecar_cmd=args.sidecar,
+    )
+    with _sigterm_as_exit():
+        try:
+            return run(cfg, args.out)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

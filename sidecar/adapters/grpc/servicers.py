@@ -1,0 +1,287 @@
+"""gRPC servicers. Each one only translates: convert the request, await one application
+call, convert the response. Routing decisions live in the application layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from sidecar import __version__
+from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
+from sidecar._proto.sidecar.v1 import control_pb2 as cpb
+from sidecar._proto.sidecar.v1 import predict_pb2 as pb
+from sidecar.adapters.grpc.converters import check_infer_request, oip_to_predict, predict_to_oip
+from sidecar.adapters.grpc.errors import abort
+from sidecar.adapters.upstream.oip import OipUpstream
+from sidecar.app.dataplane import DataPlane
+from sidecar.config import Config
+from sidecar.core.routing import Reason
+from sidecar.core.shadow import ShadowSummary
+from sidecar.errors import ModelNotFound, SidecarError
+
+Context = grpc.aio.ServicerContext[object, object]
+FORWARDED_HEADERS = ("traceparent", "tracestate")
+USER_HEADER = "x-user-id"
+SEGMENT_HEADER = "x-segment"
+SERVER_NAME = "rollout-sidecar"
+
+_REASONS = {reason: getattr(pb, f"REASON_{reason.value}") for reason in Reason}
+
+
+def _metadata(context: Context) -> tuple[str, str, list[tuple[str, str]]]:
+    """(targeting key, segment, headers to forward) from the call's metadata."""
+    user = segment = ""
+    forward: list[tuple[str, str]] = []
+    for key, value in context.invocation_metadata() or ():
+        if key == USER_HEADER:
+            user = str(value)
+        elif key == SEGMENT_HEADER:
+            segment = str(value)
+        elif key in FORWARDED_HEADERS:
+            forward.append((key, str(value)))
+    return user, segment, forward
+
+
+class InferenceServicer:
+    """Open Inference Protocol front door: apps point here instead of the model server."""
+
+    def __init__(
+        self,
+        config: Config,
+        dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse],
+        stable: OipUpstream,
+    ) -> None:
+        self.model = config.model
+        self.dataplane = dataplane
+        self.stable = stable
+        self.probe_timeout = config.upstream.default_deadline
+
+    def _check_model(self, name: str) -> None:
+        if name != self.model:
+            raise ModelNotFound(
+                f"model {name!r} is not served here; this sidecar routes {self.model!r}"
+            )
+
+    async def ModelInfer(
+        self, request: oip.ModelInferRequest, context: Context
+    ) -> oip.ModelInferResponse:
+        try:
+            self._check_model(request.model_name)
+            check_infer_request(request)
+            user, segment, forward = _metadata(context)
+            served = await self.dataplane.infer(
+                request,
+                targeting_key=user,
+                segment=segment,
+                time_remaining=context.time_remaining(),
+                metadata=forward,
+            )
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        await context.send_initial_metadata(
+            (("x-variant", served.resolution.variant), ("x-request-id", served.request_id))
+        )
+        response = served.response
+        response.model_name = self.model
+        return response
+
+    async def ServerLive(
+        self, request: oip.ServerLiveRequest, context: Context
+    ) -> oip.ServerLiveResponse:
+        return oip.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: oip.ServerReadyRequest, context: Context
+    ) -> oip.ServerReadyResponse:
+        return oip.ServerReadyResponse(ready=await self.dataplane.stable_ready(self.probe_timeout))
+
+    async def ModelReady(
+        self, request: oip.ModelReadyRequest, context: Context
+    ) -> oip.ModelReadyResponse:
+        try:
+            self._check_model(request.name)
+        except SidecarError as exc:
+            await abort(context, exc)
+        return oip.ModelReadyResponse(ready=await self.dataplane.stable_ready(self.probe_timeout))
+
+    async def ServerMetadata(
+        self, request: oip.ServerMetadataRequest, context: Context
+    ) -> oip.ServerMetadataResponse:
+        return oip.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=[])
+
+    async def ModelMetadata(
+        self, request: oip.ModelMetadataRequest, context: Context
+    ) -> oip.ModelMetadataResponse:
+        try:
+            self._check_model(request.name)
+            stable = self.dataplane.upstreams[self.dataplane.state.current.flag.stable]
+            assert isinstance(stable, OipUpstream)
+            reply = await stable.metadata(timeout=self.probe_timeout)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        reply.name = self.model
+        return reply
+
+
+class PredictServicer:
+    """sidecar.v1.Predict: explicit routing context, routing decision in the answer."""
+
+    def __init__(
+        self, config: Config, dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse]
+    ) -> None:
+        self.model = config.model
+        self.dataplane = dataplane
+
+    async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
+        try:
+            payload = predict_to_oip(request.inference)
+            if payload.model_name not in ("", self.model):
+                raise ModelNotFound(
+                    f"model {payload.model_name!r} is not served here; this sidecar routes "
+                    f"{self.model!r}"
+                )
+            check_infer_request(payload)
+            _, _, forward = _metadata(context)
+            served = await self.dataplane.infer(
+                payload,
+                targeting_key=request.context.targeting_key,
+                segment=request.context.segment,
+                time_remaining=context.time_remaining(),
+                metadata=forward,
+            )
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        upstream_model = served.response.model_name or served.variant.model_name
+        upstream_version = served.response.model_version or served.variant.model_version
+        served.response.model_name = self.model
+        return pb.PredictResponse(
+            inference=oip_to_predict(served.response),
+            variant=served.resolution.variant,
+            model_name=upstream_model,
+            model_version=upstream_version,
+            request_id=served.request_id,
+            reason=_REASONS[served.resolution.reason],
+            reason_detail=served.resolution.detail(served.flag),
+        )
+
+    async def ReportOutcome(
+        self, request: pb.ReportOutcomeRequest, context: Context
+    ) -> pb.ReportOutcomeResponse:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "ReportOutcome is declared but not served yet: outcome attribution arrives with "
+            "the experiment statistics",
+        )
+        raise AssertionError("unreachable")
+
+
+def shadow_report(summary: ShadowSummary | None) -> cpb.ShadowReport:
+    if summary is None:
+        return cpb.ShadowReport()
+
+    def f(value: float | None) -> float:
+        return float(value) if value is not None else 0.0
+
+    return cpb.ShadowReport(
+        shadow_variant=summary.shadow_variant,
+        comparator=summary.comparator,
+        sampled=summary.sampled,
+        sent=summary.sent,
+        dropped=summary.dropped,
+        compared=summary.compared,
+        agreed=summary.agreed,
+        agreement_rate=f(summary.agreement_rate),
+        errors_by_status=dict(summary.errors_by_status),
+        latency=cpb.LatencySummary(
+            count=summary.latency_count,
+            primary_p50_seconds=f(summary.primary_p50),
+            primary_p95_seconds=f(summary.primary_p95),
+            shadow_p50_seconds=f(summary.shadow_p50),
+            shadow_p95_seconds=f(summary.shadow_p95),
+            ratio_p50=f(summary.ratio_p50),
+            ratio_p95=f(summary.ratio_p95),
+        ),
+        examples=[
+            cpb.Disagreement(
+                request_id=e.request_id,
+                targeting_key=e.targeting_key,
+                primary_variant=e.primary_variant,
+                detail=e.detail,
+                primary_output=e.primary_output,
+                shadow_output=e.shadow_output,
+                unix_time=e.unix_time,
+            )
+            for e in summary.examples
+        ],
+        in_flight=summary.in_flight,
+    )
+
+
+class ControlServicer:
+    """sidecar.v1.Control, read-only for now: state and shadow report."""
+
+    def __init__(
+        self, config: Config, dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse]
+    ) -> None:
+        self.config = config
+        self.dataplane = dataplane
+
+    async def GetState(
+        self, request: cpb.GetStateRequest, context: Context
+    ) -> cpb.GetStateResponse:
+        snap = self.dataplane.state.current
+        flag = snap.flag
+        shadow = self.config.shadow
+        return cpb.GetStateResponse(
+            model=self.config.model,
+            variants=[
+                cpb.Variant(
+                    name=v.name,
+                    address=v.address,
+                    model_name=v.model_name,
+                    model_version=v.model_version,
+                )
+                for v in self.config.variants.values()
+            ],
+            flag=cpb.FlagState(
+                key=flag.key,
+                stable_variant=flag.stable,
+                canary_variant=flag.canary or "",
+                default_variant=flag.default,
+                weights=dict(flag.weights),
+                kill_switch=flag.kill_switch,
+                user_overrides=dict(flag.user_overrides),
+                segment_rules=[
+                    cpb.SegmentRule(segment=r.segment, variant=r.variant)
+                    for r in flag.segment_rules
+                ],
+                segments=sorted(flag.segments),
+            ),
+            shadow=cpb.ShadowSettings(
+                variant=shadow.variant,
+                sample_bp=shadow.sample_bp,
+                max_in_flight=shadow.max_in_flight,
+                deadline_seconds=shadow.deadline,
+                comparator=shadow.comparator,
+            )
+            if shadow
+            else None,
+            revision=snap.revision,
+        )
+
+    async def GetShadowReport(
+        self, request: cpb.GetShadowReportRequest, context: Context
+    ) -> cpb.ShadowReport:
+        mirror = self.dataplane.mirror
+        return shadow_report(mirror.recorder.summary() if mirror else None)
+
+
+def service_names() -> Sequence[str]:
+    return (
+        pb.DESCRIPTOR.services_by_name["Predict"].full_name,
+        oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    )

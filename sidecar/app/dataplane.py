@@ -1,0 +1,113 @@
+"""The request path: route -> forward -> respond, with the shadow copy offered afterwards.
+
+Both front doors (sidecar.v1.Predict and the Open Inference Protocol) call
+`DataPlane.infer`; neither holds routing logic of its own. The path reads one state
+snapshot, takes no lock, does no I/O besides the upstream call, and never waits on the
+shadow.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Generic, NamedTuple
+
+from sidecar.app.mirror import ShadowMirror
+from sidecar.app.ports import Metadata, Req, Resp, Upstream
+from sidecar.app.state import StateHolder
+from sidecar.config import UpstreamConfig, VariantSpec
+from sidecar.core.routing import Flag, Resolution, RoutingContext, evaluate
+from sidecar.errors import ErrorCode, SidecarError
+
+
+class Served(NamedTuple, Generic[Resp]):
+    response: Resp
+    request_id: str
+    resolution: Resolution
+    variant: VariantSpec
+    latency: float
+    flag: Flag
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class DataPlane(Generic[Req, Resp]):
+    def __init__(
+        self,
+        *,
+        model: str,
+        state: StateHolder,
+        variants: Mapping[str, VariantSpec],
+        upstreams: Mapping[str, Upstream[Req, Resp]],
+        upstream_config: UpstreamConfig,
+        mirror: ShadowMirror[Req, Resp] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        request_ids: Callable[[], str] = new_request_id,
+    ) -> None:
+        missing = set(variants) - set(upstreams)
+        if missing:
+            raise ValueError(f"no upstream for variants {sorted(missing)}")
+        self.model = model
+        self.state = state
+        self.variants = variants
+        self.upstreams = upstreams
+        self.limits = upstream_config
+        self.mirror = mirror
+        self._clock = clock
+        self._request_ids = request_ids
+
+    def timeout_for(self, time_remaining: float | None) -> float:
+        """The caller's deadline, capped by the configured maximum (default when unset)."""
+        if time_remaining is None:
+            return self.limits.default_deadline
+        return max(0.0, min(time_remaining, self.limits.max_deadline))
+
+    async def infer(
+        self,
+        request: Req,
+        *,
+        targeting_key: str,
+        segment: str,
+        time_remaining: float | None,
+        metadata: Metadata,
+    ) -> Served[Resp]:
+        """Route one request and return the chosen variant's answer.
+
+        Raises `UpstreamError` (the upstream's status passes through) or `SidecarError`.
+        """
+        request_id = self._request_ids()
+        snapshot = self.state.current
+        flag = snapshot.flag
+        resolution = evaluate(flag, RoutingContext(targeting_key, segment, request_id))
+        upstream = self.upstreams.get(resolution.variant)
+        if upstream is None:  # the flag names only configured variants; defensive
+            raise SidecarError(
+                f"variant {resolution.variant!r} has no upstream", ErrorCode.INTERNAL
+            )
+        timeout = self.timeout_for(time_remaining)
+        if timeout <= 0.0:
+            raise SidecarError("deadline already expired", ErrorCode.DEADLINE_EXCEEDED)
+        started = self._clock()
+        response = await upstream.infer(request, timeout=timeout, metadata=metadata)
+        latency = self._clock() - started
+        if self.mirror is not None:
+            self.mirror.offer(
+                request,
+                response,
+                primary_latency=latency,
+                primary_variant=resolution.variant,
+                bucketing_key=targeting_key or request_id,
+                targeting_key=targeting_key,
+                request_id=request_id,
+            )
+        return Served(
+            response, request_id, resolution, self.variants[resolution.variant], latency, flag
+        )
+
+    async def stable_ready(self, timeout: float) -> bool:
+        """Whether the stable variant's model is ready (ready means stable is ready)."""
+        stable = self.state.current.flag.stable
+        return await self.upstreams[stable].ready(timeout=timeout)

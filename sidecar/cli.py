@@ -1,0 +1,65 @@
+"""`sidecar` command: serve, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from sidecar.config import Config, ConfigError, env_log_format, load_config
+from sidecar.logging import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecar",
+        description="gRPC model-serving sidecar for safe ML model rollouts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="serve Predict, the Open Inference Protocol front door and Control",
+        description="Serve until SIGTERM/SIGINT, then drain in-flight calls and exit 0.",
+    )
+    serve.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file without serving",
+        description="Validate FILE; print every problem with its field; exit 1 if any.",
+    )
+    check.add_argument("file", help="YAML configuration file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    path = args.config if args.command == "serve" else args.file
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.command == "check-config":
+        print(
+            f"{path}: ok (model {config.model!r}, variants {', '.join(config.variants)}, "
+            f"weights {dict(config.flag.weights)}, shadow "
+            f"{config.shadow.variant if config.shadow else 'off'})"
+        )
+        return 0
+    configure_logging(config.server.log_level, env_log_format())
+    try:
+        import uvloop
+
+        return uvloop.run(_serve(config))
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.run(_serve(config))
+
+
+async def _serve(config: Config) -> int:
+    from sidecar.wiring import serve  # grpc servers are imported only to serve
+
+    return await serve(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""Configuration: the one module that reads the YAML file and the environment.
+
+`load_config(path)` parses and validates everything at start-up and raises `ConfigError`
+listing every problem, each naming its field (``flag.weights: must sum to 10000 ...``).
+`sidecar check-config FILE` runs exactly this without serving.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar.core.routing import BASIS_POINTS, Flag, FlagError, SegmentRule
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; `problems` lists each one, naming its field."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid configuration {source}:\n{lines}")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """A model variant: which upstream model server, model name and version answer it."""
+
+    name: str
+    address: str
+    model_name: str
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    variant: str
+    sample_bp: int = BASIS_POINTS
+    max_in_flight: int = 64
+    deadline: float = 1.0
+    comparator: str = "auto"
+    rtol: float = 1e-5
+    atol: float = 1e-8
+    keep_examples: int = 20
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    default_deadline: float = 5.0
+    max_deadline: float = 30.0
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_message_bytes: int = 4 * 1024 * 1024
+    shutdown_grace: float = 10.0
+    log_level: str = "info"
+    log_requests: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    predict_address: str
+    control_address: str
+    model: str
+    variants: Mapping[str, VariantSpec]
+    flag: Flag
+    shadow: ShadowConfig | None = None
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    source: str = "<embedded>"
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+
+def _section(raw: Mapping[str, Any], name: str, problems: _Problems) -> Mapping[str, Any]:
+    value = raw.get(name, {})
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.add(name, f"must be a mapping, got {type(value).__name__}")
+        return {}
+    return value
+
+
+def _unknown_keys(
+    section: Mapping[str, Any], allowed: set[str], where: str, problems: _Problems
+) -> None:
+    for key in section:
+        if key not in allowed:
+            problems.add(f"{where}.{key}" if where else str(key), "unknown field")
+
+
+def _address(value: Any, where: str, problems: _Problems) -> str:
+    if not isinstance(value, str) or value.count(":") < 1:
+        problems.add(where, f"must be host:port, got {value!r}")
+        return ""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        problems.add(where, f"must be host:port with a port in 0..65535, got {value!r}")
+        return ""
+    return value
+
+
+def _number(
+    section: Mapping[str, Any],
+    key: str,
+    default: float,
+    where: str,
+    problems: _Problems,
+    *,
+    minimum: float = 0.0,
+    strict: bool = True,
+) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.add(f"{where}.{key}", f"must be a number, got {value!r}")
+        return default
+    if value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        problems.add(f"{where}.{key}", f"must be {relation} {minimum}, got {value!r}")
+        return default
+    return float(value)
+
+
+def _integer(
+    section: Mapping[str, Any],
+    key: str,
+    default: int,
+    where: str,
+    problems: _Problems,
+    *,
+    minimum: int,
+    maximum: int | None = None,
+) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.add(f"{where}.{key}", f"must be an integer, got {value!r}")
+        return default
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        problems.add(f"{where}.{key}", f"must be {bound}, got {value}")
+        return default
+    return value
+
+
+def _variants(raw: Mapping[str, Any], problems: _Problems) -> dict[str, VariantSpec]:
+    section = raw.get("variants")
+    if not isinstance(section, Mapping) or not section:
+        problems.add("variants", "at least one variant is required (name -> address, model_name)")
+        return {}
+    out: dict[str, VariantSpec] = {}
+    for name, spec in section.items():
+        where = f"variants.{name}"
+        if not isinstance(spec, Mapping):
+            problems.add(where, "must be a mapping with address and model_name")
+            continue
+        _unknown_keys(spec, {"address", "model_name", "model_version"}, where, problems)
+        address = _address(spec.get("address"), f"{where}.address", problems)
+        model_name = spec.get("model_name")
+        if not isinstance(model_name, str) or not model_name:
+            problems.add(f"{where}.model_name", "must be a non-empty string")
+            model_name = ""
+        version = spec.get("model_version", "")
+        if version is None:
+            version = ""
+        if not isinstance(version, str | int):
+            problems.add(f"{where}.model_version", f"must be a string, got {version!r}")
+            version = ""
+        out[str(name)] = VariantSpec(str(name), address, model_name, str(version))
+    return out
+
+
+def _flag(
+    raw: Mapping[str, Any], variants: Mapping[str, VariantSpec], problems: _Problems
+) -> Flag | None:
+    section = _section(raw, "flag", problems)
+    if not section:
+        problems.add("flag", "is required (key, stable, weights)")
+        return None
+    allowed = {
+        "key", "salt", "stable", "canary", "default", "weights", "kill_switch",
+        "user_overrides", "segments", "segment_rules",
+    }  # fmt: skip
+    _unknown_keys(section, allowed, "flag", problems)
+    rules: list[SegmentRule] = []
+    raw_rules = section.get("segment_rules") or []
+    if not isinstance(raw_rules, list):
+        problems.add("flag.segment_rules", "must be a list of {segment, variant}")
+        raw_rules = []
+    for i, rule in enumerate(raw_rules):
+        if not isinstance(rule, Mapping) or set(rule) != {"segment", "variant"}:
+            problems.add(f"flag.segment_rules[{i}]", "must be a mapping with segment and variant")
+            continue
+        rules.append(SegmentRule(str(rule["segment"]), str(rule["variant"])))
+    overrides = section.get("user_overrides") or {}
+    if not isinstance(overrides, Mapping):
+        problems.add("flag.user_overrides", "must map targeting keys to variant names")
+        overrides = {}
+    segments = section.get("segments") or []
+    if not isinstance(segments, list):
+        problems.add("flag.segments", "must be a list of segment names")
+        segments = []
+    weights = section.get("weights")
+    if not variants:
+        return None
+    try:
+        return Flag.build(
+            key=section.get("key"),  # type: ignore[arg-type]
+            salt=section.get("salt"),
+            variants=list(variants),
+            stable=section.get("stable"),  # type: ignore[arg-type]
+            canary=section.get("canary"),
+            default=section.get("default"),
+            weights=weights if isinstance(weights, Mapping) else {},
+            kill_switch=section.get("kill_switch", False),
+            user_overrides={str(k): v for k, v in overrides.items()},
+            segments=segments,
+            segment_rules=rules,
+        )
+    except FlagError as exc:
+        problems.add(f"flag.{exc.field}", exc.message)
+        return None
+
+
+def _shadow(
+    raw: Mapping[str, Any], variants: Mapping[str, VariantSpec], problems: _Problems
+) -> ShadowConfig | None:
+    if raw.get("shadow") is None:
+        return None
+    section = _section(raw, "shadow", problems)
+    where = "shadow"
+    allowed = {
+        "variant", "sample_bp", "max_in_flight", "deadline", "comparator", "rtol", "atol",
+        "keep_examples",
+    }  # fmt: skip
+    _unknown_keys(section, allowed, where, problems)
+    variant = section.get("variant")
+    if variant not in variants:
+        problems.add(f"{where}.variant", f"unknown variant {variant!r}; known: {sorted(variants)}")
+    comparator = section.get("comparator", "auto")
+    if not isinstance(comparator, str) or not comparator:
+        problems.add(
+            f"{where}.comparator", "must be auto, exact, tolerance, top1 or module:function"
+        )
+        comparator = "auto"
+    else:
+        from sidecar.core.shadow import load_comparator
+
+        try:
+            load_comparator(comparator, 1e-5, 1e-8)
+        except ValueError as exc:
+            problems.add(f"{where}.comparator", str(exc))
+    return ShadowConfig(
+        variant=str(variant),
+        sample_bp=_integer(
+            section, "sample_bp", BASIS_POINTS, where, problems, minimum=0, maximum=BASIS_POINTS
+        ),
+        max_in_flight=_integer(section, "max_in_flight", 64, where, problems, minimum=1),
+        deadline=_number(section, "deadline", 1.0, where, problems),
+        comparator=comparator,
+        rtol=_number(section, "rtol", 1e-5, where, problems, strict=False),
+        atol=_number(section, "atol", 1e-8, where, problems, strict=False),
+        keep_examples=_integer(
+            section, "keep_examples", 20, where, problems, minimum=0, maximum=10_000
+        ),
+    )
+
+
+def parse_config(raw: Any, source: str = "<embedded>") -> Config:
+    """Validate a parsed YAML document; raise `ConfigError` listing every problem."""
+    problems = _Problems()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(source, ["<top level>: must be a mapping"])
+    allowed = {"listen", "model", "variants", "flag", "shadow", "upstream", "server"}
+    _unknown_keys(raw, allowed, "", problems)
+
+    listen = _section(raw, "listen", problems)
+    _unknown_keys(listen, {"predict", "control"}, "listen", problems)
+    predict_address = _address(listen.get("predict", "127.0.0.1:8500"), "listen.predict", problems)
+    control_address = _address(listen.get("control", "127.0.0.1:8501"), "listen.control", problems)
+    if (
+        predict_address
+        and predict_address == control_address
+        and not predict_address.endswith(":0")
+    ):
+        problems.add("listen.control", "must differ from listen.predict")
+
+    model = raw.get("model")
+    if not isinstance(model, str) or not model:
+        problems.add("model", "must be the model name apps call (a non-empty string)")
+        model = ""
+
+    variants = _variants(raw, problems)
+    flag = _flag(raw, variants, problems)
+    shadow = _shadow(raw, variants, problems)
+
+    up = _section(raw, "upstream", problems)
+    _unknown_keys(up, {"default_deadline", "max_deadline", "connect_timeout"}, "upstream", problems)
+    upstream = UpstreamConfig(
+        default_deadline=_number(up, "default_deadline", 5.0, "upstream", problems),
+        max_deadline=_number(up, "max_deadline", 30.0, "upstream", problems),
+        connect_timeout=_number(up, "connect_timeout", 5.0, "upstream", problems, strict=False),
+    )
+    if upstream.default_deadline > upstream.max_deadline:
+        problems.add("upstream.default_deadline", "must not exceed upstream.max_deadline")
+
+    srv = _section(raw, "server", problems)
+    _unknown_keys(
+        srv,
+        {"max_message_bytes", "shutdown_grace", "log_level", "log_requests"},
+        "server",
+        problems,
+    )
+    log_level = srv.get("log_level", "info")
+    if log_level not in LOG_LEVELS:
+        problems.add(
+            "server.log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
+        )
+        log_level = "info"
+    log_requests = srv.get("log_requests", False)
+    if not isinstance(log_requests, bool):
+        problems.add("server.log_requests", f"must be true or false, got {log_requests!r}")
+        log_requests = False
+    server = ServerConfig(
+        max_message_bytes=_integer(
+            srv, "max_message_bytes", 4 * 1024 * 1024, "server", problems, minimum=1024
+        ),
+        shutdown_grace=_number(srv, "shutdown_grace", 10.0, "server", problems, strict=False),
+        log_level=log_level,
+        log_requests=log_requests,
+    )
+    if problems.items or flag is None:
+        raise ConfigError(source, problems.items or ["flag: is required"])
+    return Config(
+        predict_address=predict_address,
+        control_address=control_address,
+        model=model,
+        variants=variants,
+        flag=flag,
+        shadow=shadow,
+        upstream=upstream,
+        server=server,
+        source=source,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML configuration file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"<file>: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"<file>: not valid YAML: {exc}"]) from exc
+    return parse_config(raw, source)
+
+
+def env_log_format() -> str:
+    """Log renderer: SIDECAR_LOG_FORMAT=json (default) or console."""
+    value = os.environ.get("SIDECAR_LOG_FORMAT", "json")
+    return value if value in ("json", "console") else "json"

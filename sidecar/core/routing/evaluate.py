@@ -1,0 +1,87 @@
+"""Flag evaluation: kill switch -> user overrides -> segment rules -> weighted split -> default.
+
+`evaluate` never raises: whatever goes wrong, it answers the flag's default variant with
+reason ERROR (OpenFeature's contract: a value and a reason, never an exception).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from sidecar.core.routing.bucketing import bucket
+from sidecar.core.routing.model import BASIS_POINTS, Flag, Reason
+
+
+class RoutingContext(NamedTuple):
+    """Who is asking. `bucketing_key` is used only when `targeting_key` is empty: the
+    caller passes a per-request value (the request id), so such requests are split per
+    request."""
+
+    targeting_key: str = ""
+    segment: str = ""
+    bucketing_key: str = ""
+
+
+class Resolution(NamedTuple):
+    """The evaluated variant and why."""
+
+    variant: str
+    reason: Reason
+    bucket: int = -1
+    rule: str = ""
+
+    def detail(self, flag: Flag) -> str:
+        """Human-readable reason, for spans, logs and the Predict response."""
+        if self.reason is Reason.KILL_SWITCH:
+            return f"kill switch on: all traffic to stable variant {self.variant!r}"
+        if self.reason is Reason.USER_OVERRIDE:
+            return f"user override for targeting key -> {self.variant!r}"
+        if self.reason is Reason.SEGMENT_RULE:
+            return f"segment rule {self.rule!r} -> {self.variant!r}"
+        if self.reason in (Reason.SPLIT, Reason.SPLIT_NO_KEY):
+            lower = 0
+            for upper, name in flag.split:
+                if name == self.variant:
+                    break
+                lower = upper
+            else:
+                upper = lower
+            per = (
+                "per request (no targeting key)" if self.reason is Reason.SPLIT_NO_KEY else "by key"
+            )
+            return (
+                f"split {per}: bucket {self.bucket} in [{lower}, {upper}) of {BASIS_POINTS} "
+                f"-> {self.variant!r}"
+            )
+        if self.reason is Reason.ERROR:
+            return f"evaluation error ({self.rule}); default variant {self.variant!r}"
+        return f"default variant {self.variant!r}"
+
+
+def evaluate(flag: Flag, ctx: RoutingContext) -> Resolution:
+    """Choose the variant for one request. Pure, deterministic, never raises."""
+    try:
+        if flag.kill_switch:
+            return Resolution(flag.stable, Reason.KILL_SWITCH)
+        key = ctx.targeting_key
+        if key:
+            override = flag.user_overrides.get(key)
+            if override is not None:
+                return Resolution(override, Reason.USER_OVERRIDE)
+        if ctx.segment:
+            ruled = flag.rule_by_segment.get(ctx.segment)
+            if ruled is not None:
+                return Resolution(ruled, Reason.SEGMENT_RULE, rule=ctx.segment)
+        if key:
+            reason = Reason.SPLIT
+        elif ctx.bucketing_key:
+            key, reason = ctx.bucketing_key, Reason.SPLIT_NO_KEY
+        else:
+            return Resolution(flag.default, Reason.DEFAULT)
+        b = bucket(flag.salt, key)
+        for upper, name in flag.split:
+            if b < upper:
+                return Resolution(name, reason, bucket=b)
+        return Resolution(flag.default, Reason.DEFAULT, bucket=b)
+    except Exception as exc:  # evaluation must never fail a request
+        return Resolution(flag.default, Reason.ERROR, rule=type(exc).__name__)

@@ -1,0 +1,50 @@
+"""Domain errors. Each carries a domain code; `adapters/grpc/errors.py` is the one place
+that maps codes to gRPC status codes."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+    UPSTREAM = "UPSTREAM"  # an upstream's own status, passed through unchanged
+
+
+class SidecarError(Exception):
+    """An error the caller should see, with a domain code and a clear message."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(SidecarError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class ModelNotFound(SidecarError):
+    code = ErrorCode.NOT_FOUND
+
+
+class UpstreamError(SidecarError):
+    """An upstream model server call failed; `status` is its gRPC status code name
+    (``"NOT_FOUND"``, ``"UNAVAILABLE"``, ...), passed through to the caller."""
+
+    code = ErrorCode.UPSTREAM
+
+    def __init__(self, message: str, *, status: str, variant: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.variant = variant
