@@ -63,6 +63,7 @@ class RunResult:
     total: int
     window_s: float
     versions: dict[str, int]
+    cpu: dict[str, float | None] = field(default_factory=dict)  # filled in by the caller
 
     @property
     def rps(self) -> float:
@@ -263,7 +264,7 @@ def _worker_main(conn: mpc.Connection, worker_id: int, cpus: list[int] | None) -
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         for channel in channels.values():
-            loop.run_until_complete(channel.close())
+            loop.run_until_complete(channel.close(None))
         loop.close()
         conn.close()
 
@@ -287,6 +288,10 @@ class LoadPool:
             child_end.close()
             self._conns.append(parent_end)
             self._procs.append(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
 
     @property
     def n_workers(self) -> int:

@@ -44,6 +44,7 @@ ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from _load import LoadPool, RunResult  # noqa: E402
+from _procstat import CpuDelta, CpuMeter  # noqa: E402
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as pb  # noqa: E402  (protobuf only)
 
@@ -56,6 +57,7 @@ SCENARIOS: dict[str, str] = {
     SHADOW_DEAD: "(e) shadow dead",
 }
 SIDECAR_SCENARIOS = (SIDECAR, SHADOW_SLOW, SHADOW_DEAD)
+FOREIGN_WARN_CORES = 0.15  # other processes' CPU during a run above which we say so
 
 TARGETS: dict[str, tuple[str, float, str]] = {
     # ratio name -> (comparison, limit, meaning)
@@ -93,18 +95,16 @@ class Proc:
 class Procs:
     """Server processes, each in its own session (process group), always stopped at exit."""
 
-    def __init__(self, workdir: Path, cpus: set[int] | None) -> None:
+    def __init__(self, workdir: Path) -> None:
         self._workdir = workdir
-        self._cpus = cpus
         self.procs: list[Proc] = []
 
-    def start(self, name: str, argv: list[str]) -> Proc:
+    def start(self, name: str, argv: list[str], cpus: set[int]) -> Proc:
         log = self._workdir / f"{name}.log"
         own = os.sched_getaffinity(0)
         # The child inherits the affinity of the thread that forks it (and so do all of its
         # threads and children), so set it on ourselves around the fork.
-        if self._cpus:
-            os.sched_setaffinity(0, self._cpus)
+        os.sched_setaffinity(0, cpus)
         try:
             with log.open("wb") as out:
                 popen = subprocess.Popen(
@@ -233,6 +233,18 @@ def summarize(runs: list[RunResult]) -> dict[str, Any]:
             errors[k] = errors.get(k, 0) + v
         for k, v in r.versions.items():
             versions[k] = versions.get(k, 0) + v
+    cpu: dict[str, float | None] = {
+        key: median([x for r in runs if (x := r.cpu.get(key)) is not None])
+        for key in (
+            "hop_ms_per_req",
+            "upstream_ms_per_req",
+            "shadow_upstream_ms_per_req",
+            "load_ms_per_req",
+            "foreign_cores",
+            "steal_cores",
+        )
+    }
+    cpu["foreign_cores_max"] = max((r.cpu.get("foreign_cores") or 0.0 for r in runs), default=0.0)
     out: dict[str, Any] = {
         "rps": median([r.rps for r in runs]),
         "p50_ms": pct_ms(lat, 50),
@@ -245,6 +257,7 @@ def summarize(runs: list[RunResult]) -> dict[str, Any]:
         "p50_ms_reps": [pct_ms(r.latencies, 50) for r in runs],
         "p99_ms_reps": [pct_ms(r.latencies, 99) for r in runs],
         "sampled_model_versions": versions,
+        "cpu": cpu,
     }
     if runs and runs[0].mode == "open":
         out["offered_rps"] = runs[0].rate
@@ -252,6 +265,22 @@ def summarize(runs: list[RunResult]) -> dict[str, Any]:
         out["send_lag_p50_ms"] = pct_ms(lags, 50)
         out["send_lag_p99_ms"] = pct_ms(lags, 99)
     return out
+
+
+def print_cpu(closed: dict[str, Any]) -> None:
+    print("\nCPU per request at 16 in flight (ms, median of reps):")
+    print(f"  {'scenario':<22}{'hop':>8}{'upstream':>10}{'shadow up':>11}{'load gen':>10}")
+    for key, s in closed.items():
+        scen, conc = key.split("@")
+        if conc != "16":
+            continue
+        c = s["cpu"]
+        print(
+            f"  {SCENARIOS[scen]:<22}{fmt(c['hop_ms_per_req'], '.3f'):>8}"
+            f"{fmt(c['upstream_ms_per_req'], '.3f'):>10}"
+            f"{fmt(c['shadow_upstream_ms_per_req'], '.3f'):>11}"
+            f"{fmt(c['load_ms_per_req'], '.3f'):>10}"
+        )
 
 
 def safe_div(a: float | None, b: float | None) -> float | None:
@@ -332,6 +361,21 @@ def print_table(closed: dict[str, Any], open_: dict[str, Any], verdicts: dict[st
 
 # --------------------------------------------------------------------------- the run
 
+# Where each role runs, as indexes into the CPUs we may use (see --layout).
+LAYOUTS: dict[str, dict[str, str]] = {
+    "hop-alone": {"hop": "first", "upstream": "rest", "load": "rest"},
+    "servers": {"hop": "first", "upstream": "first", "load": "rest"},
+    "none": {"hop": "all", "upstream": "all", "load": "all"},
+}
+
+
+def layout_cpus(layout: str) -> dict[str, set[int]]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        layout = "none"
+    pick = {"first": set(cpus[:1]), "rest": set(cpus[1:]), "all": set(cpus)}
+    return {role: pick[where] for role, where in LAYOUTS[layout].items()}
+
 
 @dataclass
 class Settings:
@@ -344,7 +388,7 @@ class Settings:
     workers: int
     timeout_s: float
     max_requests: int
-    pin: bool
+    layout: str
     sidecar_cmd: str
 
 
@@ -378,44 +422,138 @@ def wait_ready(
     return failures
 
 
-def run(cfg: Settings, out_path: Path) -> int:
-    t_begin = time.monotonic()
-    all_cpus = sorted(os.sched_getaffinity(0))
-    server_cpus: set[int] | None = None
-    load_cpus: list[int] | None = None
-    if cfg.pin and len(all_cpus) >= 2:
-        server_cpus, load_cpus = {all_cpus[0]}, all_cpus[1:]
-        os.sched_setaffinity(0, set(load_cpus))
-    req = request_bytes()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-dataplane-"))
-    procs = Procs(workdir, server_cpus)
-    pool: LoadPool | None = None
-    py = sys.executable
-    try:
-        pool = LoadPool(cfg.workers, load_cpus)  # spawned first: they import while servers start
-        upstream = [py, str(BENCH_DIR / "upstream_server.py"), "--port", "0"]
-        primary = procs.start("upstream", [*upstream, "--delay-ms", str(cfg.delay_ms)])
-        slow = procs.start("shadow-slow", [*upstream, "--delay-ms", str(cfg.shadow_delay_ms)])
-        dead = procs.start("shadow-dead", [*upstream, "--mode", "hang"])
-        up_addr = f"127.0.0.1:{procs.wait_port(primary)}"
-        slow_addr = f"127.0.0.1:{procs.wait_port(slow)}"
-        dead_addr = f"127.0.0.1:{procs.wait_port(dead)}"
-        passthrough = procs.start(
+class Bench:
+    """Starts every server, measures, and always stops what it started."""
+
+    def __init__(self, cfg: Settings, workdir: Path) -> None:
+        self.cfg = cfg
+        self.cpus = layout_cpus(cfg.layout)
+        os.sched_setaffinity(0, self.cpus["load"])  # this process only waits on pipes
+        self.procs = Procs(workdir)
+        self.workdir = workdir
+        self.req = request_bytes()
+        self.pool: LoadPool | None = None
+        self.targets: dict[str, str] = {}
+        self.by_scenario: dict[str, Proc] = {}
+        self.shadow_addr: dict[str, str] = {}
+        self.upstream_addr = ""
+        self.meter = CpuMeter({})
+        # Calls the upstreams received during each sidecar scenario's runs, per request.
+        self.upstream_calls = {
+            s: {"requests": 0, "primary": 0, "shadow": 0} for s in SIDECAR_SCENARIOS
+        }
+
+    def start(self) -> dict[str, str]:
+        """Start everything; returns scenario -> reason for those that did not start."""
+        cfg, py = self.cfg, sys.executable
+        hop, up = self.cpus["hop"], self.cpus["upstream"]
+        # Spawned first, so that they import grpc while the servers start.
+        self.pool = LoadPool(cfg.workers, sorted(self.cpus["load"]))
+        server = [py, str(BENCH_DIR / "upstream_server.py"), "--port", "0"]
+        primary = self.procs.start("upstream", [*server, "--delay-ms", str(cfg.delay_ms)], up)
+        slow = self.procs.start(
+            "shadow-slow", [*server, "--delay-ms", str(cfg.shadow_delay_ms)], up
+        )
+        dead = self.procs.start("shadow-dead", [*server, "--mode", "hang"], up)
+        self.upstream_addr = up_addr = f"127.0.0.1:{self.procs.wait_port(primary)}"
+        self.shadow_addr = {
+            SHADOW_SLOW: f"127.0.0.1:{self.procs.wait_port(slow)}",
+            SHADOW_DEAD: f"127.0.0.1:{self.procs.wait_port(dead)}",
+        }
+        passthrough = self.procs.start(
             "passthrough",
             [py, str(BENCH_DIR / "passthrough.py"), "--port", "0", "--upstream", up_addr],
+            hop,
         )
-        targets = {DIRECT: up_addr, PASSTHROUGH: f"127.0.0.1:{procs.wait_port(passthrough)}"}
-        by_scenario = {DIRECT: primary, PASSTHROUGH: passthrough}
-        for scen, shadow in ((SIDECAR, None), (SHADOW_SLOW, slow_addr), (SHADOW_DEAD, dead_addr)):
-            config = sidecar_config(up_addr, shadow)
-            path = workdir / f"sidecar-{scen}.yaml"
+        self.targets = {
+            DIRECT: up_addr,
+            PASSTHROUGH: f"127.0.0.1:{self.procs.wait_port(passthrough)}",
+        }
+        self.by_scenario = {DIRECT: primary, PASSTHROUGH: passthrough}
+        for scen in SIDECAR_SCENARIOS:
+            config = sidecar_config(up_addr, self.shadow_addr.get(scen))
+            path = self.workdir / f"sidecar-{scen}.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
-            by_scenario[scen] = procs.start(
-                f"sidecar-{scen}", [cfg.sidecar_cmd, "serve", "--config", str(path)]
+            self.by_scenario[scen] = self.procs.start(
+                f"sidecar-{scen}", [cfg.sidecar_cmd, "serve", "--config", str(path)], hop
             )
-            targets[scen] = config["listen"]["predict"]
+            self.targets[scen] = config["listen"]["predict"]
+        failures = wait_ready(self.pool, self.by_scenario, self.targets, self.req, timeout=30.0)
+        pids = {p.name: p.popen.pid for p in self.procs.procs}
+        pids.update({f"load-{i}": pid for i, pid in enumerate(self.pool.pids)})
+        pids["parent"] = os.getpid()
+        self.meter = CpuMeter(pids)
+        return failures
 
-        failures = wait_ready(pool, by_scenario, targets, req, timeout=30.0)
+    def measure(self, scen: str, mode: str, load: float) -> RunResult:
+        """One run: closed loop with `load` in flight, or open loop at `load` per second."""
+        pool, cfg = self.pool, self.cfg
+        assert pool is not None
+        target = self.targets[scen]
+        shadow = self.shadow_addr.get(scen)
+        counted = scen in SIDECAR_SCENARIOS
+        if counted:
+            p0 = pool.server_calls(self.upstream_addr)
+            s0 = pool.server_calls(shadow) if shadow else 0
+        before = self.meter.sample()
+        if mode == "closed":
+            result = pool.closed(
+                target,
+                self.req,
+                int(load),
+                warmup_s=cfg.warmup_s,
+                duration_s=cfg.duration_s,
+                max_requests=cfg.max_requests,
+                timeout=cfg.timeout_s,
+            )
+        else:
+            result = pool.open(
+                target,
+                self.req,
+                load,
+                warmup_s=cfg.warmup_s,
+                duration_s=cfg.open_duration_s,
+                max_requests=cfg.max_requests,
+                timeout=cfg.timeout_s,
+            )
+        cpu = CpuMeter.delta(before, self.meter.sample())
+        if counted:
+            time.sleep(0.05)  # mirrored calls start after the primary answer
+            calls = self.upstream_calls[scen]
+            calls["requests"] += result.total
+            calls["primary"] += pool.server_calls(self.upstream_addr) - p0
+            if shadow:
+                calls["shadow"] += pool.server_calls(shadow) - s0
+        result.cpu = cpu_per_request(scen, cpu, result.total)
+        return result
+
+
+def cpu_per_request(scen: str, cpu: CpuDelta, requests: int) -> dict[str, float | None]:
+    """CPU milliseconds per request of each role, and the machine's foreign load."""
+
+    def per_req(seconds: float | None) -> float | None:
+        return None if seconds is None or not requests else seconds * 1000.0 / requests
+
+    hop = {PASSTHROUGH: "passthrough"}.get(scen, f"sidecar-{scen}")
+    shadow = {SHADOW_SLOW: "shadow-slow", SHADOW_DEAD: "shadow-dead"}.get(scen)
+    load = sum(v for k, v in cpu.procs.items() if k.startswith("load-"))
+    wall = cpu.wall_s or 1.0
+    return {
+        "hop_ms_per_req": None if scen == DIRECT else per_req(cpu.procs.get(hop)),
+        "upstream_ms_per_req": per_req(cpu.procs.get("upstream")),
+        "shadow_upstream_ms_per_req": per_req(cpu.procs.get(shadow)) if shadow else None,
+        "load_ms_per_req": per_req(load),
+        "foreign_cores": cpu.foreign_s / wall,
+        "steal_cores": cpu.steal_s / wall,
+    }
+
+
+def run(cfg: Settings, out_path: Path) -> int:
+    t_begin = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-dataplane-"))
+    bench = Bench(cfg, workdir)
+    try:
+        failures = bench.start()
         for name in (DIRECT, PASSTHROUGH):
             if name in failures:
                 raise RuntimeError(f"{SCENARIOS[name]} did not start: {failures[name]}")
@@ -427,59 +565,18 @@ def run(cfg: Settings, out_path: Path) -> int:
             )
             print(f"\nSKIPPING (c)-(e): {skipped_reason}\n", file=sys.stderr)
         scenarios = [DIRECT, PASSTHROUGH] + ([] if skipped_reason else list(SIDECAR_SCENARIOS))
-        t_ready = time.monotonic()
-        print(
-            f"ready in {t_ready - t_begin:.1f} s; pinning: "
-            + (f"servers on CPU {sorted(server_cpus)}, load on {load_cpus}" if load_cpus else "off")
-        )
-
-        # Upstream calls counted around each sidecar run: mirrored share and calls/request.
-        upstream_calls: dict[str, dict[str, int]] = {
-            s: {"requests": 0, "primary": 0, "shadow": 0} for s in SIDECAR_SCENARIOS
-        }
-        shadow_target = {SHADOW_SLOW: slow_addr, SHADOW_DEAD: dead_addr}
-
-        def measured(scen: str, fn: Any) -> RunResult:
-            assert pool is not None
-            count = scen in SIDECAR_SCENARIOS
-            if count:
-                p0 = pool.server_calls(up_addr)
-                s0 = pool.server_calls(shadow_target[scen]) if scen in shadow_target else 0
-            result: RunResult = fn()
-            if count:
-                time.sleep(0.05)  # mirrored calls start after the primary answer
-                calls = upstream_calls[scen]
-                calls["requests"] += result.total
-                calls["primary"] += pool.server_calls(up_addr) - p0
-                if scen in shadow_target:
-                    calls["shadow"] += pool.server_calls(shadow_target[scen]) - s0
-            return result
+        placement = ", ".join(f"{r} on CPU {sorted(c)}" for r, c in bench.cpus.items())
+        print(f"ready in {time.monotonic() - t_begin:.1f} s; layout {cfg.layout}: {placement}")
 
         closed_runs: dict[str, list[RunResult]] = {}
         for rep in range(cfg.reps):
+            # Interleaved, and alternately reversed, so that drift hits every scenario alike.
             order = scenarios if rep % 2 == 0 else scenarios[::-1]
             for scen in order:
                 for conc in (1, 16) if rep % 2 == 0 else (16, 1):
-                    result = measured(
-                        scen,
-                        lambda scen=scen, conc=conc: pool.closed(  # type: ignore[union-attr]
-                            targets[scen],
-                            req,
-                            conc,
-                            warmup_s=cfg.warmup_s,
-                            duration_s=cfg.duration_s,
-                            max_requests=cfg.max_requests,
-                            timeout=cfg.timeout_s,
-                        ),
-                    )
+                    result = bench.measure(scen, "closed", conc)
                     closed_runs.setdefault(f"{scen}@{conc}", []).append(result)
-                    print(
-                        f"  rep {rep + 1} closed {SCENARIOS[scen]:<20} {conc:>2} in flight: "
-                        f"{result.rps:7.0f} rps  p50 {pct_ms(result.latencies, 50) or 0:6.2f}"
-                        f"  p99 {pct_ms(result.latencies, 99) or 0:6.2f} ms"
-                        f"  errors {result.n_errors}",
-                        flush=True,
-                    )
+                    log_run(rep, scen, f"{conc:>2} in flight", result)
         closed = {
             f"{s}@{c}": summarize(closed_runs[f"{s}@{c}"]) for s in scenarios for c in (1, 16)
         }
@@ -487,49 +584,35 @@ def run(cfg: Settings, out_path: Path) -> int:
         open_: dict[str, Any] = {}
         rate = None
         if not skipped_reason:
-            capacity = closed[f"{SIDECAR}@16"]["rps"]
-            rate = 0.5 * capacity
+            rate = 0.5 * (closed[f"{SIDECAR}@16"]["rps"] or 0.0)
             open_scen = [PASSTHROUGH, SIDECAR, SHADOW_SLOW, SHADOW_DEAD]
             open_runs: dict[str, list[RunResult]] = {}
             for rep in range(cfg.reps):
                 order = open_scen if rep % 2 == 0 else open_scen[::-1]
                 for scen in order:
-                    result = measured(
-                        scen,
-                        lambda scen=scen: pool.open(  # type: ignore[union-attr]
-                            targets[scen],
-                            req,
-                            rate,
-                            warmup_s=cfg.warmup_s,
-                            duration_s=cfg.open_duration_s,
-                            max_requests=cfg.max_requests,
-                            timeout=cfg.timeout_s,
-                        ),
-                    )
+                    result = bench.measure(scen, "open", rate)
                     open_runs.setdefault(scen, []).append(result)
-                    print(
-                        f"  rep {rep + 1} open   {SCENARIOS[scen]:<20} {rate:5.0f}/s: "
-                        f"p50 {pct_ms(result.latencies, 50) or 0:6.2f}"
-                        f"  p99 {pct_ms(result.latencies, 99) or 0:6.2f} ms"
-                        f"  sent {result.send_rate:5.0f}/s  errors {result.n_errors}",
-                        flush=True,
-                    )
+                    log_run(rep, scen, f"{rate:5.0f}/s", result)
             open_ = {s: summarize(open_runs[s]) for s in open_scen}
 
         ratios = compute_ratios(closed, open_)
         verdicts = judge(ratios)
-        total_errors = sum(s["errors"] for s in closed.values()) + sum(
-            s["errors"] for s in open_.values()
-        )
+        every = [*closed.values(), *open_.values()]
+        total_errors = sum(s["errors"] for s in every)
+        foreign = max((s["cpu"]["foreign_cores_max"] or 0.0 for s in every), default=0.0)
         print_table(closed, open_, verdicts)
-        for scen, calls in upstream_calls.items():
+        print_cpu(closed)
+        for scen, calls in bench.upstream_calls.items():
             if calls["requests"]:
-                calls_per_req = calls["primary"] / calls["requests"]
-                mirrored = calls["shadow"] / calls["requests"]
-                print(
-                    f"  {SCENARIOS[scen]:<20} upstream calls per request {calls_per_req:.3f}"
-                    + (f", mirrored to shadow {mirrored:.1%}" if scen in shadow_target else "")
-                )
+                line = f"{calls['primary'] / calls['requests']:.3f} upstream calls per request"
+                if scen in bench.shadow_addr:
+                    line += f", {calls['shadow'] / calls['requests']:.1%} mirrored to the shadow"
+                print(f"  {SCENARIOS[scen]:<20} {line}")
+        if foreign > FOREIGN_WARN_CORES:
+            print(
+                f"\nNOTE: other processes used up to {foreign:.2f} cores during a measurement: "
+                "the machine was shared, figures are noisier than usual."
+            )
         if total_errors:
             print(f"\nWARNING: {total_errors} failed calls: this run is flagged invalid.")
         if skipped_reason:
@@ -537,7 +620,7 @@ def run(cfg: Settings, out_path: Path) -> int:
         runtime = time.monotonic() - t_begin
         print(f"\ntotal bench runtime {runtime:.0f} s")
 
-        result_doc = {
+        doc = {
             "benchmark": "dataplane",
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "valid": total_errors == 0 and skipped_reason is None,
@@ -547,7 +630,8 @@ def run(cfg: Settings, out_path: Path) -> int:
             "targets": verdicts,
             "closed_loop": closed,
             "open_loop": open_,
-            "upstream_calls": upstream_calls,
+            "upstream_calls": bench.upstream_calls,
+            "max_foreign_cpu_cores": foreign,
             "parameters": {
                 "reps": cfg.reps,
                 "closed_duration_s": cfg.duration_s,
@@ -558,32 +642,42 @@ def run(cfg: Settings, out_path: Path) -> int:
                 "open_loop_rate_rule": "0.5 x median closed-loop rps of (c) at 16 in flight",
                 "primary_delay_ms": cfg.delay_ms,
                 "shadow_slow_delay_ms": cfg.shadow_delay_ms,
-                "shadow_dead": "never answers; sidecar shadow deadline 1.0 s",
+                "shadow_dead": "never answers; the sidecar's shadow deadline is 1.0 s",
                 "weights": {"stable": 9000, "canary": 1000},
                 "shadow": {"sample_bp": 10000, "max_in_flight": 64, "deadline_s": 1.0},
                 "load_workers": cfg.workers,
                 "call_timeout_s": cfg.timeout_s,
                 "max_requests_per_worker": cfg.max_requests,
-                "pinning": (
-                    {"servers": sorted(server_cpus), "load": load_cpus} if load_cpus else None
-                ),
-                "statistics": "rps: median over reps; p50/p99: over pooled samples of all reps",
+                "layout": cfg.layout,
+                "cpus": {role: sorted(c) for role, c in bench.cpus.items()},
+                "statistics": "rps and CPU: median over reps; p50/p99: pooled samples of all reps",
                 "request": "ModelInfer 'classifier', one FP64 input [1,4], typed contents",
             },
             "machine": machine_info(),
             "runtime_s": round(runtime, 1),
         }
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result_doc, indent=2) + "\n")
+        out_path.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {out_path}")
         return 1 if total_errors else 0
     finally:
-        if pool is not None:
-            pool.close()
-        procs.stop_all()
+        if bench.pool is not None:
+            bench.pool.close()
+        bench.procs.stop_all()
         for p in workdir.iterdir():
             p.unlink()
         workdir.rmdir()
+
+
+def log_run(rep: int, scen: str, load: str, r: RunResult) -> None:
+    hop = r.cpu.get("hop_ms_per_req")
+    print(
+        f"  rep {rep + 1} {r.mode:<6} {SCENARIOS[scen]:<20} {load}: {r.rps:6.0f} rps"
+        f"  p50 {pct_ms(r.latencies, 50) or 0:6.2f}  p99 {pct_ms(r.latencies, 99) or 0:6.2f} ms"
+        f"  hop cpu {fmt(hop)} ms/req  errors {r.n_errors}"
+        f"  foreign {r.cpu.get('foreign_cores') or 0:.2f} cores",
+        flush=True,
+    )
 
 
 def machine_info() -> dict[str, Any]:
@@ -645,10 +739,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=2.0, help="per-call timeout, s")
     parser.add_argument("--max-requests", type=int, default=50_000, help="cap per worker per run")
     parser.add_argument(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="servers on the first CPU, load generator on the others",
+        "--layout",
+        choices=sorted(LAYOUTS),
+        default="hop-alone",
+        help="CPU pinning. hop-alone: the hop under test (passthrough or sidecar) alone on the "
+        "first CPU, upstreams and load generator on the others; servers: hop and upstreams on "
+        "the first CPU, load generator on the others; none: no pinning",
     )
     parser.add_argument(
         "--sidecar", default=str(ROOT / ".venv" / "bin" / "sidecar"), help="sidecar executable"
@@ -670,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         timeout_s=args.timeout,
         max_requests=args.max_requests,
-        pin=args.pin,
+        layout=args.layout,
         sidecar_cmd=args.sidecar,
     )
     with _sigterm_as_exit():

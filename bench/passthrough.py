@@ -30,15 +30,17 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-class Passthrough(grpc.GenericRpcHandler):
+class Passthrough(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generic in stubs only
     """Forwards any unary-unary method to the same path on the upstream."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._channel = channel
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[bytes, bytes]:
+        method: str = handler_call_details.method
         handler = self._handlers.get(method)
         if handler is None:
             handler = grpc.unary_unary_rpc_method_handler(self._forwarder(method))
@@ -75,7 +77,7 @@ async def serve(port: int, upstream: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(grace=0.2)
-    await channel.close()
+    await channel.close(None)
 
 
 def main(argv: list[str] | None = None) -> int:

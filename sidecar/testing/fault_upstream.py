@@ -10,6 +10,7 @@ messages itself, so it loads in any process (no generated code, no descriptor cl
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,15 @@ import grpc
 
 Responder = Callable[[str, bytes], bytes | Awaitable[bytes]]
 """(method name such as "ModelInfer", request bytes) -> response bytes."""
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One call as the upstream saw it."""
+
+    method: str
+    time_remaining: float | None
+    metadata: dict[str, str]
 
 
 @dataclass
@@ -50,6 +60,7 @@ class FaultInjectingUpstream:
         self.respond = respond
         self.fault = Fault()
         self.calls: dict[str, int] = {}
+        self.seen: deque[CallRecord] = deque(maxlen=1000)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -67,6 +78,13 @@ class FaultInjectingUpstream:
     def _handler(self, method: str) -> grpc.RpcMethodHandler[bytes, bytes]:
         async def handle(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
             self.calls[method] = self.calls.get(method, 0) + 1
+            self.seen.append(
+                CallRecord(
+                    method,
+                    context.time_remaining(),
+                    {k: str(v) for k, v in context.invocation_metadata() or ()},
+                )
+            )
             fault = self.fault
             if method in fault.methods:
                 if fault.hang:

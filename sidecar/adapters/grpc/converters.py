@@ -3,65 +3,25 @@
 - `check_infer_request`: structural validation of an Open Inference Protocol request
   (datatypes, shapes against element counts, raw vs typed contents) with messages that
   name the input and what is wrong.
-- `decode_outputs`: output tensors -> numpy arrays, typed or raw contents.
+- `decode_outputs` (from `sidecar.core.tensors`): output tensors -> numpy arrays.
 - Predict <-> Open Inference Protocol: the sidecar.v1 payload messages are
   wire-identical to the `inference` ones, so conversion is a re-parse of the bytes.
 """
 
 from __future__ import annotations
 
-import math
-import struct
-from collections.abc import Sequence
-
-import numpy as np
-
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.sidecar.v1 import predict_pb2 as pb
-from sidecar.app.ports import Outputs
+from sidecar.core.tensors import (
+    CONTENT_FIELDS,
+    DATATYPES,
+    decode_outputs,
+    element_count,
+    split_bytes_elements,
+)
 from sidecar.errors import InvalidRequest
 
-# Open Inference Protocol datatype -> (typed contents field, numpy dtype, bytes per element).
-DATATYPES: dict[str, tuple[str | None, str, int]] = {
-    "BOOL": ("bool_contents", "bool", 1),
-    "UINT8": ("uint_contents", "<u1", 1),
-    "UINT16": ("uint_contents", "<u2", 2),
-    "UINT32": ("uint_contents", "<u4", 4),
-    "UINT64": ("uint64_contents", "<u8", 8),
-    "INT8": ("int_contents", "<i1", 1),
-    "INT16": ("int_contents", "<i2", 2),
-    "INT32": ("int_contents", "<i4", 4),
-    "INT64": ("int64_contents", "<i8", 8),
-    "FP16": (None, "<f2", 2),
-    "BF16": (None, "<u2", 2),
-    "FP32": ("fp32_contents", "<f4", 4),
-    "FP64": ("fp64_contents", "<f8", 8),
-    "BYTES": ("bytes_contents", "object", 0),
-}
-CONTENT_FIELDS = (
-    "bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents",
-    "fp32_contents", "fp64_contents", "bytes_contents",
-)  # fmt: skip
-
-
-def _element_count(shape: Sequence[int]) -> int:
-    return math.prod(shape) if shape else 1
-
-
-def _bytes_elements(raw: bytes) -> list[bytes] | None:
-    """Split a raw BYTES tensor (4-byte little-endian length prefix per element)."""
-    out: list[bytes] = []
-    pos = 0
-    while pos < len(raw):
-        if pos + 4 > len(raw):
-            return None
-        (size,) = struct.unpack_from("<I", raw, pos)
-        pos += 4
-        if pos + size > len(raw):
-            return None
-        out.append(raw[pos : pos + size])
-        pos += size
-    return out
+__all__ = ["check_infer_request", "decode_outputs", "oip_to_predict", "predict_to_oip"]
 
 
 def check_infer_request(request: oip.ModelInferRequest) -> None:
@@ -94,14 +54,14 @@ def check_infer_request(request: oip.ModelInferRequest) -> None:
         shape = list(tensor.shape)
         if any(d < 0 for d in shape):
             raise InvalidRequest(f"{label}: shape {shape} has a negative dimension")
-        count = _element_count(shape)
+        count = element_count(shape)
         filled = [f for f in CONTENT_FIELDS if len(getattr(tensor.contents, f))]
         if raw:
             if filled:
                 raise InvalidRequest(f"{label}: has both raw_input_contents and typed contents")
             data = raw[index]
             if tensor.datatype == "BYTES":
-                elements = _bytes_elements(data)
+                elements = split_bytes_elements(data)
                 if elements is None:
                     raise InvalidRequest(f"{label}: raw BYTES data is not length-prefixed")
                 got = len(elements)
@@ -131,39 +91,6 @@ def check_infer_request(request: oip.ModelInferRequest) -> None:
             raise InvalidRequest(
                 f"{label}: shape {shape} needs {count} elements, contents hold {got}"
             )
-
-
-def decode_outputs(response: oip.ModelInferResponse) -> Outputs:
-    """Output tensors as numpy arrays shaped as declared (BYTES -> object arrays)."""
-    out: dict[str, np.ndarray] = {}
-    raw = response.raw_output_contents
-    for index, tensor in enumerate(response.outputs):
-        spec = DATATYPES.get(tensor.datatype)
-        shape = tuple(tensor.shape)
-        if spec is None:
-            out[tensor.name] = np.array([f"<unknown datatype {tensor.datatype}>"], dtype=object)
-            continue
-        field, dtype, _ = spec
-        try:
-            if raw and index < len(raw):
-                if tensor.datatype == "BYTES":
-                    arr = np.array(_bytes_elements(raw[index]) or [], dtype=object)
-                else:
-                    arr = np.frombuffer(raw[index], dtype=np.dtype(dtype))
-            elif field is not None:
-                values = getattr(tensor.contents, field)
-                if tensor.datatype == "BYTES":
-                    arr = np.array(list(values), dtype=object)
-                else:
-                    arr = np.asarray(values, dtype=np.dtype(dtype))
-            else:
-                arr = np.array([], dtype=np.dtype(dtype))
-            out[tensor.name] = (
-                arr.reshape(shape) if shape and arr.size == _element_count(shape) else arr
-            )
-        except (ValueError, TypeError) as exc:
-            out[tensor.name] = np.array([f"<undecodable: {exc}>"], dtype=object)
-    return out
 
 
 def predict_to_oip(payload: pb.InferRequest) -> oip.ModelInferRequest:

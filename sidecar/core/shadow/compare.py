@@ -58,7 +58,7 @@ Comparator = Callable[[Outputs, Outputs], Comparison]
 
 BUILTIN_COMPARATORS: Final = ("auto", "exact", "tolerance", "top1")
 
-AGREED: Final = Comparison(True, "")
+_AGREED: Final = Comparison(True, "")
 
 _MAX_DETAIL: Final = 400  # characters of a Comparison.detail, whole
 _MAX_VALUE: Final = 40  # characters of one rendered element inside a detail
@@ -272,7 +272,7 @@ def _compare_unguarded(
         if detail is not None:
             problems.append(f"{name}: {detail}")
     if not problems:
-        return AGREED
+        return _AGREED
     return Comparison(False, _truncate("; ".join(problems), _MAX_DETAIL))
 
 
@@ -387,7 +387,7 @@ def _normalise(result: Any) -> Comparison:
             "expected Comparison, bool or (bool, str)",
         )
     if agreed:
-        return AGREED
+        return _AGREED
     text = detail if isinstance(detail, str) else repr(detail)
     return Comparison(False, _truncate(text or "comparator reported a disagreement", _MAX_DETAIL))
 

@@ -6,9 +6,11 @@ timestamps in. Memory is bounded whatever the traffic:
 * counters are plain ints;
 * errors are keyed by gRPC status code name, at most :data:`MAX_STATUS_NAMES` distinct
   names (anything beyond is counted under ``"OTHER"``);
-* latencies and latency ratios go into DDSketches whose stores collapse their lowest
-  bins beyond :data:`SKETCH_BIN_LIMIT` bins (only the lowest quantiles, not p50/p95,
-  would lose accuracy, and only for values spanning > ~17 orders of magnitude at 1%);
+* latencies and latency ratios go into DDSketches whose stores keep at most
+  :data:`SKETCH_BIN_LIMIT` bins, collapsing the lowest ones: at 1% relative accuracy
+  that covers ~17 orders of magnitude below the largest value recorded (ample for
+  latencies); smaller values are merged into the lowest kept bin, so only quantiles
+  that fall that far below the maximum lose accuracy;
 * disagreement examples live in a ``deque(maxlen=keep_examples)`` and hold short
   renderings, never the arrays themselves.
 """
@@ -58,12 +60,11 @@ def _render_scalar(value: Any, budget: int) -> str:
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float | complex):
-        text = format(value, ".6g")
-    elif isinstance(value, bytes | str):
-        text = repr(value[: budget + 1])  # slice first: an element may be huge
-    else:
-        text = str(value)
-    return _truncate(text, max(budget, 1))
+        return format(value, ".6g")
+    if isinstance(value, bytes | str):
+        # Slice first (an element may be huge); cut text is still informative.
+        return _truncate(repr(value[: budget + 1]), max(budget, 1))
+    return _truncate(str(value), max(budget, 1))
 
 
 def _render_array(arr: np.ndarray[Any, Any], budget: int) -> str:
@@ -78,6 +79,9 @@ def _render_array(arr: np.ndarray[Any, Any], budget: int) -> str:
             parts.append("…")
             break
         part = _render_array(arr[i, ...], budget - used - 3)  # [i, ...]: stays an array
+        if parts and used + len(part) + 3 > budget:
+            parts.append("…")
+            break
         parts.append(part)
         used += len(part) + 2  # ", "
     return "[" + ", ".join(parts) + "]"
@@ -99,8 +103,12 @@ def render_outputs(outputs: Outputs, limit: int = 200) -> str:
                 rendered = _render_array(arr, limit - used - len(prefix) - 3)
             except Exception:
                 rendered = f"<{type(value).__name__}>"
-            parts.append(prefix + rendered)
-            used += len(prefix) + len(rendered) + 2
+            part = prefix + rendered
+            if parts and used + len(part) + 3 > limit:
+                parts.append("…")
+                break
+            parts.append(part)
+            used += len(part) + 2
     except Exception as exc:
         parts.append(f"<unrenderable: {type(exc).__name__}>")
     return _truncate(", ".join(parts), limit)

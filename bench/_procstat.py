@@ -1,0 +1,82 @@
+"""CPU accounting from /proc for the benchmark (Linux only).
+
+Per process: user + system CPU seconds, all threads included (``/proc/<pid>/stat``). For the
+machine: busy and steal seconds (``/proc/stat``). "Foreign" CPU is what the machine spent
+outside the processes we watch: other people's jobs sharing the 2 cores, which makes a run
+noisy; the benchmark reports it so that a disturbed run can be recognised.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+_TICK = float(os.sysconf("SC_CLK_TCK"))
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process (all threads), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # Fields after the command name (which may contain spaces) start after the last ')'.
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+
+
+def system_cpu_s() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot."""
+    with open("/proc/stat", "rb") as f:
+        parts = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in parts[1:9])
+    return (user + nice + system + irq + softirq) / _TICK, steal / _TICK
+
+
+@dataclass
+class CpuSample:
+    wall: float
+    busy: float
+    steal: float
+    procs: dict[str, float]
+
+
+@dataclass
+class CpuDelta:
+    wall_s: float
+    procs: dict[str, float]  # name -> CPU seconds in the interval
+    foreign_s: float  # machine busy time outside the watched processes
+    steal_s: float
+
+
+class CpuMeter:
+    """Snapshots of watched processes and the machine; `delta` between two snapshots."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = dict(pids)
+
+    def sample(self) -> CpuSample:
+        busy, steal = system_cpu_s()
+        procs = {}
+        for name, pid in self.pids.items():
+            value = process_cpu_s(pid)
+            if value is not None:
+                procs[name] = value
+        return CpuSample(time.monotonic(), busy, steal, procs)
+
+    @staticmethod
+    def delta(before: CpuSample, after: CpuSample) -> CpuDelta:
+        procs = {
+            name: after.procs[name] - before.procs[name]
+            for name in after.procs
+            if name in before.procs
+        }
+        ours = sum(procs.values())
+        return CpuDelta(
+            wall_s=after.wall - before.wall,
+            procs=procs,
+            foreign_s=max(0.0, (after.busy - before.busy) - ours),
+            steal_s=after.steal - before.steal,
+        )

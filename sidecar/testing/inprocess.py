@@ -1,0 +1,94 @@
+"""In-process sidecar and a scripted model for component tests and benchmarks.
+
+This module loads the sidecar's own Open Inference Protocol code, so it must not be
+imported in a process that also loads tritonclient (one descriptor pool per process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
+from sidecar.config import parse_config
+from sidecar.wiring import Sidecar, build
+
+
+def scripted_model(labels: Mapping[str, int]) -> Any:
+    """A responder for `FaultInjectingUpstream`: ModelInfer answers one INT64 label per
+    input row, `labels[model_version]` (default 0); ModelReady answers ready;
+    ModelMetadata names the model. For fault-injection tests only."""
+
+    def respond(method: str, data: bytes) -> bytes:
+        if method == "ModelInfer":
+            req = oip.ModelInferRequest.FromString(data)
+            rows = req.inputs[0].shape[0] if req.inputs and req.inputs[0].shape else 1
+            resp = oip.ModelInferResponse(
+                model_name=req.model_name, model_version=req.model_version, id=req.id
+            )
+            out = resp.outputs.add(name="predict", datatype="INT64", shape=[rows, 1])
+            out.contents.int64_contents.extend([labels.get(req.model_version, 0)] * rows)
+            return resp.SerializeToString()
+        if method == "ModelReady":
+            return oip.ModelReadyResponse(ready=True).SerializeToString()
+        if method == "ModelMetadata":
+            req_md = oip.ModelMetadataRequest.FromString(data)
+            return oip.ModelMetadataResponse(
+                name=req_md.name, versions=[req_md.version], platform="scripted"
+            ).SerializeToString()
+        if method == "ServerReady":
+            return oip.ServerReadyResponse(ready=True).SerializeToString()
+        if method == "ServerLive":
+            return oip.ServerLiveResponse(live=True).SerializeToString()
+        return b""
+
+    return respond
+
+
+def config_dict(
+    variants: Mapping[str, str | tuple[str, str]],
+    *,
+    weights: Mapping[str, int],
+    shadow: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A minimal configuration: `variants` maps name -> address or (address, version)."""
+    out: dict[str, Any] = {
+        "listen": {"predict": "127.0.0.1:0", "control": "127.0.0.1:0"},
+        "model": "classifier",
+        "variants": {
+            name: {
+                "address": spec if isinstance(spec, str) else spec[0],
+                "model_name": "classifier",
+                "model_version": name if isinstance(spec, str) else spec[1],
+            }
+            for name, spec in variants.items()
+        },
+        "flag": {
+            "key": "classifier-rollout",
+            "stable": "stable",
+            "canary": "canary" if "canary" in variants else None,
+            "weights": dict(weights),
+        },
+        "server": {"log_level": "warning", "shutdown_grace": 2.0},
+    }
+    if shadow is not None:
+        out["shadow"] = dict(shadow)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+@asynccontextmanager
+async def running_sidecar(raw: Mapping[str, Any]) -> AsyncIterator[Sidecar]:
+    """Build and start a sidecar from a configuration mapping; stop it afterwards."""
+    sidecar = build(parse_config(dict(raw), "<test>"))
+    await sidecar.start()
+    try:
+        yield sidecar
+    finally:
+        await sidecar.stop(grace=1.0)
