@@ -58,6 +58,7 @@ SCENARIOS: dict[str, str] = {
 }
 SIDECAR_SCENARIOS = (SIDECAR, SHADOW_SLOW, SHADOW_DEAD)
 FOREIGN_WARN_CORES = 0.15  # other processes' CPU during a run above which we say so
+RETRY_FOREIGN_CORES = 0.25  # ... above which the run is repeated (within --max-retries)
 
 TARGETS: dict[str, tuple[str, float, str]] = {
     # ratio name -> (comparison, limit, meaning)
@@ -310,6 +311,12 @@ def compute_ratios(closed: dict[str, Any], open_: dict[str, Any]) -> dict[str, f
         ),
         "added_p50_ms_passthrough_1": added_b,
         "added_p50_ms_sidecar_1": added_c,
+        # Informative, not a target: hop CPU per request, (c) over (b), at 16 in flight. Its
+        # inverse is the throughput ratio a deployment bound by the hop's own CPU would see.
+        "hop_cpu_per_request_sidecar_over_passthrough_16": safe_div(
+            (get(closed, f"{SIDECAR}@16", "cpu") or {}).get("hop_ms_per_req"),
+            (get(closed, f"{PASSTHROUGH}@16", "cpu") or {}).get("hop_ms_per_req"),
+        ),
     }
 
 
@@ -388,6 +395,7 @@ class Settings:
     workers: int
     timeout_s: float
     max_requests: int
+    max_retries: int
     layout: str
     sidecar_cmd: str
 
@@ -438,6 +446,7 @@ class Bench:
         self.shadow_addr: dict[str, str] = {}
         self.upstream_addr = ""
         self.meter = CpuMeter({})
+        self.retries = 0
         # Calls the upstreams received during each sidecar scenario's runs, per request.
         self.upstream_calls = {
             s: {"requests": 0, "primary": 0, "shadow": 0} for s in SIDECAR_SCENARIOS
@@ -486,6 +495,21 @@ class Bench:
         return failures
 
     def measure(self, scen: str, mode: str, load: float) -> RunResult:
+        """`run_once`, repeated (within a budget) while other processes disturbed it."""
+        result = self.run_once(scen, mode, load)
+        while (
+            result.cpu.get("foreign_cores") or 0.0
+        ) > RETRY_FOREIGN_CORES and self.retries < self.cfg.max_retries:
+            self.retries += 1
+            print(
+                f"  (retrying {SCENARIOS[scen]} {mode}: other processes used "
+                f"{result.cpu['foreign_cores']:.2f} cores)",
+                flush=True,
+            )
+            result = self.run_once(scen, mode, load)
+        return result
+
+    def run_once(self, scen: str, mode: str, load: float) -> RunResult:
         """One run: closed loop with `load` in flight, or open loop at `load` per second."""
         pool, cfg = self.pool, self.cfg
         assert pool is not None
@@ -602,6 +626,14 @@ def run(cfg: Settings, out_path: Path) -> int:
         foreign = max((s["cpu"]["foreign_cores_max"] or 0.0 for s in every), default=0.0)
         print_table(closed, open_, verdicts)
         print_cpu(closed)
+        cpu_ratio = ratios["hop_cpu_per_request_sidecar_over_passthrough_16"]
+        if cpu_ratio:
+            print(
+                f"  hop CPU per request (c)/(b): {cpu_ratio:.2f} (a deployment bound by the "
+                f"hop's own CPU would see (c)/(b) throughput of about {1 / cpu_ratio:.2f})"
+            )
+        if bench.retries:
+            print(f"  {bench.retries} run(s) repeated because other processes used the CPU")
         for scen, calls in bench.upstream_calls.items():
             if calls["requests"]:
                 line = f"{calls['primary'] / calls['requests']:.3f} upstream calls per request"
@@ -632,6 +664,7 @@ def run(cfg: Settings, out_path: Path) -> int:
             "open_loop": open_,
             "upstream_calls": bench.upstream_calls,
             "max_foreign_cpu_cores": foreign,
+            "retried_runs": bench.retries,
             "parameters": {
                 "reps": cfg.reps,
                 "closed_duration_s": cfg.duration_s,
@@ -739,9 +772,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=2.0, help="per-call timeout, s")
     parser.add_argument("--max-requests", type=int, default=50_000, help="cap per worker per run")
     parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=8,
+        help="runs repeated in all because other processes used the CPU meanwhile",
+    )
+    parser.add_argument(
         "--layout",
         choices=sorted(LAYOUTS),
-        default="hop-alone",
+        default="servers",
         help="CPU pinning. hop-alone: the hop under test (passthrough or sidecar) alone on the "
         "first CPU, upstreams and load generator on the others; servers: hop and upstreams on "
         "the first CPU, load generator on the others; none: no pinning",
@@ -766,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         timeout_s=args.timeout,
         max_requests=args.max_requests,
+        max_retries=args.max_retries,
         layout=args.layout,
         sidecar_cmd=args.sidecar,
     )

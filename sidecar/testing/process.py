@@ -6,6 +6,7 @@ ports are read back from the `sidecar.started` JSON log event.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,7 +38,13 @@ class SidecarProcess:
         self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="sidecar-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.run_dir / "sidecar.yaml"
-        self.config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        raw = dict(config)
+        server = dict(raw.get("server") or {})
+        if server.get("log_level") in ("warning", "error"):
+            # The bound ports are read from the info-level `sidecar.started` event.
+            server["log_level"] = "info"
+        raw["server"] = server
+        self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         self.startup_timeout = startup_timeout
         self.extra_env = dict(extra_env or {})
         self.lines: deque[str] = deque(maxlen=5000)
@@ -121,10 +128,8 @@ class SidecarProcess:
         if self._proc is None:
             return None
         if self._proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self._proc.wait(5)
         return self._proc.returncode
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 from typing import SupportsIndex
 
 import numpy as np
@@ -87,10 +88,40 @@ def as_counts(values: npt.ArrayLike, name: str) -> npt.NDArray[np.int64]:
         np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
     ):
         raise ValueError(f"{name} must contain integers; got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError(f"{name} must contain whole numbers")
+    if np.issubdtype(arr.dtype, np.floating) and (
+        not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))
+    ):
+        raise ValueError(f"{name} must contain whole numbers")
     out = arr.astype(np.int64)
     if np.any(out < 0):
         raise ValueError(f"{name} must not contain negative counts; got {out.tolist()}")
     return out
+
+
+def check_rates(baseline: float, minimum_effect: float) -> tuple[float, float]:
+    """Validate a baseline rate and an absolute non-zero effect; return both arm rates."""
+    p1 = check_probability_level(baseline, "baseline")
+    if isinstance(minimum_effect, bool):
+        raise ValueError(f"minimum_effect must be a finite number; got {minimum_effect!r}")
+    try:
+        mde = float(minimum_effect)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"minimum_effect must be a finite number; got {minimum_effect!r}"
+        ) from None
+    if not math.isfinite(mde) or mde == 0.0:
+        raise ValueError(
+            f"minimum_effect must be a finite non-zero absolute difference; got {minimum_effect!r}"
+        )
+    p2 = p1 + mde
+    if not (0.0 < p2 < 1.0):
+        raise ValueError(f"baseline + minimum_effect must lie in (0, 1); got {p1} + {mde} = {p2}")
+    return p1, p2
+
+
+def as_index_counts(values: Sequence[SupportsIndex], name: str) -> npt.NDArray[np.int64]:
+    """Return a non-empty 1-D int64 array from a sequence of non-negative integers."""
+    checked = [check_count(v, f"{name}[{i}]") for i, v in enumerate(values)]
+    if not checked:
+        raise ValueError(f"{name} must not be empty")
+    return np.array(checked, dtype=np.int64)

@@ -68,7 +68,9 @@ def _finish(
     )
 
 
-def holm(p_values: Sequence[float] | npt.NDArray[np.float64], alpha: float = 0.05) -> AdjustedPValues:
+def holm(
+    p_values: Sequence[float] | npt.NDArray[np.float64], alpha: float = 0.05
+) -> AdjustedPValues:
     """Holm step-down adjustment (controls the family-wise error rate)."""
     alpha = check_alpha(alpha)
     pvals = _as_p_values(p_values)

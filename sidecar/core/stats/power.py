@@ -16,24 +16,9 @@ from dataclasses import dataclass
 
 from scipy import optimize, special
 
-from ._validation import check_alpha, check_probability_level
+from ._validation import check_alpha, check_probability_level, check_rates
 
 __all__ = ["SampleSize", "cohens_h", "power_per_arm", "sample_size_per_arm"]
-
-
-def _check_rates(baseline: float, minimum_effect: float) -> tuple[float, float]:
-    p1 = check_probability_level(baseline, "baseline")
-    if isinstance(minimum_effect, bool) or not math.isfinite(float(minimum_effect)):
-        raise ValueError(f"minimum_effect must be a finite number; got {minimum_effect!r}")
-    mde = float(minimum_effect)
-    if mde == 0.0:
-        raise ValueError("minimum_effect must be non-zero (absolute difference in rate)")
-    p2 = p1 + mde
-    if not (0.0 < p2 < 1.0):
-        raise ValueError(
-            f"baseline + minimum_effect must lie in (0, 1); got {p1} + {mde} = {p2}"
-        )
-    return p1, p2
 
 
 def cohens_h(rate_control: float, rate_treatment: float) -> float:
@@ -56,7 +41,7 @@ def power_per_arm(
     n_per_arm: float, baseline: float, minimum_effect: float, alpha: float = 0.05
 ) -> float:
     """Power of the two-sided fixed-horizon test with ``n_per_arm`` users in each arm."""
-    p1, p2 = _check_rates(baseline, minimum_effect)
+    p1, p2 = check_rates(baseline, minimum_effect)
     alpha = check_alpha(alpha)
     if not n_per_arm > 0:
         raise ValueError(f"n_per_arm must be positive; got {n_per_arm!r}")
@@ -85,7 +70,7 @@ def sample_size_per_arm(
     ``minimum_effect`` is absolute (0.01 means one percentage point) and may be negative.
     Raises ValueError unless ``0 < alpha < power < 1`` and both rates lie in (0, 1).
     """
-    p1, p2 = _check_rates(baseline, minimum_effect)
+    p1, p2 = check_rates(baseline, minimum_effect)
     alpha = check_alpha(alpha)
     power = check_probability_level(power, "power")
     if power <= alpha:
@@ -101,7 +86,7 @@ def sample_size_per_arm(
     def excess(n: float) -> float:
         return _power(h_abs, n, crit) - power
 
-    exact = float(optimize.brentq(excess, 0.0, hi, xtol=1e-12, rtol=4.5e-16, maxiter=500))
+    exact = float(optimize.brentq(excess, 0.0, hi, xtol=1e-12, rtol=1e-15, maxiter=500))
     n = max(1, math.ceil(exact))
     return SampleSize(
         n_per_arm=n,

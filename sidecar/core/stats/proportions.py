@@ -86,9 +86,7 @@ def two_proportion_ztest(
     return ZTestResult(z, _two_sided_normal_p(z), rate_c, rate_t, pooled, se)
 
 
-def wilson_interval(
-    successes: SupportsIndex, n: SupportsIndex, alpha: float = 0.05
-) -> Interval:
+def wilson_interval(successes: SupportsIndex, n: SupportsIndex, alpha: float = 0.05) -> Interval:
     """Wilson score interval for one proportion, clipped to [0, 1]."""
     s, t = check_trials(successes, n, "arm")
     alpha = check_alpha(alpha)
@@ -194,10 +192,7 @@ def compare_proportions(
     st, nt = check_trials(successes_treatment, n_treatment, "treatment")
     alpha = check_alpha(alpha)
     pc, pt = sc / nc, st / nt
-    if pc > 0.0:
-        ratio = pt / pc
-    else:
-        ratio = math.inf if pt > 0.0 else math.nan
+    ratio = pt / pc if pc > 0.0 else (math.inf if pt > 0.0 else math.nan)
     r_int = ratio_interval(sc, nc, st, nt, alpha)
     lift_int = Interval(r_int.lower - 1.0, r_int.upper - 1.0, r_int.confidence, r_int.method)
     return ProportionComparison(

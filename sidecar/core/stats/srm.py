@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from ._validation import as_counts, check_probability_level
+from ._validation import as_index_counts, check_probability_level
 
 __all__ = [
     "BASIS_POINTS_TOTAL",
@@ -54,7 +54,7 @@ class SrmResult:
 
 
 def _check_weights(weights_bp: Sequence[SupportsIndex], n_arms: int) -> npt.NDArray[np.int64]:
-    weights = as_counts(list(weights_bp), "weights_bp")
+    weights = as_index_counts(weights_bp, "weights_bp")
     if weights.size != n_arms:
         raise ValueError(
             f"weights_bp has {weights.size} entries but observed has {n_arms}; "
@@ -62,9 +62,7 @@ def _check_weights(weights_bp: Sequence[SupportsIndex], n_arms: int) -> npt.NDAr
         )
     total = int(weights.sum())
     if total != BASIS_POINTS_TOTAL:
-        raise ValueError(
-            f"weights_bp must sum to {BASIS_POINTS_TOTAL} basis points; got {total}"
-        )
+        raise ValueError(f"weights_bp must sum to {BASIS_POINTS_TOTAL} basis points; got {total}")
     if int(np.count_nonzero(weights)) < 2:
         raise ValueError("at least two arms need a positive weight for an SRM test")
     return weights
@@ -76,7 +74,7 @@ def srm_test(
     threshold: float = DEFAULT_SRM_THRESHOLD,
 ) -> SrmResult:
     """Chi-square test of observed arm counts against the configured split."""
-    counts = as_counts(list(observed), "observed")
+    counts = as_index_counts(observed, "observed")
     weights = _check_weights(weights_bp, counts.size)
     threshold = check_probability_level(threshold, "threshold")
     total = int(counts.sum())
@@ -93,9 +91,7 @@ def srm_test(
     exp = expected[positive]
     statistic = float(np.sum((obs - exp) ** 2 / exp))
     p_value = float(special.chdtrc(df, statistic))
-    return SrmResult(
-        statistic, p_value, df, observed_t, expected_t, threshold, p_value < threshold
-    )
+    return SrmResult(statistic, p_value, df, observed_t, expected_t, threshold, p_value < threshold)
 
 
 def is_sample_ratio_mismatch(

@@ -1,0 +1,122 @@
+"""Configuration: the example validates; every error names its field; check-config."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sidecar.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = ROOT / "examples" / "sidecar.yaml"
+
+
+def example() -> dict[str, Any]:
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    assert isinstance(raw, dict)
+    return raw
+
+
+def test_example_config_is_valid_and_complete() -> None:
+    """The commented example loads, with every section present."""
+    config = load_config(EXAMPLE)
+    assert config.model == "classifier"
+    assert set(config.variants) == {"stable", "canary", "shadow"}
+    assert dict(config.flag.weights) == {"stable": 9000, "canary": 1000}
+    assert config.shadow is not None and config.shadow.max_in_flight == 64
+    assert config.flag.user_overrides["qa-user-1"] == "canary"
+
+
+def mutate(path: str, value: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(example())
+    node = raw
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node[key]
+    if value is DELETE:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return raw
+
+
+DELETE = object()
+
+BAD = [
+    ("flag.weights", {"stable": 9000, "canary": 500}, "flag.weights: must sum to 10000"),
+    ("flag.weights", {"stable": 9000, "ghost": 1000}, "flag.weights[ghost]: unknown variant"),
+    ("flag.weights", {"stable": 9000.5, "canary": 999.5}, "flag.weights[stable]: must be an int"),
+    ("flag.stable", "ghost", "flag.stable: unknown variant"),
+    ("flag.kill_switch", "yes", "flag.kill_switch: must be true or false"),
+    (
+        "flag.segment_rules",
+        [{"segment": "gamma", "variant": "canary"}],
+        "flag.segment_rules[0].segment",
+    ),
+    ("flag.user_overrides", {"bob": "ghost"}, "flag.user_overrides[bob]: unknown variant"),
+    ("flag.colour", "blue", "flag.colour: unknown field"),
+    ("variants.stable.address", "nowhere", "variants.stable.address: must be host:port"),
+    ("variants.stable.model_name", "", "variants.stable.model_name: must be a non-empty"),
+    ("shadow.variant", "ghost", "shadow.variant: unknown variant"),
+    ("shadow.sample_bp", 10_001, "shadow.sample_bp: must be 0..10000"),
+    ("shadow.max_in_flight", 0, "shadow.max_in_flight: must be >= 1"),
+    ("shadow.deadline", -1, "shadow.deadline: must be > 0"),
+    ("shadow.comparator", "fuzzy", "shadow.comparator"),
+    ("listen.predict", "8500", "listen.predict: must be host:port"),
+    ("upstream.max_deadline", "soon", "upstream.max_deadline: must be a number"),
+    ("server.log_level", "loud", "server.log_level: must be one of"),
+    ("model", DELETE, "model: must be the model name"),
+    ("tracing", {}, "tracing: unknown field"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD)
+def test_each_error_names_the_field(path: str, value: Any, message: str) -> None:
+    """A bad value anywhere is reported with its dotted field path and what is wrong."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(mutate(path, value), "test.yaml")
+    assert any(message in problem for problem in info.value.problems), info.value.problems
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    """Several mistakes give several lines, not just the first."""
+    raw = mutate("shadow.sample_bp", -5)
+    raw["server"]["log_level"] = "loud"
+    raw["listen"]["control"] = "x"
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "test.yaml")
+    assert len(info.value.problems) >= 3
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_check_config_accepts_the_example() -> None:
+    """`sidecar check-config` exits 0 and summarises a valid file."""
+    done = run_cli("check-config", str(EXAMPLE))
+    assert done.returncode == 0, done.stderr
+    assert "ok" in done.stdout and "classifier" in done.stdout
+
+
+def test_check_config_rejects_with_field_names(tmp_path: Path) -> None:
+    """`sidecar check-config` exits 1 and prints each problem with its field."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(mutate("flag.weights", {"stable": 1, "canary": 1})))
+    done = run_cli("check-config", str(bad))
+    assert done.returncode == 1
+    assert "flag.weights: must sum to 10000" in done.stderr
+    missing = run_cli("check-config", str(tmp_path / "absent.yaml"))
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("flag: [unclosed")
+    done = run_cli("check-config", str(broken))
+    assert done.returncode == 1 and "not valid YAML" in done.stderr
