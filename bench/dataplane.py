@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import os
 import platform
+import secrets
 import signal
 import socket
 import subprocess
@@ -179,6 +181,19 @@ def sidecar_config(upstream: str, shadow: str | None) -> dict[str, Any]:
             "weights": {"stable": 9000, "canary": 1000},
             "kill_switch": False,
         },
+        # Control needs a credential; the bench never calls it, so a random one's hash.
+        "control": {
+            "auth": {
+                "tokens": [
+                    {
+                        "name": "bench",
+                        "role": "viewer",
+                        "token_sha256": hashlib.sha256(secrets.token_bytes(32)).hexdigest(),
+                    }
+                ]
+            }
+        },
+        "state": {"backend": "memory"},
         "upstream": {"default_deadline": 5.0, "max_deadline": 30.0, "connect_timeout": 10.0},
         "server": {"log_level": "warning", "log_requests": False, "shutdown_grace": 1.0},
     }
@@ -290,6 +305,11 @@ def safe_div(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def hop_cpu(table: dict[str, Any], key: str) -> float | None:
+    entry = table.get(key)
+    return None if entry is None else entry["cpu"].get("hop_ms_per_req")
+
+
 def compute_ratios(closed: dict[str, Any], open_: dict[str, Any]) -> dict[str, float | None]:
     def get(table: dict[str, Any], key: str, field: str) -> float | None:
         entry = table.get(key)
@@ -314,8 +334,7 @@ def compute_ratios(closed: dict[str, Any], open_: dict[str, Any]) -> dict[str, f
         # Informative, not a target: hop CPU per request, (c) over (b), at 16 in flight. Its
         # inverse is the throughput ratio a deployment bound by the hop's own CPU would see.
         "hop_cpu_per_request_sidecar_over_passthrough_16": safe_div(
-            (get(closed, f"{SIDECAR}@16", "cpu") or {}).get("hop_ms_per_req"),
-            (get(closed, f"{PASSTHROUGH}@16", "cpu") or {}).get("hop_ms_per_req"),
+            hop_cpu(closed, f"{SIDECAR}@16"), hop_cpu(closed, f"{PASSTHROUGH}@16")
         ),
     }
 
@@ -368,12 +387,22 @@ def print_table(closed: dict[str, Any], open_: dict[str, Any], verdicts: dict[st
 
 # --------------------------------------------------------------------------- the run
 
-# Where each role runs, as indexes into the CPUs we may use (see --layout).
+# Where each role runs: the first CPU we may use, the others, or all (see --layout).
+# Roles: hop = the hop under test (passthrough or sidecar); upstream = the primary model
+# server (stable and canary); shadow = the shadow model servers; load = the load generator.
 LAYOUTS: dict[str, dict[str, str]] = {
-    "hop-alone": {"hop": "first", "upstream": "rest", "load": "rest"},
-    "servers": {"hop": "first", "upstream": "first", "load": "rest"},
-    "none": {"hop": "all", "upstream": "all", "load": "all"},
+    "split": {"hop": "first", "upstream": "first", "shadow": "rest", "load": "rest"},
+    "servers": {"hop": "first", "upstream": "first", "shadow": "first", "load": "rest"},
+    "hop-alone": {"hop": "first", "upstream": "rest", "shadow": "rest", "load": "rest"},
+    "none": {"hop": "all", "upstream": "all", "shadow": "all", "load": "all"},
 }
+LAYOUT_HELP = (
+    "CPU pinning. split (default): the hop under test and the primary upstream on the first "
+    "CPU, the load generator and the shadow upstreams on the others, so that the hop's CPU "
+    "carries what every scenario needs and the shadow model server, a service of its own, "
+    "does not compete with the sidecar; servers: the hop and every upstream on the first CPU, "
+    "load generator on the others; hop-alone: the hop alone on the first CPU; none: no pinning"
+)
 
 
 def layout_cpus(layout: str) -> dict[str, set[int]]:
@@ -455,15 +484,15 @@ class Bench:
     def start(self) -> dict[str, str]:
         """Start everything; returns scenario -> reason for those that did not start."""
         cfg, py = self.cfg, sys.executable
-        hop, up = self.cpus["hop"], self.cpus["upstream"]
+        hop, up, sh = self.cpus["hop"], self.cpus["upstream"], self.cpus["shadow"]
         # Spawned first, so that they import grpc while the servers start.
         self.pool = LoadPool(cfg.workers, sorted(self.cpus["load"]))
         server = [py, str(BENCH_DIR / "upstream_server.py"), "--port", "0"]
         primary = self.procs.start("upstream", [*server, "--delay-ms", str(cfg.delay_ms)], up)
         slow = self.procs.start(
-            "shadow-slow", [*server, "--delay-ms", str(cfg.shadow_delay_ms)], up
+            "shadow-slow", [*server, "--delay-ms", str(cfg.shadow_delay_ms)], sh
         )
-        dead = self.procs.start("shadow-dead", [*server, "--mode", "hang"], up)
+        dead = self.procs.start("shadow-dead", [*server, "--mode", "hang"], sh)
         self.upstream_addr = up_addr = f"127.0.0.1:{self.procs.wait_port(primary)}"
         self.shadow_addr = {
             SHADOW_SLOW: f"127.0.0.1:{self.procs.wait_port(slow)}",
@@ -780,10 +809,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--layout",
         choices=sorted(LAYOUTS),
-        default="servers",
-        help="CPU pinning. hop-alone: the hop under test (passthrough or sidecar) alone on the "
-        "first CPU, upstreams and load generator on the others; servers: hop and upstreams on "
-        "the first CPU, load generator on the others; none: no pinning",
+        default="split",
+        help=LAYOUT_HELP,
     )
     parser.add_argument(
         "--sidecar", default=str(ROOT / ".venv" / "bin" / "sidecar"), help="sidecar executable"

@@ -33,6 +33,7 @@ from sidecar.testing.mlserver import (
     iris_features,
     write_model_repository,
 )
+from sidecar.testing.credentials import VIEWER_TOKEN, bearer, control_section
 from sidecar.testing.process import SidecarProcess
 
 
@@ -60,6 +61,7 @@ def config(mlserver: str) -> dict[str, Any]:
         },
         "shadow": {"variant": "candidate", "sample_bp": 10_000, "max_in_flight": 64},
         "server": {"log_level": "warning"},
+        "control": control_section(),
     }
 
 
@@ -126,14 +128,18 @@ def main() -> int:
                 if now - last >= 1.0 or i == args.requests - 1:
                     last = now
                     total = sum(counts.values())
-                    report = control.GetShadowReport(control_pb2.GetShadowReportRequest())
+                    report = control.GetShadowReport(
+                        control_pb2.GetShadowReportRequest(), metadata=bearer(VIEWER_TOKEN)
+                    )
                     say(
                         f"   [{now - started:5.1f}s] {total:5d} requests  stable(v1) "
                         f"{counts['v1'] / total:6.1%}  canary(v2) {counts['v2'] / total:6.1%}  | "
                         + shadow_line(report)
                     )
             time.sleep(0.5)
-            report = control.GetShadowReport(control_pb2.GetShadowReportRequest())
+            report = control.GetShadowReport(
+                control_pb2.GetShadowReportRequest(), metadata=bearer(VIEWER_TOKEN)
+            )
             sticky = sum(1 for v in per_user.values() if len(v) == 1)
             say("== 4. result")
             say(f"   split: {counts['v1']} stable / {counts['v2']} canary (configured 80/20)")

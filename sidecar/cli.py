@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve until SIGTERM/SIGINT, then drain in-flight calls and exit 0.",
     )
     serve.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    serve.add_argument(
+        "--safe-mode",
+        action="store_true",
+        help="if the state file is unreadable, move it aside and start with all traffic on "
+        "the stable variant and the kill switch on (logged loudly) instead of refusing to start",
+    )
     check = sub.add_parser(
         "check-config",
         help="validate a configuration file without serving",
@@ -50,15 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        return uvloop.run(_serve(config))
+        return uvloop.run(_serve(config, args.safe_mode))
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(_serve(config))
+        return asyncio.run(_serve(config, args.safe_mode))
 
 
-async def _serve(config: Config) -> int:
-    from sidecar.wiring import serve  # grpc servers are imported only to serve
+async def _serve(config: Config, safe_mode: bool) -> int:
+    from sidecar.wiring import StartupError, serve  # grpc servers are imported only to serve
 
-    return await serve(config)
+    try:
+        return await serve(config, safe_mode=safe_mode)
+    except StartupError as exc:
+        import structlog
+
+        structlog.get_logger("sidecar").error("sidecar.startup_failed", error=str(exc))
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

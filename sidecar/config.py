@@ -7,6 +7,7 @@ listing every problem, each naming its field (``flag.weights: must sum to 10000 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import yaml
 from sidecar.core.routing import BASIS_POINTS, Flag, FlagError, SegmentRule
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ROLES = ("viewer", "operator")
 
 
 class ConfigError(ValueError):
@@ -68,6 +70,36 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class TokenSpec:
+    """A Control credential: who (`name`), what they may do (`role`), and the SHA-256 of
+    the bearer token (the token itself is never kept or logged)."""
+
+    name: str
+    role: str
+    sha256: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: str
+    key_file: str
+    client_ca_file: str = ""  # set: clients must present a certificate signed by it (mTLS)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    tokens: tuple[TokenSpec, ...] = ()
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    backend: str = "file"  # file | memory
+    path: str = "var/state.json"
+    audit_path: str = "var/audit.jsonl"
+
+
+@dataclass(frozen=True)
 class Config:
     predict_address: str
     control_address: str
@@ -77,6 +109,8 @@ class Config:
     shadow: ShadowConfig | None = None
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     source: str = "<embedded>"
 
 
@@ -282,12 +316,141 @@ def _shadow(
     )
 
 
-def parse_config(raw: Any, source: str = "<embedded>") -> Config:
+def _resolve(path: str, base: Path | None) -> str:
+    p = Path(path)
+    return str(p if p.is_absolute() or base is None else base / p)
+
+
+def _token(spec: Mapping[str, Any], where: str, base: Path | None, problems: _Problems) -> bytes:
+    sources = [k for k in ("token_env", "token_file", "token_sha256") if k in spec]
+    if len(sources) != 1:
+        problems.add(where, "give exactly one of token_env, token_file, token_sha256")
+        return b""
+    kind = sources[0]
+    value = spec[kind]
+    if not isinstance(value, str) or not value:
+        problems.add(f"{where}.{kind}", "must be a non-empty string")
+        return b""
+    if kind == "token_sha256":
+        try:
+            digest = bytes.fromhex(value)
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            problems.add(f"{where}.token_sha256", "must be 64 hexadecimal digits")
+        return digest
+    if kind == "token_env":
+        token = os.environ.get(value, "")
+        if not token:
+            problems.add(f"{where}.token_env", f"environment variable {value} is not set")
+            return b""
+    else:
+        try:
+            token = Path(_resolve(value, base)).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.add(f"{where}.token_file", f"cannot read {value}: {exc.strerror or exc}")
+            return b""
+    if len(token) < 16:
+        problems.add(where, "the token must be at least 16 characters")
+        return b""
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _control(raw: Mapping[str, Any], base: Path | None, problems: _Problems) -> ControlConfig:
+    section = _section(raw, "control", problems)
+    _unknown_keys(section, {"auth", "tls"}, "control", problems)
+    auth = section.get("auth") or {}
+    if not isinstance(auth, Mapping):
+        problems.add("control.auth", "must be a mapping with tokens")
+        auth = {}
+    _unknown_keys(auth, {"tokens"}, "control.auth", problems)
+    raw_tokens = auth.get("tokens") or []
+    if not isinstance(raw_tokens, list) or not raw_tokens:
+        problems.add(
+            "control.auth.tokens",
+            "at least one token is required (Control requires credentials): "
+            "[{name, role: operator|viewer, token_env|token_file|token_sha256}]",
+        )
+        raw_tokens = []
+    tokens: list[TokenSpec] = []
+    names: set[str] = set()
+    for i, spec in enumerate(raw_tokens):
+        where = f"control.auth.tokens[{i}]"
+        if not isinstance(spec, Mapping):
+            problems.add(where, "must be a mapping")
+            continue
+        _unknown_keys(
+            spec, {"name", "role", "token_env", "token_file", "token_sha256"}, where, problems
+        )
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            problems.add(
+                f"{where}.name", "must be a non-empty string (the principal in the audit log)"
+            )
+            name = ""
+        elif name in names:
+            problems.add(f"{where}.name", f"duplicate principal {name!r}")
+        names.add(str(name))
+        role = spec.get("role")
+        if role not in ROLES:
+            problems.add(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {role!r}")
+            role = "viewer"
+        digest = _token(spec, where, base, problems)
+        tokens.append(TokenSpec(str(name), str(role), digest))
+    if len({t.sha256 for t in tokens}) != len(tokens):
+        problems.add("control.auth.tokens", "two entries share one token")
+    tls = None
+    raw_tls = section.get("tls")
+    if raw_tls is not None:
+        if not isinstance(raw_tls, Mapping):
+            problems.add("control.tls", "must be a mapping with cert_file, key_file")
+        else:
+            _unknown_keys(
+                raw_tls, {"cert_file", "key_file", "client_ca_file"}, "control.tls", problems
+            )
+            files = {}
+            for key in ("cert_file", "key_file", "client_ca_file"):
+                value = raw_tls.get(key, "")
+                if key != "client_ca_file" and not value:
+                    problems.add(f"control.tls.{key}", "is required")
+                elif value:
+                    path = _resolve(str(value), base)
+                    if not Path(path).is_file():
+                        problems.add(f"control.tls.{key}", f"no such file: {value}")
+                    files[key] = path
+            tls = TlsConfig(
+                files.get("cert_file", ""),
+                files.get("key_file", ""),
+                files.get("client_ca_file", ""),
+            )
+    return ControlConfig(tuple(tokens), tls)
+
+
+def _state(raw: Mapping[str, Any], base: Path | None, problems: _Problems) -> StateConfig:
+    section = _section(raw, "state", problems)
+    _unknown_keys(section, {"backend", "path", "audit_path"}, "state", problems)
+    backend = section.get("backend", "file")
+    if backend not in ("file", "memory"):
+        problems.add("state.backend", f"must be file or memory, got {backend!r}")
+        backend = "file"
+    paths = {}
+    for key, default in (("path", "var/state.json"), ("audit_path", "var/audit.jsonl")):
+        value = section.get(key, default)
+        if not isinstance(value, str) or not value:
+            problems.add(f"state.{key}", "must be a file path")
+            value = default
+        paths[key] = _resolve(value, base)
+    return StateConfig(backend, paths["path"], paths["audit_path"])
+
+
+def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None) -> Config:
     """Validate a parsed YAML document; raise `ConfigError` listing every problem."""
     problems = _Problems()
     if not isinstance(raw, Mapping):
         raise ConfigError(source, ["<top level>: must be a mapping"])
-    allowed = {"listen", "model", "variants", "flag", "shadow", "upstream", "server"}
+    allowed = {
+        "listen", "model", "variants", "flag", "shadow", "upstream", "server", "control", "state",
+    }  # fmt: skip
     _unknown_keys(raw, allowed, "", problems)
 
     listen = _section(raw, "listen", problems)
@@ -345,6 +508,8 @@ def parse_config(raw: Any, source: str = "<embedded>") -> Config:
         log_level=log_level,
         log_requests=log_requests,
     )
+    control = _control(raw, base, problems)
+    state = _state(raw, base, problems)
     if problems.items or flag is None:
         raise ConfigError(source, problems.items or ["flag: is required"])
     return Config(
@@ -356,6 +521,8 @@ def parse_config(raw: Any, source: str = "<embedded>") -> Config:
         shadow=shadow,
         upstream=upstream,
         server=server,
+        control=control,
+        state=state,
         source=source,
     )
 
@@ -371,7 +538,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(source, [f"<file>: not valid YAML: {exc}"]) from exc
-    return parse_config(raw, source)
+    return parse_config(raw, source, Path(path).resolve().parent)
 
 
 def env_log_format() -> str:

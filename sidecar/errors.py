@@ -14,6 +14,9 @@ class ErrorCode(enum.Enum):
     UNAVAILABLE = "UNAVAILABLE"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNIMPLEMENTED = "UNIMPLEMENTED"
+    ABORTED = "ABORTED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     INTERNAL = "INTERNAL"
     UPSTREAM = "UPSTREAM"  # an upstream's own status, passed through unchanged
 
@@ -36,6 +39,24 @@ class InvalidRequest(SidecarError):
 
 class ModelNotFound(SidecarError):
     code = ErrorCode.NOT_FOUND
+
+
+class FailedPrecondition(SidecarError):
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class StaleRevision(SidecarError):
+    """The write expected another revision (optimistic concurrency): re-read, retry."""
+
+    code = ErrorCode.ABORTED
+
+
+class Unauthenticated(SidecarError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDenied(SidecarError):
+    code = ErrorCode.PERMISSION_DENIED
 
 
 class UpstreamError(SidecarError):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import structlog
@@ -20,18 +22,21 @@ from grpc_reflection.v1alpha import reflection
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2_grpc
+from sidecar.adapters.grpc.auth import Authenticator
+from sidecar.adapters.grpc.control import ControlServicer
 from sidecar.adapters.grpc.converters import decode_outputs
-from sidecar.adapters.grpc.servicers import (
-    ControlServicer,
-    InferenceServicer,
-    PredictServicer,
-    service_names,
-)
+from sidecar.adapters.grpc.servicers import InferenceServicer, PredictServicer, service_names
+from sidecar.adapters.store.file import FileAuditLog, FileStateStore
+from sidecar.adapters.store.memory import MemoryAuditLog, MemoryStateStore
 from sidecar.adapters.upstream.oip import UpstreamPool
+from sidecar.app.control import ControlService, describe
 from sidecar.app.dataplane import DataPlane
 from sidecar.app.mirror import ShadowMirror
-from sidecar.app.state import StateHolder
+from sidecar.app.ports import AuditEntry, AuditLog, StateFileError, StateStore
+from sidecar.app.state import Snapshot, StateHolder
 from sidecar.config import Config
+from sidecar.core.routing import FlagError
+from sidecar.core.state import DesiredState
 
 log = structlog.get_logger("sidecar")
 READINESS_INTERVAL = 2.0
@@ -47,6 +52,7 @@ class Sidecar:
     predict_server: grpc.aio.Server
     control_server: grpc.aio.Server
     health: health_aio.HealthServicer
+    control: ControlService
     predict_port: int = 0
     control_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -64,6 +70,7 @@ class Sidecar:
             variants={n: v.address for n, v in self.config.variants.items()},
             weights=dict(self.dataplane.state.current.flag.weights),
             shadow=self.config.shadow.variant if self.config.shadow else None,
+            state=describe(self.control.snapshot()),
         )
 
     async def _watch_readiness(self) -> None:
@@ -106,10 +113,74 @@ def _host(address: str) -> str:
     return address.rpartition(":")[0]
 
 
-def build(config: Config) -> Sidecar:
+class StartupError(Exception):
+    """The sidecar cannot start safely; the message says why and what to do."""
+
+
+def _stores(config: Config) -> tuple[StateStore, AuditLog]:
+    if config.state.backend == "memory":
+        return MemoryStateStore(), MemoryAuditLog()
+    return FileStateStore(config.state.path), FileAuditLog(config.state.audit_path)
+
+
+def initial_snapshot(
+    config: Config, store: StateStore, audit: AuditLog, *, safe_mode: bool
+) -> Snapshot:
+    """The state to start with: the stored one; the configuration's on first start; in
+    safe mode (explicit option) stable only with the kill switch on when the stored state
+    is unreadable. A stored kill switch is never reset."""
+    now = time.time()
+    try:
+        stored = store.load()
+        if stored is not None:
+            try:
+                flag = stored.to_flag(config.flag)
+            except FlagError as exc:
+                where = getattr(store, "path", "store")
+                raise StateFileError(
+                    str(where), f"does not fit the configuration: {exc.field}: {exc.message}"
+                ) from None
+            log.info("state.loaded", revision=stored.revision, kill_switch=stored.kill_switch)
+            return Snapshot(flag, stored)
+    except StateFileError as exc:
+        if not safe_mode:
+            raise StartupError(
+                f"cannot start: {exc}. Fix or remove the file, or start with --safe-mode "
+                "(stable only, kill switch on)"
+            ) from None
+        kept = store.quarantine() if isinstance(store, FileStateStore) else None
+        reason = f"safe mode: state unreadable ({exc.reason}); kept as {kept}"
+        flag = config.flag.replace(kill_switch=True)
+        safe = DesiredState.from_flag(flag, revision=1, unix_time=now).evolve(
+            kill_switch_reason=reason, updated_by="sidecar", update_reason=reason
+        )
+        store.save(safe)
+        audit.append(
+            AuditEntry(now, "sidecar", "SafeMode", reason, 0, 1, {"kill_switch": [None, True]})
+        )
+        log.error(
+            "state.SAFE_MODE",
+            message="STARTED IN SAFE MODE: all traffic to stable, kill switch ON",
+            file=exc.where,
+            error=exc.reason,
+            quarantined=str(kept),
+        )
+        return Snapshot(flag, safe, safe_mode=True)
+    initial = DesiredState.from_flag(config.flag, unix_time=now)
+    store.save(initial)
+    audit.append(
+        AuditEntry(now, "config", "Initialize", "initial state from configuration", 0, 1, {})
+    )
+    log.info("state.initialised", source=config.source)
+    return Snapshot(config.flag, initial)
+
+
+def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     """Wire every part from `config` and bind the listen addresses (port 0 allowed)."""
+    store, audit = _stores(config)
+    snapshot = initial_snapshot(config, store, audit, safe_mode=safe_mode)
     pool = UpstreamPool(config.variants, config.server.max_message_bytes)
-    state = StateHolder(config.flag)
+    state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
     mirror = None
     if config.shadow is not None:
         mirror = ShadowMirror(
@@ -144,16 +215,42 @@ def build(config: Config) -> Sidecar:
     reflection.enable_server_reflection(
         (*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), predict_server
     )
+    control = ControlService(
+        holder=state,
+        template=config.flag,
+        store=store,
+        audit=audit,
+        ready=lambda variant: dataplane.variant_ready(
+            variant, config.upstream.connect_timeout or 1.0
+        ),
+        served=lambda: dataplane.served,
+    )
     control_server = grpc.aio.server(options=options)
     control_pb2_grpc.add_ControlServicer_to_server(
-        ControlServicer(config, dataplane), control_server
+        ControlServicer(
+            config,
+            control,
+            Authenticator(config.control.tokens),
+            served=lambda: dataplane.served,
+            shadow=lambda: mirror.recorder.summary() if mirror else None,
+        ),
+        control_server,
     )
     reflection.enable_server_reflection(
         (control_pb2.DESCRIPTOR.services_by_name["Control"].full_name, reflection.SERVICE_NAME),
         control_server,
     )
     predict_port = predict_server.add_insecure_port(config.predict_address)
-    control_port = control_server.add_insecure_port(config.control_address)
+    tls = config.control.tls
+    if tls is None:
+        control_port = control_server.add_insecure_port(config.control_address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
+            root_certificates=Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None,
+            require_client_auth=bool(tls.client_ca_file),
+        )
+        control_port = control_server.add_secure_port(config.control_address, credentials)
     return Sidecar(
         config=config,
         pool=pool,
@@ -161,14 +258,15 @@ def build(config: Config) -> Sidecar:
         predict_server=predict_server,
         control_server=control_server,
         health=health_servicer,
+        control=control,
         predict_port=predict_port,
         control_port=control_port,
     )
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, *, safe_mode: bool = False) -> int:
     """Run until SIGTERM or SIGINT; drain and return 0."""
-    sidecar = build(config)
+    sidecar = build(config, safe_mode=safe_mode)
     await sidecar.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

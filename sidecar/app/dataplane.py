@@ -58,6 +58,7 @@ class DataPlane(Generic[Req, Resp]):
         self.mirror = mirror
         self._clock = clock
         self._request_ids = request_ids
+        self.served: dict[str, int] = dict.fromkeys(variants, 0)
 
     def timeout_for(self, time_remaining: float | None) -> float:
         """The caller's deadline, capped by the configured maximum (default when unset)."""
@@ -93,6 +94,7 @@ class DataPlane(Generic[Req, Resp]):
         started = self._clock()
         response = await upstream.infer(request, timeout=timeout, metadata=metadata)
         latency = self._clock() - started
+        self.served[resolution.variant] += 1
         if self.mirror is not None:
             self.mirror.offer(
                 request,
@@ -109,5 +111,8 @@ class DataPlane(Generic[Req, Resp]):
 
     async def stable_ready(self, timeout: float) -> bool:
         """Whether the stable variant's model is ready (ready means stable is ready)."""
-        stable = self.state.current.flag.stable
-        return await self.upstreams[stable].ready(timeout=timeout)
+        return await self.variant_ready(self.state.current.flag.stable, timeout)
+
+    async def variant_ready(self, variant: str, timeout: float) -> bool:
+        upstream = self.upstreams.get(variant)
+        return upstream is not None and await upstream.ready(timeout=timeout)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar.config import parse_config
+from sidecar.testing.credentials import control_section
 from sidecar.wiring import Sidecar, build
 
 
@@ -72,6 +73,8 @@ def config_dict(
             "weights": dict(weights),
         },
         "server": {"log_level": "warning", "shutdown_grace": 2.0},
+        "control": control_section(),
+        "state": {"backend": "memory"},
     }
     if shadow is not None:
         out["shadow"] = dict(shadow)

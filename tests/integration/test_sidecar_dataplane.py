@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 from clients.predict import PredictClient
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc
 from sidecar.core.routing import Flag, RoutingContext, evaluate
+from sidecar.testing.credentials import VIEWER_TOKEN, bearer, control_section
 from sidecar.testing.mlserver import MLServerProcess
 from sidecar.testing.process import SidecarProcess
 
@@ -52,6 +53,7 @@ def sidecar_config(
             "segment_rules": [{"segment": "internal", "variant": "canary"}],
         },
         "server": {"log_level": "info", "max_message_bytes": 256 * 1024},
+        "control": control_section(),
     }
     if shadow is not None:
         address, model, version = shadow
@@ -187,7 +189,9 @@ def test_answers_equal_mlserver_direct(
 
 def shadow_report(address: str) -> control_pb2.ShadowReport:
     stub = control_pb2_grpc.ControlStub(grpc.insecure_channel(address))
-    report: control_pb2.ShadowReport = stub.GetShadowReport(control_pb2.GetShadowReportRequest())
+    report: control_pb2.ShadowReport = stub.GetShadowReport(
+        control_pb2.GetShadowReportRequest(), metadata=bearer(VIEWER_TOKEN)
+    )
     return report
 
 
@@ -374,5 +378,6 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(
     assert code == 0
     assert results, "requests before SIGTERM were served"
     # Calls after shutdown are refused (UNAVAILABLE), never answered wrongly.
-    assert all("UNAVAILABLE" in str(e.status()) for e in errors)  # type: ignore[attr-defined]
+    statuses = [(str(e.status()), e.message()) for e in errors]  # type: ignore[attr-defined]
+    assert all("UNAVAILABLE" in status for status, _ in statuses), statuses
     assert any(e.get("event") == "sidecar.stopped" for e in proc.events)

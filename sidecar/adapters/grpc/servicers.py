@@ -17,7 +17,6 @@ from sidecar.adapters.upstream.oip import OipUpstream
 from sidecar.app.dataplane import DataPlane
 from sidecar.config import Config
 from sidecar.core.routing import Reason
-from sidecar.core.shadow import ShadowSummary
 from sidecar.errors import ModelNotFound, SidecarError
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -177,107 +176,6 @@ class PredictServicer:
             "the experiment statistics",
         )
         raise AssertionError("unreachable")
-
-
-def shadow_report(summary: ShadowSummary | None) -> cpb.ShadowReport:
-    if summary is None:
-        return cpb.ShadowReport()
-
-    def f(value: float | None) -> float:
-        return float(value) if value is not None else 0.0
-
-    return cpb.ShadowReport(
-        shadow_variant=summary.shadow_variant,
-        comparator=summary.comparator,
-        sampled=summary.sampled,
-        sent=summary.sent,
-        dropped=summary.dropped,
-        compared=summary.compared,
-        agreed=summary.agreed,
-        agreement_rate=f(summary.agreement_rate),
-        errors_by_status=dict(summary.errors_by_status),
-        latency=cpb.LatencySummary(
-            count=summary.latency_count,
-            primary_p50_seconds=f(summary.primary_p50),
-            primary_p95_seconds=f(summary.primary_p95),
-            shadow_p50_seconds=f(summary.shadow_p50),
-            shadow_p95_seconds=f(summary.shadow_p95),
-            ratio_p50=f(summary.ratio_p50),
-            ratio_p95=f(summary.ratio_p95),
-        ),
-        examples=[
-            cpb.Disagreement(
-                request_id=e.request_id,
-                targeting_key=e.targeting_key,
-                primary_variant=e.primary_variant,
-                detail=e.detail,
-                primary_output=e.primary_output,
-                shadow_output=e.shadow_output,
-                unix_time=e.unix_time,
-            )
-            for e in summary.examples
-        ],
-        in_flight=summary.in_flight,
-    )
-
-
-class ControlServicer:
-    """sidecar.v1.Control, read-only for now: state and shadow report."""
-
-    def __init__(
-        self, config: Config, dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse]
-    ) -> None:
-        self.config = config
-        self.dataplane = dataplane
-
-    async def GetState(
-        self, request: cpb.GetStateRequest, context: Context
-    ) -> cpb.GetStateResponse:
-        snap = self.dataplane.state.current
-        flag = snap.flag
-        shadow = self.config.shadow
-        return cpb.GetStateResponse(
-            model=self.config.model,
-            variants=[
-                cpb.Variant(
-                    name=v.name,
-                    address=v.address,
-                    model_name=v.model_name,
-                    model_version=v.model_version,
-                )
-                for v in self.config.variants.values()
-            ],
-            flag=cpb.FlagState(
-                key=flag.key,
-                stable_variant=flag.stable,
-                canary_variant=flag.canary or "",
-                default_variant=flag.default,
-                weights=dict(flag.weights),
-                kill_switch=flag.kill_switch,
-                user_overrides=dict(flag.user_overrides),
-                segment_rules=[
-                    cpb.SegmentRule(segment=r.segment, variant=r.variant)
-                    for r in flag.segment_rules
-                ],
-                segments=sorted(flag.segments),
-            ),
-            shadow=cpb.ShadowSettings(
-                variant=shadow.variant,
-                sample_bp=shadow.sample_bp,
-                max_in_flight=shadow.max_in_flight,
-                deadline_seconds=shadow.deadline,
-                comparator=shadow.comparator,
-            )
-            if shadow
-            else None,
-            revision=snap.revision,
-        )
-
-    async def GetShadowReport(
-        self, request: cpb.GetShadowReportRequest, context: Context
-    ) -> cpb.ShadowReport:
-        mirror = self.dataplane.mirror
-        return shadow_report(mirror.recorder.summary() if mirror else None)
 
 
 def service_names() -> Sequence[str]:

@@ -206,6 +206,15 @@ class SequentialState:
     ci_lower: float = -1.0
     ci_upper: float = 1.0
 
+    def __post_init__(self) -> None:
+        check_alpha(self.alpha)
+        _check_tau_squared(self.tau_squared)
+        check_count(self.min_events, "min_events")
+        if not (0.0 <= self.p_value <= 1.0 and -1.0 <= self.ci_lower <= self.ci_upper <= 1.0):
+            raise ValueError(
+                "inconsistent SequentialState: need 0 <= p <= 1, -1 <= lower <= upper <= 1"
+            )
+
     @property
     def interval(self) -> Interval:
         """The running confidence-sequence interval for ``p_B - p_A``."""

@@ -13,6 +13,7 @@ import pytest
 from conftest import infer_request, stub
 
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2, predict_pb2_grpc
+from sidecar.testing.credentials import VIEWER_TOKEN, bearer
 from sidecar.testing.fault_upstream import Fault, FaultInjectingUpstream
 from sidecar.testing.inprocess import config_dict, running_sidecar
 
@@ -189,7 +190,7 @@ async def test_oversized_message_is_resource_exhausted(
 async def shadow_report(port: int) -> control_pb2.ShadowReport:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     report: control_pb2.ShadowReport = await control_pb2_grpc.ControlStub(channel).GetShadowReport(
-        control_pb2.GetShadowReportRequest()
+        control_pb2.GetShadowReportRequest(), metadata=bearer(VIEWER_TOKEN)
     )
     return report
 

@@ -11,17 +11,23 @@ class GetStateRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class WatchStateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Variant(_message.Message):
-    __slots__ = ("name", "address", "model_name", "model_version")
+    __slots__ = ("name", "address", "model_name", "model_version", "served")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     model_name: str
     model_version: str
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    served: int
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., served: _Optional[int] = ...) -> None: ...
 
 class SegmentRule(_message.Message):
     __slots__ = ("segment", "variant")
@@ -32,7 +38,7 @@ class SegmentRule(_message.Message):
     def __init__(self, segment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class FlagState(_message.Message):
-    __slots__ = ("key", "stable_variant", "canary_variant", "default_variant", "weights", "kill_switch", "user_overrides", "segment_rules", "segments")
+    __slots__ = ("key", "stable_variant", "canary_variant", "default_variant", "weights", "kill_switch", "user_overrides", "segment_rules", "segments", "kill_switch_reason")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +62,7 @@ class FlagState(_message.Message):
     USER_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_RULES_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    KILL_SWITCH_REASON_FIELD_NUMBER: _ClassVar[int]
     key: str
     stable_variant: str
     canary_variant: str
@@ -65,7 +72,8 @@ class FlagState(_message.Message):
     user_overrides: _containers.ScalarMap[str, str]
     segment_rules: _containers.RepeatedCompositeFieldContainer[SegmentRule]
     segments: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, key: _Optional[str] = ..., stable_variant: _Optional[str] = ..., canary_variant: _Optional[str] = ..., default_variant: _Optional[str] = ..., weights: _Optional[_Mapping[str, int]] = ..., kill_switch: _Optional[bool] = ..., user_overrides: _Optional[_Mapping[str, str]] = ..., segment_rules: _Optional[_Iterable[_Union[SegmentRule, _Mapping]]] = ..., segments: _Optional[_Iterable[str]] = ...) -> None: ...
+    kill_switch_reason: str
+    def __init__(self, key: _Optional[str] = ..., stable_variant: _Optional[str] = ..., canary_variant: _Optional[str] = ..., default_variant: _Optional[str] = ..., weights: _Optional[_Mapping[str, int]] = ..., kill_switch: _Optional[bool] = ..., user_overrides: _Optional[_Mapping[str, str]] = ..., segment_rules: _Optional[_Iterable[_Union[SegmentRule, _Mapping]]] = ..., segments: _Optional[_Iterable[str]] = ..., kill_switch_reason: _Optional[str] = ...) -> None: ...
 
 class ShadowSettings(_message.Message):
     __slots__ = ("variant", "sample_bp", "max_in_flight", "deadline_seconds", "comparator")
@@ -81,19 +89,168 @@ class ShadowSettings(_message.Message):
     comparator: str
     def __init__(self, variant: _Optional[str] = ..., sample_bp: _Optional[int] = ..., max_in_flight: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., comparator: _Optional[str] = ...) -> None: ...
 
-class GetStateResponse(_message.Message):
-    __slots__ = ("model", "variants", "flag", "shadow", "revision")
+class Promotion(_message.Message):
+    __slots__ = ("unix_time", "principal", "from_variant", "to_variant", "reason", "reverted")
+    UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    FROM_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    TO_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVERTED_FIELD_NUMBER: _ClassVar[int]
+    unix_time: float
+    principal: str
+    from_variant: str
+    to_variant: str
+    reason: str
+    reverted: bool
+    def __init__(self, unix_time: _Optional[float] = ..., principal: _Optional[str] = ..., from_variant: _Optional[str] = ..., to_variant: _Optional[str] = ..., reason: _Optional[str] = ..., reverted: _Optional[bool] = ...) -> None: ...
+
+class State(_message.Message):
+    __slots__ = ("model", "variants", "flag", "shadow", "revision", "updated_unix_time", "updated_by", "update_reason", "promotions", "safe_mode")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     FLAG_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMOTIONS_FIELD_NUMBER: _ClassVar[int]
+    SAFE_MODE_FIELD_NUMBER: _ClassVar[int]
     model: str
     variants: _containers.RepeatedCompositeFieldContainer[Variant]
     flag: FlagState
     shadow: ShadowSettings
     revision: int
-    def __init__(self, model: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., flag: _Optional[_Union[FlagState, _Mapping]] = ..., shadow: _Optional[_Union[ShadowSettings, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    updated_unix_time: float
+    updated_by: str
+    update_reason: str
+    promotions: _containers.RepeatedCompositeFieldContainer[Promotion]
+    safe_mode: bool
+    def __init__(self, model: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., flag: _Optional[_Union[FlagState, _Mapping]] = ..., shadow: _Optional[_Union[ShadowSettings, _Mapping]] = ..., revision: _Optional[int] = ..., updated_unix_time: _Optional[float] = ..., updated_by: _Optional[str] = ..., update_reason: _Optional[str] = ..., promotions: _Optional[_Iterable[_Union[Promotion, _Mapping]]] = ..., safe_mode: _Optional[bool] = ...) -> None: ...
+
+class SetWeightsRequest(_message.Message):
+    __slots__ = ("reason", "expected_revision", "weights")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    expected_revision: int
+    weights: _containers.ScalarMap[str, int]
+    def __init__(self, reason: _Optional[str] = ..., expected_revision: _Optional[int] = ..., weights: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class SetKillSwitchRequest(_message.Message):
+    __slots__ = ("reason", "expected_revision", "on")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    ON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    expected_revision: int
+    on: bool
+    def __init__(self, reason: _Optional[str] = ..., expected_revision: _Optional[int] = ..., on: _Optional[bool] = ...) -> None: ...
+
+class SetUserOverrideRequest(_message.Message):
+    __slots__ = ("reason", "expected_revision", "targeting_key", "variant")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    TARGETING_KEY_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    expected_revision: int
+    targeting_key: str
+    variant: str
+    def __init__(self, reason: _Optional[str] = ..., expected_revision: _Optional[int] = ..., targeting_key: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
+
+class ClearUserOverrideRequest(_message.Message):
+    __slots__ = ("reason", "expected_revision", "targeting_key")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    TARGETING_KEY_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    expected_revision: int
+    targeting_key: str
+    def __init__(self, reason: _Optional[str] = ..., expected_revision: _Optional[int] = ..., targeting_key: _Optional[str] = ...) -> None: ...
+
+class SetSegmentRuleRequest(_message.Message):
+    __slots__ = ("reason", "expected_revision", "segment", "variant")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    expected_revision: int
+    segment: str
+    variant: str
+    def __init__(self, reason: _Optional[str] = ..., expected_revision: _Optional[int] = ..., segment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
+
+class ClearSegmentRuleRequest(_message.Message):
+    __slots__ = ("reason", "expected_revision", "segment")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    expected_revision: int
+    segment: str
+    def __init__(self, reason: _Optional[str] = ..., expected_revision: _Optional[int] = ..., segment: _Optional[str] = ...) -> None: ...
+
+class PromoteRequest(_message.Message):
+    __slots__ = ("reason", "expected_revision")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    expected_revision: int
+    def __init__(self, reason: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("reason", "expected_revision")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    expected_revision: int
+    def __init__(self, reason: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
+
+class GetAuditLogRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("unix_time", "principal", "method", "reason", "revision_before", "revision_after", "diff_json")
+    UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVISION_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_AFTER_FIELD_NUMBER: _ClassVar[int]
+    DIFF_JSON_FIELD_NUMBER: _ClassVar[int]
+    unix_time: float
+    principal: str
+    method: str
+    reason: str
+    revision_before: int
+    revision_after: int
+    diff_json: str
+    def __init__(self, unix_time: _Optional[float] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., reason: _Optional[str] = ..., revision_before: _Optional[int] = ..., revision_after: _Optional[int] = ..., diff_json: _Optional[str] = ...) -> None: ...
+
+class GetAuditLogResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token", "total")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    next_page_token: str
+    total: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total: _Optional[int] = ...) -> None: ...
 
 class GetShadowReportRequest(_message.Message):
     __slots__ = ()

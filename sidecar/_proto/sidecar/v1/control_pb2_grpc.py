@@ -38,7 +38,57 @@ class ControlStub:
         self.GetState = channel.unary_unary(
                 '/sidecar.v1.Control/GetState',
                 request_serializer=sidecar_dot_v1_dot_control__pb2.GetStateRequest.SerializeToString,
-                response_deserializer=sidecar_dot_v1_dot_control__pb2.GetStateResponse.FromString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
+                _registered_method=True)
+        self.WatchState = channel.unary_stream(
+                '/sidecar.v1.Control/WatchState',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.WatchStateRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
+                _registered_method=True)
+        self.SetWeights = channel.unary_unary(
+                '/sidecar.v1.Control/SetWeights',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.SetWeightsRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
+                _registered_method=True)
+        self.SetKillSwitch = channel.unary_unary(
+                '/sidecar.v1.Control/SetKillSwitch',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.SetKillSwitchRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
+                _registered_method=True)
+        self.SetUserOverride = channel.unary_unary(
+                '/sidecar.v1.Control/SetUserOverride',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.SetUserOverrideRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
+                _registered_method=True)
+        self.ClearUserOverride = channel.unary_unary(
+                '/sidecar.v1.Control/ClearUserOverride',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.ClearUserOverrideRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
+                _registered_method=True)
+        self.SetSegmentRule = channel.unary_unary(
+                '/sidecar.v1.Control/SetSegmentRule',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.SetSegmentRuleRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
+                _registered_method=True)
+        self.ClearSegmentRule = channel.unary_unary(
+                '/sidecar.v1.Control/ClearSegmentRule',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.ClearSegmentRuleRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
+                _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/sidecar.v1.Control/Promote',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/sidecar.v1.Control/Rollback',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
+                _registered_method=True)
+        self.GetAuditLog = channel.unary_unary(
+                '/sidecar.v1.Control/GetAuditLog',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.GetAuditLogRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.GetAuditLogResponse.FromString,
                 _registered_method=True)
         self.GetShadowReport = channel.unary_unary(
                 '/sidecar.v1.Control/GetShadowReport',
@@ -51,7 +101,75 @@ class ControlServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetState(self, request, context):
-        """The routing state in force: variants, weights, rules, kill switch, revision.
+        """The routing state in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchState(self, request, context):
+        """The current state, then every change, each with its revision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetWeights(self, request, context):
+        """Set the weights of served variants (basis points, summing to 10,000).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetKillSwitch(self, request, context):
+        """Kill switch on: every request goes to the stable variant from the next request on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetUserOverride(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearUserOverride(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSegmentRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearSegmentRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Promote(self, request, context):
+        """The canary becomes stable with all traffic; the old stable stays configured and warm
+        as the canary slot at weight 0: the rollback target (blue-green).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """All traffic to the stable variant at once. With no canary traffic to remove, it
+        reverts the last promotion instead (the previous stable serves everything again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuditLog(self, request, context):
+        """The audit log, oldest first, paged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,7 +188,57 @@ def add_ControlServicer_to_server(servicer, server):
             'GetState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetState,
                     request_deserializer=sidecar_dot_v1_dot_control__pb2.GetStateRequest.FromString,
-                    response_serializer=sidecar_dot_v1_dot_control__pb2.GetStateResponse.SerializeToString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
+            ),
+            'WatchState': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchState,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.WatchStateRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
+            ),
+            'SetWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWeights,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.SetWeightsRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
+            ),
+            'SetKillSwitch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetKillSwitch,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.SetKillSwitchRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
+            ),
+            'SetUserOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUserOverride,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.SetUserOverrideRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
+            ),
+            'ClearUserOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearUserOverride,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.ClearUserOverrideRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
+            ),
+            'SetSegmentRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSegmentRule,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.SetSegmentRuleRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
+            ),
+            'ClearSegmentRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearSegmentRule,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.ClearSegmentRuleRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.PromoteRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.RollbackRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
+            ),
+            'GetAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditLog,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.GetAuditLogRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.GetAuditLogResponse.SerializeToString,
             ),
             'GetShadowReport': grpc.unary_unary_rpc_method_handler(
                     servicer.GetShadowReport,
@@ -104,7 +272,277 @@ class Control:
             target,
             '/sidecar.v1.Control/GetState',
             sidecar_dot_v1_dot_control__pb2.GetStateRequest.SerializeToString,
-            sidecar_dot_v1_dot_control__pb2.GetStateResponse.FromString,
+            sidecar_dot_v1_dot_control__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sidecar.v1.Control/WatchState',
+            sidecar_dot_v1_dot_control__pb2.WatchStateRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/SetWeights',
+            sidecar_dot_v1_dot_control__pb2.SetWeightsRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetKillSwitch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/SetKillSwitch',
+            sidecar_dot_v1_dot_control__pb2.SetKillSwitchRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUserOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/SetUserOverride',
+            sidecar_dot_v1_dot_control__pb2.SetUserOverrideRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearUserOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/ClearUserOverride',
+            sidecar_dot_v1_dot_control__pb2.ClearUserOverrideRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSegmentRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/SetSegmentRule',
+            sidecar_dot_v1_dot_control__pb2.SetSegmentRuleRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearSegmentRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/ClearSegmentRule',
+            sidecar_dot_v1_dot_control__pb2.ClearSegmentRuleRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/Promote',
+            sidecar_dot_v1_dot_control__pb2.PromoteRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/Rollback',
+            sidecar_dot_v1_dot_control__pb2.RollbackRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/GetAuditLog',
+            sidecar_dot_v1_dot_control__pb2.GetAuditLogRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.GetAuditLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

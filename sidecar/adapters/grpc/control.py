@@ -1,0 +1,301 @@
+"""sidecar.v1.Control servicer: authenticate, translate, await one application call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+import grpc
+
+from sidecar._proto.sidecar.v1 import control_pb2 as cpb
+from sidecar.adapters.grpc.auth import OPERATOR, VIEWER, Authenticator, Principal
+from sidecar.adapters.grpc.errors import abort
+from sidecar.app.control import ControlService
+from sidecar.app.state import Snapshot
+from sidecar.config import Config
+from sidecar.core.shadow import ShadowSummary
+from sidecar.errors import InvalidRequest
+
+Context = grpc.aio.ServicerContext[object, object]
+MAX_PAGE = 1000
+
+
+def state_message(snapshot: Snapshot, config: Config, served: Mapping[str, int]) -> cpb.State:
+    flag, s = snapshot.flag, snapshot.state
+    shadow = config.shadow
+    return cpb.State(
+        model=config.model,
+        variants=[
+            cpb.Variant(
+                name=v.name,
+                address=v.address,
+                model_name=v.model_name,
+                model_version=v.model_version,
+                served=served.get(v.name, 0),
+            )
+            for v in config.variants.values()
+        ],
+        flag=cpb.FlagState(
+            key=flag.key,
+            stable_variant=flag.stable,
+            canary_variant=flag.canary or "",
+            default_variant=flag.default,
+            weights=dict(flag.weights),
+            kill_switch=flag.kill_switch,
+            kill_switch_reason=s.kill_switch_reason,
+            user_overrides=dict(flag.user_overrides),
+            segment_rules=[
+                cpb.SegmentRule(segment=r.segment, variant=r.variant) for r in flag.segment_rules
+            ],
+            segments=sorted(flag.segments),
+        ),
+        shadow=cpb.ShadowSettings(
+            variant=shadow.variant,
+            sample_bp=shadow.sample_bp,
+            max_in_flight=shadow.max_in_flight,
+            deadline_seconds=shadow.deadline,
+            comparator=shadow.comparator,
+        )
+        if shadow
+        else None,
+        revision=s.revision,
+        updated_unix_time=s.updated_unix_time,
+        updated_by=s.updated_by,
+        update_reason=s.update_reason,
+        promotions=[
+            cpb.Promotion(
+                unix_time=p.unix_time,
+                principal=p.principal,
+                from_variant=p.from_variant,
+                to_variant=p.to_variant,
+                reason=p.reason,
+                reverted=p.reverted,
+            )
+            for p in s.promotions
+        ],
+        safe_mode=snapshot.safe_mode,
+    )
+
+
+def shadow_report(summary: ShadowSummary | None) -> cpb.ShadowReport:
+    if summary is None:
+        return cpb.ShadowReport()
+
+    def f(value: float | None) -> float:
+        return float(value) if value is not None else 0.0
+
+    return cpb.ShadowReport(
+        shadow_variant=summary.shadow_variant,
+        comparator=summary.comparator,
+        sampled=summary.sampled,
+        sent=summary.sent,
+        dropped=summary.dropped,
+        compared=summary.compared,
+        agreed=summary.agreed,
+        agreement_rate=f(summary.agreement_rate),
+        errors_by_status=dict(summary.errors_by_status),
+        latency=cpb.LatencySummary(
+            count=summary.latency_count,
+            primary_p50_seconds=f(summary.primary_p50),
+            primary_p95_seconds=f(summary.primary_p95),
+            shadow_p50_seconds=f(summary.shadow_p50),
+            shadow_p95_seconds=f(summary.shadow_p95),
+            ratio_p50=f(summary.ratio_p50),
+            ratio_p95=f(summary.ratio_p95),
+        ),
+        examples=[
+            cpb.Disagreement(
+                request_id=e.request_id,
+                targeting_key=e.targeting_key,
+                primary_variant=e.primary_variant,
+                detail=e.detail,
+                primary_output=e.primary_output,
+                shadow_output=e.shadow_output,
+                unix_time=e.unix_time,
+            )
+            for e in summary.examples
+        ],
+        in_flight=summary.in_flight,
+    )
+
+
+class ControlServicer:
+    def __init__(
+        self,
+        config: Config,
+        service: ControlService,
+        auth: Authenticator,
+        served: Callable[[], Mapping[str, int]],
+        shadow: Callable[[], ShadowSummary | None],
+    ) -> None:
+        self.config = config
+        self.service = service
+        self.auth = auth
+        self._served = served
+        self._shadow = shadow
+
+    def _principal(self, context: Context, role: str, method: str) -> Principal:
+        return self.auth.authorize(context.invocation_metadata() or (), role, method)
+
+    def _state(self, snapshot: Snapshot) -> cpb.State:
+        return state_message(snapshot, self.config, self._served())
+
+    async def _write(
+        self,
+        context: Context,
+        method: str,
+        call: Callable[[str], Awaitable[Snapshot]],
+    ) -> cpb.State:
+        try:
+            principal = self._principal(context, OPERATOR, method)
+            snapshot = await call(principal.name)
+        except Exception as exc:  # noqa: BLE001 - mapped in one place
+            await abort(context, exc)
+            raise
+        return self._state(snapshot)
+
+    async def GetState(self, request: cpb.GetStateRequest, context: Context) -> cpb.State:  # noqa: N802
+        try:
+            self._principal(context, VIEWER, "GetState")
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, exc)
+        return self._state(self.service.snapshot())
+
+    async def WatchState(  # noqa: N802
+        self, request: cpb.WatchStateRequest, context: Context
+    ) -> AsyncIterator[cpb.State]:
+        try:
+            self._principal(context, VIEWER, "WatchState")
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, exc)
+        queue = self.service.holder.watch()
+        try:
+            while True:
+                yield self._state(await queue.get())
+        finally:
+            self.service.holder.unwatch(queue)
+
+    async def SetWeights(self, request: cpb.SetWeightsRequest, context: Context) -> cpb.State:  # noqa: N802
+        return await self._write(
+            context,
+            "SetWeights",
+            lambda who: self.service.set_weights(
+                who, request.reason, request.expected_revision, dict(request.weights)
+            ),
+        )
+
+    async def SetKillSwitch(  # noqa: N802
+        self, request: cpb.SetKillSwitchRequest, context: Context
+    ) -> cpb.State:
+        return await self._write(
+            context,
+            "SetKillSwitch",
+            lambda who: self.service.set_kill_switch(
+                who, request.reason, request.expected_revision, request.on
+            ),
+        )
+
+    async def SetUserOverride(  # noqa: N802
+        self, request: cpb.SetUserOverrideRequest, context: Context
+    ) -> cpb.State:
+        return await self._write(
+            context,
+            "SetUserOverride",
+            lambda who: self.service.set_user_override(
+                who,
+                request.reason,
+                request.expected_revision,
+                request.targeting_key,
+                request.variant,
+            ),  # fmt: skip
+        )
+
+    async def ClearUserOverride(  # noqa: N802
+        self, request: cpb.ClearUserOverrideRequest, context: Context
+    ) -> cpb.State:
+        return await self._write(
+            context,
+            "ClearUserOverride",
+            lambda who: self.service.clear_user_override(
+                who, request.reason, request.expected_revision, request.targeting_key
+            ),
+        )
+
+    async def SetSegmentRule(  # noqa: N802
+        self, request: cpb.SetSegmentRuleRequest, context: Context
+    ) -> cpb.State:
+        return await self._write(
+            context,
+            "SetSegmentRule",
+            lambda who: self.service.set_segment_rule(
+                who, request.reason, request.expected_revision, request.segment, request.variant
+            ),
+        )
+
+    async def ClearSegmentRule(  # noqa: N802
+        self, request: cpb.ClearSegmentRuleRequest, context: Context
+    ) -> cpb.State:
+        return await self._write(
+            context,
+            "ClearSegmentRule",
+            lambda who: self.service.clear_segment_rule(
+                who, request.reason, request.expected_revision, request.segment
+            ),
+        )
+
+    async def Promote(self, request: cpb.PromoteRequest, context: Context) -> cpb.State:  # noqa: N802
+        return await self._write(
+            context,
+            "Promote",
+            lambda who: self.service.promote(who, request.reason, request.expected_revision),
+        )
+
+    async def Rollback(self, request: cpb.RollbackRequest, context: Context) -> cpb.State:  # noqa: N802
+        return await self._write(
+            context,
+            "Rollback",
+            lambda who: self.service.rollback(who, request.reason, request.expected_revision),
+        )
+
+    async def GetAuditLog(  # noqa: N802
+        self, request: cpb.GetAuditLogRequest, context: Context
+    ) -> cpb.GetAuditLogResponse:
+        try:
+            self._principal(context, VIEWER, "GetAuditLog")
+            size = request.page_size or 50
+            if not 0 < size <= MAX_PAGE:
+                raise InvalidRequest(f"page_size: must be within 1..{MAX_PAGE}, got {size}")
+            token = request.page_token or "0"
+            if not token.isdigit():
+                raise InvalidRequest("page_token: not a token this server gave out")
+            start = int(token)
+            entries, total = self.service.audit_page(start, size)
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, exc)
+            raise
+        end = start + len(entries)
+        return cpb.GetAuditLogResponse(
+            entries=[
+                cpb.AuditEntry(
+                    unix_time=e.unix_time,
+                    principal=e.principal,
+                    method=e.method,
+                    reason=e.reason,
+                    revision_before=e.revision_before,
+                    revision_after=e.revision_after,
+                    diff_json=json.dumps(dict(e.diff), sort_keys=True),
+                )
+                for e in entries
+            ],
+            next_page_token=str(end) if end < total else "",
+            total=total,
+        )
+
+    async def GetShadowReport(  # noqa: N802
+        self, request: cpb.GetShadowReportRequest, context: Context
+    ) -> cpb.ShadowReport:
+        try:
+            self._principal(context, VIEWER, "GetShadowReport")
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, exc)
+        return shadow_report(self._shadow())

@@ -1,0 +1,1 @@
+"""State stores and the audit log: file (embedded default) and in-memory."""

@@ -1,0 +1,325 @@
+"""Control writes: validate, persist, audit, apply, acknowledge.
+
+Every write runs under one lock, in this order:
+1. the reason is required and `expected_revision` (when non-zero) must match, or the
+   write is refused (ABORTED) with nothing changed;
+2. the new desired state is computed and validated against the static flag parts
+   (INVALID_ARGUMENT / FAILED_PRECONDITION naming the field, nothing changed);
+3. it is saved durably (file store: fsync + atomic rename) and audited;
+4. the routing snapshot is swapped: the next request sees it;
+5. the new state is returned (the acknowledgement).
+A failing store leaves the previous state in force and the write unacknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+
+from sidecar.app.ports import AuditEntry, AuditLog, StateStore
+from sidecar.app.state import Snapshot, StateHolder
+from sidecar.core.routing import BASIS_POINTS, Flag, FlagError
+from sidecar.core.state import DesiredState, Promotion, diff
+from sidecar.errors import (
+    ErrorCode,
+    FailedPrecondition,
+    InvalidRequest,
+    SidecarError,
+    StaleRevision,
+)
+
+log = structlog.get_logger("sidecar.control")
+
+Readiness = Callable[[str], Awaitable[bool]]
+Mutation = Callable[[DesiredState], DesiredState]
+
+
+class ControlService:
+    def __init__(
+        self,
+        *,
+        holder: StateHolder,
+        template: Flag,
+        store: StateStore,
+        audit: AuditLog,
+        ready: Readiness,
+        served: Callable[[], Mapping[str, int]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.holder = holder
+        self.template = template
+        self.store = store
+        self.audit = audit
+        self._ready = ready
+        self._served = served
+        self._clock = clock
+        self._lock = asyncio.Lock()
+
+    # ---- reads -----------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        return self.holder.current
+
+    def audit_page(self, start: int, limit: int) -> tuple[list[AuditEntry], int]:
+        return self.audit.read(start, limit), self.audit.count()
+
+    # ---- writes ----------------------------------------------------------------------
+
+    async def apply(
+        self,
+        *,
+        principal: str,
+        method: str,
+        reason: str,
+        expected_revision: int,
+        mutate: Mutation | Callable[[DesiredState], Awaitable[DesiredState]],
+    ) -> Snapshot:
+        if not reason.strip():
+            raise InvalidRequest("reason: must not be empty; say why (it goes to the audit log)")
+        if expected_revision < 0:
+            raise InvalidRequest("expected_revision: must be >= 0 (0 = do not check)")
+        async with self._lock:
+            current = self.holder.current
+            if expected_revision and expected_revision != current.revision:
+                raise StaleRevision(
+                    f"expected_revision: the state is at revision {current.revision}, not "
+                    f"{expected_revision}; re-read the state and retry"
+                )
+            result = mutate(current.state)
+            proposed = await result if isinstance(result, Awaitable) else result
+            now = self._clock()
+            new_state = proposed.evolve(
+                revision=current.revision + 1,
+                updated_unix_time=now,
+                updated_by=principal,
+                update_reason=reason,
+            )
+            try:
+                flag = new_state.to_flag(self.template)
+            except FlagError as exc:
+                raise InvalidRequest(f"{exc.field}: {exc.message}") from None
+            changes = diff(current.state, new_state)
+            try:
+                await asyncio.to_thread(self.store.save, new_state)
+                await asyncio.to_thread(
+                    self.audit.append,
+                    AuditEntry(
+                        unix_time=now,
+                        principal=principal,
+                        method=method,
+                        reason=reason,
+                        revision_before=current.revision,
+                        revision_after=new_state.revision,
+                        diff=changes,
+                    ),
+                )
+            except OSError as exc:
+                log.error("control.persist_failed", method=method, error=str(exc))
+                raise SidecarError(
+                    f"state could not be persisted ({exc}); nothing changed", ErrorCode.UNAVAILABLE
+                ) from None
+            snapshot = Snapshot(flag, new_state, safe_mode=False)
+            self.holder.swap(snapshot)
+        log.info(
+            "control.changed",
+            principal=principal,
+            method=method,
+            reason=reason,
+            revision=new_state.revision,
+            changes=changes,
+        )
+        return snapshot
+
+    async def set_weights(
+        self, principal: str, reason: str, expected_revision: int, weights: Mapping[str, int]
+    ) -> Snapshot:
+        if not weights:
+            raise InvalidRequest("weights: give at least one variant=basis points")
+        return await self.apply(
+            principal=principal,
+            method="SetWeights",
+            reason=reason,
+            expected_revision=expected_revision,
+            mutate=lambda s: s.evolve(weights=dict(weights)),
+        )
+
+    async def set_kill_switch(
+        self, principal: str, reason: str, expected_revision: int, on: bool
+    ) -> Snapshot:
+        return await self.apply(
+            principal=principal,
+            method="SetKillSwitch",
+            reason=reason,
+            expected_revision=expected_revision,
+            mutate=lambda s: s.evolve(kill_switch=on, kill_switch_reason=reason),
+        )
+
+    def _known_variant(self, field: str, variant: str) -> str:
+        if variant not in self.template.variants:
+            raise InvalidRequest(
+                f"{field}: unknown variant {variant!r}; known: {sorted(self.template.variants)}"
+            )
+        return variant
+
+    async def set_user_override(
+        self, principal: str, reason: str, expected_revision: int, key: str, variant: str
+    ) -> Snapshot:
+        if not key.strip():
+            raise InvalidRequest("targeting_key: must not be empty")
+        self._known_variant("variant", variant)
+        return await self.apply(
+            principal=principal,
+            method="SetUserOverride",
+            reason=reason,
+            expected_revision=expected_revision,
+            mutate=lambda s: s.evolve(user_overrides={**s.user_overrides, key: variant}),
+        )
+
+    async def clear_user_override(
+        self, principal: str, reason: str, expected_revision: int, key: str
+    ) -> Snapshot:
+        if not key.strip():
+            raise InvalidRequest("targeting_key: must not be empty")
+
+        def mutate(s: DesiredState) -> DesiredState:
+            if key not in s.user_overrides:
+                raise FailedPrecondition(f"targeting_key: no override for {key!r}")
+            return s.evolve(user_overrides={k: v for k, v in s.user_overrides.items() if k != key})
+
+        return await self.apply(
+            principal=principal,
+            method="ClearUserOverride",
+            reason=reason,
+            expected_revision=expected_revision,
+            mutate=mutate,
+        )
+
+    def _known_segment(self, segment: str) -> str:
+        if segment not in self.template.segments:
+            raise InvalidRequest(
+                f"segment: unknown segment {segment!r}; declared: {sorted(self.template.segments)}"
+            )
+        return segment
+
+    async def set_segment_rule(
+        self, principal: str, reason: str, expected_revision: int, segment: str, variant: str
+    ) -> Snapshot:
+        self._known_segment(segment)
+        self._known_variant("variant", variant)
+
+        def mutate(s: DesiredState) -> DesiredState:
+            rules = [r for r in s.segment_rules if r[0] != segment] + [(segment, variant)]
+            return s.evolve(segment_rules=tuple(rules))
+
+        return await self.apply(
+            principal=principal,
+            method="SetSegmentRule",
+            reason=reason,
+            expected_revision=expected_revision,
+            mutate=mutate,
+        )
+
+    async def clear_segment_rule(
+        self, principal: str, reason: str, expected_revision: int, segment: str
+    ) -> Snapshot:
+        self._known_segment(segment)
+
+        def mutate(s: DesiredState) -> DesiredState:
+            if not any(r[0] == segment for r in s.segment_rules):
+                raise FailedPrecondition(f"segment: no rule for segment {segment!r}")
+            return s.evolve(segment_rules=tuple(r for r in s.segment_rules if r[0] != segment))
+
+        return await self.apply(
+            principal=principal,
+            method="ClearSegmentRule",
+            reason=reason,
+            expected_revision=expected_revision,
+            mutate=mutate,
+        )
+
+    async def promote(self, principal: str, reason: str, expected_revision: int) -> Snapshot:
+        async def mutate(s: DesiredState) -> DesiredState:
+            canary = s.canary
+            if canary is None:
+                raise FailedPrecondition("canary: there is no canary variant to promote")
+            if s.kill_switch:
+                raise FailedPrecondition("kill_switch: is on; turn it off before promoting")
+            served = self._served().get(canary, 0)
+            if served <= 0:
+                raise FailedPrecondition(
+                    f"canary: variant {canary!r} has served no traffic since this sidecar "
+                    "started; give it traffic before promoting"
+                )
+            if not await self._ready(canary):
+                raise FailedPrecondition(f"canary: variant {canary!r} is not ready (ModelReady)")
+            weights = {name: 0 for name in s.weights} | {canary: BASIS_POINTS}
+            record = Promotion(self._clock(), principal, s.stable, canary, reason)
+            return s.evolve(
+                stable=canary,
+                canary=s.stable,
+                default=canary,
+                weights=weights,
+                promotions=(*s.promotions, record),
+            )
+
+        return await self.apply(
+            principal=principal,
+            method="Promote",
+            reason=reason,
+            expected_revision=expected_revision,
+            mutate=mutate,
+        )
+
+    async def rollback(self, principal: str, reason: str, expected_revision: int) -> Snapshot:
+        """All traffic to stable; with none elsewhere, revert the last promotion."""
+
+        async def mutate(s: DesiredState) -> DesiredState:
+            elsewhere = {n: w for n, w in s.weights.items() if n != s.stable and w > 0}
+            if elsewhere:
+                weights = {name: 0 for name in s.weights} | {s.stable: BASIS_POINTS}
+                return s.evolve(weights=weights)
+            last = s.promotions[-1] if s.promotions else None
+            if last is None or last.reverted or last.to_variant != s.stable:
+                raise FailedPrecondition(
+                    "weights: all traffic is already on the stable variant and there is no "
+                    "promotion to revert"
+                )
+            previous = last.from_variant
+            if not await self._ready(previous):
+                raise FailedPrecondition(
+                    f"stable: previous stable variant {previous!r} is not ready (ModelReady)"
+                )
+            weights = {name: 0 for name in s.weights} | {previous: BASIS_POINTS}
+            record = Promotion(self._clock(), principal, s.stable, previous, reason, reverted=True)
+            return s.evolve(
+                stable=previous,
+                canary=s.stable,
+                default=previous,
+                weights=weights,
+                promotions=(*s.promotions, record),
+            )
+
+        return await self.apply(
+            principal=principal,
+            method="Rollback",
+            reason=reason,
+            expected_revision=expected_revision,
+            mutate=mutate,
+        )
+
+
+def describe(snapshot: Snapshot) -> dict[str, Any]:
+    """A log-friendly summary of a snapshot."""
+    s = snapshot.state
+    return {
+        "revision": s.revision,
+        "stable": s.stable,
+        "canary": s.canary,
+        "weights": dict(s.weights),
+        "kill_switch": s.kill_switch,
+        "safe_mode": snapshot.safe_mode,
+    }

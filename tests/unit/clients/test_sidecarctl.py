@@ -1,0 +1,881 @@
+"""The operator CLI (`sidecarctl`) and its client (`clients.control`) against a FAKE server.
+
+`FakeControl` is not the sidecar: it is an in-process `sidecar.v1.Control` servicer on
+127.0.0.1:0 that records each request with its metadata, answers canned `State`s and can be
+told to fail a method with a status. It pins the CLI's own behaviour (requests sent, output,
+exit codes, credentials); the real servicer's semantics are tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+
+from clients.control import (
+    ControlClient,
+    ControlError,
+    format_percent,
+    render_audit,
+    render_shadow,
+    render_state,
+    state_to_dict,
+)
+from clients.sidecarctl import main, parse_weight
+from sidecar._proto.sidecar.v1 import control_pb2 as cpb
+from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
+
+TOKEN = "tok-3f9a1c77e2b84d0d"
+
+
+def canned_state(revision: int = 7, *, kill_switch: bool = False) -> cpb.State:
+    return cpb.State(
+        model="classifier",
+        variants=[
+            cpb.Variant(
+                name="stable",
+                address="10.0.0.1:9000",
+                model_name="iris",
+                model_version="1",
+                served=9120,
+            ),
+            cpb.Variant(
+                name="canary",
+                address="10.0.0.2:9000",
+                model_name="iris",
+                model_version="2",
+                served=480,
+            ),
+            cpb.Variant(
+                name="shadow", address="10.0.0.3:9000", model_name="iris", model_version="3"
+            ),
+        ],
+        flag=cpb.FlagState(
+            key="classifier-rollout",
+            stable_variant="stable",
+            canary_variant="canary",
+            default_variant="stable",
+            weights={"stable": 9500, "canary": 500, "shadow": 0},
+            kill_switch=kill_switch,
+            kill_switch_reason="canary error rate 4x stable" if kill_switch else "",
+            user_overrides={"user-42": "canary"},
+            segment_rules=[cpb.SegmentRule(segment="beta", variant="canary")],
+            segments=["beta", "internal"],
+        ),
+        shadow=cpb.ShadowSettings(
+            variant="shadow",
+            sample_bp=1000,
+            max_in_flight=8,
+            deadline_seconds=0.5,
+            comparator="exact",
+        ),
+        revision=revision,
+        updated_unix_time=1_700_000_000.0,
+        updated_by="alice",
+        update_reason="canary step 1",
+    )
+
+
+@dataclass
+class RecordedCall:
+    method: str
+    request: Message
+    metadata: dict[str, str]
+    peer_identity: list[bytes]
+
+
+@dataclass
+class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
+    """FAKE Control servicer: records calls, answers canned States, fails on request."""
+
+    state: cpb.State = field(default_factory=canned_state)
+    calls: list[RecordedCall] = field(default_factory=list)
+    failures: dict[str, tuple[grpc.StatusCode, str]] = field(default_factory=dict)
+    delay: float = 0.0
+    watch_states: list[cpb.State] = field(default_factory=list)
+    watch_hold_open: bool = False
+    audit: list[cpb.AuditEntry] = field(default_factory=list)
+    audit_max_page: int = 1000
+    shadow: cpb.ShadowReport = field(default_factory=cpb.ShadowReport)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        fresh = FakeControl()
+        for name in self.__dataclass_fields__:
+            if name != "lock":
+                setattr(self, name, getattr(fresh, name))
+
+    def writes(self) -> list[RecordedCall]:
+        return [c for c in self.calls if c.method != "GetState"]
+
+    def _record(self, method: str, request: Message, context: grpc.ServicerContext) -> None:
+        # grpc-stubs types auth_context() as Mapping[str, bytes]; it maps to lists of bytes.
+        identity = cast("list[bytes]", context.auth_context().get("x509_common_name", []))
+        with self.lock:
+            self.calls.append(
+                RecordedCall(
+                    method,
+                    request,
+                    {k: str(v) for k, v in context.invocation_metadata()},
+                    identity,
+                )
+            )
+        if self.delay:
+            time.sleep(self.delay)
+        failure = self.failures.get(method) or self.failures.get("*")
+        if failure:
+            context.abort(*failure)
+
+    def _write(self, method: str, request: Message, context: grpc.ServicerContext) -> cpb.State:
+        self._record(method, request, context)
+        new = cpb.State()
+        new.CopyFrom(self.state)
+        new.revision += 1
+        new.update_reason = getattr(request, "reason", "")
+        if isinstance(request, cpb.SetKillSwitchRequest):
+            new.flag.kill_switch = request.on
+            new.flag.kill_switch_reason = request.reason
+        self.state = new
+        return new
+
+    def GetState(self, request: cpb.GetStateRequest, context: grpc.ServicerContext) -> cpb.State:
+        self._record("GetState", request, context)
+        return self.state
+
+    def WatchState(
+        self, request: cpb.WatchStateRequest, context: grpc.ServicerContext
+    ) -> Iterator[cpb.State]:
+        self._record("WatchState", request, context)
+        yield from self.watch_states
+        while self.watch_hold_open and context.is_active():
+            time.sleep(0.01)
+
+    def SetWeights(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
+        return self._write("SetWeights", request, context)
+
+    def SetKillSwitch(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
+        return self._write("SetKillSwitch", request, context)
+
+    def SetUserOverride(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
+        return self._write("SetUserOverride", request, context)
+
+    def ClearUserOverride(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
+        return self._write("ClearUserOverride", request, context)
+
+    def SetSegmentRule(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
+        return self._write("SetSegmentRule", request, context)
+
+    def ClearSegmentRule(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
+        return self._write("ClearSegmentRule", request, context)
+
+    def Promote(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
+        return self._write("Promote", request, context)
+
+    def Rollback(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
+        return self._write("Rollback", request, context)
+
+    def GetAuditLog(
+        self, request: cpb.GetAuditLogRequest, context: grpc.ServicerContext
+    ) -> cpb.GetAuditLogResponse:
+        self._record("GetAuditLog", request, context)
+        start = int(request.page_token or "0")
+        end = start + min(request.page_size or 50, self.audit_max_page)
+        return cpb.GetAuditLogResponse(
+            entries=self.audit[start:end],
+            next_page_token=str(end) if end < len(self.audit) else "",
+            total=len(self.audit),
+        )
+
+    def GetShadowReport(
+        self, request: cpb.GetShadowReportRequest, context: grpc.ServicerContext
+    ) -> cpb.ShadowReport:
+        self._record("GetShadowReport", request, context)
+        return self.shadow
+
+
+def start_server(
+    fake: FakeControl, credentials: grpc.ServerCredentials | None = None
+) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    cpb_grpc.add_ControlServicer_to_server(fake, server)
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    return server, port
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[FakeControl, int]]:
+    fake = FakeControl()
+    server, port = start_server(fake)
+    yield fake, port
+    server.stop(grace=None)
+
+
+@pytest.fixture
+def fake(served: tuple[FakeControl, int], monkeypatch: pytest.MonkeyPatch) -> FakeControl:
+    """The module's fake server, reset, with the CLI's environment cleared and aimed at it."""
+    fake, port = served
+    fake.reset()
+    monkeypatch.delenv("SIDECARCTL_TOKEN", raising=False)
+    monkeypatch.setenv("SIDECARCTL_TARGET", f"127.0.0.1:{port}")
+    return fake
+
+
+@pytest.fixture
+def target(served: tuple[FakeControl, int]) -> str:
+    return f"127.0.0.1:{served[1]}"
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return Run(code, captured.out, captured.err)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# ----------------------------------------------------------------------------- writes
+
+WRITES: list[tuple[list[str], str, Message]] = [
+    (
+        ["weights", "stable=9000", "canary=1000"],
+        "SetWeights",
+        cpb.SetWeightsRequest(weights={"stable": 9000, "canary": 1000}),
+    ),
+    (["kill", "on"], "SetKillSwitch", cpb.SetKillSwitchRequest(on=True)),
+    (["kill", "off"], "SetKillSwitch", cpb.SetKillSwitchRequest(on=False)),
+    (
+        ["override", "set", "user-7", "canary"],
+        "SetUserOverride",
+        cpb.SetUserOverrideRequest(targeting_key="user-7", variant="canary"),
+    ),
+    (
+        ["override", "clear", "user-7"],
+        "ClearUserOverride",
+        cpb.ClearUserOverrideRequest(targeting_key="user-7"),
+    ),
+    (
+        ["segment", "set", "beta", "canary"],
+        "SetSegmentRule",
+        cpb.SetSegmentRuleRequest(segment="beta", variant="canary"),
+    ),
+    (["segment", "clear", "beta"], "ClearSegmentRule", cpb.ClearSegmentRuleRequest(segment="beta")),
+    (["promote"], "Promote", cpb.PromoteRequest()),
+    (["rollback"], "Rollback", cpb.RollbackRequest()),
+]
+
+
+@pytest.mark.parametrize(("argv", "method", "expected"), WRITES, ids=lambda v: str(v))
+def test_write_sends_request_with_reason_revision_and_token(
+    fake: FakeControl,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    method: str,
+    expected: Message,
+) -> None:
+    """Each write subcommand sends its RPC with the fields, reason, expected revision, token."""
+    r = run(capsys, "--token", TOKEN, *argv, "--reason", "step 2", "--expect-revision", "7")
+    assert r.code == 0, r.err
+    [call] = fake.writes()
+    assert call.method == method
+    expected.reason = "step 2"  # type: ignore[attr-defined]
+    expected.expected_revision = 7  # type: ignore[attr-defined]
+    assert call.request == expected
+    assert call.metadata["authorization"] == f"Bearer {TOKEN}"
+    assert [c.method for c in fake.calls] == [method]  # the revision was known: no extra read
+
+
+def test_write_prints_new_state_and_revision_summary(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a write the table of the new state and "revision A -> B" are printed."""
+    r = run(capsys, "kill", "on", "--reason", "canary errors")
+    assert r.code == 0, r.err
+    assert "KILL SWITCH: ON" in r.out
+    assert r.out.rstrip().splitlines()[-1] == "kill switch ON: revision 7 -> 8"
+    assert [c.method for c in fake.calls] == ["GetState", "SetKillSwitch"]
+    assert fake.writes()[0].request == cpb.SetKillSwitchRequest(reason="canary errors", on=True)
+
+
+def test_write_json_prints_state_document_and_summary_on_stderr(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In json mode a write prints only the new state as JSON on stdout; the summary on stderr."""
+    r = run(capsys, "promote", "--reason", "healthy 24h", "--output", "json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["revision"] == 8
+    assert doc["update_reason"] == "healthy 24h"
+    assert "promoted: revision 7 -> 8" in r.err
+
+
+@pytest.mark.parametrize(
+    ("arg", "bp"),
+    [("canary=5%", 500), ("canary=0.5%", 50), ("canary=12.25%", 1225), ("canary=100%", 10000)],
+)
+def test_weights_percentages_become_basis_points(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str], arg: str, bp: int
+) -> None:
+    """`weights canary=5%` sends 500 basis points (percentages with up to 2 decimals)."""
+    r = run(capsys, "weights", arg, "--reason", "r", "--expect-revision", "7")
+    assert r.code == 0, r.err
+    request = fake.writes()[0].request
+    assert isinstance(request, cpb.SetWeightsRequest)
+    assert dict(request.weights) == {"canary": bp}
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "canary",
+        "canary=",
+        "=500",
+        "canary=abc",
+        "canary=5.5",
+        "canary=-1",
+        "canary=10001",
+        "canary=100.01%",
+        "canary=0.125%",
+        "canary=5%%",
+        "canary=nan%",
+        "canary=5 bp",
+    ],
+)
+def test_bad_weight_syntax_is_a_usage_error(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str], arg: str
+) -> None:
+    """Anything but VARIANT=BP or VARIANT=P% exits 2 with usage and sends nothing."""
+    r = run(capsys, "weights", "stable=9500", arg, "--reason", "r")
+    assert r.code == 2
+    assert "usage: sidecarctl weights" in r.err
+    assert fake.calls == []
+
+
+def test_duplicate_weight_variant_is_a_usage_error(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Naming a variant twice in `weights` exits 2 and sends nothing."""
+    r = run(capsys, "weights", "canary=5%", "canary=500", "--reason", "r")
+    assert r.code == 2
+    assert "'canary' given twice" in r.err
+    assert fake.calls == []
+
+
+def test_parse_weight_accepts_both_units() -> None:
+    """parse_weight reads basis points and percentages to the same basis points."""
+    assert parse_weight("canary=500") == ("canary", 500)
+    assert parse_weight(" canary = 5% ") == ("canary", 500)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["weights", "canary=500"],
+        ["kill", "on"],
+        ["override", "set", "u", "canary"],
+        ["segment", "clear", "beta"],
+        ["promote"],
+        ["rollback"],
+        ["rollback", "--reason", "   "],
+    ],
+)
+def test_write_without_reason_is_a_usage_error(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """A write without a (non-blank) --reason exits 2 and sends nothing."""
+    r = run(capsys, *argv)
+    assert r.code == 2
+    assert "--reason" in r.err
+    assert fake.calls == []
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_server_refusal_exits_1_with_code_and_message(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stale revision (ABORTED) exits 1 printing `error: ABORTED: <server message>`."""
+    fake.failures["SetWeights"] = (grpc.StatusCode.ABORTED, "expected revision 6, state is at 7")
+    r = run(capsys, "weights", "canary=5%", "stable=95%", "--reason", "r", "--expect-revision", "6")
+    assert r.code == 1
+    assert "error: ABORTED: expected revision 6, state is at 7" in r.err
+    assert "--expect-revision" in r.err  # the hint says how to recover
+    assert r.out == ""
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ],
+)
+def test_other_refusals_exit_1(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str], code: grpc.StatusCode
+) -> None:
+    """Every refusal by the server (not reachability) exits 1 naming the status."""
+    fake.failures["*"] = (code, "weights: sum is 9000, want 10000")
+    r = run(capsys, "status")
+    assert r.code == 1
+    assert f"error: {code.name}: weights: sum is 9000, want 10000" in r.err
+
+
+def test_unreachable_target_exits_3_with_hint(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing listening at the target exits 3 with UNAVAILABLE and a hint naming the target."""
+    dead = f"127.0.0.1:{free_port()}"
+    r = run(capsys, "--target", dead, "kill", "on", "--reason", "r", "--expect-revision", "1")
+    assert r.code == 3
+    assert "error: UNAVAILABLE:" in r.err
+    assert f"hint: could not reach the sidecar's control API at {dead}" in r.err
+
+
+def test_deadline_exceeded_exits_3(fake: FakeControl, capsys: pytest.CaptureFixture[str]) -> None:
+    """A call outliving --timeout exits 3 (DEADLINE_EXCEEDED counts as unreachable)."""
+    fake.delay = 0.5
+    r = run(capsys, "--timeout", "0.1", "status")
+    assert r.code == 3
+    assert "error: DEADLINE_EXCEEDED:" in r.err
+
+
+def test_client_raises_control_error_from_rpc_error(fake: FakeControl, target: str) -> None:
+    """ControlClient turns grpc.RpcError into ControlError(code name, details), chained."""
+    fake.failures["Promote"] = (grpc.StatusCode.FAILED_PRECONDITION, "no canary configured")
+    with ControlClient(target) as client, pytest.raises(ControlError) as info:
+        client.promote(reason="r")
+    assert (info.value.code, info.value.message) == ("FAILED_PRECONDITION", "no canary configured")
+    assert not info.value.unreachable
+    assert isinstance(info.value.__cause__, grpc.RpcError)
+
+
+# ------------------------------------------------------------------------ credentials
+
+
+@pytest.mark.parametrize(
+    ("flag", "file", "env", "sent"),
+    [
+        ("from-flag", "from-file", "from-env", "from-flag"),
+        (None, "from-file", "from-env", "from-file"),
+        (None, None, "from-env", "from-env"),
+        (None, None, None, None),
+    ],
+)
+def test_token_precedence_flag_then_file_then_env(
+    fake: FakeControl,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flag: str | None,
+    file: str | None,
+    env: str | None,
+    sent: str | None,
+) -> None:
+    """The bearer token comes from --token, else --token-file, else $SIDECARCTL_TOKEN."""
+    argv: list[str] = []
+    if flag:
+        argv += ["--token", flag]
+    if file:
+        path = tmp_path / "token"
+        path.write_text(f"{file}\n")
+        argv += ["--token-file", str(path)]
+    if env:
+        monkeypatch.setenv("SIDECARCTL_TOKEN", env)
+    r = run(capsys, *argv, "status")
+    assert r.code == 0, r.err
+    metadata = fake.calls[0].metadata
+    if sent is None:
+        assert "authorization" not in metadata
+    else:
+        assert metadata["authorization"] == f"Bearer {sent}"
+
+
+def test_token_never_printed(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The token appears in no output: success, server errors echoing it, usage errors."""
+    outputs = [run(capsys, "--token", TOKEN, "status"), run(capsys, "-o", "json", "status")]
+    fake.failures["*"] = (grpc.StatusCode.UNAUTHENTICATED, f"unknown token {TOKEN!r}")
+    outputs.append(run(capsys, "--token", TOKEN, "status"))
+    assert outputs[-1].code == 1
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    outputs.append(run(capsys, "--token-file", str(token_file), "status"))
+    outputs.append(run(capsys, "--token", TOKEN, "status", "--bogus", TOKEN))
+    assert outputs[-1].code == 2
+    outputs.append(run(capsys, f"--token={TOKEN}", "weights", TOKEN, "--reason", "r"))
+    assert outputs[-1].code == 2
+    for r in outputs:
+        assert TOKEN not in r.out
+        assert TOKEN not in r.err
+    assert "<redacted>" in outputs[2].err
+
+
+def test_unreadable_token_file_is_a_usage_error(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A missing or empty --token-file exits 2 and sends nothing."""
+    assert run(capsys, "--token-file", str(tmp_path / "missing"), "status").code == 2
+    (tmp_path / "empty").write_text("\n")
+    r = run(capsys, "--token-file", str(tmp_path / "empty"), "status")
+    assert r.code == 2
+    assert "is empty" in r.err
+    assert fake.calls == []
+
+
+# ----------------------------------------------------------------------------- reads
+
+
+def test_status_table(fake: FakeControl, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status` prints the state table: kill switch line, variants with %, bp and served."""
+    r = run(capsys, "status")
+    assert r.code == 0, r.err
+    assert r.out.splitlines()[0] == "kill switch: off"
+    canary_row = next(line for line in r.out.splitlines() if line.startswith("canary "))
+    assert canary_row.split() == [
+        "canary",
+        "canary",
+        "5%",
+        "500",
+        "bp",
+        "480",
+        "10.0.0.2:9000",
+        "iris",
+        "2",
+    ]
+    assert "revision 7" in r.out
+    assert fake.calls[0].method == "GetState"
+
+
+def test_status_json_and_options_after_the_command(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --output json` (global option after the command) prints the state as JSON."""
+    r = run(capsys, "status", "--output", "json", "--token", TOKEN)
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["revision"] == 7
+    assert doc["weights"] == {"canary": 500, "shadow": 0, "stable": 9500}
+    assert doc["kill_switch"] is False
+    assert doc["user_overrides"] == {"user-42": "canary"}
+    assert doc["segment_rules"] == [{"segment": "beta", "variant": "canary"}]
+    assert doc["updated_at"] == "2023-11-14T22:13:20Z"
+    assert [(v["name"], v["role"], v["weight_bp"]) for v in doc["variants"]] == [
+        ("stable", "stable", 9500),
+        ("canary", "canary", 500),
+        ("shadow", None, 0),
+    ]
+    assert fake.calls[0].metadata["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_status_watch_json_prints_one_line_per_state(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --watch -o json` prints one JSON object per streamed state, exits 0 at the end."""
+    fake.watch_states = [canned_state(7), canned_state(8, kill_switch=True), canned_state(9)]
+    r = run(capsys, "-o", "json", "status", "--watch")
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert len(lines) == 3
+    docs = [json.loads(line) for line in lines]
+    assert [d["revision"] for d in docs] == [7, 8, 9]
+    assert [d["kill_switch"] for d in docs] == [False, True, False]
+    assert [c.method for c in fake.calls] == ["WatchState"]
+
+
+def test_status_watch_table_renders_each_state(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --watch` re-renders the table under a revision header for every state."""
+    fake.watch_states = [canned_state(7), canned_state(8, kill_switch=True)]
+    r = run(capsys, "status", "--watch")
+    assert r.code == 0, r.err
+    assert r.out.count("=== revision") == 2
+    assert r.out.index("=== revision 8 ===") < r.out.index("KILL SWITCH: ON")
+
+
+def test_watch_state_can_be_cancelled(fake: FakeControl, target: str) -> None:
+    """A watch on an open stream stops cleanly (no error) when cancelled."""
+    fake.watch_states = [canned_state(7)]
+    fake.watch_hold_open = True
+    with ControlClient(target) as client:
+        watch = client.watch_state()
+        assert next(watch).revision == 7
+        threading.Timer(0.05, watch.cancel).start()
+        assert list(watch) == []
+
+
+def make_audit(n: int) -> list[cpb.AuditEntry]:
+    return [
+        cpb.AuditEntry(
+            unix_time=1_700_000_000.0 + i,
+            principal="alice",
+            method="SetWeights",
+            reason=f"step {i}",
+            revision_before=i,
+            revision_after=i + 1,
+            diff_json=json.dumps({"weights.canary": [i * 100, (i + 1) * 100]}),
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+def test_audit_follows_page_tokens(fake: FakeControl, capsys: pytest.CaptureFixture[str]) -> None:
+    """`audit` reads every page by its next_page_token and prints entries oldest first."""
+    fake.audit = make_audit(5)
+    fake.audit_max_page = 2
+    r = run(capsys, "audit")
+    assert r.code == 0, r.err
+    assert [c.request.page_token for c in fake.calls] == ["", "2", "4"]  # type: ignore[attr-defined]
+    rows = [line for line in r.out.splitlines() if "SetWeights" in line]
+    assert [row.split("step ")[1].split()[0] for row in rows] == ["1", "2", "3", "4", "5"]
+    assert "weights.canary: 500 -> 600" in rows[-1]
+
+
+def test_audit_limit_keeps_newest_last(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit --limit 2 -o json` lists the 2 most recent entries, newest last."""
+    fake.audit = make_audit(5)
+    fake.audit_max_page = 2
+    r = run(capsys, "audit", "--limit", "2", "-o", "json")
+    assert r.code == 0, r.err
+    docs = json.loads(r.out)
+    assert [(d["reason"], d["revision_after"]) for d in docs] == [("step 4", 5), ("step 5", 6)]
+    assert docs[-1]["diff"] == {"weights.canary": [500, 600]}
+
+
+def shadow_report() -> cpb.ShadowReport:
+    return cpb.ShadowReport(
+        shadow_variant="shadow",
+        comparator="exact",
+        sampled=100,
+        sent=95,
+        dropped=5,
+        compared=90,
+        agreed=81,
+        agreement_rate=0.9,
+        errors_by_status={"DEADLINE_EXCEEDED": 3},
+        latency=cpb.LatencySummary(
+            count=90, primary_p50_seconds=0.012, primary_p95_seconds=0.03, ratio_p50=1.1
+        ),
+        examples=[
+            cpb.Disagreement(
+                request_id="req-9",
+                targeting_key="user-9",
+                primary_variant="stable",
+                detail="predict: 1 of 4 elements differ; first at (2,): 0 vs 2",
+                unix_time=1_700_000_100.0,
+            )
+        ],
+    )
+
+
+def test_shadow_table_and_json(fake: FakeControl, capsys: pytest.CaptureFixture[str]) -> None:
+    """`shadow` shows counts, agreement, errors and disagreements; json carries the same."""
+    fake.shadow = shadow_report()
+    r = run(capsys, "shadow")
+    assert r.code == 0, r.err
+    assert "agreement 90.00%" in r.out
+    assert "DEADLINE_EXCEEDED 3" in r.out
+    assert "req-9" in r.out
+    doc = json.loads(run(capsys, "shadow", "-o", "json").out)
+    assert (doc["sent"], doc["dropped"], doc["agreement_rate"]) == (95, 5, 0.9)
+    assert doc["examples"][0]["request_id"] == "req-9"
+
+
+def test_help_exits_0_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--help` exits 0 and shows the commands and an example; each command has its own."""
+    r = run(capsys, "--help")
+    assert r.code == 0
+    for command in ("status", "weights", "kill", "override", "segment", "promote", "rollback"):
+        assert command in r.out
+    assert "sidecarctl weights stable=95% canary=5%" in r.out
+    r = run(capsys, "kill", "--help")
+    assert r.code == 0
+    assert "every request goes to the stable variant" in r.out
+    assert "--expect-revision" in r.out
+
+
+# ----------------------------------------------------------------------------- TLS
+
+OPENSSL = shutil.which("openssl")
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    assert OPENSSL is not None
+    subprocess.run([OPENSSL, *args], cwd=cwd, check=True, capture_output=True)
+
+
+def issue(cwd: Path, name: str, subject: str, ext: str) -> None:
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=cwd)
+    (cwd / f"{name}.ext").write_text(ext)
+    openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext",
+        cwd=cwd,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    if OPENSSL is None:
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=test-ca", cwd=d)  # fmt: skip
+    issue(d, "server", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    issue(d, "client", "/CN=operator-alice", "extendedKeyUsage=clientAuth\n")
+    return d
+
+
+def test_mutual_tls(pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --ca-file/--cert-file/--key-file the CLI talks mTLS; without the cert it can't."""
+    fake = FakeControl()
+    credentials = grpc.ssl_server_credentials(
+        [((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())],
+        root_certificates=(pki / "ca.pem").read_bytes(),
+        require_client_auth=True,
+    )
+    server, port = start_server(fake, credentials)
+    try:
+        tls: list[str] = ["--target", f"localhost:{port}", "--ca-file", str(pki / "ca.pem")]
+        client_cert = [
+            "--cert-file",
+            str(pki / "client.pem"),
+            "--key-file",
+            str(pki / "client.key"),
+        ]
+        r = run(capsys, *tls, *client_cert, "--token", TOKEN, "status")
+        assert r.code == 0, r.err
+        assert fake.calls[0].peer_identity == [b"operator-alice"]
+        assert fake.calls[0].metadata["authorization"] == f"Bearer {TOKEN}"
+        assert run(capsys, *tls, "status").code == 3  # the server requires a client certificate
+        half = run(capsys, *tls, "--cert-file", str(pki / "client.pem"), "status")
+        assert half.code == 2
+        assert "together" in half.err
+    finally:
+        server.stop(grace=None)
+
+
+# ------------------------------------------------------------------------ rendering
+
+
+def test_render_state_shows_kill_switch_on_first_with_reason() -> None:
+    """With the kill switch on, the first line says so in capitals, with its reason."""
+    first = render_state(canned_state(kill_switch=True)).splitlines()[0]
+    assert first.startswith("KILL SWITCH: ON")
+    assert "canary error rate 4x stable" in first
+    assert "'stable'" in first
+
+
+def test_render_state_variant_table_roles_percent_and_bp() -> None:
+    """Variants show role (stable/canary/—), weight as % and bp, served, address, model."""
+    lines = [line.split() for line in render_state(canned_state()).splitlines() if line]
+    rows = {cells[0]: cells for cells in lines}
+    assert rows["stable"][:6] == ["stable", "stable", "95%", "9500", "bp", "9120"]
+    assert rows["canary"][:6] == ["canary", "canary", "5%", "500", "bp", "480"]
+    assert rows["shadow"][:6] == ["shadow", "—", "0%", "0", "bp", "0"]
+    assert rows["VARIANT"] == [
+        "VARIANT",
+        "ROLE",
+        "WEIGHT",
+        "BP",
+        "SERVED",
+        "ADDRESS",
+        "MODEL",
+        "VERSION",
+    ]
+
+
+def test_render_state_rules_shadow_and_last_change() -> None:
+    """Overrides, segment rules, shadow settings and the last change are listed."""
+    text = render_state(canned_state())
+    assert "  user-42 -> canary" in text
+    assert "  beta -> canary" in text
+    assert "shadow: shadow gets a copy of 10% (1000 bp)" in text
+    assert 'last change: revision 7 at 2023-11-14T22:13:20Z by alice: "canary step 1"' in text
+
+
+def test_render_state_safe_mode_and_empty_state() -> None:
+    """Safe mode is announced; an empty state renders without errors."""
+    assert render_state(cpb.State(safe_mode=True)).startswith("SAFE MODE")
+    text = render_state(cpb.State())
+    assert "user overrides: none" in text
+    assert "shadow: off" in text
+
+
+def test_render_state_escapes_control_characters() -> None:
+    """Terminal control characters in operator-supplied text are shown escaped, not sent."""
+    state = canned_state(kill_switch=True)
+    state.flag.kill_switch_reason = "oops\x1b[2J"
+    text = render_state(state)
+    assert "\x1b" not in text
+    assert "oops\\x1b[2J" in text
+
+
+def test_format_percent() -> None:
+    """Basis points format as percentages without needless zeros."""
+    assert [format_percent(bp) for bp in (10000, 500, 50, 1225, 1, 0)] == [
+        "100%",
+        "5%",
+        "0.5%",
+        "12.25%",
+        "0.01%",
+        "0%",
+    ]
+
+
+def test_state_to_dict_is_json_ready() -> None:
+    """state_to_dict round-trips through json with integers kept as integers."""
+    doc = json.loads(json.dumps(state_to_dict(canned_state(kill_switch=True))))
+    assert doc["kill_switch"] is True
+    assert doc["kill_switch_reason"] == "canary error rate 4x stable"
+    assert doc["shadow"]["sample_bp"] == 1000
+    assert doc["variants"][0]["served"] == 9120
+    assert doc["safe_mode"] is False
+
+
+def test_render_audit_and_shadow_empty() -> None:
+    """Empty audit logs and unconfigured shadows render a plain sentence."""
+    assert render_audit([]) == "audit log: no entries"
+    assert render_shadow(cpb.ShadowReport()) == "shadow: no shadow variant configured"
+
+
+def test_render_audit_shows_unparseable_diff_raw() -> None:
+    """An audit diff that is not JSON is shown as-is rather than failing."""
+    entry = cpb.AuditEntry(method="Promote", reason="r", diff_json="not json", revision_after=2)
+    assert "not json" in render_audit([entry])
