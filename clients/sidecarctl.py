@@ -669,13 +669,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
-    console = Console(args.output == "json", _argv_tokens(argv))
+    json_mode = args.output == "json"
+    secrets = list(_argv_tokens(argv))
     try:
         token = _resolve_token(args)
     except _UsageError as exc:
-        console.err(f"sidecarctl: error: {exc}")
+        Console(json_mode, secrets).err(f"sidecarctl: error: {exc}")
         return EXIT_USAGE
-    console = Console(args.output == "json", (*console.secrets, token or ""))
+    console = Console(json_mode, [*secrets, token or ""])
     target: str = args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
     handler: Handler = args.handler
 

@@ -27,13 +27,13 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc
+from sidecar.testing.credentials import VIEWER_TOKEN, bearer, control_section
 from sidecar.testing.mlserver import (
     MLServerProcess,
     ModelSpec,
     iris_features,
     write_model_repository,
 )
-from sidecar.testing.credentials import VIEWER_TOKEN, bearer, control_section
 from sidecar.testing.process import SidecarProcess
 
 

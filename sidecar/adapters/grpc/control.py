@@ -149,24 +149,24 @@ class ControlServicer:
         try:
             principal = self._principal(context, OPERATOR, method)
             snapshot = await call(principal.name)
-        except Exception as exc:  # noqa: BLE001 - mapped in one place
+        except Exception as exc:
             await abort(context, exc)
             raise
         return self._state(snapshot)
 
-    async def GetState(self, request: cpb.GetStateRequest, context: Context) -> cpb.State:  # noqa: N802
+    async def GetState(self, request: cpb.GetStateRequest, context: Context) -> cpb.State:
         try:
             self._principal(context, VIEWER, "GetState")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await abort(context, exc)
         return self._state(self.service.snapshot())
 
-    async def WatchState(  # noqa: N802
+    async def WatchState(
         self, request: cpb.WatchStateRequest, context: Context
     ) -> AsyncIterator[cpb.State]:
         try:
             self._principal(context, VIEWER, "WatchState")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await abort(context, exc)
         queue = self.service.holder.watch()
         try:
@@ -175,7 +175,7 @@ class ControlServicer:
         finally:
             self.service.holder.unwatch(queue)
 
-    async def SetWeights(self, request: cpb.SetWeightsRequest, context: Context) -> cpb.State:  # noqa: N802
+    async def SetWeights(self, request: cpb.SetWeightsRequest, context: Context) -> cpb.State:
         return await self._write(
             context,
             "SetWeights",
@@ -184,9 +184,7 @@ class ControlServicer:
             ),
         )
 
-    async def SetKillSwitch(  # noqa: N802
-        self, request: cpb.SetKillSwitchRequest, context: Context
-    ) -> cpb.State:
+    async def SetKillSwitch(self, request: cpb.SetKillSwitchRequest, context: Context) -> cpb.State:
         return await self._write(
             context,
             "SetKillSwitch",
@@ -195,7 +193,7 @@ class ControlServicer:
             ),
         )
 
-    async def SetUserOverride(  # noqa: N802
+    async def SetUserOverride(
         self, request: cpb.SetUserOverrideRequest, context: Context
     ) -> cpb.State:
         return await self._write(
@@ -207,10 +205,10 @@ class ControlServicer:
                 request.expected_revision,
                 request.targeting_key,
                 request.variant,
-            ),  # fmt: skip
+            ),
         )
 
-    async def ClearUserOverride(  # noqa: N802
+    async def ClearUserOverride(
         self, request: cpb.ClearUserOverrideRequest, context: Context
     ) -> cpb.State:
         return await self._write(
@@ -221,7 +219,7 @@ class ControlServicer:
             ),
         )
 
-    async def SetSegmentRule(  # noqa: N802
+    async def SetSegmentRule(
         self, request: cpb.SetSegmentRuleRequest, context: Context
     ) -> cpb.State:
         return await self._write(
@@ -232,7 +230,7 @@ class ControlServicer:
             ),
         )
 
-    async def ClearSegmentRule(  # noqa: N802
+    async def ClearSegmentRule(
         self, request: cpb.ClearSegmentRuleRequest, context: Context
     ) -> cpb.State:
         return await self._write(
@@ -243,21 +241,21 @@ class ControlServicer:
             ),
         )
 
-    async def Promote(self, request: cpb.PromoteRequest, context: Context) -> cpb.State:  # noqa: N802
+    async def Promote(self, request: cpb.PromoteRequest, context: Context) -> cpb.State:
         return await self._write(
             context,
             "Promote",
             lambda who: self.service.promote(who, request.reason, request.expected_revision),
         )
 
-    async def Rollback(self, request: cpb.RollbackRequest, context: Context) -> cpb.State:  # noqa: N802
+    async def Rollback(self, request: cpb.RollbackRequest, context: Context) -> cpb.State:
         return await self._write(
             context,
             "Rollback",
             lambda who: self.service.rollback(who, request.reason, request.expected_revision),
         )
 
-    async def GetAuditLog(  # noqa: N802
+    async def GetAuditLog(
         self, request: cpb.GetAuditLogRequest, context: Context
     ) -> cpb.GetAuditLogResponse:
         try:
@@ -270,7 +268,7 @@ class ControlServicer:
                 raise InvalidRequest("page_token: not a token this server gave out")
             start = int(token)
             entries, total = self.service.audit_page(start, size)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await abort(context, exc)
             raise
         end = start + len(entries)
@@ -291,11 +289,11 @@ class ControlServicer:
             total=total,
         )
 
-    async def GetShadowReport(  # noqa: N802
+    async def GetShadowReport(
         self, request: cpb.GetShadowReportRequest, context: Context
     ) -> cpb.ShadowReport:
         try:
             self._principal(context, VIEWER, "GetShadowReport")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await abort(context, exc)
         return shadow_report(self._shadow())

@@ -9,7 +9,6 @@ import grpc
 
 from sidecar import __version__
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
-from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import predict_pb2 as pb
 from sidecar.adapters.grpc.converters import check_infer_request, oip_to_predict, predict_to_oip
 from sidecar.adapters.grpc.errors import abort
