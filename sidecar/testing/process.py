@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,6 +34,7 @@ class SidecarProcess:
         run_dir: Path | None = None,
         startup_timeout: float = 30.0,
         extra_env: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="sidecar-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,7 @@ class SidecarProcess:
         self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         self.startup_timeout = startup_timeout
         self.extra_env = dict(extra_env or {})
+        self.extra_args = list(extra_args)
         self.lines: deque[str] = deque(maxlen=5000)
         self.events: deque[dict[str, Any]] = deque(maxlen=5000)
         self.predict_address = ""
@@ -82,7 +84,10 @@ class SidecarProcess:
     def start(self) -> SidecarProcess:
         env = {**os.environ, "SIDECAR_LOG_FORMAT": "json", **self.extra_env}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(self.config_path)],
+            [
+                sys.executable, "-m", "sidecar.cli", "serve", "--config", str(self.config_path),
+                *self.extra_args,
+            ],  # fmt: skip
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
