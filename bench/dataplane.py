@@ -416,6 +416,7 @@ def layout_cpus(layout: str) -> dict[str, set[int]]:
 @dataclass
 class Settings:
     reps: int
+    open_reps: int
     duration_s: float
     open_duration_s: float
     warmup_s: float
@@ -640,7 +641,7 @@ def run(cfg: Settings, out_path: Path) -> int:
             rate = 0.5 * (closed[f"{SIDECAR}@16"]["rps"] or 0.0)
             open_scen = [PASSTHROUGH, SIDECAR, SHADOW_SLOW, SHADOW_DEAD]
             open_runs: dict[str, list[RunResult]] = {}
-            for rep in range(cfg.reps):
+            for rep in range(cfg.open_reps):
                 order = open_scen if rep % 2 == 0 else open_scen[::-1]
                 for scen in order:
                     result = bench.measure(scen, "open", rate)
@@ -696,6 +697,7 @@ def run(cfg: Settings, out_path: Path) -> int:
             "retried_runs": bench.retries,
             "parameters": {
                 "reps": cfg.reps,
+                "open_reps": cfg.open_reps,
                 "closed_duration_s": cfg.duration_s,
                 "open_duration_s": cfg.open_duration_s,
                 "warmup_s": cfg.warmup_s,
@@ -788,7 +790,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every measurement")
     parser.add_argument("--duration", type=float, default=2.5, help="closed-loop window, s")
-    parser.add_argument("--open-duration", type=float, default=4.0, help="open-loop window, s")
+    parser.add_argument(
+        "--open-reps", type=int, default=4, help="repetitions of every open-loop measurement"
+    )
+    parser.add_argument("--open-duration", type=float, default=3.0, help="open-loop window, s")
     parser.add_argument("--warmup", type=float, default=0.5, help="warm-up before a window, s")
     parser.add_argument("--delay-ms", type=float, default=1.0, help="primary upstream delay")
     parser.add_argument(
@@ -824,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         shadow_delay = 10.0 * args.delay_ms if args.delay_ms > 0 else 10.0
     cfg = Settings(
         reps=args.reps,
+        open_reps=args.open_reps,
         duration_s=args.duration,
         open_duration_s=args.open_duration,
         warmup_s=args.warmup,
