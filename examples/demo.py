@@ -8,7 +8,9 @@
 3. Sends traffic from 600 simulated users through tritonclient (the app does not know
    the sidecar is there; it passes x-user-id) and shows the split and the shadow
    comparison as they happen.
-4. Stops everything it started.
+4. Flips the kill switch on and off as an operator would, showing its effect and the
+   audit log.
+5. Stops everything it started.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from clients.control import ControlClient
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc
-from sidecar.testing.credentials import VIEWER_TOKEN, bearer, control_section
+from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, bearer, control_section
 from sidecar.testing.mlserver import (
     MLServerProcess,
     ModelSpec,
@@ -166,7 +169,28 @@ def main() -> int:
                     f"{example.detail} (served {example.primary_output}, "
                     f"shadow {example.shadow_output})"
                 )
-            say("== 5. stopping the sidecar (SIGTERM, graceful) and MLServer")
+            say("== 5. operator: kill switch on (sidecarctl kill on), traffic, then off")
+            with ControlClient(sc.control_address, token=OPERATOR_TOKEN) as ops:
+                state = ops.set_kill_switch(True, reason="demo: suspicious canary metrics")
+                say(
+                    f"   revision {state.revision}: kill switch ON "
+                    f"({state.flag.kill_switch_reason})"
+                )
+                seen = collections.Counter(
+                    client.infer("classifier", [_row(rows)], headers={"x-user-id": f"user-{u}"})
+                    .get_response()
+                    .model_version
+                    for u in range(200)
+                )
+                say(f"   200 users while ON: {dict(seen)} (stable only)")
+                state = ops.set_kill_switch(False, reason="demo: all clear")
+                say(f"   revision {state.revision}: kill switch off; audit log:")
+                for entry in list(ops.iter_audit())[-3:]:
+                    say(
+                        f"     r{entry.revision_after} {entry.principal} {entry.method}: "
+                        + entry.reason
+                    )
+            say("== 6. stopping the sidecar (SIGTERM, graceful) and MLServer")
         code = sc.returncode
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
