@@ -176,7 +176,7 @@ async def measure(flips: int, sidecar: SidecarProcess) -> dict[str, Any]:
             "nproc": os.cpu_count(),
             "python": platform.python_version(),
             "grpc": grpc.__version__,
-        },  # fmt: skip
+        },
     }
 
 
@@ -189,17 +189,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="control-flip-") as tmp:
         result = asyncio.run(run(args.flips, Path(tmp)))
     prop, ack = result["ack_to_first_stable_only_ms"], result["write_ack_latency_ms"]
-    print(f"kill switch flips under load ({result['clients']} clients, {result['requests']} requests, "
-          f"{result['wall_seconds']:.1f}s)")  # fmt: skip
-    print(f"  flips                                 {result['flips']}")
-    print(f"  canary requests started after an ack  {result['violations_canary_after_ack']}"
-          "  (must be 0)")  # fmt: skip
-    print(f"  ack -> first stable-only request      p50 {prop['p50']:.2f} ms   p99 {prop['p99']:.2f} ms"
-          f"   max {prop['max']:.2f} ms")  # fmt: skip
-    print(
-        f"  SetKillSwitch round trip (fsync incl.) p50 {ack['p50']:.2f} ms   p99 {ack['p99']:.2f} ms"
-    )
-    print(f"  request errors                        {result['request_errors']}")
+    lines = [
+        f"kill switch flips under load ({result['clients']} clients, "
+        f"{result['requests']} requests, {result['wall_seconds']:.1f}s)",
+        f"  flips                                  {result['flips']}",
+        f"  canary requests started after an ack   {result['violations_canary_after_ack']}"
+        "  (must be 0)",
+        f"  ack -> first stable-only request       p50 {prop['p50']:.2f} ms   "
+        f"p99 {prop['p99']:.2f} ms   max {prop['max']:.2f} ms",
+        f"  SetKillSwitch round trip (fsync incl.) p50 {ack['p50']:.2f} ms   "
+        f"p99 {ack['p99']:.2f} ms",
+    ]
+    print("\n".join(lines))
+    print(f"  request errors                         {result['request_errors']}")
     out = ROOT / "bench" / "results" / "control_flip.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -83,11 +83,9 @@ class SidecarProcess:
 
     def start(self) -> SidecarProcess:
         env = {**os.environ, "SIDECAR_LOG_FORMAT": "json", **self.extra_env}
+        command = [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(self.config_path)]
         self._proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "sidecar.cli", "serve", "--config", str(self.config_path),
-                *self.extra_args,
-            ],  # fmt: skip
+            [*command, *self.extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -17,7 +17,6 @@ import numpy.typing as npt
 import pytest
 import tritonclient.grpc as grpcclient
 
-from sidecar.core.routing import Flag, RoutingContext, evaluate
 from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, control_section
 from sidecar.testing.mlserver import MLServerProcess
 from sidecar.testing.process import SidecarProcess
