@@ -60,7 +60,10 @@ SCENARIOS: dict[str, str] = {
 }
 SIDECAR_SCENARIOS = (SIDECAR, SHADOW_SLOW, SHADOW_DEAD)
 FOREIGN_WARN_CORES = 0.15  # other processes' CPU during a run above which we say so
-RETRY_FOREIGN_CORES = 0.25  # ... above which the run is repeated (within --max-retries)
+RETRY_FOREIGN_CORES = 0.25  # ... above which the run is repeated (within the budget)
+QUIET_FOREIGN_CORES = 0.10  # "quiet" when waiting before a repeated run
+QUIET_WAIT_S = 10.0  # longest wait for a quiet moment before one repeated run
+RUN_OVERHEAD_S = 0.4  # per run, beyond warm-up and window: start, pipes, call counts
 
 TARGETS: dict[str, tuple[str, float, str]] = {
     # ratio name -> (comparison, limit, meaning)
@@ -274,6 +277,10 @@ def summarize(runs: list[RunResult]) -> dict[str, Any]:
         "p99_ms_reps": [pct_ms(r.latencies, 99) for r in runs],
         "sampled_model_versions": versions,
         "cpu": cpu,
+        "foreign_cores_reps": [round(r.cpu.get("foreign_cores") or 0.0, 2) for r in runs],
+        "disturbed_reps": sum(
+            1 for r in runs if (r.cpu.get("foreign_cores") or 0.0) > RETRY_FOREIGN_CORES
+        ),
     }
     if runs and runs[0].mode == "open":
         out["offered_rps"] = runs[0].rate
@@ -426,6 +433,7 @@ class Settings:
     timeout_s: float
     max_requests: int
     max_retries: int
+    budget_s: float
     layout: str
     sidecar_cmd: str
 
@@ -477,6 +485,8 @@ class Bench:
         self.upstream_addr = ""
         self.meter = CpuMeter({})
         self.retries = 0
+        self.t_begin = time.monotonic()
+        self.planned_s = 0.0  # wall time of the runs still planned
         # Calls the upstreams received during each sidecar scenario's runs, per request.
         self.upstream_calls = {
             s: {"requests": 0, "primary": 0, "shadow": 0} for s in SIDECAR_SCENARIOS
@@ -524,20 +534,42 @@ class Bench:
         self.meter = CpuMeter(pids)
         return failures
 
+    def run_cost_s(self, mode: str) -> float:
+        """Wall time one run takes, about."""
+        window = self.cfg.duration_s if mode == "closed" else self.cfg.open_duration_s
+        return self.cfg.warmup_s + window + RUN_OVERHEAD_S
+
     def measure(self, scen: str, mode: str, load: float) -> RunResult:
-        """`run_once`, repeated (within a budget) while other processes disturbed it."""
+        """`run_once`; when other processes used the CPU meanwhile, wait for a quiet moment
+        and run again, as long as the time budget allows."""
+        self.planned_s -= self.run_cost_s(mode)
         result = self.run_once(scen, mode, load)
-        while (
-            result.cpu.get("foreign_cores") or 0.0
-        ) > RETRY_FOREIGN_CORES and self.retries < self.cfg.max_retries:
+        while (result.cpu.get("foreign_cores") or 0.0) > RETRY_FOREIGN_CORES:
+            spare = self.cfg.budget_s - (time.monotonic() - self.t_begin) - self.planned_s
+            if self.retries >= self.cfg.max_retries or spare < 2 * self.run_cost_s(mode):
+                break
             self.retries += 1
+            waited = self.wait_quiet(min(QUIET_WAIT_S, spare - self.run_cost_s(mode)))
             print(
-                f"  (retrying {SCENARIOS[scen]} {mode}: other processes used "
-                f"{result.cpu['foreign_cores']:.2f} cores)",
+                f"  (run disturbed: other processes used {result.cpu['foreign_cores']:.2f} "
+                f"cores; waited {waited:.1f} s, running {SCENARIOS[scen]} {mode} again)",
                 flush=True,
             )
             result = self.run_once(scen, mode, load)
         return result
+
+    def wait_quiet(self, max_wait_s: float) -> float:
+        """Wait until other processes leave the CPU alone for a moment (or `max_wait_s`)."""
+        start = time.monotonic()
+        before = self.meter.sample()
+        while time.monotonic() - start < max_wait_s:
+            time.sleep(0.5)
+            after = self.meter.sample()
+            cpu = CpuMeter.delta(before, after)
+            if cpu.foreign_s / max(cpu.wall_s, 1e-3) < QUIET_FOREIGN_CORES:
+                break
+            before = after
+        return time.monotonic() - start
 
     def run_once(self, scen: str, mode: str, load: float) -> RunResult:
         """One run: closed loop with `load` in flight, or open loop at `load` per second."""
@@ -606,6 +638,7 @@ def run(cfg: Settings, out_path: Path) -> int:
     t_begin = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench-dataplane-"))
     bench = Bench(cfg, workdir)
+    bench.t_begin = t_begin
     try:
         failures = bench.start()
         for name in (DIRECT, PASSTHROUGH):
@@ -622,6 +655,9 @@ def run(cfg: Settings, out_path: Path) -> int:
         placement = ", ".join(f"{r} on CPU {sorted(c)}" for r, c in bench.cpus.items())
         print(f"ready in {time.monotonic() - t_begin:.1f} s; layout {cfg.layout}: {placement}")
 
+        n_open = 0 if skipped_reason else cfg.open_reps * 4
+        bench.planned_s = cfg.reps * len(scenarios) * 2 * bench.run_cost_s("closed")
+        bench.planned_s += n_open * bench.run_cost_s("open")
         closed_runs: dict[str, list[RunResult]] = {}
         for rep in range(cfg.reps):
             # Interleaved, and alternately reversed, so that drift hits every scenario alike.
@@ -654,6 +690,7 @@ def run(cfg: Settings, out_path: Path) -> int:
         every = [*closed.values(), *open_.values()]
         total_errors = sum(s["errors"] for s in every)
         foreign = max((s["cpu"]["foreign_cores_max"] or 0.0 for s in every), default=0.0)
+        disturbed = sum(s["disturbed_reps"] for s in every)
         print_table(closed, open_, verdicts)
         print_cpu(closed)
         cpu_ratio = ratios["hop_cpu_per_request_sidecar_over_passthrough_16"]
@@ -672,8 +709,9 @@ def run(cfg: Settings, out_path: Path) -> int:
                 print(f"  {SCENARIOS[scen]:<20} {line}")
         if foreign > FOREIGN_WARN_CORES:
             print(
-                f"\nNOTE: other processes used up to {foreign:.2f} cores during a measurement: "
-                "the machine was shared, figures are noisier than usual."
+                f"\nNOTE: other processes used up to {foreign:.2f} cores during a kept run "
+                f"({disturbed} kept run(s) above {RETRY_FOREIGN_CORES} cores): the machine was "
+                "shared, figures are noisier than usual."
             )
         if total_errors:
             print(f"\nWARNING: {total_errors} failed calls: this run is flagged invalid.")
@@ -695,6 +733,7 @@ def run(cfg: Settings, out_path: Path) -> int:
             "upstream_calls": bench.upstream_calls,
             "max_foreign_cpu_cores": foreign,
             "retried_runs": bench.retries,
+            "disturbed_runs_kept": disturbed,
             "parameters": {
                 "reps": cfg.reps,
                 "open_reps": cfg.open_reps,
@@ -712,6 +751,8 @@ def run(cfg: Settings, out_path: Path) -> int:
                 "load_workers": cfg.workers,
                 "call_timeout_s": cfg.timeout_s,
                 "max_requests_per_worker": cfg.max_requests,
+                "budget_s": cfg.budget_s,
+                "repeat_run_when_foreign_cpu_cores_above": RETRY_FOREIGN_CORES,
                 "layout": cfg.layout,
                 "cpus": {role: sorted(c) for role, c in bench.cpus.items()},
                 "statistics": "rps and CPU: median over reps; p50/p99: pooled samples of all reps",
@@ -789,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every measurement")
-    parser.add_argument("--duration", type=float, default=2.5, help="closed-loop window, s")
+    parser.add_argument("--duration", type=float, default=3.0, help="closed-loop window, s")
     parser.add_argument(
         "--open-reps", type=int, default=4, help="repetitions of every open-loop measurement"
     )
@@ -808,8 +849,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-retries",
         type=int,
-        default=8,
+        default=20,
         help="runs repeated in all because other processes used the CPU meanwhile",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=225.0,
+        help="seconds the whole bench may take: repeated runs only while it allows",
     )
     parser.add_argument(
         "--layout",
@@ -839,6 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout,
         max_requests=args.max_requests,
         max_retries=args.max_retries,
+        budget_s=args.budget,
         layout=args.layout,
         sidecar_cmd=args.sidecar,
     )

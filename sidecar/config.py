@@ -100,6 +100,25 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class TelemetryConfig:
+    """From the standard OpenTelemetry environment variables."""
+
+    service_name: str = "rollout-sidecar"
+    export: bool = False
+
+    @staticmethod
+    def from_environ(environ: Mapping[str, str]) -> TelemetryConfig:
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        exporter = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+        return TelemetryConfig(
+            service_name=environ.get("OTEL_SERVICE_NAME") or "rollout-sidecar",
+            export=bool(endpoint) and exporter != "none",
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     predict_address: str
     control_address: str
@@ -111,6 +130,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     source: str = "<embedded>"
 
 
@@ -523,6 +543,7 @@ def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None)
         server=server,
         control=control,
         state=state,
+        telemetry=TelemetryConfig.from_environ(os.environ),
         source=source,
     )
 

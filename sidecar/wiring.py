@@ -18,7 +18,9 @@ import structlog
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
 
+from sidecar import __version__
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2_grpc
@@ -28,6 +30,8 @@ from sidecar.adapters.grpc.converters import decode_outputs
 from sidecar.adapters.grpc.servicers import InferenceServicer, PredictServicer, service_names
 from sidecar.adapters.store.file import FileAuditLog, FileStateStore
 from sidecar.adapters.store.memory import MemoryAuditLog, MemoryStateStore
+from sidecar.adapters.telemetry.processor import VariantStatsProcessor
+from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
 from sidecar.adapters.upstream.oip import UpstreamPool
 from sidecar.app.control import ControlService, describe
 from sidecar.app.dataplane import DataPlane
@@ -53,6 +57,8 @@ class Sidecar:
     control_server: grpc.aio.Server
     health: health_aio.HealthServicer
     control: ControlService
+    tracer_provider: TracerProvider
+    stats: VariantStatsProcessor
     predict_port: int = 0
     control_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -106,6 +112,7 @@ class Sidecar:
         if self.dataplane.mirror is not None:
             await self.dataplane.mirror.close(grace=min(grace, 1.0))
         await self.pool.close()
+        await asyncio.to_thread(self.tracer_provider.shutdown)  # flushes the exporter
         log.info("sidecar.stopped")
 
 
@@ -179,7 +186,10 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     """Wire every part from `config` and bind the listen addresses (port 0 allowed)."""
     store, audit = _stores(config)
     snapshot = initial_snapshot(config, store, audit, safe_mode=safe_mode)
-    pool = UpstreamPool(config.variants, config.server.max_message_bytes)
+    stats = VariantStatsProcessor([])
+    provider = tracer_provider(config.telemetry, [stats])
+    tracer = provider.get_tracer(INSTRUMENTATION, __version__)
+    pool = UpstreamPool(config.variants, config.server.max_message_bytes, tracer)
     state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
     mirror = None
     if config.shadow is not None:
@@ -188,6 +198,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
             pool.upstreams[config.shadow.variant],
             decode_outputs,
             salt=config.flag.salt,
+            tracer=tracer,
         )
     dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse] = DataPlane(
         model=config.model,
@@ -206,10 +217,10 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     health_servicer = health_aio.HealthServicer()
     stable = pool.upstreams[config.flag.stable]
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(config, dataplane, stable), predict_server
+        InferenceServicer(config, dataplane, stable, tracer), predict_server
     )
     predict_pb2_grpc.add_PredictServicer_to_server(
-        PredictServicer(config, dataplane), predict_server
+        PredictServicer(config, dataplane, tracer), predict_server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, predict_server)
     reflection.enable_server_reflection(
@@ -259,6 +270,8 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         control_server=control_server,
         health=health_servicer,
         control=control,
+        tracer_provider=provider,
+        stats=stats,
         predict_port=predict_port,
         control_port=control_port,
     )

@@ -13,6 +13,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Generic, NamedTuple
 
+from opentelemetry import trace
+
+from sidecar.app import attributes as attr
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import Metadata, Req, Resp, Upstream
 from sidecar.app.state import StateHolder
@@ -83,6 +86,17 @@ class DataPlane(Generic[Req, Resp]):
         snapshot = self.state.current
         flag = snapshot.flag
         resolution = evaluate(flag, RoutingContext(targeting_key, segment, request_id))
+        span = trace.get_current_span()
+        if span.is_recording():  # the decision goes on the caller's server span
+            span.set_attributes(
+                {
+                    attr.FLAG_KEY: flag.key,
+                    attr.FLAG_VARIANT: resolution.variant,
+                    attr.FLAG_REASON: resolution.reason.value,
+                    attr.FLAG_PROVIDER: attr.PROVIDER,
+                    attr.REQUEST_ID: request_id,
+                }
+            )
         upstream = self.upstreams.get(resolution.variant)
         if upstream is None:  # the flag names only configured variants; defensive
             raise SidecarError(

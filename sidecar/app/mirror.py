@@ -14,7 +14,11 @@ from collections.abc import Callable
 from typing import Generic
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, Tracer
 
+from sidecar.app import attributes as attr
 from sidecar.app.ports import Outputs, Req, Resp, Upstream
 from sidecar.config import ShadowConfig
 from sidecar.core.routing import shadow_sampled
@@ -35,7 +39,9 @@ class ShadowMirror(Generic[Req, Resp]):
         comparator: Comparator | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or trace.get_tracer(__name__)
         self.settings = settings
         self.upstream = upstream
         self._decode = decode
@@ -76,15 +82,56 @@ class ShadowMirror(Generic[Req, Resp]):
                 return
             self._in_flight += 1
             self.recorder.started()
+            primary_span = trace.get_current_span().get_span_context()
             task = asyncio.get_running_loop().create_task(
-                self._run(
-                    request, primary, primary_latency, primary_variant, targeting_key, request_id
+                self._traced(
+                    primary_span,
+                    request,
+                    primary,
+                    primary_latency,
+                    primary_variant,
+                    targeting_key,
+                    request_id,
                 )
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         except Exception:
             log.exception("shadow.offer_failed", request_id=request_id)
+
+    async def _traced(
+        self,
+        primary_span: SpanContext,
+        request: Req,
+        primary: Resp,
+        primary_latency: float,
+        primary_variant: str,
+        targeting_key: str,
+        request_id: str,
+    ) -> None:
+        """The shadow call in a trace of its own, linked to (not under) the primary span,
+        so a slow shadow never stretches the request's trace."""
+        with self._tracer.start_as_current_span(
+            "sidecar.shadow",
+            context=Context(),
+            kind=SpanKind.INTERNAL,
+            links=[Link(primary_span)] if primary_span.is_valid else [],
+            attributes={
+                attr.SHADOW: True,
+                attr.SHADOW_VARIANT: self.settings.variant,
+                attr.REQUEST_ID: request_id,
+                attr.FLAG_VARIANT: primary_variant,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            outcome = await self._run(
+                request, primary, primary_latency, primary_variant, targeting_key, request_id
+            )
+            if isinstance(outcome, Comparison):
+                span.set_attribute(attr.SHADOW_AGREED, outcome.agreed)
+            else:
+                span.set_status(Status(StatusCode.ERROR, outcome))
 
     async def _run(
         self,
@@ -94,8 +141,10 @@ class ShadowMirror(Generic[Req, Resp]):
         primary_variant: str,
         targeting_key: str,
         request_id: str,
-    ) -> None:
+    ) -> Comparison | str:
+        """Call the shadow and compare; returns the comparison or the failure status."""
         status = "OK"
+        comparison: Comparison | None = None
         try:
             started = self._clock()
             try:
@@ -104,7 +153,7 @@ class ShadowMirror(Generic[Req, Resp]):
                 )
             except UpstreamError as exc:
                 status = exc.status
-                return
+                return status
             latency = self._clock() - started
             primary_out, shadow_out = self._decode(primary), self._decode(shadow)
             try:
@@ -132,6 +181,7 @@ class ShadowMirror(Generic[Req, Resp]):
             self._in_flight -= 1
             if status != "OK":
                 self.recorder.finished_error(status)
+        return comparison if comparison is not None else status
 
     async def close(self, grace: float) -> None:
         """Wait up to `grace` seconds for running shadow calls, then cancel the rest."""

@@ -3,42 +3,61 @@ call, convert the response. Routing decisions live in the application layer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import grpc
+from opentelemetry.trace import Span, Tracer
 
 from sidecar import __version__
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.sidecar.v1 import predict_pb2 as pb
 from sidecar.adapters.grpc.converters import check_infer_request, oip_to_predict, predict_to_oip
-from sidecar.adapters.grpc.errors import abort
+from sidecar.adapters.grpc.errors import abort, status_for
+from sidecar.adapters.telemetry import spans
 from sidecar.adapters.upstream.oip import OipUpstream
-from sidecar.app.dataplane import DataPlane
+from sidecar.app.dataplane import DataPlane, Served
 from sidecar.config import Config
 from sidecar.core.routing import Reason
 from sidecar.errors import ModelNotFound, SidecarError
 
 Context = grpc.aio.ServicerContext[object, object]
-FORWARDED_HEADERS = ("traceparent", "tracestate")
 USER_HEADER = "x-user-id"
 SEGMENT_HEADER = "x-segment"
 SERVER_NAME = "rollout-sidecar"
+OIP_SERVICE = "inference.GRPCInferenceService"
+PREDICT_SERVICE = "sidecar.v1.Predict"
 
 _REASONS = {reason: getattr(pb, f"REASON_{reason.value}") for reason in Reason}
 
 
-def _metadata(context: Context) -> tuple[str, str, list[tuple[str, str]]]:
-    """(targeting key, segment, headers to forward) from the call's metadata."""
+def _routing_headers(metadata: Iterable[tuple[str, str | bytes]]) -> tuple[str, str]:
+    """(targeting key, segment) from the call's metadata."""
     user = segment = ""
-    forward: list[tuple[str, str]] = []
-    for key, value in context.invocation_metadata() or ():
+    for key, value in metadata:
         if key == USER_HEADER:
             user = str(value)
         elif key == SEGMENT_HEADER:
             segment = str(value)
-        elif key in FORWARDED_HEADERS:
-            forward.append((key, str(value)))
-    return user, segment, forward
+    return user, segment
+
+
+def annotate(span: Span, served: Served[oip.ModelInferResponse], segment: str) -> None:
+    """The flag decision and the answering model on the server span."""
+    span.set_attributes(  # the flag decision itself was set by the data plane
+        {
+            spans.MODEL_NAME: served.variant.model_name,
+            spans.MODEL_VERSION: served.response.model_version or served.variant.model_version,
+            spans.SEGMENT: segment,
+        }
+    )
+    spans.set_status(span, "OK")
+
+
+def _failed(span: Span, exc: BaseException) -> None:
+    if isinstance(exc, SidecarError):
+        spans.set_status(span, status_for(exc).name, exc.message)
+    else:
+        spans.set_status(span, "INTERNAL", type(exc).__name__)
 
 
 class InferenceServicer:
@@ -49,7 +68,9 @@ class InferenceServicer:
         config: Config,
         dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse],
         stable: OipUpstream,
+        tracer: Tracer,
     ) -> None:
+        self.tracer = tracer
         self.model = config.model
         self.dataplane = dataplane
         self.stable = stable
@@ -64,20 +85,24 @@ class InferenceServicer:
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: Context
     ) -> oip.ModelInferResponse:
-        try:
-            self._check_model(request.model_name)
-            check_infer_request(request)
-            user, segment, forward = _metadata(context)
-            served = await self.dataplane.infer(
-                request,
-                targeting_key=user,
-                segment=segment,
-                time_remaining=context.time_remaining(),
-                metadata=forward,
-            )
-        except Exception as exc:
-            await abort(context, exc)
-            raise
+        metadata = context.invocation_metadata() or ()
+        with spans.server_span(self.tracer, OIP_SERVICE, "ModelInfer", metadata) as span:
+            try:
+                self._check_model(request.model_name)
+                check_infer_request(request)
+                user, segment = _routing_headers(metadata)
+                served = await self.dataplane.infer(
+                    request,
+                    targeting_key=user,
+                    segment=segment,
+                    time_remaining=context.time_remaining(),
+                    metadata=(),
+                )
+            except Exception as exc:
+                _failed(span, exc)
+                await abort(context, exc)
+                raise
+            annotate(span, served, segment)
         await context.send_initial_metadata(
             (("x-variant", served.resolution.variant), ("x-request-id", served.request_id))
         )
@@ -128,31 +153,38 @@ class PredictServicer:
     """sidecar.v1.Predict: explicit routing context, routing decision in the answer."""
 
     def __init__(
-        self, config: Config, dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse]
+        self,
+        config: Config,
+        dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse],
+        tracer: Tracer,
     ) -> None:
         self.model = config.model
         self.dataplane = dataplane
+        self.tracer = tracer
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
-        try:
-            payload = predict_to_oip(request.inference)
-            if payload.model_name not in ("", self.model):
-                raise ModelNotFound(
-                    f"model {payload.model_name!r} is not served here; this sidecar routes "
-                    f"{self.model!r}"
+        metadata = context.invocation_metadata() or ()
+        with spans.server_span(self.tracer, PREDICT_SERVICE, "Predict", metadata) as span:
+            try:
+                payload = predict_to_oip(request.inference)
+                if payload.model_name not in ("", self.model):
+                    raise ModelNotFound(
+                        f"model {payload.model_name!r} is not served here; this sidecar routes "
+                        f"{self.model!r}"
+                    )
+                check_infer_request(payload)
+                served = await self.dataplane.infer(
+                    payload,
+                    targeting_key=request.context.targeting_key,
+                    segment=request.context.segment,
+                    time_remaining=context.time_remaining(),
+                    metadata=(),
                 )
-            check_infer_request(payload)
-            _, _, forward = _metadata(context)
-            served = await self.dataplane.infer(
-                payload,
-                targeting_key=request.context.targeting_key,
-                segment=request.context.segment,
-                time_remaining=context.time_remaining(),
-                metadata=forward,
-            )
-        except Exception as exc:
-            await abort(context, exc)
-            raise
+            except Exception as exc:
+                _failed(span, exc)
+                await abort(context, exc)
+                raise
+            annotate(span, served, request.context.segment)
         upstream_model = served.response.model_name or served.variant.model_name
         upstream_version = served.response.model_version or served.variant.model_version
         served.response.model_name = self.model

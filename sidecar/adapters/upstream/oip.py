@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.util.types import AttributeValue
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
+from sidecar.adapters.telemetry import spans
 from sidecar.app.ports import Metadata
 from sidecar.config import VariantSpec
 from sidecar.errors import UpstreamError
@@ -22,9 +26,23 @@ _SERVICE = "/inference.GRPCInferenceService/"
 class OipUpstream:
     """A variant's model on an upstream server."""
 
-    def __init__(self, spec: VariantSpec, channel: grpc.aio.Channel) -> None:
+    def __init__(
+        self, spec: VariantSpec, channel: grpc.aio.Channel, tracer: Tracer | None = None
+    ) -> None:
         self.name = spec.name
         self.spec = spec
+        self._tracer = tracer or trace.get_tracer(__name__)
+        host, _, port = spec.address.rpartition(":")
+        self._span_attributes: dict[str, AttributeValue] = {
+            spans.RPC_SYSTEM: "grpc",
+            spans.RPC_SERVICE: "inference.GRPCInferenceService",
+            spans.RPC_METHOD: "ModelInfer",
+            "server.address": host,
+            "server.port": int(port) if port.isdigit() else 0,
+            spans.VARIANT: spec.name,
+            spans.MODEL_NAME: spec.model_name,
+            spans.MODEL_VERSION: spec.model_version,
+        }
         self._infer = channel.unary_unary(
             _SERVICE + "ModelInfer",
             request_serializer=oip.ModelInferRequest.SerializeToString,
@@ -54,15 +72,28 @@ class OipUpstream:
     async def infer(
         self, request: oip.ModelInferRequest, *, timeout: float, metadata: Metadata
     ) -> oip.ModelInferResponse:
-        """Send `request` as this variant's model (sets model name and version)."""
+        """Send `request` as this variant's model (sets model name and version), in a
+        CLIENT span whose W3C trace context the upstream receives."""
         request.model_name = self.spec.model_name
         request.model_version = self.spec.model_version
-        try:
-            response: oip.ModelInferResponse = await self._infer(
-                request, timeout=timeout, metadata=metadata or None
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "failed") from None
+        with self._tracer.start_as_current_span(
+            "inference.GRPCInferenceService/ModelInfer",
+            kind=SpanKind.CLIENT,
+            attributes=self._span_attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            outgoing = list(metadata)
+            spans.inject(outgoing)
+            try:
+                response: oip.ModelInferResponse = await self._infer(
+                    request, timeout=timeout, metadata=outgoing
+                )
+            except grpc.aio.AioRpcError as exc:
+                error = self._error(exc, "failed")
+                spans.set_status(span, error.status, error.message)
+                raise error from None
+            spans.set_status(span, "OK")
         return response
 
     async def ready(self, *, timeout: float) -> bool:
@@ -91,7 +122,12 @@ class OipUpstream:
 class UpstreamPool:
     """Channels per address and an `OipUpstream` per variant."""
 
-    def __init__(self, variants: Mapping[str, VariantSpec], max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        variants: Mapping[str, VariantSpec],
+        max_message_bytes: int,
+        tracer: Tracer | None = None,
+    ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -104,7 +140,8 @@ class UpstreamPool:
                     spec.address, options=options
                 )
         self.upstreams: dict[str, OipUpstream] = {
-            name: OipUpstream(spec, self.channels[spec.address]) for name, spec in variants.items()
+            name: OipUpstream(spec, self.channels[spec.address], tracer)
+            for name, spec in variants.items()
         }
 
     async def close(self) -> None:

@@ -86,12 +86,16 @@ async def test_caller_deadline_is_honoured_and_capped(model_server: FaultInjecti
     raw = two_variants(model_server, upstream={"max_deadline": 2.0, "default_deadline": 1.0})
     async with running_sidecar(raw) as sc:
         client = stub(sc.predict_port)
+
+        def last_infer_deadline() -> float | None:
+            return [r for r in model_server.seen if r.method == "ModelInfer"][-1].time_remaining
+
         await client.ModelInfer(infer_request(), timeout=60)
-        capped = model_server.seen[-1].time_remaining
+        capped = last_infer_deadline()
         await client.ModelInfer(infer_request(), timeout=0.5)
-        honoured = model_server.seen[-1].time_remaining
+        honoured = last_infer_deadline()
         await client.ModelInfer(infer_request())
-        default = model_server.seen[-1].time_remaining
+        default = last_infer_deadline()
     # grpc-timeout travels rounded up to its unit, hence the small allowance.
     assert capped is not None and 1.0 < capped <= 2.05
     assert honoured is not None and honoured <= 0.55
@@ -107,12 +111,17 @@ async def test_slow_upstream_gives_deadline_exceeded(model_server: FaultInjectin
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-async def test_traceparent_is_forwarded(model_server: FaultInjectingUpstream) -> None:
-    """An incoming W3C traceparent reaches the upstream unchanged."""
+async def test_trace_continues_to_the_upstream(model_server: FaultInjectingUpstream) -> None:
+    """An incoming W3C traceparent continues: the upstream gets the same trace id, with
+    the sidecar's client span as its parent."""
     tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     async with running_sidecar(two_variants(model_server)) as sc:
         await stub(sc.predict_port).ModelInfer(infer_request(), metadata=(("traceparent", tp),))
-    assert model_server.seen[-1].metadata.get("traceparent") == tp
+    infers = [r for r in model_server.seen if r.method == "ModelInfer"]
+    sent = infers[-1].metadata.get("traceparent", "")
+    version, trace_id, parent, flags = sent.split("-")
+    assert (version, trace_id, flags) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    assert parent != "00f067aa0ba902b7" and len(parent) == 16
 
 
 async def test_upstream_status_passes_through(model_server: FaultInjectingUpstream) -> None:

@@ -1,0 +1,1 @@
+"""OpenTelemetry: tracer provider set-up, span names and attributes, span processors."""

@@ -1,0 +1,62 @@
+"""Span processors that turn finished spans into the numbers the sidecar acts on.
+
+`VariantStatsProcessor.on_end` reads each finished SERVER span's flag decision (variant),
+duration and gRPC status and hands them to a sink (the rolling window statistics behind
+the health checker, and the Prometheus metrics). It runs on the request's thread at span
+end, so it only does constant-time arithmetic; it never blocks and never raises
+(OpenTelemetry's `SpanProcessor.on_end` contract). Failures are counted and logged once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import structlog
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind
+
+from sidecar.adapters.telemetry import spans
+
+log = structlog.get_logger("sidecar.telemetry")
+
+# (variant, end time in seconds since the epoch, duration in seconds, gRPC status name)
+Sink = Callable[[str, float, float, str], None]
+
+
+class VariantStatsProcessor(SpanProcessor):
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self.sinks = list(sinks)
+        self.failures = 0
+        self.recorded = 0
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            if span.kind is not SpanKind.SERVER:
+                return
+            attributes = span.attributes or {}
+            variant = attributes.get(spans.FLAG_VARIANT)
+            if not isinstance(variant, str) or span.start_time is None or span.end_time is None:
+                return
+            code = attributes.get(spans.RPC_STATUS, 0)
+            status = (
+                spans.STATUS_NAMES[code] if isinstance(code, int) and 0 <= code < 17 else "UNKNOWN"
+            )
+            duration = (span.end_time - span.start_time) / 1e9
+            end = span.end_time / 1e9
+            for sink in self.sinks:
+                sink(variant, end, duration, status)
+            self.recorded += 1
+        except Exception:  # never raise into the request path
+            self.failures += 1
+            if self.failures == 1:
+                log.exception("telemetry.processor_failed")
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
