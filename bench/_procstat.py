@@ -9,6 +9,7 @@ noisy; the benchmark reports it so that a disturbed run can be recognised.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -80,3 +81,33 @@ class CpuMeter:
             foreign_s=max(0.0, (after.busy - before.busy) - ours),
             steal_s=after.steal - before.steal,
         )
+
+
+class PeakSampler:
+    """Samples the machine every `interval_s` in a background thread while a run lasts and
+    keeps the highest foreign load of any interval: a short burst from another process can
+    wreck a tail latency while hardly moving the run's average."""
+
+    def __init__(self, meter: CpuMeter, interval_s: float = 0.25) -> None:
+        self._meter = meter
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cpu-peaks", daemon=True)
+        self.peak_foreign_cores = 0.0
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        before = self._meter.sample()
+        while not self._stop.wait(self._interval_s):
+            after = self._meter.sample()
+            cpu = CpuMeter.delta(before, after)
+            if cpu.wall_s > 0:
+                self.peak_foreign_cores = max(self.peak_foreign_cores, cpu.foreign_s / cpu.wall_s)
+            before = after
