@@ -122,6 +122,7 @@ class TelemetryConfig:
 class Config:
     predict_address: str
     control_address: str
+    metrics_address: str
     model: str
     variants: Mapping[str, VariantSpec]
     flag: Flag
@@ -474,9 +475,12 @@ def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None)
     _unknown_keys(raw, allowed, "", problems)
 
     listen = _section(raw, "listen", problems)
-    _unknown_keys(listen, {"predict", "control"}, "listen", problems)
+    _unknown_keys(listen, {"predict", "control", "metrics"}, "listen", problems)
     predict_address = _address(listen.get("predict", "127.0.0.1:8500"), "listen.predict", problems)
     control_address = _address(listen.get("control", "127.0.0.1:8501"), "listen.control", problems)
+    metrics_address = listen.get("metrics") or ""
+    if metrics_address:
+        metrics_address = _address(metrics_address, "listen.metrics", problems)
     if (
         predict_address
         and predict_address == control_address
@@ -535,6 +539,7 @@ def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None)
     return Config(
         predict_address=predict_address,
         control_address=control_address,
+        metrics_address=metrics_address,
         model=model,
         variants=variants,
         flag=flag,

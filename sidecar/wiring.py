@@ -30,6 +30,7 @@ from sidecar.adapters.grpc.converters import decode_outputs
 from sidecar.adapters.grpc.servicers import InferenceServicer, PredictServicer, service_names
 from sidecar.adapters.store.file import FileAuditLog, FileStateStore
 from sidecar.adapters.store.memory import MemoryAuditLog, MemoryStateStore
+from sidecar.adapters.telemetry.metrics import SidecarMetrics
 from sidecar.adapters.telemetry.processor import VariantStatsProcessor
 from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
 from sidecar.adapters.upstream.oip import UpstreamPool
@@ -59,6 +60,7 @@ class Sidecar:
     control: ControlService
     tracer_provider: TracerProvider
     stats: VariantStatsProcessor
+    metrics: SidecarMetrics
     predict_port: int = 0
     control_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -66,6 +68,9 @@ class Sidecar:
     async def start(self) -> None:
         await self.predict_server.start()
         await self.control_server.start()
+        metrics_port = (
+            self.metrics.serve(self.config.metrics_address) if self.config.metrics_address else None
+        )
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._watch_readiness()))
         log.info(
@@ -77,6 +82,9 @@ class Sidecar:
             weights=dict(self.dataplane.state.current.flag.weights),
             shadow=self.config.shadow.variant if self.config.shadow else None,
             state=describe(self.control.snapshot()),
+            metrics=f"{_host(self.config.metrics_address)}:{metrics_port}"
+            if metrics_port
+            else None,
         )
 
     async def _watch_readiness(self) -> None:
@@ -113,6 +121,7 @@ class Sidecar:
             await self.dataplane.mirror.close(grace=min(grace, 1.0))
         await self.pool.close()
         await asyncio.to_thread(self.tracer_provider.shutdown)  # flushes the exporter
+        self.metrics.close()
         log.info("sidecar.stopped")
 
 
@@ -186,7 +195,8 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     """Wire every part from `config` and bind the listen addresses (port 0 allowed)."""
     store, audit = _stores(config)
     snapshot = initial_snapshot(config, store, audit, safe_mode=safe_mode)
-    stats = VariantStatsProcessor([])
+    metrics = SidecarMetrics()
+    stats = VariantStatsProcessor([metrics.record])
     provider = tracer_provider(config.telemetry, [stats])
     tracer = provider.get_tracer(INSTRUMENTATION, __version__)
     pool = UpstreamPool(config.variants, config.server.max_message_bytes, tracer)
@@ -236,6 +246,8 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         ),
         served=lambda: dataplane.served,
     )
+    metrics.readings.shadow = lambda: mirror.recorder.summary() if mirror else None
+    metrics.readings.state = lambda: describe(control.snapshot())
     control_server = grpc.aio.server(options=options)
     control_pb2_grpc.add_ControlServicer_to_server(
         ControlServicer(
@@ -272,6 +284,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         control=control,
         tracer_provider=provider,
         stats=stats,
+        metrics=metrics,
         predict_port=predict_port,
         control_port=control_port,
     )

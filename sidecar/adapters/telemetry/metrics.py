@@ -1,0 +1,140 @@
+"""Prometheus metrics (prometheus-client), on their own listen address.
+
+Request metrics are fed by the span processor (one sink call per finished server span);
+shadow, state and rollout metrics are read at scrape time from the sidecar's own
+summaries, so they cost nothing on the request path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+@dataclass
+class Readings:
+    """What the scrape-time collector reads (callables returning current values)."""
+
+    shadow: Callable[[], Any | None] = lambda: None  # a ShadowSummary or None
+    state: Callable[[], Mapping[str, Any]] = lambda: {}
+    rollout: Callable[[], Mapping[str, Any]] = lambda: {}
+    verdicts: Callable[[], Mapping[str, int]] = lambda: {}
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _ScrapeCollector(Collector):
+    def __init__(self, readings: Readings) -> None:
+        self.readings = readings
+
+    def collect(self) -> Iterator[Metric]:
+        summary = self.readings.shadow()
+        if summary is not None:
+            compared = CounterMetricFamily(
+                "sidecar_shadow_comparisons", "Shadow answers compared", labels=["result"]
+            )
+            compared.add_metric(["agree"], summary.agreed)
+            compared.add_metric(["disagree"], summary.compared - summary.agreed)
+            yield compared
+            dropped = CounterMetricFamily(
+                "sidecar_shadow_dropped", "Shadow copies dropped at the in-flight bound"
+            )
+            dropped.add_metric([], summary.dropped)
+            yield dropped
+            errors = CounterMetricFamily(
+                "sidecar_shadow_errors", "Shadow calls that failed", labels=["status"]
+            )
+            for status, count in summary.errors_by_status.items():
+                errors.add_metric([status], count)
+            yield errors
+            rate = GaugeMetricFamily("sidecar_shadow_agreement_ratio", "Shadow agreement rate")
+            rate.add_metric([], summary.agreement_rate if summary.agreement_rate is not None else 0)
+            yield rate
+        state = self.readings.state()
+        if state:
+            revision = GaugeMetricFamily("sidecar_state_revision", "Routing state revision")
+            revision.add_metric([], state.get("revision", 0))
+            yield revision
+            kill = GaugeMetricFamily("sidecar_kill_switch", "1 when the kill switch is on")
+            kill.add_metric([], 1 if state.get("kill_switch") else 0)
+            yield kill
+            weights = GaugeMetricFamily(
+                "sidecar_variant_weight_ratio", "Configured traffic share", labels=["variant"]
+            )
+            for variant, bp in state.get("weights", {}).items():
+                weights.add_metric([variant], bp / 10_000)
+            yield weights
+        rollout = self.readings.rollout()
+        if rollout:
+            stage = GaugeMetricFamily(
+                "sidecar_rollout_stage", "Current rollout stage (1 = active)",
+                labels=["stage", "phase"],
+            )  # fmt: skip
+            stage.add_metric([str(rollout.get("stage", "")), str(rollout.get("phase", ""))], 1)
+            yield stage
+        verdicts = CounterMetricFamily(
+            "sidecar_canary_verdicts", "Health checker verdicts", labels=["verdict"]
+        )
+        for verdict, count in self.readings.verdicts().items():
+            verdicts.add_metric([verdict], count)
+        yield verdicts
+
+
+class SidecarMetrics:
+    def __init__(self, readings: Readings | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sidecar_requests", "Requests served, by variant and gRPC status",
+            ["variant", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.errors = Counter(
+            "sidecar_request_errors", "Requests that ended in an error status",
+            ["variant", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "sidecar_request_duration_seconds", "Request latency at the sidecar, by variant",
+            ["variant"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.readings = readings or Readings()
+        self.registry.register(_ScrapeCollector(self.readings))
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self.port = 0
+
+    def record(self, variant: str, end: float, duration: float, status: str) -> None:
+        """Span-processor sink: constant time, label children cached."""
+        key = (variant, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(variant, status),
+                self.errors.labels(variant, status) if status != "OK" else None,
+                self.latency.labels(variant),
+            )
+            self._children[key] = children
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(duration)
+
+    def serve(self, address: str) -> int:
+        """Expose /metrics on host:port (port 0 allowed); returns the bound port."""
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        self.port = int(server.server_address[1])
+        self._server = server
+        return self.port
+
+    def close(self) -> None:
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()

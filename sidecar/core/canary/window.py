@@ -1,0 +1,584 @@
+"""Bounded-memory, mergeable window statistics per variant: the canary judge's input.
+
+Pure: callers pass ``now`` (seconds on any clock that only moves forward, e.g.
+``time.monotonic()``), the latency in seconds and the gRPC status code name.
+
+What a :class:`VariantWindow` counts:
+
+* ``requests``: every recorded request, whatever its status;
+* ``errors``: requests whose status is not ``"OK"`` (timeouts included);
+* ``timeouts``: requests whose status is ``"DEADLINE_EXCEEDED"`` (also counted as errors);
+* ``errors_by_status``: status name -> count, at most :data:`MAX_STATUS_NAMES` distinct
+  names (further names are counted under ``"OTHER"``), like the shadow recorder;
+* a latency sketch over **successful requests only**. Failed requests are left out on
+  purpose: a request that fails fast would make a broken canary look fast, and a
+  timeout's latency is the caller's deadline, not the model's. Errors and timeouts are
+  judged by their own rate metrics instead.
+
+The sketch is a :class:`ddsketch.LogCollapsingLowestDenseDDSketch` with relative
+accuracy 1% and at most :data:`SKETCH_BIN_LIMIT` bins per store: memory is bounded
+whatever the traffic, and two sketches with the same accuracy merge exactly (bucket
+counts add). :meth:`VariantWindow.latency_buckets` exposes the bucket values and counts
+so the judge can run a rank test on them, treating each bucket as a group of tied values.
+
+:class:`RollingWindows` keeps, per variant, a ring of fixed time buckets (10 s each,
+30 min by default) keyed by the integer bucket index ``floor(now / bucket_s)``. Reading
+only ever returns **complete** buckets: ``since(v, start, now)`` merges the buckets with
+index in ``[index(start), index(now))``. The bucket containing ``now`` is still filling
+and is left out, so consecutive reads ``since(a, b)``, ``since(b, c)`` partition time
+exactly (nothing counted twice, nothing lost) at the cost of up to ``bucket_s`` of lag.
+:class:`CumulativeWindows` uses that to keep running totals since a stage started, for
+stages longer than the ring's horizon.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from ddsketch import LogCollapsingLowestDenseDDSketch
+
+__all__ = [
+    "MAX_STATUS_NAMES",
+    "MAX_VARIANTS",
+    "OK",
+    "SKETCH_BIN_LIMIT",
+    "TIMEOUT",
+    "CumulativeWindows",
+    "LatencyBuckets",
+    "RollingWindows",
+    "VariantWindow",
+]
+
+OK: Final = "OK"
+"""The gRPC status code name of a successful request."""
+
+TIMEOUT: Final = "DEADLINE_EXCEEDED"
+"""The gRPC status code name counted as a timeout."""
+
+SKETCH_BIN_LIMIT: Final = 2048
+"""Bins per sketch store (DDSketch's default limit): at 1% relative accuracy that spans
+~17 orders of magnitude below the slowest latency before the lowest bins collapse."""
+
+MAX_STATUS_NAMES: Final = 32
+"""Distinct error status names kept per window (gRPC has 17); more count as "OTHER"."""
+
+MAX_VARIANTS: Final = 16
+"""Distinct variants a :class:`RollingWindows` keeps by default; records for further
+variants are dropped (and counted in :attr:`RollingWindows.dropped`)."""
+
+DEFAULT_RELATIVE_ACCURACY: Final = 0.01
+ZERO_KEY: Final = -(2**62)
+"""Bucket key used for latencies too small for the sketch's logarithmic mapping (0 s)."""
+
+
+# ------------------------------------------------------------------ latency sketch
+
+
+class _LatencySketch(LogCollapsingLowestDenseDDSketch):
+    """The DDSketch the windows use, plus read access to its buckets.
+
+    DDSketch has no public accessor for its bins; reading them from a subclass keeps that
+    reliance on ddsketch's internals in one place.
+    """
+
+    def buckets(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Keys and counts of the non-empty buckets, ascending; the zero bucket first."""
+        store = self._store
+        bins = np.asarray(store.bins, dtype=np.float64)
+        nonzero = np.flatnonzero(bins)
+        keys = nonzero.astype(np.int64) + int(store.offset)
+        counts = bins[nonzero]
+        zero = float(self._zero_count)
+        if zero > 0.0:
+            keys = np.concatenate([np.array([ZERO_KEY], dtype=np.int64), keys])
+            counts = np.concatenate([np.array([zero]), counts])
+        return keys, counts
+
+    def key_value(self, key: int) -> float:
+        """The representative value of a bucket key (within the relative accuracy)."""
+        return 0.0 if key == ZERO_KEY else float(self._mapping.value(key))
+
+
+def _new_sketch(relative_accuracy: float, bin_limit: int) -> _LatencySketch:
+    return _LatencySketch(relative_accuracy=relative_accuracy, bin_limit=bin_limit)
+
+
+@dataclass(frozen=True, eq=False)
+class LatencyBuckets:
+    """The latency sketch's non-empty buckets, ascending by value.
+
+    ``keys`` are the sketch's integer bucket keys (comparable between windows with the
+    same relative accuracy), ``values`` their representative latencies in seconds (0.0 for
+    the zero bucket) and ``counts`` the successful requests in each. The arrays are
+    read-only.
+    """
+
+    keys: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+    counts: npt.NDArray[np.float64]
+
+    @property
+    def total(self) -> int:
+        """Successful requests in all buckets."""
+        return int(round(float(np.sum(self.counts))))
+
+    def expand(self) -> npt.NDArray[np.float64]:
+        """One value per request (each bucket's value repeated by its count): the tied
+        data a rank test on the buckets is equivalent to. Memory grows with the count;
+        meant for tests and small windows."""
+        return np.repeat(self.values, np.rint(self.counts).astype(np.int64))
+
+
+def _read_only(arr: npt.NDArray[np.generic]) -> None:
+    arr.setflags(write=False)
+
+
+# ------------------------------------------------------------------ one window
+
+
+class VariantWindow:
+    """Request, error, timeout and latency statistics of one variant over some time.
+
+    Memory is bounded (see the module docstring). Mutated only by :meth:`record` and
+    :meth:`record_many`; :meth:`merge` returns a new window. Not thread-safe (the sidecar
+    calls it from its event-loop thread only).
+    """
+
+    __slots__ = (
+        "_bin_limit",
+        "_errors",
+        "_errors_by_status",
+        "_relative_accuracy",
+        "_requests",
+        "_sketch",
+        "_timeouts",
+    )
+
+    def __init__(
+        self,
+        relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY,
+        bin_limit: int = SKETCH_BIN_LIMIT,
+    ) -> None:
+        if not (isinstance(relative_accuracy, int | float) and 0.0 < relative_accuracy < 1.0):
+            raise ValueError(f"relative_accuracy must be in (0, 1), got {relative_accuracy!r}")
+        if isinstance(bin_limit, bool) or not isinstance(bin_limit, int) or bin_limit < 1:
+            raise ValueError(f"bin_limit must be a positive int, got {bin_limit!r}")
+        self._relative_accuracy = float(relative_accuracy)
+        self._bin_limit = bin_limit
+        self._requests = 0
+        self._errors = 0
+        self._timeouts = 0
+        self._errors_by_status: dict[str, int] = {}
+        self._sketch = _new_sketch(self._relative_accuracy, bin_limit)
+
+    # -- recording ------------------------------------------------------------------
+
+    def _count_errors(self, status: str, count: int) -> None:
+        self._errors += count
+        if status == TIMEOUT:
+            self._timeouts += count
+        errors = self._errors_by_status
+        key = status
+        if key not in errors and len(errors) >= MAX_STATUS_NAMES:
+            key = "OTHER"
+        errors[key] = errors.get(key, 0) + count
+
+    def record(self, latency_s: float, status: str) -> None:
+        """Count one request. Its latency enters the sketch only when ``status`` is
+        ``"OK"`` and the latency is finite and >= 0 (other latencies are skipped; the
+        request still counts)."""
+        self._requests += 1
+        if status == OK:
+            if latency_s >= 0.0 and latency_s != math.inf:  # NaN fails the first test
+                self._sketch.add(latency_s)
+        else:
+            self._count_errors(str(status), 1)
+
+    def record_many(
+        self,
+        status: str,
+        latencies_s: npt.ArrayLike,
+        counts: npt.ArrayLike | None = None,
+    ) -> None:
+        """Count a batch of requests that all ended with ``status``: one per latency, or
+        ``counts[i]`` requests with latency ``latencies_s[i]`` when ``counts`` is given.
+
+        Equivalent to calling :meth:`record` once per request, with one sketch update per
+        distinct latency. Raises ``ValueError`` on negative or non-integer counts or
+        mismatched lengths (this is a batch API for simulations and replays, not the
+        request path).
+        """
+        values = np.asarray(latencies_s, dtype=np.float64).reshape(-1)
+        if counts is None:
+            weights = np.ones(values.shape, dtype=np.int64)
+        else:
+            raw = np.asarray(counts).reshape(-1)
+            if raw.shape != values.shape:
+                raise ValueError(f"counts has {raw.size} entries but latencies_s has {values.size}")
+            if raw.size and (
+                not np.all(np.isfinite(raw)) or np.any(raw < 0) or np.any(raw != np.rint(raw))
+            ):
+                raise ValueError("counts must be non-negative integers")
+            weights = raw.astype(np.int64)
+        total = int(np.sum(weights))
+        if total == 0:
+            return
+        self._requests += total
+        if status != OK:
+            self._count_errors(str(status), total)
+            return
+        keep = (weights > 0) & (values >= 0.0) & np.isfinite(values)
+        if not np.any(keep):
+            return
+        distinct, inverse = np.unique(values[keep], return_inverse=True)
+        summed = np.bincount(inverse, weights=weights[keep].astype(np.float64))
+        add = self._sketch.add
+        for value, weight in zip(distinct.tolist(), summed.tolist(), strict=True):
+            add(value, weight)
+
+    # -- combining ------------------------------------------------------------------
+
+    def _check_mergeable(self, other: VariantWindow) -> None:
+        if not isinstance(other, VariantWindow):
+            raise TypeError(f"can only merge a VariantWindow, got {type(other).__name__}")
+        if other._relative_accuracy != self._relative_accuracy:
+            raise ValueError(
+                "cannot merge windows with different sketch accuracies: "
+                f"{self._relative_accuracy} vs {other._relative_accuracy}"
+            )
+
+    def _absorb(self, other: VariantWindow) -> None:
+        """Add ``other``'s counts into this window (in place; for building merges)."""
+        if other._requests == 0:
+            return
+        self._requests += other._requests
+        self._errors += other._errors
+        self._timeouts += other._timeouts
+        errors = self._errors_by_status
+        for name, count in other._errors_by_status.items():
+            key = name
+            if key not in errors and len(errors) >= MAX_STATUS_NAMES:
+                key = "OTHER"
+            errors[key] = errors.get(key, 0) + count
+        if other._sketch.count:
+            self._sketch.merge(other._sketch)
+
+    def merge(self, other: VariantWindow) -> VariantWindow:
+        """A new window holding both windows' requests; neither input changes."""
+        self._check_mergeable(other)
+        return VariantWindow.merged((self, other), self._relative_accuracy, self._bin_limit)
+
+    @staticmethod
+    def merged(
+        windows: Iterable[VariantWindow],
+        relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY,
+        bin_limit: int = SKETCH_BIN_LIMIT,
+    ) -> VariantWindow:
+        """A new window holding all ``windows``' requests (empty when there are none)."""
+        out = VariantWindow(relative_accuracy, bin_limit)
+        for window in windows:
+            out._check_mergeable(window)
+            out._absorb(window)
+        return out
+
+    # -- reading --------------------------------------------------------------------
+
+    @property
+    def relative_accuracy(self) -> float:
+        return self._relative_accuracy
+
+    @property
+    def requests(self) -> int:
+        """Requests recorded, whatever their status."""
+        return self._requests
+
+    @property
+    def errors(self) -> int:
+        """Requests whose status was not OK (timeouts included)."""
+        return self._errors
+
+    @property
+    def timeouts(self) -> int:
+        """Requests whose status was DEADLINE_EXCEEDED."""
+        return self._timeouts
+
+    @property
+    def successes(self) -> int:
+        """Requests whose status was OK."""
+        return self._requests - self._errors
+
+    @property
+    def errors_by_status(self) -> Mapping[str, int]:
+        """Status name -> requests (a read-only copy, sorted by name)."""
+        return MappingProxyType(dict(sorted(self._errors_by_status.items())))
+
+    @property
+    def latency_count(self) -> int:
+        """Successful requests whose latency is in the sketch."""
+        return int(round(float(self._sketch.count)))
+
+    @property
+    def error_rate(self) -> float | None:
+        """``errors / requests``; None when there are no requests."""
+        return self._errors / self._requests if self._requests else None
+
+    @property
+    def timeout_rate(self) -> float | None:
+        """``timeouts / requests``; None when there are no requests."""
+        return self._timeouts / self._requests if self._requests else None
+
+    def quantile(self, q: float) -> float | None:
+        """Latency quantile of successful requests in seconds (within 1% relative
+        accuracy); None when no latency was recorded. ``q`` must be in [0, 1]."""
+        if not (isinstance(q, int | float) and 0.0 <= q <= 1.0):
+            raise ValueError(f"q must be in [0, 1], got {q!r}")
+        value = self._sketch.get_quantile_value(q)
+        return None if value is None else float(value)
+
+    def latency_buckets(self) -> LatencyBuckets:
+        """The sketch's non-empty buckets (see :class:`LatencyBuckets`)."""
+        keys, counts = self._sketch.buckets()
+        value = self._sketch.key_value
+        values = np.array([value(int(k)) for k in keys.tolist()], dtype=np.float64)
+        for arr in (keys, values, counts):
+            _read_only(arr)
+        return LatencyBuckets(keys, values, counts)
+
+    def __repr__(self) -> str:
+        return (
+            f"VariantWindow(requests={self._requests}, errors={self._errors}, "
+            f"timeouts={self._timeouts}, latency_count={self.latency_count})"
+        )
+
+
+# ------------------------------------------------------------------ time buckets
+
+
+class _Ring:
+    """One variant's ring of time buckets: slot ``i % n`` holds bucket index ``i``."""
+
+    __slots__ = ("indices", "windows")
+
+    def __init__(self, size: int) -> None:
+        self.indices: list[int | None] = [None] * size
+        self.windows: list[VariantWindow | None] = [None] * size
+
+
+class RollingWindows:
+    """Per-variant rings of fixed time buckets; read as merged :class:`VariantWindow`\\ s.
+
+    ``bucket_s`` seconds per bucket, ``horizon_s`` seconds kept (rounded up to whole
+    buckets). Memory is bounded whatever the traffic: at most ``max_variants`` rings of
+    ``ceil(horizon_s / bucket_s)`` bounded windows.
+
+    :meth:`record` never raises: records it cannot place (a non-finite ``now``, a bucket
+    already older than the horizon, a variant beyond ``max_variants``) are dropped and
+    counted in :attr:`dropped`. Reads raise ``ValueError`` when asked for a range that
+    starts before the oldest bucket kept, rather than silently returning less.
+    """
+
+    def __init__(
+        self,
+        bucket_s: float = 10.0,
+        horizon_s: float = 1800.0,
+        *,
+        relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY,
+        bin_limit: int = SKETCH_BIN_LIMIT,
+        max_variants: int = MAX_VARIANTS,
+    ) -> None:
+        if not (isinstance(bucket_s, int | float) and math.isfinite(bucket_s) and bucket_s > 0):
+            raise ValueError(f"bucket_s must be a positive number, got {bucket_s!r}")
+        if not (isinstance(horizon_s, int | float) and math.isfinite(horizon_s) and horizon_s > 0):
+            raise ValueError(f"horizon_s must be a positive number, got {horizon_s!r}")
+        if isinstance(max_variants, bool) or not isinstance(max_variants, int) or max_variants < 1:
+            raise ValueError(f"max_variants must be a positive int, got {max_variants!r}")
+        VariantWindow(relative_accuracy, bin_limit)  # validates both
+        self._bucket_s = float(bucket_s)
+        self._size = max(1, math.ceil(horizon_s / bucket_s - 1e-9))
+        self._relative_accuracy = float(relative_accuracy)
+        self._bin_limit = bin_limit
+        self._max_variants = max_variants
+        self._rings: dict[str, _Ring] = {}
+        self._latest: int | None = None
+        self._dropped = 0
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def bucket_s(self) -> float:
+        return self._bucket_s
+
+    @property
+    def buckets(self) -> int:
+        """Buckets kept per variant."""
+        return self._size
+
+    @property
+    def horizon_s(self) -> float:
+        """Seconds kept: ``buckets * bucket_s``."""
+        return self._size * self._bucket_s
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped (bad ``now``, too old, too many variants)."""
+        return self._dropped
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """Variants seen, in first-seen order."""
+        return tuple(self._rings)
+
+    def bucket_index(self, now: float) -> int:
+        """``floor(now / bucket_s)``: the bucket a record at ``now`` goes to."""
+        return math.floor(now / self._bucket_s)
+
+    # -- recording ------------------------------------------------------------------
+
+    def _slot(self, variant: str, now: float) -> VariantWindow | None:
+        """The window a record at ``now`` belongs in, or None (dropped and counted)."""
+        try:
+            index = math.floor(now / self._bucket_s)
+        except (ValueError, OverflowError, TypeError):  # NaN, inf, not a number
+            self._dropped += 1
+            return None
+        latest = self._latest
+        if latest is None or index > latest:
+            self._latest = latest = index
+        elif index <= latest - self._size:
+            self._dropped += 1  # older than the horizon
+            return None
+        ring = self._rings.get(variant)
+        if ring is None:
+            if len(self._rings) >= self._max_variants:
+                self._dropped += 1
+                return None
+            ring = self._rings[variant] = _Ring(self._size)
+        slot = index % self._size
+        held = ring.indices[slot]
+        window = ring.windows[slot]
+        if held != index or window is None:
+            if held is not None and held > index:
+                self._dropped += 1  # the slot already moved on past this bucket
+                return None
+            window = VariantWindow(self._relative_accuracy, self._bin_limit)
+            ring.indices[slot] = index
+            ring.windows[slot] = window
+        return window
+
+    def record(self, variant: str, now: float, latency_s: float, status: str) -> None:
+        """Count one request of ``variant`` that ended at ``now`` (see
+        :meth:`VariantWindow.record`). Never raises."""
+        try:
+            window = self._slot(variant, now)
+            if window is not None:
+                window.record(latency_s, status)
+        except Exception:  # e.g. a latency that is not a number: drop, never raise
+            self._dropped += 1
+
+    def record_many(
+        self,
+        variant: str,
+        now: float,
+        status: str,
+        latencies_s: npt.ArrayLike,
+        counts: npt.ArrayLike | None = None,
+    ) -> None:
+        """Count a batch of requests of ``variant`` that ended at ``now``, all with
+        ``status`` (see :meth:`VariantWindow.record_many`, whose errors it raises)."""
+        window = self._slot(variant, now)
+        if window is not None:
+            window.record_many(status, latencies_s, counts)
+
+    # -- reading --------------------------------------------------------------------
+
+    def since(self, variant: str, start: float, now: float) -> VariantWindow:
+        """Merge of ``variant``'s complete buckets from the one containing ``start`` up to,
+        not including, the one containing ``now`` (a new window; empty for an unknown
+        variant or when ``start`` and ``now`` fall in the same bucket).
+
+        Raises ``ValueError`` if ``start > now``, if either is not finite, or if
+        ``start``'s bucket is no longer kept (older than the horizon before ``now``).
+        """
+        if not (math.isfinite(start) and math.isfinite(now)):
+            raise ValueError(f"start and now must be finite, got {start!r} and {now!r}")
+        if start > now:
+            raise ValueError(f"start ({start}) must not be after now ({now})")
+        first = self.bucket_index(start)
+        end = self.bucket_index(now)
+        latest = end if self._latest is None else max(end, self._latest)
+        if first <= latest - self._size:
+            raise ValueError(
+                f"start {start} is older than the {self.horizon_s:g} s kept "
+                f"(oldest bucket starts at {(latest - self._size + 1) * self._bucket_s:g}); "
+                "use CumulativeWindows for longer spans"
+            )
+        ring = self._rings.get(variant)
+        parts: list[VariantWindow] = []
+        if ring is not None:
+            for index in range(first, end):
+                slot = index % self._size
+                window = ring.windows[slot]
+                if window is not None and ring.indices[slot] == index:
+                    parts.append(window)
+        return VariantWindow.merged(parts, self._relative_accuracy, self._bin_limit)
+
+    def window(self, variant: str, now: float, span_s: float) -> VariantWindow:
+        """The complete buckets covering the ``span_s`` seconds before ``now``:
+        ``since(variant, now - span_s, now)`` (the span's start is rounded down to a
+        bucket boundary)."""
+        if not (math.isfinite(span_s) and span_s >= 0):
+            raise ValueError(f"span_s must be a finite number >= 0, got {span_s!r}")
+        return self.since(variant, now - span_s, now)
+
+
+# ------------------------------------------------------------------ since a stage began
+
+
+class CumulativeWindows:
+    """Running windows since a stage started, fed from :class:`RollingWindows`.
+
+    Call :meth:`advance` at each evaluation (at least once per horizon); it merges the
+    complete buckets since the previous call into per-variant totals, so a 2-hour stage
+    can be judged on all its data with a 30-minute ring. Memory: one bounded window per
+    variant.
+    """
+
+    def __init__(self, start: float) -> None:
+        if not math.isfinite(start):
+            raise ValueError(f"start must be finite, got {start!r}")
+        self._start = float(start)
+        self._last = float(start)
+        self._totals: dict[str, VariantWindow] = {}
+
+    @property
+    def start(self) -> float:
+        return self._start
+
+    @property
+    def last(self) -> float:
+        """The ``now`` of the latest :meth:`advance` (the stage start before any)."""
+        return self._last
+
+    def advance(self, rolling: RollingWindows, now: float) -> None:
+        """Add every variant's complete buckets in ``[last, now)`` to its total.
+
+        Raises ``ValueError`` as :meth:`RollingWindows.since` does (e.g. when more than the
+        ring's horizon passed since the previous call); nothing changes then.
+        """
+        fresh = {v: rolling.since(v, self._last, now) for v in rolling.variants}
+        for variant, window in fresh.items():
+            total = self._totals.get(variant)
+            self._totals[variant] = window if total is None else total.merge(window)
+        self._last = max(self._last, float(now))
+
+    def window(self, variant: str) -> VariantWindow:
+        """``variant``'s requests since the stage start, up to the last :meth:`advance`
+        (a new window; empty if none were seen)."""
+        total = self._totals.get(variant)
+        return VariantWindow() if total is None else VariantWindow.merged((total,))

@@ -1,0 +1,61 @@
+"""Prometheus /metrics: per-variant requests, errors and latency histograms, shadow
+agreement and drops, state gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
+from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from sidecar.testing.fault_upstream import FaultInjectingUpstream
+from sidecar.testing.inprocess import config_dict, running_sidecar, scripted_model
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+async def test_metrics_endpoint_reports_variants_and_shadow() -> None:
+    """After traffic, /metrics has requests and latency per variant, errors by status,
+    shadow comparisons, and the kill switch / weights gauges."""
+    async with FaultInjectingUpstream(respond=scripted_model({"stable": 1, "canary": 2})) as up:
+        raw = config_dict(
+            {"stable": up.address, "canary": up.address, "shadow": (up.address, "stable")},
+            weights={"stable": 5000, "canary": 5000},
+            shadow={"variant": "shadow"},
+            listen={"metrics": "127.0.0.1:0"},
+        )
+        async with running_sidecar(raw) as sc:
+            stub = oip_grpc.GRPCInferenceServiceStub(
+                grpc.aio.insecure_channel(f"127.0.0.1:{sc.predict_port}")
+            )
+            req = oip.ModelInferRequest(model_name="classifier")
+            req.inputs.add(name="x", datatype="FP64", shape=[1]).contents.fp64_contents.append(1)
+            for i in range(40):
+                await stub.ModelInfer(req, metadata=(("x-user-id", f"u{i}"),))
+            bad = oip.ModelInferRequest(model_name="classifier")
+            for _ in range(3):
+                try:
+                    await stub.ModelInfer(bad)
+                except grpc.aio.AioRpcError:
+                    pass
+            await asyncio.sleep(0.3)
+            m = await asyncio.to_thread(scrape, sc.metrics.port)
+    stable = m[("sidecar_requests_total", (("status", "OK"), ("variant", "stable")))]
+    canary = m[("sidecar_requests_total", (("status", "OK"), ("variant", "canary")))]
+    assert stable + canary == 40 and stable > 0 and canary > 0
+    assert m[("sidecar_request_duration_seconds_count", (("variant", "stable"),))] == stable
+    agree = m[("sidecar_shadow_comparisons_total", (("result", "agree"),))]
+    disagree = m[("sidecar_shadow_comparisons_total", (("result", "disagree"),))]
+    assert agree == stable and disagree == canary
+    assert m[("sidecar_kill_switch", ())] == 0
+    assert m[("sidecar_variant_weight_ratio", (("variant", "canary"),))] == 0.5
