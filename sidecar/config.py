@@ -100,6 +100,32 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfigSection:
+    """`analysis:` — the health checker and rollout controller."""
+
+    interval: float = 60.0
+    lookback: float = 300.0
+    bucket: float = 10.0
+    horizon: float = 1800.0
+    planned_checks: int = 120
+    false_rollback_rate: float = 0.01
+    failure_limit: int = 0
+    max_error_ratio: float = 2.0
+    max_p50_ratio: float = 1.2
+    max_p95_ratio: float = 1.5
+    max_timeout_ratio: float = 2.0
+    min_requests: int = 200
+    min_latency_samples: int = 100
+    stale_after_hours: float = 48.0
+    shadow_min_agreement: float = 0.85
+    shadow_max_p95_ratio: float = 1.5
+    shadow_max_error_ratio: float = 2.0
+    webhook_url: str = ""
+    webhook_timeout: float = 2.0
+    webhook_retries: int = 3
+
+
+@dataclass(frozen=True)
 class TelemetryConfig:
     """From the standard OpenTelemetry environment variables."""
 
@@ -132,6 +158,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     state: StateConfig = field(default_factory=StateConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    analysis: AnalysisConfigSection = field(default_factory=AnalysisConfigSection)
     source: str = "<embedded>"
 
 
@@ -464,6 +491,42 @@ def _state(raw: Mapping[str, Any], base: Path | None, problems: _Problems) -> St
     return StateConfig(backend, paths["path"], paths["audit_path"])
 
 
+def _analysis(raw: Mapping[str, Any], problems: _Problems) -> AnalysisConfigSection:
+    section = _section(raw, "analysis", problems)
+    defaults = AnalysisConfigSection()
+    names = {f for f in AnalysisConfigSection.__dataclass_fields__}
+    _unknown_keys(section, names, "analysis", problems)
+    values: dict[str, Any] = {}
+    for name in names:
+        default = getattr(defaults, name)
+        where = "analysis"
+        if isinstance(default, str):
+            value = section.get(name, default)
+            if not isinstance(value, str):
+                problems.add(f"analysis.{name}", "must be a string")
+                value = default
+            elif name == "webhook_url" and value and not value.startswith(("http://", "https://")):
+                problems.add("analysis.webhook_url", "must be an http:// or https:// URL")
+            values[name] = value
+        elif isinstance(default, int):
+            minimum = 0 if name in ("failure_limit", "webhook_retries") else 1
+            values[name] = _integer(section, name, default, where, problems, minimum=minimum)
+        else:
+            values[name] = _number(section, name, default, where, problems)
+    ratios = ("max_error_ratio", "max_p50_ratio", "max_p95_ratio", "max_timeout_ratio")
+    for name in (*ratios, "shadow_max_p95_ratio", "shadow_max_error_ratio"):
+        if values[name] <= 1.0:
+            problems.add(f"analysis.{name}", f"must be > 1, got {values[name]}")
+            values[name] = getattr(defaults, name)
+    for name in ("false_rollback_rate", "shadow_min_agreement"):
+        if not 0 < values[name] < 1:
+            problems.add(f"analysis.{name}", f"must be within (0, 1), got {values[name]}")
+            values[name] = getattr(defaults, name)
+    if values["horizon"] < values["lookback"] + values["bucket"]:
+        problems.add("analysis.horizon", "must exceed lookback by at least one bucket")
+    return AnalysisConfigSection(**values)
+
+
 def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None) -> Config:
     """Validate a parsed YAML document; raise `ConfigError` listing every problem."""
     problems = _Problems()
@@ -471,6 +534,7 @@ def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None)
         raise ConfigError(source, ["<top level>: must be a mapping"])
     allowed = {
         "listen", "model", "variants", "flag", "shadow", "upstream", "server", "control", "state",
+        "analysis",
     }  # fmt: skip
     _unknown_keys(raw, allowed, "", problems)
 
@@ -534,6 +598,7 @@ def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None)
     )
     control = _control(raw, base, problems)
     state = _state(raw, base, problems)
+    analysis = _analysis(raw, problems)
     if problems.items or flag is None:
         raise ConfigError(source, problems.items or ["flag: is required"])
     return Config(
@@ -549,6 +614,7 @@ def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None)
         control=control,
         state=state,
         telemetry=TelemetryConfig.from_environ(os.environ),
+        analysis=analysis,
         source=source,
     )
 

@@ -24,6 +24,7 @@ from sidecar import __version__
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2_grpc
+from sidecar.adapters.alerts import Alerts
 from sidecar.adapters.grpc.auth import Authenticator
 from sidecar.adapters.grpc.control import ControlServicer
 from sidecar.adapters.grpc.converters import decode_outputs
@@ -38,8 +39,18 @@ from sidecar.app.control import ControlService, describe
 from sidecar.app.dataplane import DataPlane
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, AuditLog, StateFileError, StateStore
+from sidecar.app.rollout import (
+    AnalysisSettings,
+    HealthChecker,
+    JudgeEvaluator,
+    ShadowGates,
+    ShadowReading,
+)
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.config import Config
+from sidecar.core.canary.analysis import AnalysisConfig
+from sidecar.core.canary.judge import JudgeConfig
+from sidecar.core.canary.window import RollingWindows
 from sidecar.core.routing import FlagError
 from sidecar.core.state import DesiredState
 
@@ -61,6 +72,8 @@ class Sidecar:
     tracer_provider: TracerProvider
     stats: VariantStatsProcessor
     metrics: SidecarMetrics
+    checker: HealthChecker
+    alerts: Alerts
     predict_port: int = 0
     control_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -73,6 +86,7 @@ class Sidecar:
         )
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._watch_readiness()))
+        self._tasks.append(asyncio.create_task(self.checker.run()))
         log.info(
             "sidecar.started",
             predict=f"{_host(self.config.predict_address)}:{self.predict_port}",
@@ -120,9 +134,17 @@ class Sidecar:
         if self.dataplane.mirror is not None:
             await self.dataplane.mirror.close(grace=min(grace, 1.0))
         await self.pool.close()
+        await self.alerts.drain()
         await asyncio.to_thread(self.tracer_provider.shutdown)  # flushes the exporter
         self.metrics.close()
         log.info("sidecar.stopped")
+
+
+def _rollout_reading(snapshot: Snapshot) -> dict[str, str]:
+    r = snapshot.state.rollout
+    if r is None:
+        return {}
+    return {"stage": r.stage.name if r.stage else "", "phase": r.phase.value}
 
 
 def _host(address: str) -> str:
@@ -196,7 +218,9 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     store, audit = _stores(config)
     snapshot = initial_snapshot(config, store, audit, safe_mode=safe_mode)
     metrics = SidecarMetrics()
-    stats = VariantStatsProcessor([metrics.record])
+    a = config.analysis
+    windows = RollingWindows(a.bucket, a.horizon)
+    stats = VariantStatsProcessor([metrics.record, windows.record])
     provider = tracer_provider(config.telemetry, [stats])
     tracer = provider.get_tracer(INSTRUMENTATION, __version__)
     pool = UpstreamPool(config.variants, config.server.max_message_bytes, tracer)
@@ -246,8 +270,53 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         ),
         served=lambda: dataplane.served,
     )
+    alerts = Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries)
+    analysis_config = AnalysisConfig(
+        planned_checks=a.planned_checks,
+        false_rollback_rate=a.false_rollback_rate,
+        failure_limit=a.failure_limit,
+        judge=JudgeConfig(
+            max_error_ratio=a.max_error_ratio,
+            max_timeout_ratio=a.max_timeout_ratio,
+            max_p50_ratio=a.max_p50_ratio,
+            max_p95_ratio=a.max_p95_ratio,
+            min_requests=a.min_requests,
+            min_latency_samples=a.min_latency_samples,
+        ),
+    )
+
+    def shadow_reading() -> ShadowReading | None:
+        if mirror is None:
+            return None
+        summary = mirror.recorder.summary()
+        errors = sum(summary.errors_by_status.values())
+        return ShadowReading(
+            summary.compared, summary.agreed, summary.sent, errors,
+            summary.primary_p95, summary.shadow_p95,
+        )  # fmt: skip
+
+    checker = HealthChecker(
+        control=control,
+        windows=windows,
+        evaluator_factory=lambda: JudgeEvaluator(analysis_config),
+        settings=AnalysisSettings(
+            interval=a.interval,
+            lookback=a.lookback,
+            stale_after=a.stale_after_hours * 3600,
+            shadow=ShadowGates(
+                a.shadow_min_agreement, a.shadow_max_p95_ratio, a.shadow_max_error_ratio
+            ),
+        ),
+        stable_ready=lambda: dataplane.stable_ready(config.upstream.connect_timeout or 1.0),
+        alerts=alerts,
+        shadow=shadow_reading,
+        reset_shadow=lambda: mirror.recorder.reset() if mirror else None,
+        has_shadow=mirror is not None,
+    )
     metrics.readings.shadow = lambda: mirror.recorder.summary() if mirror else None
     metrics.readings.state = lambda: describe(control.snapshot())
+    metrics.readings.verdicts = lambda: dict(checker.verdicts)
+    metrics.readings.rollout = lambda: _rollout_reading(control.snapshot())
     control_server = grpc.aio.server(options=options)
     control_pb2_grpc.add_ControlServicer_to_server(
         ControlServicer(
@@ -256,6 +325,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
             Authenticator(config.control.tokens),
             served=lambda: dataplane.served,
             shadow=lambda: mirror.recorder.summary() if mirror else None,
+            checker=checker,
         ),
         control_server,
     )
@@ -285,6 +355,8 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         tracer_provider=provider,
         stats=stats,
         metrics=metrics,
+        checker=checker,
+        alerts=alerts,
         predict_port=predict_port,
         control_port=control_port,
     )

@@ -22,6 +22,7 @@ import structlog
 
 from sidecar.app.ports import AuditEntry, AuditLog, StateStore
 from sidecar.app.state import Snapshot, StateHolder
+from sidecar.core.rollout import Phase
 from sidecar.core.routing import BASIS_POINTS, Flag, FlagError
 from sidecar.core.state import DesiredState, Promotion, diff
 from sidecar.errors import (
@@ -97,6 +98,7 @@ class ControlService:
                 updated_unix_time=now,
                 updated_by=principal,
                 update_reason=reason,
+                held_full_since=_held_full(proposed, now),
             )
             try:
                 flag = new_state.to_flag(self.template)
@@ -274,14 +276,28 @@ class ControlService:
             mutate=mutate,
         )
 
-    async def rollback(self, principal: str, reason: str, expected_revision: int) -> Snapshot:
-        """All traffic to stable; with none elsewhere, revert the last promotion."""
+    async def rollback(
+        self,
+        principal: str,
+        reason: str,
+        expected_revision: int,
+        *,
+        end_rollout: Phase = Phase.ROLLED_BACK,
+    ) -> Snapshot:
+        """All traffic to stable (ending a running plan); with no traffic elsewhere and no
+        plan running, revert the last promotion."""
 
         async def mutate(s: DesiredState) -> DesiredState:
             elsewhere = {n: w for n, w in s.weights.items() if n != s.stable and w > 0}
-            if elsewhere:
+            active = s.rollout is not None and s.rollout.phase.active
+            if elsewhere or active:
                 weights = {name: 0 for name in s.weights} | {s.stable: BASIS_POINTS}
-                return s.evolve(weights=weights)
+                rollout = (
+                    s.rollout.evolve(phase=end_rollout, message=reason)
+                    if s.rollout is not None and active
+                    else s.rollout
+                )
+                return s.evolve(weights=weights, rollout=rollout)
             last = s.promotions[-1] if s.promotions else None
             if last is None or last.reverted or last.to_variant != s.stable:
                 raise FailedPrecondition(
@@ -310,6 +326,12 @@ class ControlService:
             expected_revision=expected_revision,
             mutate=mutate,
         )
+
+
+def _held_full(state: DesiredState, now: float) -> dict[str, float]:
+    """Non-stable variants at 100%, with since when (kept from the previous state)."""
+    full = [v for v, w in state.weights.items() if w == BASIS_POINTS and v != state.stable]
+    return {v: state.held_full_since.get(v, now) for v in full}
 
 
 def describe(snapshot: Snapshot) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from sidecar.core.rollout import RolloutProgress
 from sidecar.core.routing import Flag, SegmentRule
 
 SCHEMA_VERSION = 1
@@ -46,6 +47,9 @@ class DesiredState:
     updated_unix_time: float = 0.0
     updated_by: str = "config"
     update_reason: str = "initial state from configuration"
+    rollout: RolloutProgress | None = None
+    # Non-stable variant -> since when it has held 100% of the traffic (flag lifecycle).
+    held_full_since: Mapping[str, float] = field(default_factory=dict)
 
     @staticmethod
     def from_flag(flag: Flag, *, revision: int = 1, unix_time: float = 0.0) -> DesiredState:
@@ -83,6 +87,8 @@ class DesiredState:
 
     def to_json(self) -> str:
         data = asdict(self)
+        data["rollout"] = self.rollout.to_dict() if self.rollout else None
+        data["held_full_since"] = dict(self.held_full_since)
         data["weights"] = dict(self.weights)
         data["user_overrides"] = dict(self.user_overrides)
         data["segment_rules"] = [list(r) for r in self.segment_rules]
@@ -130,6 +136,11 @@ class DesiredState:
                 updated_unix_time=float(data.get("updated_unix_time", 0.0)),
                 updated_by=_str(data.get("updated_by", ""), "updated_by"),
                 update_reason=_str(data.get("update_reason", ""), "update_reason"),
+                rollout=RolloutProgress.from_dict(data["rollout"]) if data.get("rollout") else None,
+                held_full_since={
+                    _str(k, "held_full_since"): float(v)
+                    for k, v in data.get("held_full_since", {}).items()
+                },
             )
         except StateFormatError:
             raise

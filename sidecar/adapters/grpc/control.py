@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import grpc
@@ -11,8 +12,10 @@ from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar.adapters.grpc.auth import OPERATOR, VIEWER, Authenticator, Principal
 from sidecar.adapters.grpc.errors import abort
 from sidecar.app.control import ControlService
+from sidecar.app.rollout import HealthChecker, run_drill
 from sidecar.app.state import Snapshot
 from sidecar.config import Config
+from sidecar.core.rollout import Stage, StageKind
 from sidecar.core.shadow import ShadowSummary
 from sidecar.errors import InvalidRequest
 
@@ -77,6 +80,73 @@ def state_message(snapshot: Snapshot, config: Config, served: Mapping[str, int])
     )
 
 
+_KINDS = {
+    StageKind.SHADOW: cpb.STAGE_KIND_SHADOW,
+    StageKind.CANARY: cpb.STAGE_KIND_CANARY,
+    StageKind.PROMOTE: cpb.STAGE_KIND_PROMOTE,
+}
+_KINDS_BACK = {v: k for k, v in _KINDS.items()}
+_GATES = {"PASS": cpb.GATE_PASS, "FAIL": cpb.GATE_FAIL, "WAIT": cpb.GATE_WAIT}
+
+
+def stages_from_proto(plan: cpb.RolloutPlan) -> tuple[Stage, ...]:
+    out = []
+    for i, stage in enumerate(plan.stages):
+        kind = _KINDS_BACK.get(stage.kind)
+        if kind is None:
+            raise InvalidRequest(f"plan.stages[{i}].kind: must be SHADOW, CANARY or PROMOTE")
+        out.append(
+            Stage(stage.name, kind, stage.canary_bp, stage.min_duration_seconds, stage.min_samples)
+        )
+    return tuple(out)
+
+
+def rollout_message(snapshot: Snapshot, checker: HealthChecker, now: float) -> cpb.Rollout:
+    r = snapshot.state.rollout
+    if r is None:
+        return cpb.Rollout(phase="NONE", revision=snapshot.revision, verdict=checker.last_verdict)
+    stage = r.stage
+    active = r.phase.active
+    return cpb.Rollout(
+        phase=r.phase.value,
+        plan=cpb.RolloutPlan(
+            stages=[
+                cpb.RolloutStage(
+                    name=s.name,
+                    kind=_KINDS[s.kind],
+                    canary_bp=s.canary_bp,
+                    min_duration_seconds=s.min_duration_s,
+                    min_samples=s.min_samples,
+                )
+                for s in r.stages
+            ]
+        ),
+        stage_index=r.stage_index,
+        stage_name=stage.name if stage else "",
+        started_unix_time=r.started_unix,
+        stage_started_unix_time=r.stage_started_unix,
+        stage_elapsed_seconds=r.elapsed(now) if active else 0.0,
+        stage_samples=checker.stage_samples if active else 0,
+        gates=[
+            cpb.Gate(
+                name=g.name,
+                status=_GATES[g.status],
+                value=g.value,
+                threshold=g.threshold,
+                detail=g.detail,
+            )
+            for g in (checker.gates if active else ())
+        ],
+        verdict=checker.last_verdict,
+        message=r.message,
+        baseline_error_rate=r.baseline.error_rate,
+        baseline_p50_seconds=r.baseline.p50_s,
+        baseline_p95_seconds=r.baseline.p95_s,
+        baseline_requests=r.baseline.requests,
+        revision=snapshot.revision,
+    )
+
+
 def shadow_report(summary: ShadowSummary | None) -> cpb.ShadowReport:
     if summary is None:
         return cpb.ShadowReport()
@@ -127,9 +197,13 @@ class ControlServicer:
         auth: Authenticator,
         served: Callable[[], Mapping[str, int]],
         shadow: Callable[[], ShadowSummary | None],
+        checker: HealthChecker,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.service = service
+        self.checker = checker
+        self._clock = clock
         self.auth = auth
         self._served = served
         self._shadow = shadow
@@ -138,7 +212,74 @@ class ControlServicer:
         return self.auth.authorize(context.invocation_metadata() or (), role, method)
 
     def _state(self, snapshot: Snapshot) -> cpb.State:
-        return state_message(snapshot, self.config, self._served())
+        message = state_message(snapshot, self.config, self._served())
+        message.warnings.extend(self.checker.warnings(snapshot.state, self._clock()))
+        return message
+
+    async def _rollout_write(
+        self, context: Context, method: str, call: Callable[[str], Awaitable[Snapshot]]
+    ) -> cpb.Rollout:
+        try:
+            principal = self._principal(context, OPERATOR, method)
+            snapshot = await call(principal.name)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return rollout_message(snapshot, self.checker, self._clock())
+
+    async def StartRollout(self, request: cpb.StartRolloutRequest, context: Context) -> cpb.Rollout:
+        async def start(who: str) -> Snapshot:
+            stages = stages_from_proto(request.plan)
+            return await self.checker.start(
+                who, request.reason, request.expected_revision, stages, request.force
+            )
+
+        return await self._rollout_write(context, "StartRollout", start)
+
+    async def PauseRollout(self, request: cpb.PauseRolloutRequest, context: Context) -> cpb.Rollout:
+        return await self._rollout_write(
+            context,
+            "PauseRollout",
+            lambda who: self.checker.pause(who, request.reason, request.expected_revision),
+        )
+
+    async def ResumeRollout(
+        self, request: cpb.ResumeRolloutRequest, context: Context
+    ) -> cpb.Rollout:
+        return await self._rollout_write(
+            context,
+            "ResumeRollout",
+            lambda who: self.checker.resume(who, request.reason, request.expected_revision),
+        )
+
+    async def AbortRollout(self, request: cpb.AbortRolloutRequest, context: Context) -> cpb.Rollout:
+        return await self._rollout_write(
+            context,
+            "AbortRollout",
+            lambda who: self.checker.abort(who, request.reason, request.expected_revision),
+        )
+
+    async def GetRollout(self, request: cpb.GetRolloutRequest, context: Context) -> cpb.Rollout:
+        try:
+            self._principal(context, VIEWER, "GetRollout")
+        except Exception as exc:
+            await abort(context, exc)
+        return rollout_message(self.service.snapshot(), self.checker, self._clock())
+
+    async def RunDrill(self, request: cpb.RunDrillRequest, context: Context) -> cpb.DrillReport:
+        try:
+            principal = self._principal(context, OPERATOR, "RunDrill")
+            result = await run_drill(self.checker, principal.name, request.reason)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return cpb.DrillReport(
+            rolled_back=result.rolled_back,
+            detection_seconds=result.detection_seconds,
+            revert_seconds=result.revert_seconds,
+            verdict_reason=result.verdict_reason,
+            restored_revision=result.restored_revision,
+        )
 
     async def _write(
         self,

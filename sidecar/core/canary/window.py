@@ -126,7 +126,7 @@ class LatencyBuckets:
     @property
     def total(self) -> int:
         """Successful requests in all buckets."""
-        return int(round(float(np.sum(self.counts))))
+        return round(float(np.sum(self.counts)))
 
     def expand(self) -> npt.NDArray[np.float64]:
         """One value per request (each bucket's value repeated by its count): the tied
@@ -193,12 +193,12 @@ class VariantWindow:
         """Count one request. Its latency enters the sketch only when ``status`` is
         ``"OK"`` and the latency is finite and >= 0 (other latencies are skipped; the
         request still counts)."""
-        self._requests += 1
         if status == OK:
             if latency_s >= 0.0 and latency_s != math.inf:  # NaN fails the first test
                 self._sketch.add(latency_s)
         else:
             self._count_errors(str(status), 1)
+        self._requests += 1
 
     def record_many(
         self,
@@ -287,6 +287,10 @@ class VariantWindow:
             out._absorb(window)
         return out
 
+    def copy(self) -> VariantWindow:
+        """An independent copy."""
+        return VariantWindow.merged((self,), self._relative_accuracy, self._bin_limit)
+
     # -- reading --------------------------------------------------------------------
 
     @property
@@ -321,7 +325,7 @@ class VariantWindow:
     @property
     def latency_count(self) -> int:
         """Successful requests whose latency is in the sketch."""
-        return int(round(float(self._sketch.count)))
+        return round(float(self._sketch.count))
 
     @property
     def error_rate(self) -> float | None:
@@ -581,4 +585,4 @@ class CumulativeWindows:
         """``variant``'s requests since the stage start, up to the last :meth:`advance`
         (a new window; empty if none were seen)."""
         total = self._totals.get(variant)
-        return VariantWindow() if total is None else VariantWindow.merged((total,))
+        return VariantWindow() if total is None else total.copy()

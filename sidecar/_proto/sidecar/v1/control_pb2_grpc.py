@@ -95,6 +95,36 @@ class ControlStub:
                 request_serializer=sidecar_dot_v1_dot_control__pb2.GetShadowReportRequest.SerializeToString,
                 response_deserializer=sidecar_dot_v1_dot_control__pb2.ShadowReport.FromString,
                 _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/sidecar.v1.Control/StartRollout',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.PauseRollout = channel.unary_unary(
+                '/sidecar.v1.Control/PauseRollout',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.PauseRolloutRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.ResumeRollout = channel.unary_unary(
+                '/sidecar.v1.Control/ResumeRollout',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.ResumeRolloutRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/sidecar.v1.Control/AbortRollout',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.AbortRolloutRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/sidecar.v1.Control/GetRollout',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.RunDrill = channel.unary_unary(
+                '/sidecar.v1.Control/RunDrill',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.RunDrillRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.DrillReport.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -182,6 +212,49 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRollout(self, request, context):
+        """Start a rollout plan (shadow -> canary percentages -> promote), advancing only
+        through gates. Refused when the stable variant is not ready, when a rollout is
+        already running, or when the plan skips stages (unless `force`, audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRollout(self, request, context):
+        """Hold at the current stage (time does not count towards the stage minimum).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Stop the plan and send all traffic to stable (the Rollback path).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """The plan, the current stage, its gates with their current values, and progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunDrill(self, request, context):
+        """Rehearse an automatic rollback end to end; the state is restored afterwards.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -244,6 +317,36 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetShadowReport,
                     request_deserializer=sidecar_dot_v1_dot_control__pb2.GetShadowReportRequest.FromString,
                     response_serializer=sidecar_dot_v1_dot_control__pb2.ShadowReport.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.StartRolloutRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.Rollout.SerializeToString,
+            ),
+            'PauseRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRollout,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.PauseRolloutRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.Rollout.SerializeToString,
+            ),
+            'ResumeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRollout,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.ResumeRolloutRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.Rollout.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.AbortRolloutRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.Rollout.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.GetRolloutRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.Rollout.SerializeToString,
+            ),
+            'RunDrill': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunDrill,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.RunDrillRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.DrillReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -570,6 +673,168 @@ class Control:
             '/sidecar.v1.Control/GetShadowReport',
             sidecar_dot_v1_dot_control__pb2.GetShadowReportRequest.SerializeToString,
             sidecar_dot_v1_dot_control__pb2.ShadowReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/StartRollout',
+            sidecar_dot_v1_dot_control__pb2.StartRolloutRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/PauseRollout',
+            sidecar_dot_v1_dot_control__pb2.PauseRolloutRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/ResumeRollout',
+            sidecar_dot_v1_dot_control__pb2.ResumeRolloutRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/AbortRollout',
+            sidecar_dot_v1_dot_control__pb2.AbortRolloutRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/GetRollout',
+            sidecar_dot_v1_dot_control__pb2.GetRolloutRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunDrill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/RunDrill',
+            sidecar_dot_v1_dot_control__pb2.RunDrillRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.DrillReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,464 @@
+"""Canary judge simulation: the sidecar's judge + analysis against a naive error-rate rule.
+
+Run: ``.venv/bin/python bench/canary_judge.py`` (writes ``bench/results/canary_judge.json``;
+``--quick`` runs a tenth of the runs for iterating, and does not write the results).
+
+One run is one 2-hour canary stage: 100 requests/s in total (Poisson per second), 5% of
+them to the canary (binomial per second), a check every minute (120 checks). Both rules see
+the same simulated traffic, recorded through the real ``RollingWindows`` (10-s buckets,
+30-min horizon) and read back through the real ``VariantWindow``/``CumulativeWindows``;
+the judge is the real ``CanaryAnalysis`` (``judge`` at the per-check level of its
+alpha-spending plan). Time is virtual: no sleeping.
+
+* judge: ``CanaryAnalysis()`` defaults (harmonic alpha spending of a 1% false-rollback
+  budget over 120 checks x 3 metrics, roll back on the first FAIL), judging the canary's
+  and the stable's windows cumulative since the stage start.
+* naive: roll back when the canary's error rate over the last 5 minutes exceeds 2x the
+  stable's (same 5-minute window; shorter while the stage is younger than 5 minutes).
+
+Scenarios (the regression, if any, starts with the stage): healthy (0.1% errors, a fifth of
+them DEADLINE_EXCEEDED, lognormal latency with median 20 ms and sigma 0.5, same as stable);
+canary at 1.0% errors; canary at 0.5% errors; canary at 3x latency. A "design" section
+runs alternative judge designs (flat Bonferroni spending; sliding 5-minute windows) on the
+same traffic of the regression scenarios, to show why the defaults were chosen.
+
+Fast path, exact in distribution: per-second counts are generated with numpy and summed per
+minute; each minute's requests of one variant are recorded with one ``record_many`` call
+per status at the minute's start. Successful requests' latencies are drawn as multinomial
+counts over the sketch's own 1% buckets (the probability of each bucket under the
+lognormal), which is what per-request recording into the sketch would hold. Checks fall on
+minute boundaries and windows hold whole minutes, so the judge sees what it would see with
+per-request recording.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from ddsketch.mapping import LogarithmicMapping
+from scipy import special
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sidecar.core.canary import (  # noqa: E402
+    AnalysisConfig,
+    CanaryAnalysis,
+    CumulativeWindows,
+    Decision,
+    RollingWindows,
+    VariantWindow,
+    check_alpha,
+)
+from sidecar.core.stats import wilson_interval  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "canary_judge.json"
+
+SEED = 20_250_301
+TOTAL_RPS = 100.0
+CANARY_WEIGHT = 0.05
+STAGE_S = 7200
+CHECK_S = 60
+BUCKET_S = 10.0
+HORIZON_S = 1800.0
+NAIVE_SPAN_S = 300.0
+NAIVE_RATIO = 2.0
+LATENCY_MEDIAN_S = 0.020
+LATENCY_SIGMA = 0.5
+BASE_ERROR_RATE = 0.001
+TIMEOUT_SHARE = 0.2  # of the baseline errors, DEADLINE_EXCEEDED
+RELATIVE_ACCURACY = 0.01
+WORKERS = 2
+
+STATUSES = ("OK", "UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    runs: int
+    canary_error_rate: float = BASE_ERROR_RATE
+    canary_latency_factor: float = 1.0
+    stop_when_all_rolled_back: bool = True
+
+
+SCENARIOS = (
+    Scenario("healthy", 1000),
+    Scenario("errors_1pct", 1000, canary_error_rate=0.01),
+    Scenario("errors_0_5pct", 500, canary_error_rate=0.005),
+    Scenario("latency_3x", 500, canary_latency_factor=3.0),
+)
+DESIGN_SCENARIOS = (
+    Scenario("errors_1pct", 400, canary_error_rate=0.01),
+    Scenario("errors_0_5pct", 300, canary_error_rate=0.005),
+    Scenario("latency_3x", 200, canary_latency_factor=3.0),
+)
+
+
+# ------------------------------------------------------------------ traffic
+
+
+def status_probabilities(error_rate: float) -> npt.NDArray[np.float64]:
+    """P(OK), P(UNAVAILABLE), P(DEADLINE_EXCEEDED), P(INTERNAL): the baseline's errors
+    (a fifth timeouts) plus, for a regressed canary, extra INTERNAL errors."""
+    timeouts = BASE_ERROR_RATE * TIMEOUT_SHARE
+    unavailable = BASE_ERROR_RATE - timeouts
+    internal = max(0.0, error_rate - BASE_ERROR_RATE)
+    return np.array([1.0 - error_rate, unavailable, timeouts, internal])
+
+
+@dataclass(frozen=True)
+class LatencyGrid:
+    """The sketch's buckets over the simulated latency range, with each bucket's
+    representative value (what the sketch reports for it)."""
+
+    values: npt.NDArray[np.float64]
+    log_lower: npt.NDArray[np.float64]
+    log_upper: npt.NDArray[np.float64]
+
+    def probabilities(self, median_s: float) -> npt.NDArray[np.float64]:
+        mu = math.log(median_s)
+        upper = special.ndtr((self.log_upper - mu) / LATENCY_SIGMA)
+        lower = special.ndtr((self.log_lower - mu) / LATENCY_SIGMA)
+        p = np.asarray(upper - lower, dtype=np.float64)
+        p[0] += float(lower[0])  # fold the far tails into the end buckets
+        p[-1] += 1.0 - float(upper[-1])
+        return p / p.sum()
+
+
+def latency_grid() -> LatencyGrid:
+    mapping = LogarithmicMapping(RELATIVE_ACCURACY)
+    lo = mapping.key(LATENCY_MEDIAN_S * math.exp(-9 * LATENCY_SIGMA))
+    hi = mapping.key(LATENCY_MEDIAN_S * 3.0 * math.exp(9 * LATENCY_SIGMA))
+    keys = np.arange(lo, hi + 1)
+    values = np.array([mapping.value(int(k)) for k in keys])
+    assert all(mapping.key(float(v)) == int(k) for k, v in zip(keys, values, strict=True))
+    log_gamma = math.log(mapping.gamma)
+    return LatencyGrid(values, (keys - 1) * log_gamma, keys * log_gamma)
+
+
+@dataclass(frozen=True)
+class Minute:
+    """One minute of one variant's traffic: requests per status, OK latencies per bucket."""
+
+    status_counts: npt.NDArray[np.int64]
+    latency_counts: npt.NDArray[np.int64]
+
+
+def simulate_traffic(
+    rng: np.random.Generator, scenario: Scenario, grid: LatencyGrid
+) -> dict[str, list[Minute]]:
+    minutes = STAGE_S // CHECK_S
+    per_second = rng.poisson(TOTAL_RPS, STAGE_S)
+    canary_per_second = rng.binomial(per_second, CANARY_WEIGHT)
+    canary = canary_per_second.reshape(minutes, CHECK_S).sum(axis=1)
+    stable = (per_second - canary_per_second).reshape(minutes, CHECK_S).sum(axis=1)
+    out: dict[str, list[Minute]] = {}
+    for variant, counts, error_rate, factor in (
+        ("canary", canary, scenario.canary_error_rate, scenario.canary_latency_factor),
+        ("stable", stable, BASE_ERROR_RATE, 1.0),
+    ):
+        by_status = rng.multinomial(counts, status_probabilities(error_rate))
+        latencies = rng.multinomial(by_status[:, 0], grid.probabilities(LATENCY_MEDIAN_S * factor))
+        out[variant] = [Minute(by_status[m], latencies[m]) for m in range(minutes)]
+    return out
+
+
+def record_minute(rolling: RollingWindows, variant: str, now: float, minute: Minute,
+                  grid: LatencyGrid) -> None:
+    nonzero = np.flatnonzero(minute.latency_counts)
+    rolling.record_many(variant, now, "OK", grid.values[nonzero], minute.latency_counts[nonzero])
+    for status, count in zip(STATUSES[1:], minute.status_counts[1:].tolist(), strict=True):
+        if count:
+            rolling.record_many(variant, now, status, [0.0], [count])
+
+
+# ------------------------------------------------------------------ rules
+
+
+class Rule:
+    """A rollback rule evaluated once per check; remembers when it rolled back."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self.rolled_back_at: float | None = None
+        self.final = ""
+
+    def evaluate(self, rolling: RollingWindows, cumulative: CumulativeWindows, now: float) -> None:
+        raise NotImplementedError
+
+    @property
+    def active(self) -> bool:
+        return self.rolled_back_at is None and self.final == ""
+
+
+class JudgeRule(Rule):
+    def __init__(self, name: str, config: AnalysisConfig, span_s: float | None) -> None:
+        super().__init__()
+        self.name = name
+        self.analysis = CanaryAnalysis(config)
+        self.span_s = span_s  # None: cumulative since the stage start
+
+    def evaluate(self, rolling: RollingWindows, cumulative: CumulativeWindows, now: float) -> None:
+        if self.span_s is None:
+            canary, stable = cumulative.window("canary"), cumulative.window("stable")
+        else:
+            canary = rolling.window("canary", now, self.span_s)
+            stable = rolling.window("stable", now, self.span_s)
+        decision = self.analysis.check(canary, stable)
+        if decision.decision is Decision.ROLLBACK:
+            self.rolled_back_at = now
+        elif decision.decision is not Decision.CONTINUE:
+            self.final = decision.decision.value
+
+
+class NaiveRule(Rule):
+    name = "naive"
+
+    def evaluate(self, rolling: RollingWindows, cumulative: CumulativeWindows, now: float) -> None:
+        canary = rolling.window("canary", now, NAIVE_SPAN_S)
+        stable = rolling.window("stable", now, NAIVE_SPAN_S)
+        c, s = canary.error_rate, stable.error_rate
+        if c is not None and s is not None and c > NAIVE_RATIO * s:
+            self.rolled_back_at = now
+
+
+def default_rules() -> list[Rule]:
+    return [JudgeRule("judge", AnalysisConfig(), None), NaiveRule()]
+
+
+def design_rules() -> list[Rule]:
+    return [
+        JudgeRule("judge", AnalysisConfig(), None),
+        JudgeRule("judge_flat_spending", AnalysisConfig(spending="flat"), None),
+        JudgeRule("judge_sliding_5min", AnalysisConfig(), NAIVE_SPAN_S),
+        JudgeRule("judge_2_consecutive", AnalysisConfig(consecutive_failure_limit=1,
+                                                        failure_limit=10**6), None),
+    ]
+
+
+RULE_SETS: dict[str, Callable[[], list[Rule]]] = {"main": default_rules, "design": design_rules}
+
+
+# ------------------------------------------------------------------ one run
+
+
+def run_stage(job: tuple[str, Scenario, int]) -> dict[str, Any]:
+    """Simulate one stage; returns each rule's rollback time (None) and final decision."""
+    rule_set, scenario, index = job
+    seed = np.random.SeedSequence(SEED, spawn_key=(sum(map(ord, scenario.name)), index))
+    rng = np.random.default_rng(seed)
+    grid = latency_grid()
+    traffic = simulate_traffic(rng, scenario, grid)
+    rolling = RollingWindows(BUCKET_S, HORIZON_S, relative_accuracy=RELATIVE_ACCURACY)
+    cumulative = CumulativeWindows(0.0)
+    rules = RULE_SETS[rule_set]()
+    minutes = STAGE_S // CHECK_S
+    for m in range(minutes):
+        start = float(m * CHECK_S)
+        for variant in ("canary", "stable"):
+            record_minute(rolling, variant, start, traffic[variant][m], grid)
+        now = start + CHECK_S
+        cumulative.advance(rolling, now)
+        for rule in rules:
+            if rule.active:
+                rule.evaluate(rolling, cumulative, now)
+        if scenario.stop_when_all_rolled_back and all(r.rolled_back_at is not None for r in rules):
+            break
+    return {
+        r.name: {"rolled_back_at": r.rolled_back_at, "final": r.final or None} for r in rules
+    }
+
+
+# ------------------------------------------------------------------ summaries
+
+
+def fraction(count: int, runs: int) -> dict[str, float | int]:
+    ci = wilson_interval(count, runs, 0.05)
+    return {"count": count, "runs": runs, "rate": count / runs, "ci95": [ci.lower, ci.upper]}
+
+
+def summarise(outcomes: Sequence[dict[str, Any]], rule: str) -> dict[str, Any]:
+    runs = len(outcomes)
+    times = [o[rule]["rolled_back_at"] for o in outcomes]
+    minutes = np.array([t / 60.0 for t in times if t is not None])
+    rolled = int(minutes.size)
+    within = {
+        f"within_{w}min": (int(np.count_nonzero(minutes <= w)) / runs) for w in (1, 2, 5, 10, 30)
+    }
+    finals: dict[str, int] = {}
+    for o in outcomes:
+        key = o[rule]["final"] or ("ROLLBACK" if o[rule]["rolled_back_at"] is not None else "-")
+        finals[key] = finals.get(key, 0) + 1
+    # Median time to detect over all runs (undetected runs count as never): defined when
+    # more than half the runs rolled back.
+    ordered = np.sort(np.concatenate([minutes, np.full(runs - rolled, np.inf)]))
+    median = float(np.median(ordered)) if rolled * 2 > runs else None
+    return {
+        "runs": runs,
+        "rolled_back": fraction(rolled, runs),
+        "median_minutes_to_rollback": median,
+        "mean_minutes_to_rollback_when_rolled_back": float(minutes.mean()) if rolled else None,
+        **within,
+        "outcomes": dict(sorted(finals.items())),
+    }
+
+
+def run_all(
+    rule_set: str, scenarios: Sequence[Scenario], scale: float, pool: ProcessPoolExecutor
+) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for scenario in scenarios:
+        runs = max(10, round(scenario.runs * scale))
+        jobs = [(rule_set, scenario, i) for i in range(runs)]
+        t0 = time.perf_counter()
+        out[scenario.name] = list(pool.map(run_stage, jobs, chunksize=max(1, runs // 40)))
+        print(
+            f"  {rule_set:6s} {scenario.name:14s} {runs:5d} runs "
+            f"{time.perf_counter() - t0:6.1f} s",
+            flush=True,
+        )
+    return out
+
+
+def headline(summary: dict[str, dict[str, Any]], rule: str) -> dict[str, Any]:
+    healthy = summary["healthy"][rule]
+    e1 = summary["errors_1pct"][rule]
+    e05 = summary["errors_0_5pct"][rule]
+    lat = summary["latency_3x"][rule]
+    return {
+        "false_rollback_rate": healthy["rolled_back"]["rate"],
+        "false_rollback_ci95": healthy["rolled_back"]["ci95"],
+        "detect_1pct_within_5min": e1["within_5min"],
+        "detect_latency3x_within_2min": lat["within_2min"],
+        "detect_0_5pct": {
+            "median_minutes": e05["median_minutes_to_rollback"],
+            "within_5min": e05["within_5min"],
+            "within_10min": e05["within_10min"],
+            "within_30min": e05["within_30min"],
+            "ever": e05["rolled_back"]["rate"],
+        },
+        "runs": {name: s[rule]["runs"] for name, s in summary.items()},
+    }
+
+
+def fmt(x: float | None, pct: bool = True) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}%" if pct else f"{x:.1f}"
+
+
+def print_table(heads: dict[str, dict[str, Any]]) -> None:
+    rules = list(heads)
+    rows = [
+        ("false rollback (healthy, 2 h)", lambda h: fmt(h["false_rollback_rate"])),
+        ("1.0% errors: rolled back <= 5 min", lambda h: fmt(h["detect_1pct_within_5min"])),
+        ("0.5% errors: median minutes", lambda h: fmt(h["detect_0_5pct"]["median_minutes"], False)),
+        ("0.5% errors: <= 5 min", lambda h: fmt(h["detect_0_5pct"]["within_5min"])),
+        ("0.5% errors: <= 10 min", lambda h: fmt(h["detect_0_5pct"]["within_10min"])),
+        ("0.5% errors: <= 30 min", lambda h: fmt(h["detect_0_5pct"]["within_30min"])),
+        ("3x latency: rolled back <= 2 min", lambda h: fmt(h["detect_latency3x_within_2min"])),
+    ]
+    print(f"\n{'':36s}" + "".join(f"{r:>12s}" for r in rules))
+    for label, get in rows:
+        print(f"{label:36s}" + "".join(f"{get(heads[r]):>12s}" for r in rules))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a tenth of the runs; no JSON")
+    parser.add_argument("--workers", type=int, default=WORKERS)
+    args = parser.parse_args(argv)
+    scale = 0.1 if args.quick else 1.0
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        main_runs = run_all("main", SCENARIOS, scale, pool)
+        design_runs = run_all("design", DESIGN_SCENARIOS, scale, pool)
+    elapsed = time.perf_counter() - t0
+
+    summary = {
+        name: {rule: summarise(outs, rule) for rule in outs[0]} for name, outs in main_runs.items()
+    }
+    design = {
+        name: {rule: summarise(outs, rule) for rule in outs[0]}
+        for name, outs in design_runs.items()
+    }
+    heads = {rule: headline(summary, rule) for rule in ("judge", "naive")}
+    print_table(heads)
+    print("\ndesign alternatives (same traffic per scenario):")
+    print(f"{'':24s}{'1%<=5min':>10s}{'0.5% med':>10s}{'0.5%<=10':>10s}{'3x<=2min':>10s}")
+    for rule in design["errors_1pct"]:
+        print(
+            f"{rule:24s}"
+            f"{fmt(design['errors_1pct'][rule]['within_5min']):>10s}"
+            f"{fmt(design['errors_0_5pct'][rule]['median_minutes_to_rollback'], False):>10s}"
+            f"{fmt(design['errors_0_5pct'][rule]['within_10min']):>10s}"
+            f"{fmt(design['latency_3x'][rule]['within_2min']):>10s}"
+        )
+    print(f"\nelapsed {elapsed:.1f} s with {args.workers} workers")
+
+    config = AnalysisConfig()
+    result = {
+        "seed": SEED,
+        "elapsed_s": elapsed,
+        "workers": args.workers,
+        "parameters": {
+            "total_rps": TOTAL_RPS,
+            "canary_weight": CANARY_WEIGHT,
+            "stage_s": STAGE_S,
+            "check_every_s": CHECK_S,
+            "checks": STAGE_S // CHECK_S,
+            "bucket_s": BUCKET_S,
+            "horizon_s": HORIZON_S,
+            "latency": {"distribution": "lognormal", "median_s": LATENCY_MEDIAN_S,
+                        "sigma": LATENCY_SIGMA},
+            "baseline_error_rate": BASE_ERROR_RATE,
+            "baseline_timeout_share_of_errors": TIMEOUT_SHARE,
+            "scenarios": {
+                s.name: {"canary_error_rate": s.canary_error_rate,
+                         "canary_latency_factor": s.canary_latency_factor, "runs": s.runs}
+                for s in SCENARIOS
+            },
+            "judge": {
+                "window": "cumulative since stage start (CumulativeWindows)",
+                "planned_checks": config.planned_checks,
+                "false_rollback_budget": config.false_rollback_rate,
+                "spending": config.spending,
+                "alpha_check_1": check_alpha(1, config),
+                "alpha_check_5": check_alpha(5, config),
+                "alpha_check_120": check_alpha(config.planned_checks, config),
+                "failure_limit": config.failure_limit,
+                "judge_config": {k: getattr(config.judge, k)
+                                 for k in config.judge.__dataclass_fields__},
+            },
+            "naive": {"window_s": NAIVE_SPAN_S, "ratio": NAIVE_RATIO},
+        },
+        "judge": heads["judge"],
+        "naive": heads["naive"],
+        "scenarios": summary,
+        "design_alternatives": design,
+    }
+    if args.quick:
+        print("(--quick: results not written)")
+        return
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Canary analysis: bounded window statistics, the judge, and the repeated-check layer.
+
+Pure: standard library, numpy, scipy and ddsketch only; callers pass ``now``. See
+``docs/canary.md``.
+"""
+
+from __future__ import annotations
+
+from .analysis import AnalysisConfig, AnalysisDecision, CanaryAnalysis, Decision, check_alpha
+from .judge import (
+    METRICS,
+    Classification,
+    JudgeConfig,
+    Judgement,
+    Measurement,
+    MetricResult,
+    RankTest,
+    Verdict,
+    classify,
+    classify_latency,
+    classify_rate,
+    conditional_binomial_p,
+    judge,
+    judge_measurement,
+    mann_whitney_buckets,
+    measure,
+    score,
+    verdict,
+)
+from .window import (
+    MAX_STATUS_NAMES,
+    MAX_VARIANTS,
+    OK,
+    SKETCH_BIN_LIMIT,
+    TIMEOUT,
+    CumulativeWindows,
+    LatencyBuckets,
+    RollingWindows,
+    VariantWindow,
+)
+
+__all__ = [
+    "MAX_STATUS_NAMES",
+    "MAX_VARIANTS",
+    "METRICS",
+    "OK",
+    "SKETCH_BIN_LIMIT",
+    "TIMEOUT",
+    "AnalysisConfig",
+    "AnalysisDecision",
+    "CanaryAnalysis",
+    "Classification",
+    "CumulativeWindows",
+    "Decision",
+    "JudgeConfig",
+    "Judgement",
+    "LatencyBuckets",
+    "Measurement",
+    "MetricResult",
+    "RankTest",
+    "RollingWindows",
+    "VariantWindow",
+    "Verdict",
+    "check_alpha",
+    "classify",
+    "classify_latency",
+    "classify_rate",
+    "conditional_binomial_p",
+    "judge",
+    "judge_measurement",
+    "mann_whitney_buckets",
+    "measure",
+    "score",
+    "verdict",
+]
