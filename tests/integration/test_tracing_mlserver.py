@@ -40,12 +40,12 @@ def test_mlserver_span_joins_the_sidecar_trace(
                         "model_name": "classifier",
                         "model_version": "v1",
                     },
-                },  # fmt: skip
+                },
                 "flag": {
                     "key": "classifier-rollout",
                     "stable": "stable",
                     "weights": {"stable": 10_000},
-                },  # fmt: skip
+                },
                 "control": control_section(),
             }
             env = {

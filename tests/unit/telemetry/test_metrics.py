@@ -4,6 +4,7 @@ agreement and drops, state gauges."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.request
 
 import grpc
@@ -44,10 +45,8 @@ async def test_metrics_endpoint_reports_variants_and_shadow() -> None:
                 await stub.ModelInfer(req, metadata=(("x-user-id", f"u{i}"),))
             bad = oip.ModelInferRequest(model_name="classifier")
             for _ in range(3):
-                try:
+                with contextlib.suppress(grpc.aio.AioRpcError):
                     await stub.ModelInfer(bad)
-                except grpc.aio.AioRpcError:
-                    pass
             await asyncio.sleep(0.3)
             m = await asyncio.to_thread(scrape, sc.metrics.port)
     stable = m[("sidecar_requests_total", (("status", "OK"), ("variant", "stable")))]
