@@ -36,12 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,6 @@ from sidecar.core.canary import (  # noqa: E402
     CumulativeWindows,
     Decision,
     RollingWindows,
-    VariantWindow,
     check_alpha,
 )
 from sidecar.core.stats import wilson_interval  # noqa: E402
@@ -92,6 +90,8 @@ class Scenario:
     runs: int
     canary_error_rate: float = BASE_ERROR_RATE
     canary_latency_factor: float = 1.0
+    onset_s: int = 0
+    """When the regression starts (seconds into the stage)."""
     stop_when_all_rolled_back: bool = True
 
 
@@ -102,10 +102,13 @@ SCENARIOS = (
     Scenario("latency_3x", 500, canary_latency_factor=3.0),
 )
 DESIGN_SCENARIOS = (
+    Scenario("healthy", 200),
     Scenario("errors_1pct", 400, canary_error_rate=0.01),
     Scenario("errors_0_5pct", 300, canary_error_rate=0.005),
     Scenario("latency_3x", 200, canary_latency_factor=3.0),
+    Scenario("errors_1pct_from_60min", 300, canary_error_rate=0.01, onset_s=3600),
 )
+RECENT_SPAN_S = 600.0
 
 
 # ------------------------------------------------------------------ traffic
@@ -167,18 +170,30 @@ def simulate_traffic(
     canary = canary_per_second.reshape(minutes, CHECK_S).sum(axis=1)
     stable = (per_second - canary_per_second).reshape(minutes, CHECK_S).sum(axis=1)
     out: dict[str, list[Minute]] = {}
+    regressed = np.arange(minutes) * CHECK_S >= scenario.onset_s
     for variant, counts, error_rate, factor in (
         ("canary", canary, scenario.canary_error_rate, scenario.canary_latency_factor),
         ("stable", stable, BASE_ERROR_RATE, 1.0),
     ):
-        by_status = rng.multinomial(counts, status_probabilities(error_rate))
-        latencies = rng.multinomial(by_status[:, 0], grid.probabilities(LATENCY_MEDIAN_S * factor))
+        status_p = np.where(
+            regressed[:, None],
+            status_probabilities(error_rate),
+            status_probabilities(BASE_ERROR_RATE),
+        )
+        latency_p = np.where(
+            regressed[:, None],
+            grid.probabilities(LATENCY_MEDIAN_S * factor),
+            grid.probabilities(LATENCY_MEDIAN_S),
+        )
+        by_status = rng.multinomial(counts, status_p)
+        latencies = rng.multinomial(by_status[:, 0], latency_p)
         out[variant] = [Minute(by_status[m], latencies[m]) for m in range(minutes)]
     return out
 
 
-def record_minute(rolling: RollingWindows, variant: str, now: float, minute: Minute,
-                  grid: LatencyGrid) -> None:
+def record_minute(
+    rolling: RollingWindows, variant: str, now: float, minute: Minute, grid: LatencyGrid
+) -> None:
     nonzero = np.flatnonzero(minute.latency_counts)
     rolling.record_many(variant, now, "OK", grid.values[nonzero], minute.latency_counts[nonzero])
     for status, count in zip(STATUSES[1:], minute.status_counts[1:].tolist(), strict=True):
@@ -207,11 +222,18 @@ class Rule:
 
 
 class JudgeRule(Rule):
-    def __init__(self, name: str, config: AnalysisConfig, span_s: float | None) -> None:
+    """The real ``CanaryAnalysis``. ``span_s`` None: windows cumulative since the stage
+    start, else sliding windows of ``span_s``; ``recent_s``: also judge the last
+    ``recent_s`` seconds once the stage is older than that (splitting the look's level)."""
+
+    def __init__(
+        self, name: str, config: AnalysisConfig, span_s: float | None, recent_s: float | None
+    ) -> None:
         super().__init__()
         self.name = name
         self.analysis = CanaryAnalysis(config)
-        self.span_s = span_s  # None: cumulative since the stage start
+        self.span_s = span_s
+        self.recent_s = recent_s
 
     def evaluate(self, rolling: RollingWindows, cumulative: CumulativeWindows, now: float) -> None:
         if self.span_s is None:
@@ -219,7 +241,13 @@ class JudgeRule(Rule):
         else:
             canary = rolling.window("canary", now, self.span_s)
             stable = rolling.window("stable", now, self.span_s)
-        decision = self.analysis.check(canary, stable)
+        recent = None
+        if self.recent_s is not None and now - cumulative.start > self.recent_s:
+            recent = (
+                rolling.window("canary", now, self.recent_s),
+                rolling.window("stable", now, self.recent_s),
+            )
+        decision = self.analysis.check(canary, stable, recent=recent)
         if decision.decision is Decision.ROLLBACK:
             self.rolled_back_at = now
         elif decision.decision is not Decision.CONTINUE:
@@ -238,16 +266,17 @@ class NaiveRule(Rule):
 
 
 def default_rules() -> list[Rule]:
-    return [JudgeRule("judge", AnalysisConfig(), None), NaiveRule()]
+    return [JudgeRule("judge", AnalysisConfig(), None, RECENT_SPAN_S), NaiveRule()]
 
 
 def design_rules() -> list[Rule]:
+    two_in_a_row = AnalysisConfig(consecutive_failure_limit=1, failure_limit=10**6)
     return [
-        JudgeRule("judge", AnalysisConfig(), None),
-        JudgeRule("judge_flat_spending", AnalysisConfig(spending="flat"), None),
-        JudgeRule("judge_sliding_5min", AnalysisConfig(), NAIVE_SPAN_S),
-        JudgeRule("judge_2_consecutive", AnalysisConfig(consecutive_failure_limit=1,
-                                                        failure_limit=10**6), None),
+        JudgeRule("judge", AnalysisConfig(), None, RECENT_SPAN_S),
+        JudgeRule("cumulative_only", AnalysisConfig(), None, None),
+        JudgeRule("flat_spending", AnalysisConfig(spending="flat"), None, RECENT_SPAN_S),
+        JudgeRule("sliding_5min_only", AnalysisConfig(), NAIVE_SPAN_S, None),
+        JudgeRule("two_fails_in_a_row", two_in_a_row, None, RECENT_SPAN_S),
     ]
 
 
@@ -260,6 +289,7 @@ RULE_SETS: dict[str, Callable[[], list[Rule]]] = {"main": default_rules, "design
 def run_stage(job: tuple[str, Scenario, int]) -> dict[str, Any]:
     """Simulate one stage; returns each rule's rollback time (None) and final decision."""
     rule_set, scenario, index = job
+    # The same seed for a scenario name and run index in every rule set: same traffic.
     seed = np.random.SeedSequence(SEED, spawn_key=(sum(map(ord, scenario.name)), index))
     rng = np.random.default_rng(seed)
     grid = latency_grid()
@@ -280,7 +310,12 @@ def run_stage(job: tuple[str, Scenario, int]) -> dict[str, Any]:
         if scenario.stop_when_all_rolled_back and all(r.rolled_back_at is not None for r in rules):
             break
     return {
-        r.name: {"rolled_back_at": r.rolled_back_at, "final": r.final or None} for r in rules
+        r.name: {
+            "rolled_back_at": r.rolled_back_at,
+            "final": r.final or None,
+            "onset_s": scenario.onset_s,
+        }
+        for r in rules
     }
 
 
@@ -294,8 +329,12 @@ def fraction(count: int, runs: int) -> dict[str, float | int]:
 
 def summarise(outcomes: Sequence[dict[str, Any]], rule: str) -> dict[str, Any]:
     runs = len(outcomes)
+    onset = outcomes[0][rule]["onset_s"]
     times = [o[rule]["rolled_back_at"] for o in outcomes]
-    minutes = np.array([t / 60.0 for t in times if t is not None])
+    # Minutes from the regression's onset to the rollback; rollbacks before the onset are
+    # false rollbacks, counted apart and not as detections.
+    early = sum(1 for t in times if t is not None and t <= onset)
+    minutes = np.array([(t - onset) / 60.0 for t in times if t is not None and t > onset])
     rolled = int(minutes.size)
     within = {
         f"within_{w}min": (int(np.count_nonzero(minutes <= w)) / runs) for w in (1, 2, 5, 10, 30)
@@ -310,7 +349,9 @@ def summarise(outcomes: Sequence[dict[str, Any]], rule: str) -> dict[str, Any]:
     median = float(np.median(ordered)) if rolled * 2 > runs else None
     return {
         "runs": runs,
-        "rolled_back": fraction(rolled, runs),
+        "rolled_back": fraction(rolled + early, runs),
+        "rolled_back_before_onset": early / runs,
+        "onset_minute": onset / 60.0,
         "median_minutes_to_rollback": median,
         "mean_minutes_to_rollback_when_rolled_back": float(minutes.mean()) if rolled else None,
         **within,
@@ -328,8 +369,7 @@ def run_all(
         t0 = time.perf_counter()
         out[scenario.name] = list(pool.map(run_stage, jobs, chunksize=max(1, runs // 40)))
         print(
-            f"  {rule_set:6s} {scenario.name:14s} {runs:5d} runs "
-            f"{time.perf_counter() - t0:6.1f} s",
+            f"  {rule_set:6s} {scenario.name:14s} {runs:5d} runs {time.perf_counter() - t0:6.1f} s",
             flush=True,
         )
     return out
@@ -399,16 +439,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     heads = {rule: headline(summary, rule) for rule in ("judge", "naive")}
     print_table(heads)
-    print("\ndesign alternatives (same traffic per scenario):")
-    print(f"{'':24s}{'1%<=5min':>10s}{'0.5% med':>10s}{'0.5%<=10':>10s}{'3x<=2min':>10s}")
+    print("\ndesign alternatives (same traffic per scenario and run index):")
+    columns = (
+        ("healthy FRR", "healthy", "rolled_back_rate"),
+        ("1%<=5min", "errors_1pct", "within_5min"),
+        ("0.5% med", "errors_0_5pct", "median_minutes_to_rollback"),
+        ("0.5%<=10", "errors_0_5pct", "within_10min"),
+        ("3x<=2min", "latency_3x", "within_2min"),
+        ("late med", "errors_1pct_from_60min", "median_minutes_to_rollback"),
+        ("late<=10", "errors_1pct_from_60min", "within_10min"),
+    )
+    print(f"{'':20s}" + "".join(f"{c[0]:>12s}" for c in columns))
     for rule in design["errors_1pct"]:
-        print(
-            f"{rule:24s}"
-            f"{fmt(design['errors_1pct'][rule]['within_5min']):>10s}"
-            f"{fmt(design['errors_0_5pct'][rule]['median_minutes_to_rollback'], False):>10s}"
-            f"{fmt(design['errors_0_5pct'][rule]['within_10min']):>10s}"
-            f"{fmt(design['latency_3x'][rule]['within_2min']):>10s}"
-        )
+        cells = []
+        for _, scenario_name, key in columns:
+            row = design[scenario_name][rule]
+            value = row["rolled_back"]["rate"] if key == "rolled_back_rate" else row[key]
+            cells.append(fmt(value, pct=not key.startswith("median")))
+        print(f"{rule:20s}" + "".join(f"{c:>12s}" for c in cells))
     print(f"\nelapsed {elapsed:.1f} s with {args.workers} workers")
 
     config = AnalysisConfig()
@@ -424,13 +472,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             "checks": STAGE_S // CHECK_S,
             "bucket_s": BUCKET_S,
             "horizon_s": HORIZON_S,
-            "latency": {"distribution": "lognormal", "median_s": LATENCY_MEDIAN_S,
-                        "sigma": LATENCY_SIGMA},
+            "latency": {
+                "distribution": "lognormal",
+                "median_s": LATENCY_MEDIAN_S,
+                "sigma": LATENCY_SIGMA,
+            },
             "baseline_error_rate": BASE_ERROR_RATE,
             "baseline_timeout_share_of_errors": TIMEOUT_SHARE,
             "scenarios": {
-                s.name: {"canary_error_rate": s.canary_error_rate,
-                         "canary_latency_factor": s.canary_latency_factor, "runs": s.runs}
+                s.name: {
+                    "canary_error_rate": s.canary_error_rate,
+                    "canary_latency_factor": s.canary_latency_factor,
+                    "runs": s.runs,
+                }
                 for s in SCENARIOS
             },
             "judge": {
@@ -442,8 +496,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "alpha_check_5": check_alpha(5, config),
                 "alpha_check_120": check_alpha(config.planned_checks, config),
                 "failure_limit": config.failure_limit,
-                "judge_config": {k: getattr(config.judge, k)
-                                 for k in config.judge.__dataclass_fields__},
+                "judge_config": {
+                    k: getattr(config.judge, k) for k in config.judge.__dataclass_fields__
+                },
             },
             "naive": {"window_s": NAIVE_SPAN_S, "ratio": NAIVE_RATIO},
         },

@@ -416,7 +416,9 @@ class HealthChecker:
         self, principal: str, reason: str, expected_revision: int, stages: tuple[Stage, ...],
         force: bool,
     ) -> Snapshot:  # fmt: skip
-        stages = stages or DEFAULT_PLAN
+        stages = stages or tuple(
+            s for s in DEFAULT_PLAN if self.has_shadow or s.kind is not StageKind.SHADOW
+        )
         try:
             skips = validate_plan(stages, has_shadow=self.has_shadow)
         except PlanError as exc:

@@ -144,3 +144,41 @@ class FaultInjectingUpstream:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+class ThreadedFaultInjectingUpstream:
+    """A `FaultInjectingUpstream` on its own event loop in a background thread, for
+    synchronous tests (the integration tests drive real processes synchronously)."""
+
+    def __init__(self, *, target: str | None = None, respond: Responder | None = None) -> None:
+        import threading
+
+        self.upstream = FaultInjectingUpstream(target=target, respond=respond)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def address(self) -> str:
+        return self.upstream.address
+
+    def inject(self, fault: Fault) -> None:
+        self._loop.call_soon_threadsafe(self.upstream.inject, fault)
+
+    def heal(self) -> None:
+        self._loop.call_soon_threadsafe(self.upstream.heal)
+
+    def start(self) -> ThreadedFaultInjectingUpstream:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.upstream.start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.upstream.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> ThreadedFaultInjectingUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

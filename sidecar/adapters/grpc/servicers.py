@@ -18,7 +18,7 @@ from sidecar.adapters.upstream.oip import OipUpstream
 from sidecar.app.dataplane import DataPlane, Served
 from sidecar.config import Config
 from sidecar.core.routing import Reason
-from sidecar.errors import ModelNotFound, SidecarError
+from sidecar.errors import ModelNotFound, SidecarError, UpstreamError
 
 Context = grpc.aio.ServicerContext[object, object]
 USER_HEADER = "x-user-id"
@@ -53,7 +53,9 @@ def annotate(span: Span, served: Served[oip.ModelInferResponse], segment: str) -
     spans.set_status(span, "OK")
 
 
-def _failed(span: Span, exc: BaseException) -> None:
+def _failed(span: Span, exc: BaseException, context: Context) -> None:
+    if isinstance(exc, UpstreamError):  # which variant failed, for the caller too
+        context.set_trailing_metadata((("x-variant", exc.variant),))
     if isinstance(exc, SidecarError):
         spans.set_status(span, status_for(exc).name, exc.message)
     else:
@@ -99,7 +101,7 @@ class InferenceServicer:
                     metadata=(),
                 )
             except Exception as exc:
-                _failed(span, exc)
+                _failed(span, exc, context)
                 await abort(context, exc)
                 raise
             annotate(span, served, segment)
@@ -181,7 +183,7 @@ class PredictServicer:
                     metadata=(),
                 )
             except Exception as exc:
-                _failed(span, exc)
+                _failed(span, exc, context)
                 await abort(context, exc)
                 raise
             annotate(span, served, request.context.segment)

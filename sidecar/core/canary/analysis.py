@@ -81,6 +81,9 @@ class AnalysisConfig:
     """FAIL verdicts tolerated in total; the next one rolls back (Argo's failureLimit)."""
     consecutive_failure_limit: int | None = None
     """FAIL verdicts tolerated in a row; None: no such limit."""
+    recent_share: float = 0.5
+    """Share of a look's level given to the recent windows when :meth:`CanaryAnalysis.check`
+    gets them."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """Thresholds of the judge; its ``alpha`` is replaced by the per-check level."""
 
@@ -92,6 +95,9 @@ class AnalysisConfig:
         rate = self.false_rollback_rate
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 < rate < 1.0:
             raise ValueError(f"false_rollback_rate must be in (0, 1), got {rate!r}")
+        share = self.recent_share
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < share < 1.0:
+            raise ValueError(f"recent_share must be in (0, 1), got {share!r}")
         if self.spending not in ("harmonic", "flat"):
             raise ValueError(f"spending must be 'harmonic' or 'flat', got {self.spending!r}")
         limit = self.failure_limit
@@ -137,6 +143,9 @@ class AnalysisDecision:
     consecutive_failures: int
     reason: str
     judgement: Judgement
+    """The judgement that decided: the first FAIL of the look, else the main one."""
+    judgements: tuple[Judgement, ...]
+    """All judgements of this look, the main one first."""
 
 
 class CanaryAnalysis:
@@ -182,18 +191,39 @@ class CanaryAnalysis:
             return None
         return check_alpha(self._checks + 1, self._config)
 
-    def check(self, canary: VariantWindow, baseline: VariantWindow) -> AnalysisDecision:
-        """Judge ``canary`` against ``baseline`` at this look's level, then :meth:`observe`.
-        Once done, returns the final decision without judging."""
+    def check(
+        self,
+        canary: VariantWindow,
+        baseline: VariantWindow,
+        *,
+        recent: tuple[VariantWindow, VariantWindow] | None = None,
+    ) -> AnalysisDecision:
+        """Judge this look and :meth:`observe` it. Once done, returns the final decision
+        without judging.
+
+        ``canary``/``baseline``: the windows that decide PASS (recommended: cumulative since
+        the stage start). ``recent``: optionally (canary, baseline) windows of the last few
+        minutes, which can only add a FAIL (a regression that starts late in a long stage
+        is diluted in the cumulative windows). With ``recent`` the look's level is split:
+        ``config.recent_share`` of it for the recent windows, the rest for the others.
+        """
         if self._last is not None and self.done:
             return self._last
         alpha = check_alpha(self._checks + 1, self._config)
-        return self.observe(judge(canary, baseline, self._config.judge, alpha=alpha))
+        config = self._config.judge
+        if recent is None:
+            return self.observe(judge(canary, baseline, config, alpha=alpha))
+        share = self._config.recent_share
+        main = judge(canary, baseline, config, alpha=alpha * (1.0 - share))
+        late = judge(recent[0], recent[1], config, alpha=alpha * share)
+        return self.observe(main, late)
 
-    def observe(self, judgement: Judgement) -> AnalysisDecision:
-        """Take one look's judgement and decide.
+    def observe(self, judgement: Judgement, *recent: Judgement) -> AnalysisDecision:
+        """Take one look's judgement(s) and decide.
 
-        Raises ``ValueError`` if the judgement was made at a level above this look's
+        The first judgement decides PASS or INCONCLUSIVE; any of them can FAIL the look
+        (``recent``: judgements of other windows at the same look, see :meth:`check`).
+        Raises ``ValueError`` if the judgements' levels add up to more than this look's
         (that would break the false-rollback budget). Once done, returns the final
         decision unchanged.
         """
@@ -203,16 +233,21 @@ class CanaryAnalysis:
         k = self._checks + 1
         total = config.planned_checks
         alpha = check_alpha(k, config)
-        if judgement.alpha > alpha * (1.0 + _ALPHA_TOLERANCE):
+        judgements = (judgement, *recent)
+        spent = math.fsum(j.alpha for j in judgements)
+        if spent > alpha * (1.0 + _ALPHA_TOLERANCE):
             raise ValueError(
-                f"judgement made at alpha={judgement.alpha:.3g} but check {k}/{total} "
+                f"judgements made at alpha={spent:.3g} in total but check {k}/{total} "
                 f"allots {alpha:.3g} per metric; use CanaryAnalysis.check or "
                 "judge(..., alpha=analysis.next_alpha)"
             )
         self._checks = k
         at = f"check {k}/{total} (alpha {alpha:.2g} per metric)"
-        outcome = judgement.verdict
-        if outcome is Verdict.FAIL:
+        failed = [j for j in judgements if j.verdict is Verdict.FAIL]
+        deciding = failed[0] if failed else judgement
+        outcome = deciding.verdict
+        which = "" if deciding is judgement else "recent window "
+        if failed:
             self._failures += 1
             self._consecutive += 1
         else:
@@ -223,22 +258,20 @@ class CanaryAnalysis:
         limit = config.consecutive_failure_limit
         if limit is not None and self._consecutive > limit:
             over.append(f"{self._consecutive} consecutive FAIL > consecutive_failure_limit {limit}")
-        if outcome is Verdict.FAIL and over:
+        if failed and over:
             decision = Decision.ROLLBACK
-            reason = f"ROLLBACK at {at}: {judgement.reason} [{'; '.join(over)}]"
+            reason = f"ROLLBACK at {at}: {which}{deciding.reason} [{'; '.join(over)}]"
         elif k >= total:
             if outcome is Verdict.PASS:
                 decision = Decision.PASSED
-                reason = f"PASSED after {at}: {judgement.reason}"
+                reason = f"PASSED after {at}: {deciding.reason}"
             else:
                 decision = Decision.INCONCLUSIVE
-                reason = f"INCONCLUSIVE after {at}, last verdict not PASS: {judgement.reason}"
+                reason = f"INCONCLUSIVE after {at}, last verdict not PASS: {which}{deciding.reason}"
         else:
             decision = Decision.CONTINUE
-            tolerated = (
-                f" [FAIL {self._failures} within failure limits]" if outcome is Verdict.FAIL else ""
-            )
-            reason = f"CONTINUE at {at}: {judgement.reason}{tolerated}"
+            tolerated = f" [FAIL {self._failures} within failure limits]" if failed else ""
+            reason = f"CONTINUE at {at}: {which}{deciding.reason}{tolerated}"
         self._last = AnalysisDecision(
             decision=decision,
             check=k,
@@ -248,6 +281,7 @@ class CanaryAnalysis:
             failures=self._failures,
             consecutive_failures=self._consecutive,
             reason=reason,
-            judgement=judgement,
+            judgement=deciding,
+            judgements=judgements,
         )
         return self._last
