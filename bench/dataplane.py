@@ -59,6 +59,8 @@ SCENARIOS: dict[str, str] = {
     SHADOW_DEAD: "(e) shadow dead",
 }
 SIDECAR_SCENARIOS = (SIDECAR, SHADOW_SLOW, SHADOW_DEAD)
+# Servers run without OTEL_* variables: no trace export to a collector that is not there.
+CHILD_ENV = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
 FOREIGN_WARN_CORES = 0.15  # other processes' CPU during a run above which we say so
 RETRY_FOREIGN_CORES = 0.10  # ... above which the run is repeated (within the budget)
 RETRY_PEAK_CORES = 0.50  # ... or in any 0.25 s of the run
@@ -116,6 +118,7 @@ class Procs:
             with log.open("wb") as out:
                 popen = subprocess.Popen(
                     argv,
+                    env=CHILD_ENV,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -773,6 +776,7 @@ def run(cfg: Settings, out_path: Path) -> int:
                 "cpus": {role: sorted(c) for role, c in bench.cpus.items()},
                 "statistics": "rps and CPU: median over reps; p50/p99: pooled samples of all reps",
                 "request": "ModelInfer 'classifier', one FP64 input [1,4], typed contents",
+                "sidecar_environment": "OTEL_* variables removed: spans recorded, not exported",
             },
             "machine": machine_info(),
             "runtime_s": round(runtime, 1),

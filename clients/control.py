@@ -7,6 +7,10 @@
         state = control.set_weights({"stable": 9500, "canary": 500}, reason="canary 5%",
                                     expected_revision=state.revision)
 
+Rollouts: `start_rollout` (the server's default plan, or a `RolloutPlan`), `pause_rollout`,
+`resume_rollout`, `abort_rollout`, `get_rollout` (print it with `render_rollout`), and
+`run_drill` to rehearse an automatic rollback.
+
 Every call carries `authorization: Bearer <token>` when a token is set. Server refusals and
 transport failures are raised as `ControlError(code, message)` (code is the gRPC status
 name, e.g. "ABORTED" for a stale `expected_revision`). The `render_*` / `*_to_dict`
@@ -16,6 +20,7 @@ helpers are pure and format protos for people (tables) and for scripts (JSON-rea
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,16 +34,24 @@ from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
 
 __all__ = [
+    "ACTIVE_PHASES",
     "UNREACHABLE_CODES",
     "ControlClient",
     "ControlError",
     "StateWatch",
     "audit_entry_to_dict",
+    "drill_to_dict",
     "format_percent",
+    "gate_status_name",
+    "progress_bar",
     "render_audit",
+    "render_drill",
+    "render_rollout",
     "render_shadow",
     "render_state",
+    "rollout_to_dict",
     "shadow_to_dict",
+    "stage_kind_name",
     "state_to_dict",
 ]
 
@@ -267,6 +280,48 @@ class ControlClient:
         request = cpb.RollbackRequest(reason=reason, expected_revision=expected_revision)
         return self._unary(self._stub.Rollback, request, cpb.State)
 
+    # -- rollouts (each write returns the Rollout after it) --------------------------------
+
+    def get_rollout(self) -> cpb.Rollout:
+        """The plan, the current stage, its gates with their current values, and progress."""
+        return self._unary(self._stub.GetRollout, cpb.GetRolloutRequest(), cpb.Rollout)
+
+    def start_rollout(
+        self,
+        *,
+        reason: str,
+        plan: cpb.RolloutPlan | None = None,
+        force: bool = False,
+        expected_revision: int = 0,
+    ) -> cpb.Rollout:
+        """Start a plan (None: the server's default plan); `force` allows skipping stages."""
+        request = cpb.StartRolloutRequest(
+            reason=reason, expected_revision=expected_revision, force=force
+        )
+        if plan is not None:
+            request.plan.CopyFrom(plan)
+        return self._unary(self._stub.StartRollout, request, cpb.Rollout)
+
+    def pause_rollout(self, *, reason: str, expected_revision: int = 0) -> cpb.Rollout:
+        """Hold at the current stage (paused time does not count towards its minimum)."""
+        request = cpb.PauseRolloutRequest(reason=reason, expected_revision=expected_revision)
+        return self._unary(self._stub.PauseRollout, request, cpb.Rollout)
+
+    def resume_rollout(self, *, reason: str, expected_revision: int = 0) -> cpb.Rollout:
+        """Continue a paused rollout from its current stage."""
+        request = cpb.ResumeRolloutRequest(reason=reason, expected_revision=expected_revision)
+        return self._unary(self._stub.ResumeRollout, request, cpb.Rollout)
+
+    def abort_rollout(self, *, reason: str, expected_revision: int = 0) -> cpb.Rollout:
+        """Stop the plan and send all traffic to stable (the Rollback path)."""
+        request = cpb.AbortRolloutRequest(reason=reason, expected_revision=expected_revision)
+        return self._unary(self._stub.AbortRollout, request, cpb.Rollout)
+
+    def run_drill(self, *, reason: str) -> cpb.DrillReport:
+        """Rehearse an automatic rollback end to end; the state is restored afterwards."""
+        request = cpb.RunDrillRequest(reason=reason)
+        return self._unary(self._stub.RunDrill, request, cpb.DrillReport)
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -379,6 +434,7 @@ def state_to_dict(state: cpb.State) -> dict[str, Any]:
         "segments": list(flag.segments),
         "shadow": shadow,
         "promotions": [_promotion_to_dict(p) for p in state.promotions],
+        "warnings": list(state.warnings),
     }
 
 
@@ -421,6 +477,7 @@ def render_state(state: cpb.State) -> str:
             "kill switch on until an operator writes a new state"
         )
     lines.append(_kill_switch_line(state))
+    lines.extend(f"WARNING: {_clean(warning)}" for warning in state.warnings)
     lines.append(
         f"model {_clean(state.model) or _NONE}   flag {_clean(flag.key) or _NONE}   "
         f"default {_clean(flag.default_variant) or _NONE}   revision {state.revision}"
@@ -643,3 +700,307 @@ def render_shadow(report: cpb.ShadowReport) -> str:
         ]
         lines.append(_table(["TIME", "REQUEST", "KEY", "PRIMARY", "DETAIL"], rows))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Rollouts and drills.
+# ---------------------------------------------------------------------------------------
+
+#: Phases in which a rollout plan is in progress; the others are final (or NONE: never ran).
+ACTIVE_PHASES = frozenset({"RUNNING", "PAUSED"})
+
+_STAGE_KINDS: dict[int, str] = {
+    cpb.STAGE_KIND_SHADOW: "shadow",
+    cpb.STAGE_KIND_CANARY: "canary",
+    cpb.STAGE_KIND_PROMOTE: "promote",
+}
+_GATE_STATUSES: dict[int, str] = {
+    cpb.GATE_PASS: "PASS",
+    cpb.GATE_FAIL: "FAIL",
+    cpb.GATE_WAIT: "WAIT",
+}
+_BAR_WIDTH = 20
+
+
+def stage_kind_name(kind: int) -> str:
+    """A stage kind as written in plan files: shadow, canary, promote ("unspecified" else)."""
+    return _STAGE_KINDS.get(kind, "unspecified")
+
+
+def gate_status_name(status: int) -> str:
+    """PASS, FAIL or WAIT ("UNSPECIFIED" for anything else)."""
+    return _GATE_STATUSES.get(status, "UNSPECIFIED")
+
+
+def _phase(rollout: cpb.Rollout) -> str:
+    return rollout.phase or "NONE"
+
+
+def _current_stage(rollout: cpb.Rollout) -> cpb.RolloutStage | None:
+    stages = rollout.plan.stages
+    return stages[rollout.stage_index] if 0 <= rollout.stage_index < len(stages) else None
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _stage_to_dict(stage: cpb.RolloutStage) -> dict[str, Any]:
+    return {
+        "name": stage.name,
+        "kind": stage_kind_name(stage.kind),
+        "canary_bp": stage.canary_bp,
+        "canary_percent": stage.canary_bp / 100,
+        "min_duration_seconds": stage.min_duration_seconds,
+        "min_samples": stage.min_samples,
+    }
+
+
+def rollout_to_dict(rollout: cpb.Rollout) -> dict[str, Any]:
+    """The rollout as JSON-ready data (kinds as in plan files, gate statuses PASS/FAIL/WAIT)."""
+    phase = _phase(rollout)
+    stage = _current_stage(rollout)
+    return {
+        "phase": phase,
+        "active": phase in ACTIVE_PHASES,
+        "revision": rollout.revision,
+        "stage_index": rollout.stage_index,
+        "stage_name": rollout.stage_name or None,
+        "stage_kind": stage_kind_name(stage.kind) if stage is not None else None,
+        "started_at": _iso(rollout.started_unix_time),
+        "started_unix_time": rollout.started_unix_time,
+        "stage_started_at": _iso(rollout.stage_started_unix_time),
+        "stage_started_unix_time": rollout.stage_started_unix_time,
+        "stage_elapsed_seconds": rollout.stage_elapsed_seconds,
+        "stage_min_duration_seconds": stage.min_duration_seconds if stage is not None else None,
+        "stage_samples": rollout.stage_samples,
+        "stage_min_samples": stage.min_samples if stage is not None else None,
+        "plan": [_stage_to_dict(s) for s in rollout.plan.stages],
+        "gates": [
+            {
+                "name": g.name,
+                "status": gate_status_name(g.status),
+                "value": _finite(g.value),
+                "threshold": _finite(g.threshold),
+                "detail": g.detail,
+            }
+            for g in rollout.gates
+        ],
+        "verdict": rollout.verdict,
+        "message": rollout.message,
+        "baseline": {
+            "requests": rollout.baseline_requests,
+            "error_rate": rollout.baseline_error_rate,
+            "p50_seconds": rollout.baseline_p50_seconds,
+            "p95_seconds": rollout.baseline_p95_seconds,
+        },
+    }
+
+
+def progress_bar(done: float, target: float, width: int = _BAR_WIDTH) -> str:
+    """`[########------------]  40%`: done / target, floored (100% only once reached), capped."""
+    fraction = 1.0 if target <= 0 else min(max(done / target, 0.0), 1.0)
+    if not math.isfinite(fraction):
+        fraction = 0.0
+    filled = math.floor(fraction * width)
+    percent = math.floor(fraction * 100)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {percent:>3}%"
+
+
+def _duration(seconds: float) -> str:
+    """A human span: 45s, 6m05s, 2h03m."""
+    total = max(0, int(seconds))
+    if total < 60:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _number(value: float) -> str:
+    if not math.isfinite(value):
+        return _NONE
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _stage_detail(stage: cpb.RolloutStage) -> str:
+    if stage.kind == cpb.STAGE_KIND_CANARY:
+        return f" ({stage.canary_bp} bp)"
+    if stage.kind == cpb.STAGE_KIND_SHADOW:
+        return " (mirror only, 0 bp served)"
+    return ""
+
+
+def _ladder(rollout: cpb.Rollout, phase: str) -> str:
+    """`✓ shadow  ▶ canary-25% (2500 bp)  · canary-50%  · promote`; ✗ marks where it ended."""
+    parts = []
+    for i, stage in enumerate(rollout.plan.stages):
+        current = i == rollout.stage_index and phase != "SUCCEEDED"
+        if phase == "SUCCEEDED" or i < rollout.stage_index:
+            mark = "✓"
+        elif current:
+            mark = "▶" if phase in ACTIVE_PHASES else "✗"
+        else:
+            mark = "·"
+        parts.append(f"{mark} {_clean(stage.name)}{_stage_detail(stage) if current else ''}")
+    return "  ".join(parts) or "(empty plan)"
+
+
+def _what_stage_does(stage: cpb.RolloutStage) -> str:
+    if stage.kind == cpb.STAGE_KIND_CANARY:
+        return f"the canary serves {format_percent(stage.canary_bp)} ({stage.canary_bp} bp)"
+    if stage.kind == cpb.STAGE_KIND_SHADOW:
+        return "the canary gets mirrored copies as a shadow and serves 0%"
+    if stage.kind == cpb.STAGE_KIND_PROMOTE:
+        return "the canary is being promoted to stable"
+    return "unknown stage kind"
+
+
+def _headline(rollout: cpb.Rollout, phase: str, stage: cpb.RolloutStage | None) -> str:
+    count = len(rollout.plan.stages)
+    at = (
+        f"stage {rollout.stage_index + 1} of {count}, {_clean(stage.name)}"
+        if stage is not None
+        else f"the end of its {count} stages"
+    )
+    if phase == "RUNNING":
+        return f"rollout RUNNING at {at}: " + (
+            _what_stage_does(stage) if stage is not None else "finishing"
+        )
+    if phase == "PAUSED":
+        return (
+            f"rollout PAUSED at {at}: traffic held as it is, stage time stopped; "
+            "`sidecarctl rollout resume` continues"
+        )
+    if phase == "SUCCEEDED":
+        return f"rollout SUCCEEDED: all {count} stages done"
+    if phase == "ROLLED_BACK":
+        return f"rollout ROLLED BACK at {at}: all traffic went to stable"
+    if phase == "ABORTED":
+        return f"rollout ABORTED at {at}: all traffic went to stable"
+    return f"rollout {_clean(phase)} at {at}"
+
+
+def _progress_lines(rollout: cpb.Rollout, stage: cpb.RolloutStage, paused: bool) -> list[str]:
+    elapsed = rollout.stage_elapsed_seconds
+    need_time = stage.min_duration_seconds
+    if need_time > 0:
+        time_line = (
+            f"{'time':<8}{progress_bar(elapsed, need_time)}  {elapsed:.0f}s / {need_time:.0f}s"
+        )
+    else:
+        time_line = f"{'time':<8}{elapsed:.0f}s (no minimum)"
+    if paused:
+        time_line += "  (paused: not counting)"
+    samples = rollout.stage_samples
+    need = stage.min_samples
+    unit = {cpb.STAGE_KIND_SHADOW: " comparisons", cpb.STAGE_KIND_CANARY: " canary requests"}
+    if need > 0:
+        samples_line = (
+            f"{'samples':<8}{progress_bar(samples, need)}  {samples} / {need}"
+            f"{unit.get(stage.kind, '')}"
+        )
+    else:
+        samples_line = f"{'samples':<8}{samples} (no minimum)"
+    return [time_line, samples_line]
+
+
+def _gate_table(gates: Sequence[cpb.Gate]) -> str:
+    if not gates:
+        return "gates: none evaluated yet (reported on the health checker's next check)"
+    rows = [
+        [
+            g.name or _NONE,
+            gate_status_name(g.status),
+            _number(g.value),
+            _number(g.threshold),
+            g.detail or _NONE,
+        ]
+        for g in gates
+    ]
+    return _table(["GATE", "STATUS", "VALUE", "THRESHOLD", "DETAIL"], rows, right=(2, 3))
+
+
+def _baseline_line(rollout: cpb.Rollout) -> str:
+    head = "stable baseline (before canary traffic):"
+    if rollout.baseline_requests <= 0:
+        return f"{head} no stable requests recorded"
+    return (
+        f"{head} error rate {rollout.baseline_error_rate * 100:.2f}%, "
+        f"p50 {_ms(rollout.baseline_p50_seconds)}, p95 {_ms(rollout.baseline_p95_seconds)}, "
+        f"over {rollout.baseline_requests} requests"
+    )
+
+
+def render_rollout(rollout: cpb.Rollout, now: float | None = None) -> str:
+    """What an operator watches: the phase, the plan as a ladder with the current stage
+    marked, the stage's time and sample progress bars and its gates, the last verdict, the
+    stable baseline and the last message. `now` (unix time) adds how long ago it started."""
+    phase = _phase(rollout)
+    if phase == "NONE":
+        lines = ["no rollout has run"]
+        if rollout.verdict:
+            lines.append(f"last verdict: {_clean(rollout.verdict)}")
+        return "\n".join(lines)
+    stage = _current_stage(rollout)
+    started = f"started {_when(rollout.started_unix_time)}"
+    if now is not None and rollout.started_unix_time > 0:
+        started += f" ({_duration(now - rollout.started_unix_time)} ago)"
+    lines = [
+        _headline(rollout, phase, stage),
+        f"{started}   revision {rollout.revision}",
+        f"plan: {_ladder(rollout, phase)}",
+    ]
+    if phase in ACTIVE_PHASES and stage is not None:
+        lines.append("")
+        lines.extend(_progress_lines(rollout, stage, paused=phase == "PAUSED"))
+        lines.append("")
+        lines.append(_gate_table(rollout.gates))
+    lines.append("")
+    lines.append(f"last verdict: {_clean(rollout.verdict) or 'none yet'}")
+    lines.append(_baseline_line(rollout))
+    if rollout.message:
+        lines.append(f'message: "{_clean(rollout.message)}"')
+    return "\n".join(lines)
+
+
+def drill_to_dict(report: cpb.DrillReport) -> dict[str, Any]:
+    """The drill report as JSON-ready data."""
+    return {
+        "rolled_back": report.rolled_back,
+        "detection_seconds": report.detection_seconds,
+        "revert_seconds": report.revert_seconds,
+        "verdict_reason": report.verdict_reason,
+        "restored_revision": report.restored_revision,
+    }
+
+
+def _seconds(seconds: float) -> str:
+    return _ms(seconds) if seconds < 1 else f"{seconds:.2f} s"
+
+
+def render_drill(report: cpb.DrillReport) -> str:
+    """The drill's outcome: rolled back or not, detection and revert times, the verdict."""
+    if report.rolled_back:
+        head = "drill PASSED: the failing canary got a rollback verdict and the Rollback path ran"
+        revert = _seconds(report.revert_seconds)
+    else:
+        head = (
+            "drill FAILED: NO automatic rollback: the health checker did not reach a rollback "
+            "verdict on a failing canary"
+        )
+        revert = "n/a"
+    return "\n".join(
+        [
+            head,
+            f"detection  {_seconds(report.detection_seconds)}  (injected failure -> verdict)",
+            f"revert     {revert}  (verdict -> all traffic on stable)",
+            f"verdict    {_clean(report.verdict_reason) or _NONE}",
+            f"state restored as revision {report.restored_revision} "
+            "(the routing from before the drill)",
+        ]
+    )

@@ -8,20 +8,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
+
 from clients.control import (
+    ACTIVE_PHASES,
     ControlClient,
     ControlError,
     audit_entry_to_dict,
+    drill_to_dict,
     render_audit,
+    render_drill,
+    render_rollout,
     render_shadow,
     render_state,
+    rollout_to_dict,
     shadow_to_dict,
     state_to_dict,
 )
@@ -43,7 +55,8 @@ _Formatter = argparse.RawDescriptionHelpFormatter
 DESCRIPTION = """\
 Operate a running rollout sidecar through its Control API: inspect the routing state, move
 traffic between the stable and canary model variants, pin users or segments to a variant,
-flip the kill switch, promote or roll back, and read the audit log and shadow comparison.
+flip the kill switch, promote or roll back, run a gated rollout plan (shadow, canary steps,
+promote) and rehearse an automatic rollback, and read the audit log and shadow comparison.
 
 Every write needs --reason (recorded in the audit log) and accepts --expect-revision N:
 the write is refused (exit 1, ABORTED) if the state is no longer at revision N, so two
@@ -66,7 +79,33 @@ examples:
   sidecarctl kill on --reason "canary error rate 4x stable"
   sidecarctl override set user-42 canary --reason "QA account sees the new model"
   sidecarctl promote --reason "canary healthy for 24h"
+  sidecarctl rollout start --reason "model v2" && sidecarctl rollout status --watch
+  sidecarctl drill --reason "quarterly rollback rehearsal"
   sidecarctl audit --limit 20"""
+
+PLAN_FORMAT = """\
+plan file (--plan): JSON (*.json) or YAML (anything else), a list of stages in order:
+  - name: shadow            # required, unique; shown by `rollout status`
+    kind: shadow            # required: shadow | canary | promote
+    min_duration: 600       # seconds the stage lasts at least (or "10m", "1h"); default 0
+    min_samples: 1000       # comparisons (shadow) or canary requests at least; default 0
+  - name: canary-5%
+    kind: canary
+    canary_percent: 5       # the canary's share; or canary_bp: 500 (10000 = 100%)
+    min_duration: 15m
+    min_samples: 500
+  - name: canary-25%
+    kind: canary
+    canary_bp: 2500
+    min_duration: 15m
+    min_samples: 2000
+  - name: promote           # the canary becomes stable (last stage, optional)
+    kind: promote
+Shadow stages come first, canary shares must increase, promote is last. The sidecar refuses
+(exit 1, FAILED_PRECONDITION) a plan that skips steps: no shadow stage while a shadow variant
+is configured, a first canary stage above 5%, or a step more than 5x the previous one;
+--force starts it anyway and records the skipped steps in the audit log. Without --plan the
+sidecar's default plan runs: shadow (if configured), 5%, 25%, 50%, 100%, promote."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,10 +188,170 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError("the interval must be a positive number of seconds")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
     return int(text)
+
+
+# -- plan files ----------------------------------------------------------------------------
+
+
+class PlanFileError(ValueError):
+    """The --plan file cannot be read or is not a well-formed list of stages (exit 2)."""
+
+
+_PLAN_KINDS = {
+    "shadow": cpb.STAGE_KIND_SHADOW,
+    "canary": cpb.STAGE_KIND_CANARY,
+    "promote": cpb.STAGE_KIND_PROMOTE,
+}
+_STAGE_FIELDS = ("name", "kind", "canary_percent", "canary_bp", "min_duration", "min_samples")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[hms])+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _plan_percent(value: object) -> int:
+    """canary_percent (a number, or text such as "5%") as basis points."""
+    text = str(value).strip().removesuffix("%") if isinstance(value, str) else None
+    if not _is_number(value) and text is None:
+        raise ValueError("must be a number from 0 to 100, e.g. 5 or 0.5")
+    try:
+        percent = Decimal(text if text is not None else repr(value))
+    except InvalidOperation:
+        percent = Decimal("NaN")
+    bp = percent * 100 if percent.is_finite() else percent
+    if not bp.is_finite() or bp != bp.to_integral_value() or not 0 <= bp <= MAX_BP:
+        raise ValueError(f"must be a number from 0 to 100 with at most 2 decimals, got {value!r}")
+    return int(bp)
+
+
+def _plan_bp(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_BP:
+        raise ValueError(f"must be a whole number of basis points from 0 to 10000, got {value!r}")
+    return value
+
+
+def _plan_duration(value: object) -> float:
+    """min_duration: seconds as a number, or text such as "900", "15m", "1h30m", "90s"."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be seconds (e.g. 900), got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION.fullmatch(value.strip()):
+        parts = _DURATION_PART.findall(value.strip())
+        seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in parts)
+    elif isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+        seconds = float(value)
+    else:
+        raise ValueError(f'must be seconds (e.g. 900) or a duration such as "15m", got {value!r}')
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"must be 0 or more seconds, got {value!r}")
+    return seconds
+
+
+def _plan_samples(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _plan_stage(item: object, where: str) -> cpb.RolloutStage:
+    if not isinstance(item, Mapping):
+        raise PlanFileError(f"{where}: must be a mapping with at least name and kind")
+    for key in item:
+        if key not in _STAGE_FIELDS:
+            raise PlanFileError(
+                f"{where}: unknown field {key!r} (fields: {', '.join(_STAGE_FIELDS)})"
+            )
+    name = item.get("name")
+    if isinstance(name, str) and name.strip():
+        where = f"{where} ({name!r})"
+    elif "name" in item:
+        raise PlanFileError(f"{where}: field name: must be non-empty text, got {name!r}")
+    else:
+        raise PlanFileError(f"{where}: field name: missing")
+    kind = item.get("kind")
+    if "kind" not in item:
+        raise PlanFileError(f"{where}: field kind: missing (shadow, canary or promote)")
+    if not isinstance(kind, str) or kind.strip().lower() not in _PLAN_KINDS:
+        raise PlanFileError(f"{where}: field kind: must be shadow, canary or promote, got {kind!r}")
+    stage = cpb.RolloutStage(name=name, kind=_PLAN_KINDS[kind.strip().lower()])
+    if "canary_percent" in item and "canary_bp" in item:
+        raise PlanFileError(f"{where}: fields canary_percent and canary_bp: give one, not both")
+    parsers: list[tuple[str, Callable[[object], Any], str]] = [
+        ("canary_percent", _plan_percent, "canary_bp"),
+        ("canary_bp", _plan_bp, "canary_bp"),
+        ("min_duration", _plan_duration, "min_duration_seconds"),
+        ("min_samples", _plan_samples, "min_samples"),
+    ]
+    for key, parse, attribute in parsers:
+        if key in item:
+            try:
+                setattr(stage, attribute, parse(item[key]))
+            except ValueError as exc:
+                raise PlanFileError(f"{where}: field {key}: {exc}") from None
+    if stage.kind == cpb.STAGE_KIND_CANARY and not (
+        "canary_percent" in item or "canary_bp" in item
+    ):
+        raise PlanFileError(
+            f"{where}: field canary_percent: missing (a canary stage needs canary_percent or "
+            "canary_bp)"
+        )
+    return stage
+
+
+def parse_plan(data: object, source: str = "plan") -> cpb.RolloutPlan:
+    """A loaded plan document (a list of stages, or {stages: [...]}) as a RolloutPlan.
+
+    Checks the syntax only (fields, types, ranges); whether the plan is sound (order,
+    increasing shares, skipped steps) is the sidecar's call. Raises PlanFileError naming
+    the stage and the field.
+    """
+    if isinstance(data, Mapping) and set(data) == {"stages"}:
+        data = data["stages"]
+    if not isinstance(data, list) or not data:
+        raise PlanFileError(
+            f"{source}: expected a non-empty list of stages (see `sidecarctl rollout start "
+            f"--help`), got {type(data).__name__}"
+        )
+    return cpb.RolloutPlan(
+        stages=[_plan_stage(item, f"{source}: stage {i + 1}") for i, item in enumerate(data)]
+    )
+
+
+def load_plan(path: str) -> cpb.RolloutPlan:
+    """Read a plan file: JSON when the name ends in .json, YAML otherwise."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanFileError(f"cannot read --plan {path}: {exc}") from None
+    if path.lower().endswith(".json"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise PlanFileError(f"{path}: not valid JSON: {exc}") from None
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except (yaml.YAMLError, ValueError) as exc:
+            raise PlanFileError(f"{path}: not valid YAML: {exc}") from None
+    return parse_plan(data, source=path)
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -251,16 +450,23 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         name: str,
         help_text: str,
         description: str,
-        example: str,
+        example: str | Sequence[str],
         *,
         writes: bool = False,
         sub: argparse._SubParsersAction[_Parser] = commands,
+        notes: str = "",
     ) -> _Parser:
+        examples = [example] if isinstance(example, str) else list(example)
+        epilog = ("example:" if len(examples) == 1 else "examples:") + "".join(
+            f"\n  {e}" for e in examples
+        )
+        if notes:
+            epilog += f"\n\n{notes}"
         created = sub.add_parser(
             name,
             help=help_text,
             description=description,
-            epilog=f"example:\n  {example}",
+            epilog=epilog,
             formatter_class=_Formatter,
             parents=[write, common] if writes else [common],
         )
@@ -422,6 +628,134 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         "sidecarctl shadow --output json",
     )
     p.set_defaults(handler=cmd_shadow)
+
+    p = command(
+        "rollout",
+        "run a gated rollout plan: shadow, canary steps, promote",
+        "A rollout plan moves traffic to the canary variant in stages and advances only through\n"
+        "gates: each stage lasts at least its minimum time and number of samples, and its gates\n"
+        "(the health verdict against stable; for shadow stages agreement, latency and errors)\n"
+        "must pass. A failing gate rolls back automatically: all traffic to stable. The default\n"
+        "plan: shadow (the canary gets mirrored copies and serves 0%), then 5%, 25%, 50% and\n"
+        "100% of traffic, then promote (the canary becomes stable; the old stable stays warm as\n"
+        "the rollback target). Actions: start, pause, resume, abort, status.",
+        [
+            'sidecarctl rollout start --reason "iris v2"',
+            "sidecarctl rollout status --watch",
+            'sidecarctl rollout pause --reason "investigating p95 spike"',
+            'sidecarctl rollout abort --reason "accuracy regression in offline eval"',
+        ],
+    )
+    rollout = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = command(
+        "start",
+        "start a rollout plan (the sidecar's default plan, or --plan FILE)",
+        "Start a rollout. Traffic: at once all traffic goes to the stable variant (any canary\n"
+        "weight is reset to 0); then each stage sets the canary's share (a shadow stage mirrors\n"
+        "copies of requests to it and serves 0%), and the plan moves on only when the stage's\n"
+        "minimum time and samples are reached and all its gates pass. A failing gate rolls back\n"
+        "to stable automatically; the promote stage makes the canary the new stable.\n"
+        "Refused (exit 1, FAILED_PRECONDITION) when the stable variant is not ready, no canary\n"
+        "is configured, the kill switch is on, a rollout is already running, or the plan skips\n"
+        "steps (unless --force). Follow it with `sidecarctl rollout status --watch`.",
+        [
+            'sidecarctl rollout start --reason "iris v2"',
+            'sidecarctl rollout start --plan plan.yaml --reason "iris v2" --expect-revision 12',
+            'sidecarctl rollout start --plan fast.json --force --reason "hotfix (INC-123)"',
+        ],
+        writes=True,
+        sub=rollout,
+        notes=PLAN_FORMAT,
+    )
+    p.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="the stages to run, JSON or YAML (format below; default: the sidecar's plan)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start a plan that skips steps anyway (the skipped steps are audited)",
+    )
+    p.set_defaults(handler=cmd_rollout_start)
+    p = command(
+        "pause",
+        "hold the rollout at its current stage",
+        "Hold the rollout at its current stage: the traffic split stays as it is and the plan\n"
+        "does not advance; paused time does not count towards the stage's minimum duration.\n"
+        "The health checker still rolls back automatically if the canary fails.\n"
+        "`sidecarctl rollout resume` continues.",
+        'sidecarctl rollout pause --reason "investigating p95 spike"',
+        writes=True,
+        sub=rollout,
+    )
+    p.set_defaults(handler=cmd_rollout_pause)
+    p = command(
+        "resume",
+        "continue a paused rollout",
+        "Continue a paused rollout at the stage where it was paused, with the same traffic\n"
+        "split; the stage's time counts again from where it stopped.",
+        'sidecarctl rollout resume --reason "p95 spike was the load test"',
+        writes=True,
+        sub=rollout,
+    )
+    p.set_defaults(handler=cmd_rollout_resume)
+    p = command(
+        "abort",
+        "stop the rollout and send all traffic to stable",
+        "Stop the plan (phase ABORTED) and send all traffic to the stable variant at once, as\n"
+        "`sidecarctl rollback` does. Start a new rollout to try again.",
+        'sidecarctl rollout abort --reason "accuracy regression in offline eval"',
+        writes=True,
+        sub=rollout,
+    )
+    p.set_defaults(handler=cmd_rollout_abort)
+    p = command(
+        "status",
+        "show the rollout: plan, current stage, progress and gates",
+        "Show the rollout: its phase, the plan as a ladder with the current stage marked, the\n"
+        "stage's progress (time and samples against its minimums), its gates (PASS / FAIL /\n"
+        "WAIT with value and threshold), the last health verdict and stable's baseline.\n"
+        "Read-only. --watch polls every --interval seconds until Ctrl-C or until the rollout\n"
+        "ends (SUCCEEDED, ROLLED_BACK or ABORTED), then exits 0: read the final phase from the\n"
+        "output.",
+        "sidecarctl rollout status --watch --interval 5",
+        sub=rollout,
+    )
+    p.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="poll and print again until Ctrl-C or the rollout ends (json: one object per line)",
+    )
+    p.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=_interval,
+        default=2.0,
+        help="seconds between polls with --watch (default: 2)",
+    )
+    p.set_defaults(handler=cmd_rollout_status)
+
+    p = command(
+        "drill",
+        "rehearse an automatic rollback end to end (the state is restored after)",
+        "Rehearse an automatic rollback: the health checker is shown a failing canary\n"
+        "(synthetic observations; the model servers are not touched), then the real verdict and\n"
+        "the real Rollback path run, and the routing state is restored as a new revision.\n"
+        "Traffic: for a moment all traffic goes to stable (a canary without traffic first gets\n"
+        "1%). Needs a canary variant and the kill switch off; every step is audited. Prints how\n"
+        "long detection and the revert took and the verdict; `drill FAILED` means no automatic\n"
+        "rollback happened.",
+        'sidecarctl drill --reason "quarterly rollback rehearsal"',
+    )
+    p.add_argument(
+        "--reason",
+        required=True,
+        type=_reason,
+        help="why (required; recorded in the audit log with your identity)",
+    )
+    p.set_defaults(handler=cmd_drill)
     return parser
 
 
@@ -450,6 +784,12 @@ class Console:
         else:
             self.out(render_state(state))
 
+    def rollout(self, rollout: cpb.Rollout, *, compact: bool = False) -> None:
+        if self.json_mode:
+            self.data(rollout_to_dict(rollout), compact=compact)
+        else:
+            self.out(render_rollout(rollout, now=time.time()))
+
 
 Handler = Callable[[ControlClient, argparse.Namespace, Console], int]
 
@@ -461,6 +801,7 @@ def cmd_status(client: ControlClient, args: argparse.Namespace, console: Console
     if not args.watch:
         console.state(client.get_state())
         return EXIT_OK
+    ask_rollout = True
     with client.watch_state() as watch:
         try:
             first = True
@@ -471,9 +812,26 @@ def cmd_status(client: ControlClient, args: argparse.Namespace, console: Console
                     console.out(f"=== revision {state.revision} ===")
                 first = False
                 console.state(state, compact=True)
+                if ask_rollout and not console.json_mode:
+                    ask_rollout = _show_active_rollout(client, console)
         except KeyboardInterrupt:
             watch.cancel()
     return EXIT_OK
+
+
+def _show_active_rollout(client: ControlClient, console: Console) -> bool:
+    """Print the rollout under the state when one is RUNNING or PAUSED; False when the
+    sidecar has no rollout API (UNIMPLEMENTED), so the caller stops asking."""
+    try:
+        rollout = client.get_rollout()
+    except ControlError as exc:
+        if exc.code == "UNIMPLEMENTED":
+            return False
+        raise
+    if rollout.phase in ACTIVE_PHASES:
+        console.out("")
+        console.rollout(rollout)
+    return True
 
 
 def _write(
@@ -487,12 +845,124 @@ def _write(
     before = args.expect_revision or client.get_state().revision
     state = call()
     console.state(state)
-    summary = f"{what}: revision {before} -> {state.revision}"
+    _summary(console, f"{what}: revision {before} -> {state.revision}")
+    return EXIT_OK
+
+
+def _summary(console: Console, summary: str) -> None:
     if console.json_mode:
         console.err(summary)  # stdout stays one JSON document
     else:
         console.out("")
         console.out(summary)
+
+
+def _rollout_write(
+    client: ControlClient,
+    args: argparse.Namespace,
+    console: Console,
+    what: str,
+    call: Callable[[], cpb.Rollout],
+) -> int:
+    """A rollout verb: print the rollout it returns, then "rollout WHAT: revision A -> B"."""
+    before = args.expect_revision or client.get_state().revision
+    rollout = call()
+    console.rollout(rollout)
+    _summary(console, f"rollout {what}: revision {before} -> {rollout.revision}")
+    return EXIT_OK
+
+
+def cmd_rollout_start(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+    plan: cpb.RolloutPlan | None = None
+    if args.plan is not None:
+        try:
+            plan = load_plan(args.plan)
+        except PlanFileError as exc:
+            console.err(f"sidecarctl rollout start: error: {exc}")
+            return EXIT_USAGE
+    what = "started" + (" (FORCED: skipped steps are in the audit log)" if args.force else "")
+    return _rollout_write(
+        client,
+        args,
+        console,
+        what,
+        lambda: client.start_rollout(
+            reason=args.reason,
+            plan=plan,
+            force=args.force,
+            expected_revision=args.expect_revision,
+        ),
+    )
+
+
+def cmd_rollout_pause(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+    return _rollout_write(
+        client,
+        args,
+        console,
+        "paused",
+        lambda: client.pause_rollout(reason=args.reason, expected_revision=args.expect_revision),
+    )
+
+
+def cmd_rollout_resume(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+    return _rollout_write(
+        client,
+        args,
+        console,
+        "resumed",
+        lambda: client.resume_rollout(reason=args.reason, expected_revision=args.expect_revision),
+    )
+
+
+def cmd_rollout_abort(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+    return _rollout_write(
+        client,
+        args,
+        console,
+        "aborted",
+        lambda: client.abort_rollout(reason=args.reason, expected_revision=args.expect_revision),
+    )
+
+
+_CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+def cmd_rollout_status(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+    if not args.watch:
+        console.rollout(client.get_rollout())
+        return EXIT_OK
+    # Poll until the rollout is no longer RUNNING/PAUSED (printing that final reading), or
+    # Ctrl-C. A terminal is redrawn in place; a pipe gets one block (json: line) per poll.
+    redraw = not console.json_mode and sys.stdout.isatty()
+    interval: float = args.interval
+    first = True
+    try:
+        while True:
+            rollout = client.get_rollout()
+            if not console.json_mode:
+                now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+                header = f"=== {now}  every {interval:g}s, Ctrl-C to stop ==="
+                if redraw:
+                    header = _CLEAR_SCREEN + header
+                elif not first:
+                    console.out("")
+                console.out(header)
+            first = False
+            console.rollout(rollout, compact=True)
+            if rollout.phase not in ACTIVE_PHASES:
+                return EXIT_OK
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_drill(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+    report = client.run_drill(reason=args.reason)
+    if console.json_mode:
+        console.data(drill_to_dict(report))
+    else:
+        console.out(render_drill(report))
     return EXIT_OK
 
 
