@@ -720,6 +720,7 @@ _GATE_STATUSES: dict[int, str] = {
     cpb.GATE_WAIT: "WAIT",
 }
 _BAR_WIDTH = 20
+_GATE_DETAIL_WIDTH = 100  # the table's DETAIL column; the full text is in the JSON output
 
 
 def stage_kind_name(kind: int) -> str:
@@ -909,6 +910,10 @@ def _progress_lines(rollout: cpb.Rollout, stage: cpb.RolloutStage, paused: bool)
     return [time_line, samples_line]
 
 
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
 def _gate_table(gates: Sequence[cpb.Gate]) -> str:
     if not gates:
         return "gates: none evaluated yet (reported on the health checker's next check)"
@@ -918,7 +923,7 @@ def _gate_table(gates: Sequence[cpb.Gate]) -> str:
             gate_status_name(g.status),
             _number(g.value),
             _number(g.threshold),
-            g.detail or _NONE,
+            _shorten(g.detail, _GATE_DETAIL_WIDTH) or _NONE,
         ]
         for g in gates
     ]
@@ -938,8 +943,9 @@ def _baseline_line(rollout: cpb.Rollout) -> str:
 
 def render_rollout(rollout: cpb.Rollout, now: float | None = None) -> str:
     """What an operator watches: the phase, the plan as a ladder with the current stage
-    marked, the stage's time and sample progress bars and its gates, the last verdict, the
-    stable baseline and the last message. `now` (unix time) adds how long ago it started."""
+    marked, the stage's time and sample progress bars and its gates (details shortened to
+    100 characters; `rollout_to_dict` has them whole), the last verdict, the stable baseline
+    and the last message. `now` (unix time) adds how long ago it started."""
     phase = _phase(rollout)
     if phase == "NONE":
         lines = ["no rollout has run"]

@@ -61,7 +61,7 @@ promote) and rehearse an automatic rollback, and read the audit log and shadow c
 Every write needs --reason (recorded in the audit log) and accepts --expect-revision N:
 the write is refused (exit 1, ABORTED) if the state is no longer at revision N, so two
 operators cannot overwrite each other's change unseen. Writes take effect from the next
-request and print the new state plus "revision A -> B".
+request and print the new state (rollout verbs: the rollout) plus "revision A -> B".
 
 Credentials: --token, else --token-file, else $SIDECARCTL_TOKEN (sent as a bearer token;
 never printed). Reads need a viewer token, writes an operator token. Prefer --token-file or
@@ -228,11 +228,14 @@ def _is_number(value: object) -> bool:
 
 def _plan_percent(value: object) -> int:
     """canary_percent (a number, or text such as "5%") as basis points."""
-    text = str(value).strip().removesuffix("%") if isinstance(value, str) else None
-    if not _is_number(value) and text is None:
-        raise ValueError("must be a number from 0 to 100, e.g. 5 or 0.5")
+    if isinstance(value, str):
+        text = value.strip().removesuffix("%")
+    elif _is_number(value):
+        text = repr(value)  # the shortest exact spelling: 0.1 -> "0.1"
+    else:
+        raise ValueError(f"must be a number from 0 to 100, e.g. 5 or 0.5, got {value!r}")
     try:
-        percent = Decimal(text if text is not None else repr(value))
+        percent = Decimal(text)
     except InvalidOperation:
         percent = Decimal("NaN")
     bp = percent * 100 if percent.is_finite() else percent
@@ -274,18 +277,18 @@ def _plan_samples(value: object) -> int:
 def _plan_stage(item: object, where: str) -> cpb.RolloutStage:
     if not isinstance(item, Mapping):
         raise PlanFileError(f"{where}: must be a mapping with at least name and kind")
+    name = item.get("name")
+    if isinstance(name, str) and name.strip():
+        where = f"{where} ({name!r})"
     for key in item:
         if key not in _STAGE_FIELDS:
             raise PlanFileError(
                 f"{where}: unknown field {key!r} (fields: {', '.join(_STAGE_FIELDS)})"
             )
-    name = item.get("name")
-    if isinstance(name, str) and name.strip():
-        where = f"{where} ({name!r})"
-    elif "name" in item:
-        raise PlanFileError(f"{where}: field name: must be non-empty text, got {name!r}")
-    else:
+    if "name" not in item:
         raise PlanFileError(f"{where}: field name: missing")
+    if not (isinstance(name, str) and name.strip()):
+        raise PlanFileError(f"{where}: field name: must be non-empty text, got {name!r}")
     kind = item.get("kind")
     if "kind" not in item:
         raise PlanFileError(f"{where}: field kind: missing (shadow, canary or promote)")
@@ -478,7 +481,8 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         "show the routing state (variants, weights, kill switch, rules, revision)",
         "Show the routing state in force: each variant with its role, weight and requests\n"
         "served, the kill switch, user overrides, segment rules, shadow settings and the\n"
-        "last change. Read-only.",
+        "last change. Read-only. With --watch, a RUNNING or PAUSED rollout's stage, progress\n"
+        "and gates are shown under each state (for a live view: `rollout status --watch`).",
         "sidecarctl status --watch",
     )
     p.add_argument(
@@ -880,7 +884,7 @@ def cmd_rollout_start(client: ControlClient, args: argparse.Namespace, console: 
         except PlanFileError as exc:
             console.err(f"sidecarctl rollout start: error: {exc}")
             return EXIT_USAGE
-    what = "started" + (" (FORCED: skipped steps are in the audit log)" if args.force else "")
+    what = "started" + (" with --force (any skipped steps are audited)" if args.force else "")
     return _rollout_write(
         client,
         args,

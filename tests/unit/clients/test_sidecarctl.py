@@ -1,8 +1,9 @@
 """The operator CLI (`sidecarctl`) and its client (`clients.control`) against a FAKE server.
 
 `FakeControl` is not the sidecar: it is an in-process `sidecar.v1.Control` servicer on
-127.0.0.1:0 that records each request with its metadata, answers canned `State`s and can be
-told to fail a method with a status. It pins the CLI's own behaviour (requests sent, output,
+127.0.0.1:0 that records each request with its metadata, answers canned `State`s (and canned
+`Rollout`s / `DrillReport`s for the rollout verbs) and can be told to fail a method with a
+status. It pins the CLI's own behaviour (requests sent, output,
 exit codes, credentials); the real servicer's semantics are tested elsewhere.
 """
 
@@ -88,6 +89,20 @@ def canned_state(revision: int = 7, *, kill_switch: bool = False) -> cpb.State:
     )
 
 
+def default_plan() -> cpb.RolloutPlan:
+    """The plan the FAKE answers for a StartRollout without one (shaped like the sidecar's)."""
+    return cpb.RolloutPlan(
+        stages=[
+            cpb.RolloutStage(name="shadow", kind=cpb.STAGE_KIND_SHADOW, min_duration_seconds=600, min_samples=1000),
+            cpb.RolloutStage(name="canary-5%", kind=cpb.STAGE_KIND_CANARY, canary_bp=500, min_duration_seconds=900, min_samples=500),
+            cpb.RolloutStage(name="canary-25%", kind=cpb.STAGE_KIND_CANARY, canary_bp=2500, min_duration_seconds=900, min_samples=2000),
+            cpb.RolloutStage(name="canary-50%", kind=cpb.STAGE_KIND_CANARY, canary_bp=5000, min_duration_seconds=1800, min_samples=5000),
+            cpb.RolloutStage(name="canary-100%", kind=cpb.STAGE_KIND_CANARY, canary_bp=10000, min_duration_seconds=1800, min_samples=5000),
+            cpb.RolloutStage(name="promote", kind=cpb.STAGE_KIND_PROMOTE),
+        ]
+    )  # fmt: skip
+
+
 @dataclass
 class RecordedCall:
     method: str
@@ -109,6 +124,11 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
     audit: list[cpb.AuditEntry] = field(default_factory=list)
     audit_max_page: int = 1000
     shadow: cpb.ShadowReport = field(default_factory=cpb.ShadowReport)
+    # GetRollout answers `rollout`; queued `rollout_polls` replace it one per call (the last
+    # one stays). Rollout writes answer `rollout` updated with the phase they set.
+    rollout: cpb.Rollout = field(default_factory=lambda: cpb.Rollout(phase="NONE"))
+    rollout_polls: list[cpb.Rollout] = field(default_factory=list)
+    drill: cpb.DrillReport = field(default_factory=cpb.DrillReport)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -185,6 +205,51 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
 
     def Rollback(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
         return self._write("Rollback", request, context)
+
+    def _rollout_write(
+        self, method: str, request: Message, context: grpc.ServicerContext, phase: str
+    ) -> cpb.Rollout:
+        self._write(method, request, context)  # records, may fail, bumps the revision
+        rollout = cpb.Rollout()
+        if isinstance(request, cpb.StartRolloutRequest):
+            rollout.plan.CopyFrom(request.plan if request.plan.stages else default_plan())
+            rollout.stage_name = rollout.plan.stages[0].name
+            rollout.started_unix_time = rollout.stage_started_unix_time = 1_700_000_000.0
+            rollout.message = "started"
+        else:
+            rollout.CopyFrom(self.rollout)
+            rollout.message = getattr(request, "reason", "")
+        rollout.phase = phase
+        rollout.revision = self.state.revision
+        self.rollout = rollout
+        return rollout
+
+    def StartRollout(self, request: Message, context: grpc.ServicerContext) -> cpb.Rollout:
+        return self._rollout_write("StartRollout", request, context, "RUNNING")
+
+    def PauseRollout(self, request: Message, context: grpc.ServicerContext) -> cpb.Rollout:
+        return self._rollout_write("PauseRollout", request, context, "PAUSED")
+
+    def ResumeRollout(self, request: Message, context: grpc.ServicerContext) -> cpb.Rollout:
+        return self._rollout_write("ResumeRollout", request, context, "RUNNING")
+
+    def AbortRollout(self, request: Message, context: grpc.ServicerContext) -> cpb.Rollout:
+        return self._rollout_write("AbortRollout", request, context, "ABORTED")
+
+    def GetRollout(
+        self, request: cpb.GetRolloutRequest, context: grpc.ServicerContext
+    ) -> cpb.Rollout:
+        self._record("GetRollout", request, context)
+        with self.lock:
+            if self.rollout_polls:
+                self.rollout = self.rollout_polls.pop(0)
+        return self.rollout
+
+    def RunDrill(
+        self, request: cpb.RunDrillRequest, context: grpc.ServicerContext
+    ) -> cpb.DrillReport:
+        self._record("RunDrill", request, context)
+        return self.drill
 
     def GetAuditLog(
         self, request: cpb.GetAuditLogRequest, context: grpc.ServicerContext
@@ -879,3 +944,28 @@ def test_render_audit_shows_unparseable_diff_raw() -> None:
     """An audit diff that is not JSON is shown as-is rather than failing."""
     entry = cpb.AuditEntry(method="Promote", reason="r", diff_json="not json", revision_after=2)
     assert "not json" in render_audit([entry])
+
+
+def test_render_state_shows_each_warning_on_its_own_line_near_the_top() -> None:
+    """Flag lifecycle warnings appear as `WARNING:` lines right under the kill switch line."""
+    state = canned_state()
+    state.warnings.extend(["canary at 100% for 3 days without promotion", "bell\x07"])
+    lines = render_state(state).splitlines()
+    assert lines[0] == "kill switch: off"
+    assert lines[1:3] == [
+        "WARNING: canary at 100% for 3 days without promotion",
+        "WARNING: bell\\x07",
+    ]
+    assert not any(line.startswith("WARNING") for line in render_state(canned_state()).splitlines())
+
+
+def test_state_to_dict_and_status_json_carry_warnings(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status -o json` lists the state's warnings (an empty list when there are none)."""
+    assert state_to_dict(canned_state())["warnings"] == []
+    fake.state.warnings.append("stale flag: canary held at 100% for 72h")
+    r = run(capsys, "status", "-o", "json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["warnings"] == ["stale flag: canary held at 100% for 72h"]
+    assert "WARNING: stale flag: canary held at 100% for 72h" in run(capsys, "status").out
