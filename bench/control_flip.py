@@ -104,7 +104,7 @@ async def measure(flips: int, sidecar: SidecarProcess) -> dict[str, Any]:
             try:
                 call = infer.ModelInfer(request, metadata=(("x-user-id", f"c{n}-{i}"),), timeout=5)
                 await call
-                variant = dict(await call.initial_metadata())["x-variant"]
+                variant = dict(await call.trailing_metadata())["x-variant"]
                 records.append((started, loop.time(), str(variant)))
             except grpc.aio.AioRpcError:
                 errors += 1

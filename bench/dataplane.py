@@ -64,6 +64,7 @@ CHILD_ENV = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
 FOREIGN_WARN_CORES = 0.15  # other processes' CPU during a run above which we say so
 RETRY_FOREIGN_CORES = 0.10  # ... above which the run is repeated (within the budget)
 RETRY_PEAK_CORES = 0.50  # ... or in any 0.25 s of the run
+DISTURBED_OK_SHARE = 0.10  # above this share of disturbed runs kept, the run is flagged
 QUIET_FOREIGN_CORES = 0.10  # "quiet" when waiting before a repeated run
 QUIET_WAIT_S = 10.0  # longest wait for a quiet moment before one repeated run
 RUN_OVERHEAD_S = 0.4  # per run, beyond warm-up and window: start, pipes, call counts
@@ -723,7 +724,15 @@ def run(cfg: Settings, out_path: Path) -> int:
                 if scen in bench.shadow_addr:
                     line += f", {calls['shadow'] / calls['requests']:.1%} mirrored to the shadow"
                 print(f"  {SCENARIOS[scen]:<20} {line}")
-        if foreign > FOREIGN_WARN_CORES:
+        n_runs = sum(s["reps"] for s in every)
+        quiet = n_disturbed <= DISTURBED_OK_SHARE * n_runs
+        if not quiet:
+            print(
+                f"\nWARNING: {n_disturbed} of {n_runs} kept runs were disturbed by other "
+                "processes (the time budget ran out for repeating them): the ratios of this run "
+                "are not trustworthy; run again on a quieter machine."
+            )
+        elif foreign > FOREIGN_WARN_CORES:
             print(
                 f"\nNOTE: other processes used up to {foreign:.2f} cores during a kept run "
                 f"({n_disturbed} kept run(s) disturbed): the machine was shared, figures are "
@@ -750,6 +759,7 @@ def run(cfg: Settings, out_path: Path) -> int:
             "max_foreign_cpu_cores": foreign,
             "retried_runs": bench.retries,
             "disturbed_runs_kept": n_disturbed,
+            "quiet_enough": quiet,
             "parameters": {
                 "reps": cfg.reps,
                 "open_reps": cfg.open_reps,

@@ -131,7 +131,7 @@ def test_front_door_reports_variant_in_response_metadata(
     tensor.contents.fp64_contents.extend(iris_x[0].tolist())
     for user, variant in (("qa-user", "canary"), ("user-3", None)):
         reply, call = stub.ModelInfer.with_call(request, metadata=(("x-user-id", user),))
-        md = dict(call.initial_metadata())
+        md = dict(call.trailing_metadata())
         assert md["x-variant"] in ("stable", "canary")
         if variant:
             assert md["x-variant"] == variant

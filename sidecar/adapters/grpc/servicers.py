@@ -105,7 +105,7 @@ class InferenceServicer:
                 await abort(context, exc)
                 raise
             annotate(span, served, segment)
-        await context.send_initial_metadata(
+        context.set_trailing_metadata(
             (("x-variant", served.resolution.variant), ("x-request-id", served.request_id))
         )
         response = served.response

@@ -83,10 +83,10 @@ def set_status(span: Span, status_name: str, message: str = "") -> None:
         span.set_status(Status(StatusCode.ERROR, f"{status_name}: {message}"[:256]))
 
 
-def inject(metadata: list[tuple[str, str]]) -> None:
-    """Append the current span's W3C trace context to outgoing metadata."""
+def inject(metadata: list[tuple[str, str]], span: Span | None = None) -> None:
+    """Append the W3C trace context of `span` (default: the current span) to metadata."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=trace.set_span_in_context(span) if span else None)
     metadata.extend(carrier.items())
 
 

@@ -76,15 +76,16 @@ class OipUpstream:
         CLIENT span whose W3C trace context the upstream receives."""
         request.model_name = self.spec.model_name
         request.model_version = self.spec.model_version
-        with self._tracer.start_as_current_span(
+        # A CLIENT span under the current (server or shadow) span; it is not made current,
+        # its context goes to the upstream explicitly.
+        span = self._tracer.start_span(
             "inference.GRPCInferenceService/ModelInfer",
             kind=SpanKind.CLIENT,
             attributes=self._span_attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        )
+        try:
             outgoing = list(metadata)
-            spans.inject(outgoing)
+            spans.inject(outgoing, span)
             try:
                 response: oip.ModelInferResponse = await self._infer(
                     request, timeout=timeout, metadata=outgoing
@@ -94,6 +95,8 @@ class OipUpstream:
                 spans.set_status(span, error.status, error.message)
                 raise error from None
             spans.set_status(span, "OK")
+        finally:
+            span.end()
         return response
 
     async def ready(self, *, timeout: float) -> bool:

@@ -21,6 +21,14 @@ cumulative since the stage start), provided each test's p-value is valid under H
 binomial tests are exact; Mann-Whitney's normal approximation is used far in its tail:
 see ``docs/canary.md`` for the simulated rate).
 
+Windows: judge the canary's and the baseline's windows **cumulative since the stage
+start** (:class:`~sidecar.core.canary.window.CumulativeWindows`): the most data, so the
+most power against a regression present from the start. A regression that begins late in
+a long stage is diluted in them, so :meth:`CanaryAnalysis.check` also takes optional
+``recent`` windows (e.g. the last 10 minutes, once the stage is older than that); the
+look's level is then split between the two judgements (``recent_share``, half by
+default), which keeps the union bound. ``docs/canary.md`` has the simulated figures.
+
 On top, ``failure_limit`` (Argo's ``failureLimit``: FAIL verdicts tolerated in total) and
 ``consecutive_failure_limit`` (FAILs tolerated in a row) can require repeated FAILs;
 both only lower the false-rollback rate, at the cost of slower detection. Defaults: roll

@@ -326,7 +326,12 @@ def _num(x: float) -> str:
 
 
 def _pct(rate: float) -> str:
-    return f"{100.0 * rate:.2f}%"
+    return f"{100.0 * rate:.2f}%" if rate == 0.0 or rate >= 0.001 else f"{100.0 * rate:.3f}%"
+
+
+def _p(p: float) -> str:
+    """``p=3e-9``, or ``p<1e-300`` when the p-value underflowed to 0."""
+    return "p<1e-300" if p == 0.0 else f"p={_fmt_p(p)}"
 
 
 def _ms(seconds: float) -> str:
@@ -411,19 +416,19 @@ def classify_rate(
         label = Classification.HIGH
         detail = (
             f"{versus} (ratio {_ratio(ratio)}{to} > {_num(max_ratio)}), "
-            f"p={_fmt_p(p_high)} < {_fmt_p(alpha)}"
+            f"{_p(p_high)} < {_fmt_p(alpha)}"
         )
     elif significant:
         label = Classification.PASS
         detail = (
             f"{versus} (ratio {_ratio(ratio)}{to} <= guard {_num(max_ratio)}), "
-            f"p={_fmt_p(p_high)} < {_fmt_p(alpha)} but within the guard"
+            f"{_p(p_high)} < {_fmt_p(alpha)} but within the guard"
         )
     else:
         label = Classification.PASS
         detail = (
             f"{versus} (ratio {_ratio(ratio)}{to}, guard {_num(max_ratio)}), "
-            f"p={_fmt_p(p_high)} >= {_fmt_p(alpha)}"
+            f"{_p(p_high)} >= {_fmt_p(alpha)}"
         )
         if c_rate < b_rate and ratio < 1.0 / max_ratio:
             p_low = conditional_binomial_p(
@@ -434,7 +439,7 @@ def classify_rate(
                 p_value = p_low
                 detail = (
                     f"{versus} (ratio {_ratio(ratio)}{to} < {1.0 / max_ratio:.3g}), "
-                    f"p={_fmt_p(p_low)} < {_fmt_p(alpha)}"
+                    f"{_p(p_low)} < {_fmt_p(alpha)}"
                 )
     return MetricResult(
         name=name,
@@ -497,16 +502,14 @@ def classify_latency(m: Measurement, config: JudgeConfig, alpha: float) -> Metri
             c50=f" > {_num(g50)}" if r50 > g50 else f" <= {_num(g50)}",
             c95=f" > {_num(g95)}" if r95 > g95 else f" <= {_num(g95)}",
         )
-        detail = f"{text}, Mann-Whitney p={_fmt_p(p_high)} < {_fmt_p(alpha)}"
+        detail = f"{text}, Mann-Whitney {_p(p_high)} < {_fmt_p(alpha)}"
     else:
         label = Classification.PASS
         text = quantiles.format(c50=f", guard {_num(g50)}", c95=f", guard {_num(g95)}")
         if p_high < alpha:
-            detail = (
-                f"{text}, Mann-Whitney p={_fmt_p(p_high)} < {_fmt_p(alpha)} but within the guards"
-            )
+            detail = f"{text}, Mann-Whitney {_p(p_high)} < {_fmt_p(alpha)} but within the guards"
         else:
-            detail = f"{text}, Mann-Whitney p={_fmt_p(p_high)} >= {_fmt_p(alpha)}"
+            detail = f"{text}, Mann-Whitney {_p(p_high)} >= {_fmt_p(alpha)}"
         if r50 < 1.0 / g50 or r95 < 1.0 / g95:
             p_low = mann_whitney_buckets(m.canary_latency, m.baseline_latency, "less").p_value
             if p_low < alpha:
@@ -516,7 +519,7 @@ def classify_latency(m: Measurement, config: JudgeConfig, alpha: float) -> Metri
                     c50=f" < {1.0 / g50:.3g}" if r50 < 1.0 / g50 else "",
                     c95=f" < {1.0 / g95:.3g}" if r95 < 1.0 / g95 else "",
                 )
-                detail = f"{text}, Mann-Whitney p={_fmt_p(p_low)} < {_fmt_p(alpha)} (faster)"
+                detail = f"{text}, Mann-Whitney {_p(p_low)} < {_fmt_p(alpha)} (faster)"
     return MetricResult(
         name=name,
         classification=label,

@@ -90,6 +90,35 @@ class _LatencySketch(LogCollapsingLowestDenseDDSketch):
     against ddsketch's own :meth:`merge`. Only non-negative values are ever added.
     """
 
+    def __init__(self, relative_accuracy: float, bin_limit: int) -> None:
+        super().__init__(relative_accuracy=relative_accuracy, bin_limit=bin_limit)
+        self._key_multiplier = self._mapping._multiplier
+        self._min_possible = self._mapping.min_possible
+
+    def add(self, val: float, weight: float = 1.0) -> None:
+        """ddsketch's ``add`` for the per-request path, with fewer temporary objects: the
+        same key (``ceil(log2(val) * multiplier)``, the mapping's offset being 0) and the
+        same store update when the key is inside the store's range (tested equal)."""
+        if val > self._min_possible:
+            key = math.ceil(math.log(val, 2) * self._key_multiplier)
+            store = self._store
+            if store.min_key <= key <= store.max_key:
+                store.bins[key - store.offset] += weight
+                store.count += weight
+            else:
+                store.add(key, weight)  # grows or collapses the range
+        elif val < 0.0:
+            super().add(val, weight)
+            return
+        else:
+            self._zero_count += weight
+        self._count += weight
+        self._sum += val * weight
+        if val < self._min:
+            self._min = val
+        if val > self._max:
+            self._max = val
+
     def _bins(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         store = self._store
         bins = np.asarray(store.bins, dtype=np.float64)
@@ -467,9 +496,10 @@ class _Ring:
 class RollingWindows:
     """Per-variant rings of fixed time buckets; read as merged :class:`VariantWindow`\\ s.
 
-    ``bucket_s`` seconds per bucket, ``horizon_s`` seconds kept (rounded up to whole
-    buckets). Memory is bounded whatever the traffic: at most ``max_variants`` rings of
-    ``ceil(horizon_s / bucket_s)`` bounded windows.
+    ``bucket_s`` seconds per bucket; ``horizon_s`` seconds of complete buckets kept
+    (rounded up to whole buckets), plus the bucket still filling. Memory is bounded
+    whatever the traffic: at most ``max_variants`` rings of ``ceil(horizon_s / bucket_s)
+    + 1`` bounded windows.
 
     :meth:`record` never raises: records it cannot place (a non-finite ``now``, a bucket
     already older than the horizon, a variant beyond ``max_variants``) are dropped and
@@ -494,11 +524,14 @@ class RollingWindows:
             raise ValueError(f"max_variants must be a positive int, got {max_variants!r}")
         VariantWindow(relative_accuracy, bin_limit)  # validates both
         self._bucket_s = float(bucket_s)
-        self._size = max(1, math.ceil(horizon_s / bucket_s - 1e-9))
+        self._complete = max(1, math.ceil(horizon_s / bucket_s - 1e-9))
+        self._size = self._complete + 1  # plus the bucket still filling
         self._relative_accuracy = float(relative_accuracy)
         self._bin_limit = bin_limit
         self._max_variants = max_variants
         self._rings: dict[str, _Ring] = {}
+        self._hot: dict[str, tuple[int, VariantWindow]] = {}
+        """Per variant, the bucket last recorded into (valid until ``_latest`` moves)."""
         self._latest: int | None = None
         self._dropped = 0
 
@@ -510,13 +543,14 @@ class RollingWindows:
 
     @property
     def buckets(self) -> int:
-        """Buckets kept per variant."""
-        return self._size
+        """Complete buckets always readable per variant: ``ceil(horizon_s / bucket_s)``
+        (the ring holds one more, the bucket still filling)."""
+        return self._complete
 
     @property
     def horizon_s(self) -> float:
-        """Seconds kept: ``buckets * bucket_s``."""
-        return self._size * self._bucket_s
+        """Seconds of complete buckets always readable: ``buckets * bucket_s``."""
+        return self._complete * self._bucket_s
 
     @property
     def dropped(self) -> int:
@@ -534,16 +568,12 @@ class RollingWindows:
 
     # -- recording ------------------------------------------------------------------
 
-    def _slot(self, variant: str, now: float) -> VariantWindow | None:
-        """The window a record at ``now`` belongs in, or None (dropped and counted)."""
-        try:
-            index = math.floor(now / self._bucket_s)
-        except (ValueError, OverflowError, TypeError):  # NaN, inf, not a number
-            self._dropped += 1
-            return None
+    def _slot(self, variant: str, index: int) -> VariantWindow | None:
+        """The window of bucket ``index`` of ``variant``, or None (dropped and counted)."""
         latest = self._latest
         if latest is None or index > latest:
             self._latest = latest = index
+            self._hot.clear()  # slots may now be reused: cached windows may be stale
         elif index <= latest - self._size:
             self._dropped += 1  # older than the horizon
             return None
@@ -563,13 +593,19 @@ class RollingWindows:
             window = VariantWindow(self._relative_accuracy, self._bin_limit)
             ring.indices[slot] = index
             ring.windows[slot] = window
+        self._hot[variant] = (index, window)
         return window
 
     def record(self, variant: str, now: float, latency_s: float, status: str) -> None:
         """Count one request of ``variant`` that ended at ``now`` (see
         :meth:`VariantWindow.record`). Never raises."""
         try:
-            window = self._slot(variant, now)
+            index = math.floor(now / self._bucket_s)  # NaN, inf: raises, dropped below
+            hot = self._hot.get(variant)
+            if hot is not None and hot[0] == index:
+                window: VariantWindow | None = hot[1]
+            else:
+                window = self._slot(variant, index)
             if window is not None:
                 window.record(latency_s, status)
         except Exception:  # e.g. a latency that is not a number: drop, never raise
@@ -585,7 +621,12 @@ class RollingWindows:
     ) -> None:
         """Count a batch of requests of ``variant`` that ended at ``now``, all with
         ``status`` (see :meth:`VariantWindow.record_many`, whose errors it raises)."""
-        window = self._slot(variant, now)
+        try:
+            index = math.floor(now / self._bucket_s)
+        except (ValueError, OverflowError, TypeError):
+            self._dropped += 1
+            return
+        window = self._slot(variant, index)
         if window is not None:
             window.record_many(status, latencies_s, counts)
 
@@ -597,7 +638,8 @@ class RollingWindows:
         variant or when ``start`` and ``now`` fall in the same bucket).
 
         Raises ``ValueError`` if ``start > now``, if either is not finite, or if
-        ``start``'s bucket is no longer kept (older than the horizon before ``now``).
+        ``start``'s bucket is no longer kept (``horizon_s`` of complete buckets before
+        the latest record's bucket always is).
         """
         if not (math.isfinite(start) and math.isfinite(now)):
             raise ValueError(f"start and now must be finite, got {start!r} and {now!r}")
@@ -605,12 +647,11 @@ class RollingWindows:
             raise ValueError(f"start ({start}) must not be after now ({now})")
         first = self.bucket_index(start)
         end = self.bucket_index(now)
-        latest = end if self._latest is None else max(end, self._latest)
-        if first <= latest - self._size:
+        if self._latest is not None and first <= self._latest - self._size:
             raise ValueError(
-                f"start {start} is older than the {self.horizon_s:g} s kept "
-                f"(oldest bucket starts at {(latest - self._size + 1) * self._bucket_s:g}); "
-                "use CumulativeWindows for longer spans"
+                f"start {start} is older than the buckets kept (the oldest starts at "
+                f"{(self._latest - self._size + 1) * self._bucket_s:g}; horizon "
+                f"{self.horizon_s:g} s); use CumulativeWindows for longer spans"
             )
         ring = self._rings.get(variant)
         parts: list[VariantWindow] = []

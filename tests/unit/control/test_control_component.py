@@ -60,7 +60,7 @@ def infer_request() -> oip.ModelInferRequest:
 async def variant_of(stub: oip_grpc.GRPCInferenceServiceStub, user: str) -> str:
     call = stub.ModelInfer(infer_request(), metadata=(("x-user-id", user),))
     await call
-    return str(dict(await call.initial_metadata())["x-variant"])
+    return str(dict(await call.trailing_metadata())["x-variant"])
 
 
 R = "test"
@@ -211,7 +211,7 @@ async def test_writes_take_effect_and_are_audited(sidecar: Sidecar) -> None:
     )
     call = infer.ModelInfer(infer_request(), metadata=(("x-user-id", "z"), ("x-segment", "beta")))
     await call
-    assert dict(await call.initial_metadata())["x-variant"] == "stable"
+    assert dict(await call.trailing_metadata())["x-variant"] == "stable"
     await stub.ClearSegmentRule(
         cpb.ClearSegmentRuleRequest(reason="x", segment="beta"), metadata=OPS
     )

@@ -36,7 +36,7 @@ async def test_front_door_returns_variant_and_request_id_metadata(
         for i in range(40):
             call = client.ModelInfer(infer_request(), metadata=(("x-user-id", f"u{i}"),))
             reply = await call
-            md = dict(await call.initial_metadata())
+            md = dict(await call.trailing_metadata())
             label = reply.outputs[0].contents.int64_contents[0]
             assert label == {"stable": 1, "canary": 2}[md["x-variant"]]
             assert reply.model_name == "classifier"
@@ -54,7 +54,7 @@ async def test_same_user_always_gets_the_same_variant(model_server: FaultInjecti
             for _ in range(5):
                 call = client.ModelInfer(infer_request(), metadata=(("x-user-id", user),))
                 await call
-                variants.add(dict(await call.initial_metadata())["x-variant"])
+                variants.add(dict(await call.trailing_metadata())["x-variant"])
             assert len(variants) == 1
 
 
@@ -229,7 +229,7 @@ async def test_shadow_agreement_recorded(
         for i in range(60):
             call = client.ModelInfer(infer_request(), metadata=(("x-user-id", f"u{i}"),))
             await call
-            variants.append(dict(await call.initial_metadata())["x-variant"])
+            variants.append(dict(await call.trailing_metadata())["x-variant"])
         report = await wait_shadow_settled(sc.control_port, 60)
     assert report.sampled == report.sent == report.compared == 60
     assert report.agreed == variants.count("stable")

@@ -121,7 +121,7 @@ class Traffic:
             )
             try:
                 await call
-                variant = str(dict(await call.initial_metadata())["x-variant"])
+                variant = str(dict(await call.trailing_metadata())["x-variant"])
                 self.by_variant[variant] = self.by_variant.get(variant, 0) + 1
             except grpc.aio.AioRpcError:
                 md = dict(await call.trailing_metadata() or ())
