@@ -225,3 +225,36 @@ def test_corrupt_state_file_stops_startup_unless_safe_mode(
         assert st["kill_switch"] is True and st["safe_mode"] is True
         assert set(served_versions(sc, iris_x, USERS[:40]).values()) == {"v1"}
         assert any(e.get("event") == "state.SAFE_MODE" for e in sc.events)
+
+
+def test_rollout_commands_through_the_real_cli(
+    mlserver: MLServerProcess, iris_x: npt.NDArray[np.float64], tmp_path: Path
+) -> None:
+    """sidecarctl rollout start (plan file), status, pause, resume, abort and drill against
+    the real sidecar: the canary gets its stage's weight, status shows the stage and its
+    gates, abort returns all traffic to stable, the drill restores the state."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "- {name: canary-5, kind: canary, canary_percent: 5, min_duration: 3600, min_samples: 10}\n"
+        "- {name: promote, kind: promote}\n"
+    )
+    config = story_config(mlserver.grpc_address)
+    config["analysis"] = {"interval": 0.2, "bucket": 0.2, "lookback": 2.0, "horizon": 60.0}
+    with SidecarProcess(config, run_dir=tmp_path / "sc") as sc:
+        ok(ctl(sc, "rollout", "start", "--plan", str(plan), "--reason", "ship v2"))
+        status = json.loads(ok(ctl(sc, "rollout", "status", "-o", "json", token=VIEWER_TOKEN)))
+        assert status["phase"] == "RUNNING" and status["stage_name"] == "canary-5"
+        served_versions(sc, iris_x, USERS[:200])
+        table = ok(ctl(sc, "rollout", "status", token=VIEWER_TOKEN))
+        assert "canary-5" in table and "min_samples" in table
+        assert state(sc)["weights"]["canary"] == 500
+        ok(ctl(sc, "rollout", "pause", "--reason", "look at dashboards"))
+        ok(ctl(sc, "rollout", "resume", "--reason", "fine"))
+        ok(ctl(sc, "rollout", "abort", "--reason", "not today"))
+        assert state(sc)["weights"]["canary"] == 0
+        ok(ctl(sc, "weights", "stable=90%", "canary=10%", "--reason", "manual canary"))
+        before = state(sc)
+        drill = ok(ctl(sc, "drill", "--reason", "quarterly"))
+        assert "detect" in drill.lower()
+        after = state(sc)
+        assert after["weights"] == before["weights"] and after["revision"] == before["revision"] + 2
