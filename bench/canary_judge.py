@@ -97,6 +97,12 @@ class Scenario:
     canary_latency_factor: float = 1.0
     onset_s: int = 0
     """When the regression starts (seconds into the stage)."""
+
+    @property
+    def healthy(self) -> bool:
+        """No regression: the canary behaves like the stable."""
+        return self.canary_error_rate == BASE_ERROR_RATE and self.canary_latency_factor == 1.0
+
     stop_when_all_rolled_back: bool = True
 
 
@@ -320,7 +326,7 @@ def run_stage(job: tuple[str, Scenario, int]) -> dict[str, Any]:
         r.name: {
             "rolled_back_at": r.rolled_back_at,
             "final": r.final or None,
-            "onset_s": scenario.onset_s,
+            "onset_s": None if scenario.healthy else scenario.onset_s,
             "reason": r.reason or None,
             "run": index,
         }
@@ -338,13 +344,22 @@ def fraction(count: int, runs: int) -> dict[str, Any]:
 
 def summarise(outcomes: Sequence[dict[str, Any]], rule: str) -> dict[str, Any]:
     runs = len(outcomes)
-    onset = outcomes[0][rule]["onset_s"]
+    onset = outcomes[0][rule]["onset_s"]  # None: healthy, every rollback is false
     times = [o[rule]["rolled_back_at"] for o in outcomes]
-    # Minutes from the regression's onset to the rollback; rollbacks before the onset are
-    # false rollbacks, counted apart and not as detections.
-    early = sum(1 for t in times if t is not None and t <= onset)
-    minutes = np.array([(t - onset) / 60.0 for t in times if t is not None and t > onset])
+
+    def is_false(t: float | None) -> bool:
+        return t is not None and (onset is None or t <= onset)
+
+    # Minutes from the regression's onset (healthy: the stage start) to the rollback;
+    # for a regression, rollbacks before the onset are false and not counted as detections.
+    early = sum(1 for t in times if is_false(t))
+    start = 0.0 if onset is None else float(onset)
+    minutes = np.array(
+        [(t - start) / 60.0 for t in times if t is not None and (onset is None or t > onset)]
+    )
     rolled = int(minutes.size)
+    if onset is None:
+        rolled, early = early, 0  # report healthy rollbacks once, as rollbacks
     within = {
         f"within_{w}min": (int(np.count_nonzero(minutes <= w)) / runs) for w in (1, 2, 5, 10, 30)
     }
@@ -360,12 +375,12 @@ def summarise(outcomes: Sequence[dict[str, Any]], rule: str) -> dict[str, Any]:
         "runs": runs,
         "rolled_back": fraction(rolled + early, runs),
         "rolled_back_before_onset": early / runs,
-        "onset_minute": onset / 60.0,
+        "onset_minute": None if onset is None else onset / 60.0,
         "median_minutes_to_rollback": median,
         "mean_minutes_to_rollback_when_rolled_back": float(minutes.mean()) if rolled else None,
         **within,
         "outcomes": dict(sorted(finals.items())),
-        # Why the first few rollbacks before the onset happened (false rollbacks).
+        # Why the first few false rollbacks (healthy, or before the onset) happened.
         "false_rollback_examples": [
             {
                 "run": o[rule]["run"],
@@ -373,7 +388,7 @@ def summarise(outcomes: Sequence[dict[str, Any]], rule: str) -> dict[str, Any]:
                 "reason": o[rule]["reason"],
             }
             for o in outcomes
-            if o[rule]["rolled_back_at"] is not None and o[rule]["rolled_back_at"] <= onset
+            if is_false(o[rule]["rolled_back_at"])
         ][:5],
     }
 

@@ -57,7 +57,15 @@ class Evaluator(Protocol):
 
     def reset(self) -> None: ...
 
-    def evaluate(self, canary: VariantWindow, stable: VariantWindow) -> Evaluation: ...
+    def evaluate(
+        self,
+        canary: VariantWindow,
+        stable: VariantWindow,
+        recent: tuple[VariantWindow, VariantWindow] | None = None,
+    ) -> Evaluation: ...
+
+
+RECENT_SPAN = 600.0  # once a stage is older, the last 10 minutes are judged on their own too
 
 
 class AlertSink(Protocol):
@@ -247,7 +255,14 @@ class HealthChecker:
         canary = self._cumulative.window(snap.flag.canary)
         stable = self._cumulative.window(snap.flag.stable)
         self.stage_samples = canary.requests
-        evaluation = self._evaluate(canary, stable)
+        recent = None
+        now = self._clock()
+        if self._cumulative.last - self._cumulative.start > RECENT_SPAN:
+            recent = (
+                self.windows.window(snap.flag.canary, now, RECENT_SPAN),
+                self.windows.window(snap.flag.stable, now, RECENT_SPAN),
+            )
+        evaluation = self._evaluate(canary, stable, recent)
         health = GateResult(
             "health",
             "FAIL" if evaluation.rollback else "PASS" if evaluation.verdict == "PASS" else "WAIT",
@@ -373,8 +388,13 @@ class HealthChecker:
 
     # ---- shared ----------------------------------------------------------------------
 
-    def _evaluate(self, canary: VariantWindow, stable: VariantWindow) -> Evaluation:
-        evaluation = self.evaluator.evaluate(canary, stable)
+    def _evaluate(
+        self,
+        canary: VariantWindow,
+        stable: VariantWindow,
+        recent: tuple[VariantWindow, VariantWindow] | None = None,
+    ) -> Evaluation:
+        evaluation = self.evaluator.evaluate(canary, stable, recent)
         self.verdicts[evaluation.verdict] = self.verdicts.get(evaluation.verdict, 0) + 1
         self.last_verdict = f"{evaluation.verdict}: {evaluation.reason}"
         return evaluation
@@ -584,10 +604,15 @@ class JudgeEvaluator:
     def reset(self) -> None:
         self.analysis = CanaryAnalysis(self.config)
 
-    def evaluate(self, canary: VariantWindow, stable: VariantWindow) -> Evaluation:
+    def evaluate(
+        self,
+        canary: VariantWindow,
+        stable: VariantWindow,
+        recent: tuple[VariantWindow, VariantWindow] | None = None,
+    ) -> Evaluation:
         if self.analysis.done:
             self.reset()
-        decision = self.analysis.check(canary, stable)
+        decision = self.analysis.check(canary, stable, recent=recent)
         return Evaluation(
             decision.verdict.value, decision.reason, decision.decision is Decision.ROLLBACK
         )

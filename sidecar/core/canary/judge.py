@@ -482,7 +482,7 @@ def classify_latency(m: Measurement, config: JudgeConfig, alpha: float) -> Metri
             alpha=alpha,
             canary_count=n_c,
             baseline_count=n_b,
-            reason=f"{name} NODATA: " + _too_few("successful requests", n_c, n_b, max(minimum, 1)),
+            reason=f"{name} NODATA: " + _too_few("successful requests", n_c, n_b, minimum),
         )
     floor = config.latency_floor_s
     r50 = m.canary_p50 / max(m.baseline_p50, floor)
