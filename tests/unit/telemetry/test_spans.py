@@ -3,6 +3,7 @@ exporter, configured with the standard OTEL_* variables."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import grpc
@@ -54,7 +55,7 @@ async def test_request_spans_follow_rpc_and_feature_flag_conventions(
                 request(), metadata=(("traceparent", TRACEPARENT), ("x-user-id", "u1"))
             )
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-            spans = receiver.wait_for(lambda s: len(s) >= 4)
+            spans = await asyncio.to_thread(receiver.wait_for, lambda s: len(s) >= 4)
     by_kind = {(s.kind, s.attributes.get("sidecar.shadow", False)): s for s in spans}
     server = next(s for s in spans if s.kind == SERVER)
     assert server.name == "inference.GRPCInferenceService/ModelInfer"
@@ -97,7 +98,9 @@ async def test_failed_requests_carry_variant_and_status(receiver: OtlpReceiver) 
             )
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.ModelInfer(request())
-            spans = receiver.wait_for(lambda s: any(x.kind == SERVER for x in s))
+            spans = await asyncio.to_thread(
+                receiver.wait_for, lambda s: any(x.kind == SERVER for x in s)
+            )
     server = next(s for s in spans if s.kind == SERVER)
     assert server.attributes["feature_flag.result.variant"] == "canary"
     assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
