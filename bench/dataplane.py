@@ -163,21 +163,28 @@ def _signal_group(proc: Proc, sig: signal.Signals) -> None:
         os.killpg(proc.popen.pid, sig)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports on 127.0.0.1 (all held open until all are chosen, so that the
+    kernel cannot hand out the same one twice)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
-def sidecar_config(upstream: str, shadow: str | None) -> dict[str, Any]:
+def sidecar_config(upstream: str, shadow: str | None, ports: list[int]) -> dict[str, Any]:
+    """The sidecar's configuration; `ports` = [predict, control]."""
     variants: dict[str, Any] = {
         "stable": {"address": upstream, "model_name": "classifier", "model_version": "v1"},
         "canary": {"address": upstream, "model_name": "classifier", "model_version": "v2"},
     }
     config: dict[str, Any] = {
         "listen": {
-            "predict": f"127.0.0.1:{free_port()}",
-            "control": f"127.0.0.1:{free_port()}",
+            "predict": f"127.0.0.1:{ports[0]}",
+            "control": f"127.0.0.1:{ports[1]}",
         },
         "model": "classifier",
         "variants": variants,
@@ -530,15 +537,22 @@ class Bench:
             PASSTHROUGH: f"127.0.0.1:{self.procs.wait_port(passthrough)}",
         }
         self.by_scenario = {DIRECT: primary, PASSTHROUGH: passthrough}
-        for scen in SIDECAR_SCENARIOS:
-            config = sidecar_config(up_addr, self.shadow_addr.get(scen))
+        ports = free_ports(2 * len(SIDECAR_SCENARIOS))
+        not_started: dict[str, str] = {}
+        for i, scen in enumerate(SIDECAR_SCENARIOS):
+            config = sidecar_config(up_addr, self.shadow_addr.get(scen), ports[2 * i : 2 * i + 2])
             path = self.workdir / f"sidecar-{scen}.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
-            self.by_scenario[scen] = self.procs.start(
-                f"sidecar-{scen}", [cfg.sidecar_cmd, "serve", "--config", str(path)], hop
-            )
+            try:
+                self.by_scenario[scen] = self.procs.start(
+                    f"sidecar-{scen}", [cfg.sidecar_cmd, "serve", "--config", str(path)], hop
+                )
+            except OSError as exc:  # no such executable, not executable, ...
+                not_started[scen] = f"could not be started: {exc}"
+                continue
             self.targets[scen] = config["listen"]["predict"]
         failures = wait_ready(self.pool, self.by_scenario, self.targets, self.req, timeout=30.0)
+        failures.update(not_started)
         pids = {p.name: p.popen.pid for p in self.procs.procs}
         pids.update({f"load-{i}": pid for i, pid in enumerate(self.pool.pids)})
         pids["parent"] = os.getpid()
