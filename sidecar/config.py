@@ -52,6 +52,8 @@ class ShadowConfig:
     rtol: float = 1e-5
     atol: float = 1e-8
     keep_examples: int = 20
+    breaker_failures: int = 10
+    breaker_cooldown: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,7 @@ def _shadow(
     where = "shadow"
     allowed = {
         "variant", "sample_bp", "max_in_flight", "deadline", "comparator", "rtol", "atol",
-        "keep_examples",
+        "keep_examples", "breaker_failures", "breaker_cooldown",
     }  # fmt: skip
     _unknown_keys(section, allowed, where, problems)
     variant = section.get("variant")
@@ -361,6 +363,8 @@ def _shadow(
         keep_examples=_integer(
             section, "keep_examples", 20, where, problems, minimum=0, maximum=10_000
         ),
+        breaker_failures=_integer(section, "breaker_failures", 10, where, problems, minimum=0),
+        breaker_cooldown=_number(section, "breaker_cooldown", 1.0, where, problems),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NoOpTracer
 
 from sidecar import __version__
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
@@ -223,7 +225,12 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     stats = VariantStatsProcessor([metrics.record, windows.record])
     provider = tracer_provider(config.telemetry, [stats])
     tracer = provider.get_tracer(INSTRUMENTATION, __version__)
-    pool = UpstreamPool(config.variants, config.server.max_message_bytes, tracer)
+    # Without an exporter only the SERVER spans (which feed the statistics) are recorded;
+    # CLIENT and shadow spans would only cost CPU.
+    detailed = config.telemetry.export
+    pool = UpstreamPool(
+        config.variants, config.server.max_message_bytes, tracer, client_spans=detailed
+    )
     state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
     mirror = None
     if config.shadow is not None:
@@ -232,7 +239,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
             pool.upstreams[config.shadow.variant],
             decode_outputs,
             salt=config.flag.salt,
-            tracer=tracer,
+            tracer=tracer if detailed else NoOpTracer(),
         )
     dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse] = DataPlane(
         model=config.model,
@@ -366,6 +373,11 @@ async def serve(config: Config, *, safe_mode: bool = False) -> int:
     """Run until SIGTERM or SIGINT; drain and return 0."""
     sidecar = build(config, safe_mode=safe_mode)
     await sidecar.start()
+    # Everything built so far lives as long as the process: move it out of the cyclic
+    # collector's reach, so full collections stay short (measured: 47-57 ms pauses
+    # without this under load, none over 8 ms with it).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -56,6 +56,10 @@ class ShadowMirror(Generic[Req, Resp]):
         )
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failures = 0
+        self._open_until = 0.0
+        self._probing = False
+        self._cooldown = settings.breaker_cooldown
 
     @property
     def in_flight(self) -> int:
@@ -77,7 +81,7 @@ class ShadowMirror(Generic[Req, Resp]):
             if not shadow_sampled(self._salt, bucketing_key, self.settings.sample_bp):
                 return
             self.recorder.sampled()
-            if self._in_flight >= self.settings.max_in_flight:
+            if self._in_flight >= self.settings.max_in_flight or not self._breaker_allows():
                 self.recorder.dropped()
                 return
             self._in_flight += 1
@@ -181,7 +185,48 @@ class ShadowMirror(Generic[Req, Resp]):
             self._in_flight -= 1
             if status != "OK":
                 self.recorder.finished_error(status)
+            self._breaker_result(status)
         return comparison if comparison is not None else status
+
+    # ---- circuit breaker: a dead or hanging shadow is left alone ---------------------
+
+    BREAKER_STATUSES = frozenset({"DEADLINE_EXCEEDED", "UNAVAILABLE"})
+
+    def _breaker_allows(self) -> bool:
+        """Closed: mirror. Open: drop until the cool-down ends, then let one probe through."""
+        if self._open_until == 0.0:
+            return True
+        now = self._clock()
+        if now < self._open_until or self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def _breaker_result(self, status: str) -> None:
+        threshold = self.settings.breaker_failures
+        if threshold <= 0:
+            return
+        if status not in self.BREAKER_STATUSES:
+            if self._open_until:
+                log.info("shadow.breaker_closed", variant=self.settings.variant)
+            self._failures = 0
+            self._open_until = 0.0
+            self._cooldown = self.settings.breaker_cooldown
+            self._probing = False
+            return
+        self._failures += 1
+        if self._probing or (self._open_until == 0.0 and self._failures >= threshold):
+            if self._probing:
+                self._cooldown = min(self._cooldown * 2, 30.0)
+            self._open_until = self._clock() + self._cooldown
+            self._probing = False
+            log.warning(
+                "shadow.breaker_open",
+                variant=self.settings.variant,
+                consecutive_failures=self._failures,
+                last_status=status,
+                cooldown_seconds=self._cooldown,
+            )
 
     async def close(self, grace: float) -> None:
         """Wait up to `grace` seconds for running shadow calls, then cancel the rest."""

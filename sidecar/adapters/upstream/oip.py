@@ -27,11 +27,17 @@ class OipUpstream:
     """A variant's model on an upstream server."""
 
     def __init__(
-        self, spec: VariantSpec, channel: grpc.aio.Channel, tracer: Tracer | None = None
+        self,
+        spec: VariantSpec,
+        channel: grpc.aio.Channel,
+        tracer: Tracer | None = None,
+        *,
+        client_spans: bool = True,
     ) -> None:
         self.name = spec.name
         self.spec = spec
         self._tracer = tracer or trace.get_tracer(__name__)
+        self._client_spans = client_spans
         host, _, port = spec.address.rpartition(":")
         self._span_attributes: dict[str, AttributeValue] = {
             spans.RPC_SYSTEM: "grpc",
@@ -76,6 +82,18 @@ class OipUpstream:
         CLIENT span whose W3C trace context the upstream receives."""
         request.model_name = self.spec.model_name
         request.model_version = self.spec.model_version
+        if not self._client_spans:
+            # Not exporting: no CLIENT span (it would only cost); the upstream continues the
+            # trace from the current (server) span.
+            outgoing = list(metadata)
+            spans.inject(outgoing)
+            try:
+                plain: oip.ModelInferResponse = await self._infer(
+                    request, timeout=timeout, metadata=outgoing
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise self._error(exc, "failed") from None
+            return plain
         # A CLIENT span under the current (server or shadow) span; it is not made current,
         # its context goes to the upstream explicitly.
         span = self._tracer.start_span(
@@ -130,6 +148,8 @@ class UpstreamPool:
         variants: Mapping[str, VariantSpec],
         max_message_bytes: int,
         tracer: Tracer | None = None,
+        *,
+        client_spans: bool = True,
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -143,7 +163,7 @@ class UpstreamPool:
                     spec.address, options=options
                 )
         self.upstreams: dict[str, OipUpstream] = {
-            name: OipUpstream(spec, self.channels[spec.address], tracer)
+            name: OipUpstream(spec, self.channels[spec.address], tracer, client_spans=client_spans)
             for name, spec in variants.items()
         }
 

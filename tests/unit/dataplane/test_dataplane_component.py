@@ -323,3 +323,32 @@ async def test_graceful_stop_drains_in_flight_requests(
         await sc.stop(grace=3.0)
         reply = await pending
         assert reply.outputs[0].contents.int64_contents[0] in (1, 2)
+
+
+async def test_dead_shadow_trips_the_breaker(
+    model_server: FaultInjectingUpstream, shadow_server: FaultInjectingUpstream
+) -> None:
+    """After breaker_failures consecutive shadow failures, copies are dropped (counted)
+    instead of sent, until a probe after the cool-down succeeds."""
+    raw = two_variants(
+        model_server,
+        shadow={"variant": "shadow", "breaker_failures": 3, "breaker_cooldown": 0.3},
+    )
+    raw["variants"]["shadow"] = {  # type: ignore[index]
+        "address": shadow_server.address, "model_name": "classifier", "model_version": "shadow",
+    }  # fmt: skip
+    async with running_sidecar(raw) as sc:
+        client = stub(sc.predict_port)
+        shadow_server.inject(Fault(status=grpc.StatusCode.UNAVAILABLE, message="down"))
+        for i in range(20):
+            await client.ModelInfer(infer_request(), metadata=(("x-user-id", f"u{i}"),))
+            await asyncio.sleep(0.01)
+        tripped = await wait_shadow_settled(sc.control_port, 3)
+        shadow_server.heal()
+        await asyncio.sleep(0.4)  # cool-down over: the next copy is a probe
+        for i in range(5):
+            await client.ModelInfer(infer_request(), metadata=(("x-user-id", f"v{i}"),))
+        healed = await wait_shadow_settled(sc.control_port, tripped.sent + 5)
+    assert tripped.errors_by_status.get("UNAVAILABLE") == 3
+    assert tripped.dropped >= 15 and tripped.sent == 3
+    assert healed.compared >= 4  # the probe succeeded and mirroring resumed
