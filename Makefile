@@ -44,9 +44,10 @@ test: venv venv-mlserver check-generated lint ## Lint, type check and run every 
 test-unit: venv ## Unit and component tests only (no MLServer)
 	$(VENV)/bin/pytest tests/unit -q
 
-bench: venv ## Benchmarks: data plane hop, kill-switch propagation, A/B validity; bench/results/
+bench: venv ## Benchmarks: data plane, kill-switch propagation, canary judge, A/B validity
 	$(PY) bench/dataplane.py
 	$(PY) bench/control_flip.py
+	$(PY) bench/canary_judge.py
 	$(PY) bench/ab_validity.py
 
 demo: venv venv-mlserver ## Real rollout demo: MLServer + sidecar, traffic, split and shadow, then clean up
