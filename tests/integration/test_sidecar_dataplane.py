@@ -264,7 +264,9 @@ def test_stopped_shadow_leaves_every_primary_response_correct(
             )
             assert labels[0] == expected[version][i]
         report = settled_report(sc.control_address, 101)
-    assert report.errors_by_status.get("UNAVAILABLE", 0) >= 99
+    # Failures are counted; after 10 in a row the breaker drops (and counts) the rest.
+    errors = report.errors_by_status.get("UNAVAILABLE", 0)
+    assert errors >= 10 and errors + report.dropped >= 100
 
 
 def raw_stub(address: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
