@@ -10,9 +10,7 @@ exit codes, credentials); the real servicer's semantics are tested elsewhere.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +35,7 @@ from clients.control import (
 from clients.sidecarctl import main, parse_weight
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
+from sidecar.testing.pki import OPENSSL, make_pki
 
 TOKEN = "tok-3f9a1c77e2b84d0d"
 
@@ -794,37 +793,13 @@ def test_help_exits_0_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
 
 # ----------------------------------------------------------------------------- TLS
 
-OPENSSL = shutil.which("openssl")
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    assert OPENSSL is not None
-    subprocess.run([OPENSSL, *args], cwd=cwd, check=True, capture_output=True)
-
-
-def issue(cwd: Path, name: str, subject: str, ext: str) -> None:
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=cwd)
-    (cwd / f"{name}.ext").write_text(ext)
-    openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext",
-        cwd=cwd,
-    )  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
     if OPENSSL is None:
         pytest.skip("openssl not installed")
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-            "-subj", "/CN=test-ca", cwd=d)  # fmt: skip
-    issue(d, "server", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    issue(d, "client", "/CN=operator-alice", "extendedKeyUsage=clientAuth\n")
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def test_mutual_tls(pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
