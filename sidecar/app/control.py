@@ -258,15 +258,7 @@ class ControlService:
                 )
             if not await self._ready(canary):
                 raise FailedPrecondition(f"canary: variant {canary!r} is not ready (ModelReady)")
-            weights = {name: 0 for name in s.weights} | {canary: BASIS_POINTS}
-            record = Promotion(self._clock(), principal, s.stable, canary, reason)
-            return s.evolve(
-                stable=canary,
-                canary=s.stable,
-                default=canary,
-                weights=weights,
-                promotions=(*s.promotions, record),
-            )
+            return _swap_roles(s, Promotion(self._clock(), principal, s.stable, canary, reason))
 
         return await self.apply(
             principal=principal,
@@ -291,7 +283,7 @@ class ControlService:
             elsewhere = {n: w for n, w in s.weights.items() if n != s.stable and w > 0}
             active = s.rollout is not None and s.rollout.phase.active
             if elsewhere or active:
-                weights = {name: 0 for name in s.weights} | {s.stable: BASIS_POINTS}
+                weights = all_traffic_to(s.weights, s.stable)
                 rollout = (
                     s.rollout.evolve(phase=end_rollout, message=reason)
                     if s.rollout is not None and active
@@ -309,15 +301,8 @@ class ControlService:
                 raise FailedPrecondition(
                     f"stable: previous stable variant {previous!r} is not ready (ModelReady)"
                 )
-            weights = {name: 0 for name in s.weights} | {previous: BASIS_POINTS}
             record = Promotion(self._clock(), principal, s.stable, previous, reason, reverted=True)
-            return s.evolve(
-                stable=previous,
-                canary=s.stable,
-                default=previous,
-                weights=weights,
-                promotions=(*s.promotions, record),
-            )
+            return _swap_roles(s, record)
 
         return await self.apply(
             principal=principal,
@@ -326,6 +311,24 @@ class ControlService:
             expected_revision=expected_revision,
             mutate=mutate,
         )
+
+
+def all_traffic_to(weights: Mapping[str, int], variant: str) -> dict[str, int]:
+    """Weights giving `variant` 100% and every other variant 0."""
+    return {name: 0 for name in weights} | {variant: BASIS_POINTS}
+
+
+def _swap_roles(s: DesiredState, record: Promotion) -> DesiredState:
+    """Blue-green switch: `record.to_variant` becomes stable with all traffic; the old
+    stable stays configured (warm) in the canary slot at 0%."""
+    new_stable = record.to_variant
+    return s.evolve(
+        stable=new_stable,
+        canary=s.stable,
+        default=new_stable,
+        weights=all_traffic_to(s.weights, new_stable),
+        promotions=(*s.promotions, record),
+    )
 
 
 def _held_full(state: DesiredState, now: float) -> dict[str, float]:

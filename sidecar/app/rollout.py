@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 
 import structlog
 
-from sidecar.app.control import ControlService
+from sidecar.app.control import ControlService, all_traffic_to
 from sidecar.app.state import Snapshot
 from sidecar.core.canary.analysis import AnalysisConfig, CanaryAnalysis, Decision
 from sidecar.core.canary.window import CumulativeWindows, RollingWindows, VariantWindow
@@ -474,7 +474,7 @@ class HealthChecker:
             message="started",
             forced=tuple(skips),
         )
-        weights = {n: 0 for n in snap.state.weights} | {snap.flag.stable: BASIS_POINTS}
+        weights = all_traffic_to(snap.state.weights, snap.flag.stable)
         log.info("rollout.baseline", requests=baseline.requests, error_rate=baseline.error_rate)
         return await self.control.apply(
             principal=principal,
