@@ -10,16 +10,20 @@
    comparison as they happen.
 4. Flips the kill switch on and off as an operator would, showing its effect and the
    audit log.
-5. Stops everything it started.
+5. Runs an automated rollout plan (shadow -> 5% -> 25% -> promote) that advances only
+   through its gates, judged by the health checker on live spans.
+6. Stops everything it started.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from typing import Any
 import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from clients.control import ControlClient
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc
@@ -65,7 +70,53 @@ def config(mlserver: str) -> dict[str, Any]:
         "shadow": {"variant": "candidate", "sample_bp": 10_000, "max_in_flight": 64},
         "server": {"log_level": "warning"},
         "control": control_section(),
+        # Demo pace: evaluate every half second on 5-second windows (production: minutes).
+        "analysis": {
+            "interval": 0.5,
+            "lookback": 5.0,
+            "bucket": 0.5,
+            "horizon": 120.0,
+            "min_requests": 60,
+            "min_latency_samples": 60,
+            "planned_checks": 60,
+        },
     }
+
+
+DEMO_PLAN = control_pb2.RolloutPlan(
+    stages=[
+        control_pb2.RolloutStage(
+            name="shadow", kind=control_pb2.STAGE_KIND_SHADOW, min_samples=200,
+            min_duration_seconds=2,
+        ),
+        control_pb2.RolloutStage(
+            name="canary-5%", kind=control_pb2.STAGE_KIND_CANARY, canary_bp=500,
+            min_samples=30, min_duration_seconds=3,
+        ),
+        control_pb2.RolloutStage(
+            name="canary-25%", kind=control_pb2.STAGE_KIND_CANARY, canary_bp=2500,
+            min_samples=100, min_duration_seconds=3,
+        ),
+        control_pb2.RolloutStage(name="promote", kind=control_pb2.STAGE_KIND_PROMOTE),
+    ]
+)  # fmt: skip
+
+
+GATE_NAMES = {
+    control_pb2.GATE_PASS: "PASS", control_pb2.GATE_FAIL: "FAIL", control_pb2.GATE_WAIT: "WAIT",
+}  # fmt: skip
+
+
+def background_traffic(address: str, rows: np.ndarray, stop: threading.Event) -> None:
+    client = grpcclient.InferenceServerClient(address)
+    i = 0
+    while not stop.is_set():
+        tensor = grpcclient.InferInput("input-0", [1, 4], "FP64")
+        tensor.set_data_from_numpy(rows[i % len(rows)].reshape(1, 4))
+        # The demo keeps going if a request fails; the sidecar counts and reports errors.
+        with contextlib.suppress(InferenceServerException):
+            client.infer("classifier", [tensor], headers={"x-user-id": f"bg-{i}"})
+        i += 1
 
 
 def shadow_line(report: control_pb2.ShadowReport) -> str:
@@ -190,7 +241,43 @@ def main() -> int:
                         f"     r{entry.revision_after} {entry.principal} {entry.method}: "
                         + entry.reason
                     )
-            say("== 6. stopping the sidecar (SIGTERM, graceful) and MLServer")
+            say("== 6. automated rollout: shadow -> 5% -> 25% -> promote, advancing through gates")
+            with ControlClient(sc.control_address, token=OPERATOR_TOKEN) as ops:
+                ops.set_weights({"stable": 10_000, "canary": 0}, reason="demo: reset before plan")
+                stop = threading.Event()
+                workers = [
+                    threading.Thread(
+                        target=background_traffic, args=(sc.predict_address, rows, stop)
+                    )
+                    for _ in range(2)
+                ]
+                for worker in workers:
+                    worker.start()
+                try:
+                    rollout = ops.start_rollout(reason="demo: ship classifier v2", plan=DEMO_PLAN)
+                    shown = ""
+                    deadline = time.monotonic() + 90
+                    while rollout.phase in ("RUNNING", "PAUSED") and time.monotonic() < deadline:
+                        time.sleep(1.0)
+                        rollout = ops.get_rollout()
+                        gates = ", ".join(
+                            f"{g.name} {GATE_NAMES.get(g.status, '?')}" for g in rollout.gates
+                        )
+                        line = f"   stage {rollout.stage_name or '-'}: {rollout.phase} [{gates}]"
+                        if line != shown:
+                            say(line)
+                            shown = line
+                finally:
+                    stop.set()
+                    for worker in workers:
+                        worker.join(10)
+                state = ops.get_state()
+                say(f"   rollout {rollout.phase}: {rollout.message}")
+                say(
+                    f"   stable is now {state.flag.stable_variant!r} "
+                    f"(weights {dict(state.flag.weights)})"
+                )
+            say("== 7. stopping the sidecar (SIGTERM, graceful) and MLServer")
         code = sc.returncode
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -191,6 +191,8 @@ class HealthChecker:
         key = (progress.stage_started_unix, progress.stage_index)
         if key != self._stage_key:  # entering a stage (or resuming one after a restart)
             self._stage_key = key
+            self.gates = ()
+            self.stage_samples = 0
             self._cumulative = CumulativeWindows(now)
             self.evaluator = self._new_evaluator()
             if stage.kind is StageKind.SHADOW:
@@ -359,6 +361,8 @@ class HealthChecker:
             expected_revision=0,
             mutate=mutate,
         )
+        self.gates = ()  # the next stage's gates are evaluated from its next tick
+        self.stage_samples = 0
         log.info("rollout.advanced", to=stage.name if stage else None, why=why)
         if stage is None:
             await self._finish(Phase.SUCCEEDED, "plan completed")
