@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -23,6 +24,9 @@ from sidecar.testing.credentials import OPERATOR_TOKEN, bearer
 from sidecar.testing.fault_upstream import Fault, FaultInjectingUpstream
 from sidecar.testing.inprocess import config_dict, running_sidecar, scripted_model
 from sidecar.wiring import Sidecar
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telemetry"))
+from test_metrics import scrape
 
 OPS = bearer(OPERATOR_TOKEN)
 FAST_ANALYSIS = {
@@ -196,6 +200,7 @@ async def test_healthy_plan_walks_shadow_to_promote(
     """shadow -> 10% -> 50% -> promote: each stage advances only when its gates pass;
     the canary ends as stable; every step is audited."""
     raw = build(stable_up, canary_up, {"stable": 10_000, "canary": 0}, shadow=True)
+    raw["listen"]["metrics"] = "127.0.0.1:0"
     plan = cpb.RolloutPlan(
         stages=[
             cpb.RolloutStage(name="shadow", kind=cpb.STAGE_KIND_SHADOW, min_samples=50, min_duration_seconds=0.3),
@@ -221,6 +226,9 @@ async def test_healthy_plan_walks_shadow_to_promote(
         await traffic.stop()
         state = await control(sc).GetState(cpb.GetStateRequest(), metadata=OPS)
         entries = await audit(sc)
+        metrics = await asyncio.to_thread(scrape, sc.metrics.port)
+    assert metrics[("sidecar_canary_verdicts_total", (("verdict", "PASS"),))] > 0
+    assert metrics[("sidecar_rollout_stage", (("phase", "SUCCEEDED"), ("stage", "promote")))] == 1
     assert state.flag.stable_variant == "canary" and dict(state.flag.weights)["canary"] == 10_000
     assert {"shadow", "canary-5", "canary-25"} <= seen
     methods = [e.method for e in entries]
