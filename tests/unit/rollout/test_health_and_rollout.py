@@ -29,7 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telemetry"))
 from test_metrics import scrape
 
 OPS = bearer(OPERATOR_TOKEN)
+# Scripted in-process upstreams have noisy latency on a shared machine; these tests are
+# about errors and plan mechanics, so the latency guards are wide.
 FAST_ANALYSIS = {
+    "max_p50_ratio": 5.0,
+    "max_p95_ratio": 5.0,
     "interval": 0.1,
     "lookback": 1.0,
     "bucket": 0.1,
