@@ -41,6 +41,10 @@ class ModelNotFound(SidecarError):
     code = ErrorCode.NOT_FOUND
 
 
+class NotFound(SidecarError):
+    code = ErrorCode.NOT_FOUND
+
+
 class FailedPrecondition(SidecarError):
     code = ErrorCode.FAILED_PRECONDITION
 

@@ -20,8 +20,9 @@ from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import Metadata, Req, Resp, Upstream
 from sidecar.app.state import StateHolder
 from sidecar.config import UpstreamConfig, VariantSpec
+from sidecar.core.experiment import Attribution, OutcomeLedger, UnknownRequest, WrongValueType
 from sidecar.core.routing import Flag, Resolution, RoutingContext, evaluate
-from sidecar.errors import ErrorCode, SidecarError
+from sidecar.errors import ErrorCode, InvalidRequest, NotFound, SidecarError
 
 
 class Served(NamedTuple, Generic[Resp]):
@@ -47,6 +48,7 @@ class DataPlane(Generic[Req, Resp]):
         upstreams: Mapping[str, Upstream[Req, Resp]],
         upstream_config: UpstreamConfig,
         mirror: ShadowMirror[Req, Resp] | None = None,
+        outcomes: OutcomeLedger | None = None,
         clock: Callable[[], float] = time.perf_counter,
         request_ids: Callable[[], str] = new_request_id,
     ) -> None:
@@ -62,6 +64,7 @@ class DataPlane(Generic[Req, Resp]):
         self._clock = clock
         self._request_ids = request_ids
         self.served: dict[str, int] = dict.fromkeys(variants, 0)
+        self.outcomes = outcomes or OutcomeLedger()
 
     def timeout_for(self, time_remaining: float | None) -> float:
         """The caller's deadline, capped by the configured maximum (default when unset)."""
@@ -107,8 +110,10 @@ class DataPlane(Generic[Req, Resp]):
             raise SidecarError("deadline already expired", ErrorCode.DEADLINE_EXCEEDED)
         started = self._clock()
         response = await upstream.infer(request, timeout=timeout, metadata=metadata)
-        latency = self._clock() - started
+        done = self._clock()
+        latency = done - started
         self.served[resolution.variant] += 1
+        self.outcomes.remember(request_id, resolution.variant, segment, done)
         if self.mirror is not None:
             self.mirror.offer(
                 request,
@@ -122,6 +127,16 @@ class DataPlane(Generic[Req, Resp]):
         return Served(
             response, request_id, resolution, self.variants[resolution.variant], latency, flag
         )
+
+    def report_outcome(self, request_id: str, metric: str, value: bool | float) -> Attribution:
+        """Attribute an outcome the app reports to the variant and segment that served
+        `request_id` (counted once per request and metric)."""
+        try:
+            return self.outcomes.report(request_id, metric, value, self._clock())
+        except UnknownRequest as exc:
+            raise NotFound(str(exc)) from None
+        except WrongValueType as exc:
+            raise InvalidRequest(str(exc)) from None
 
     async def stable_ready(self, timeout: float) -> bool:
         """Whether the stable variant's model is ready (ready means stable is ready)."""

@@ -3,6 +3,7 @@ call, convert the response. Routing decisions live in the application layer."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import grpc
@@ -18,7 +19,7 @@ from sidecar.adapters.upstream.oip import OipUpstream
 from sidecar.app.dataplane import DataPlane, Served
 from sidecar.config import Config
 from sidecar.core.routing import Reason
-from sidecar.errors import ModelNotFound, SidecarError, UpstreamError
+from sidecar.errors import InvalidRequest, ModelNotFound, SidecarError, UpstreamError
 
 Context = grpc.aio.ServicerContext[object, object]
 USER_HEADER = "x-user-id"
@@ -203,12 +204,21 @@ class PredictServicer:
     async def ReportOutcome(
         self, request: pb.ReportOutcomeRequest, context: Context
     ) -> pb.ReportOutcomeResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "ReportOutcome is declared but not served yet: outcome attribution arrives with "
-            "the experiment statistics",
-        )
-        raise AssertionError("unreachable")
+        try:
+            which = request.WhichOneof("value")
+            if which is None:
+                raise InvalidRequest("value: give bool_value or number_value")
+            if which == "bool_value":
+                value: bool | float = request.bool_value
+            else:
+                value = request.number_value
+                if not math.isfinite(value):
+                    raise InvalidRequest("number_value: must be a finite number")
+            attribution = self.dataplane.report_outcome(request.request_id, request.metric, value)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return pb.ReportOutcomeResponse(variant=attribution.variant, segment=attribution.segment)
 
 
 def service_names() -> Sequence[str]:

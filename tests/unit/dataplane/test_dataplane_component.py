@@ -76,9 +76,30 @@ async def test_predict_returns_routing_decision(model_server: FaultInjectingUpst
         assert reply.inference.outputs[0].contents.int64_contents[0] == 2
         assert "override" in reply.reason_detail
         assert reply.request_id
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await client.ReportOutcome(predict_pb2.ReportOutcomeRequest(request_id="x"))
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        outcome = await client.ReportOutcome(
+            predict_pb2.ReportOutcomeRequest(
+                request_id=reply.request_id, metric="click", bool_value=True
+            )
+        )
+        assert outcome.variant == "canary"
+        again = await client.ReportOutcome(
+            predict_pb2.ReportOutcomeRequest(
+                request_id=reply.request_id, metric="click", bool_value=True
+            )
+        )
+        assert again.variant == "canary"  # idempotent: counted once
+        counters = sc.dataplane.outcomes.counters[("click", "canary", "")]
+        assert (counters.n, counters.successes) == (1, 1)
+        bad = [
+            (predict_pb2.ReportOutcomeRequest(request_id="nope", metric="click", bool_value=True), grpc.StatusCode.NOT_FOUND),
+            (predict_pb2.ReportOutcomeRequest(request_id=reply.request_id, metric="click", number_value=2.0), grpc.StatusCode.INVALID_ARGUMENT),
+            (predict_pb2.ReportOutcomeRequest(request_id=reply.request_id, metric="click"), grpc.StatusCode.INVALID_ARGUMENT),
+        ]  # fmt: skip
+        for req, code in bad:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.ReportOutcome(req)
+            assert info.value.code() == code
+        assert sc.dataplane.outcomes.counters[("click", "canary", "")].n == 1
 
 
 async def test_caller_deadline_is_honoured_and_capped(model_server: FaultInjectingUpstream) -> None:
@@ -352,3 +373,22 @@ async def test_dead_shadow_trips_the_breaker(
     assert tripped.errors_by_status.get("UNAVAILABLE") == 3
     assert tripped.dropped >= 15 and tripped.sent == 3
     assert healed.compared >= 4  # the probe succeeded and mirroring resumed
+
+
+async def test_front_door_request_id_takes_outcomes(model_server: FaultInjectingUpstream) -> None:
+    """The x-request-id trailer of a ModelInfer answer is the key for ReportOutcome."""
+    async with running_sidecar(two_variants(model_server)) as sc:
+        call = stub(sc.predict_port).ModelInfer(
+            infer_request(), metadata=(("x-user-id", "u7"), ("x-segment", "beta"))
+        )
+        await call
+        trailers = dict(await call.trailing_metadata())
+        predict = predict_pb2_grpc.PredictStub(
+            grpc.aio.insecure_channel(f"127.0.0.1:{sc.predict_port}")
+        )
+        outcome = await predict.ReportOutcome(
+            predict_pb2.ReportOutcomeRequest(
+                request_id=str(trailers["x-request-id"]), metric="revenue", number_value=3.5
+            )
+        )
+    assert outcome.variant == trailers["x-variant"] and outcome.segment == "beta"

@@ -59,7 +59,10 @@ class PredictServicer:
 
     def ReportOutcome(self, request, context):
         """Report an outcome (click, label, conversion, score) for a request served earlier.
-        Declared now; its semantics arrive with the experiment statistics.
+        It is attributed to the variant and segment that served the request, counted once per
+        request and metric (a repeat answers OK and changes nothing). Unknown or expired
+        request ids: NOT_FOUND. A metric's value type (boolean or number) is fixed by its
+        first report; another type: INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
