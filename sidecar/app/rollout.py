@@ -139,7 +139,6 @@ class HealthChecker:
         self._cumulative: CumulativeWindows | None = None
         self._stage_key: tuple[float, int] | None = None
         self._warned: set[str] = set()
-        self.stable_is_ready = True
 
     # ---- the loop --------------------------------------------------------------------
 
@@ -165,7 +164,6 @@ class HealthChecker:
         now = self._clock()
         snap = self.control.snapshot()
         state = snap.state
-        self.stable_is_ready = await self._stable_ready()
         self._lifecycle(state, now)
         progress = state.rollout
         if progress is not None and progress.phase is Phase.RUNNING:

@@ -88,7 +88,3 @@ def inject(metadata: list[tuple[str, str]], span: Span | None = None) -> None:
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(span) if span else None)
     metadata.extend(carrier.items())
-
-
-def current_span_context() -> trace.SpanContext:
-    return trace.get_current_span().get_span_context()

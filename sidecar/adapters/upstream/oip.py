@@ -78,43 +78,37 @@ class OipUpstream:
     async def infer(
         self, request: oip.ModelInferRequest, *, timeout: float, metadata: Metadata
     ) -> oip.ModelInferResponse:
-        """Send `request` as this variant's model (sets model name and version), in a
-        CLIENT span whose W3C trace context the upstream receives."""
+        """Send `request` as this variant's model (sets model name and version). With
+        client spans on, the call is a CLIENT span (not made current) whose W3C context the
+        upstream receives; off (no exporter), the upstream continues from the current span."""
         request.model_name = self.spec.model_name
         request.model_version = self.spec.model_version
-        if not self._client_spans:
-            # Not exporting: no CLIENT span (it would only cost); the upstream continues the
-            # trace from the current (server) span.
-            outgoing = list(metadata)
-            spans.inject(outgoing)
-            try:
-                plain: oip.ModelInferResponse = await self._infer(
-                    request, timeout=timeout, metadata=outgoing
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise self._error(exc, "failed") from None
-            return plain
-        # A CLIENT span under the current (server or shadow) span; it is not made current,
-        # its context goes to the upstream explicitly.
-        span = self._tracer.start_span(
-            "inference.GRPCInferenceService/ModelInfer",
-            kind=SpanKind.CLIENT,
-            attributes=self._span_attributes,
+        span = (
+            self._tracer.start_span(
+                "inference.GRPCInferenceService/ModelInfer",
+                kind=SpanKind.CLIENT,
+                attributes=self._span_attributes,
+            )
+            if self._client_spans
+            else None
         )
+        outgoing = list(metadata)
+        spans.inject(outgoing, span)
         try:
-            outgoing = list(metadata)
-            spans.inject(outgoing, span)
-            try:
-                response: oip.ModelInferResponse = await self._infer(
-                    request, timeout=timeout, metadata=outgoing
-                )
-            except grpc.aio.AioRpcError as exc:
-                error = self._error(exc, "failed")
+            response: oip.ModelInferResponse = await self._infer(
+                request, timeout=timeout, metadata=outgoing
+            )
+        except grpc.aio.AioRpcError as exc:
+            error = self._error(exc, "failed")
+            if span is not None:
                 spans.set_status(span, error.status, error.message)
-                raise error from None
-            spans.set_status(span, "OK")
+            raise error from None
+        else:
+            if span is not None:
+                spans.set_status(span, "OK")
         finally:
-            span.end()
+            if span is not None:
+                span.end()
         return response
 
     async def ready(self, *, timeout: float) -> bool:

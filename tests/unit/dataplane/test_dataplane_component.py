@@ -301,6 +301,7 @@ async def test_dead_and_failing_shadow_change_nothing(
         for i in range(10):
             reply = await client.ModelInfer(infer_request(), metadata=(("x-user-id", f"u{i}"),))
             assert reply.outputs[0].contents.int64_contents[0] in (1, 2)
+        await wait_shadow_settled(sc.control_port, 10)  # no copy still in flight at stop
         await shadow_server.stop()
         for i in range(10):
             reply = await client.ModelInfer(infer_request(), metadata=(("x-user-id", f"u{i}"),))
