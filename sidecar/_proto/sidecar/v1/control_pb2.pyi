@@ -8,6 +8,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ShadowRecommendation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SHADOW_RECOMMENDATION_UNSPECIFIED: _ClassVar[ShadowRecommendation]
+    RECOMMEND_INSUFFICIENT_DATA: _ClassVar[ShadowRecommendation]
+    RECOMMEND_FIX_ERRORS: _ClassVar[ShadowRecommendation]
+    RECOMMEND_INVESTIGATE_DISAGREEMENT: _ClassVar[ShadowRecommendation]
+    RECOMMEND_OPTIMISE_LATENCY: _ClassVar[ShadowRecommendation]
+    RECOMMEND_PROMOTE_TO_CANARY: _ClassVar[ShadowRecommendation]
+
+class ExperimentVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPERIMENT_VERDICT_UNSPECIFIED: _ClassVar[ExperimentVerdict]
+    VERDICT_SHIP_B: _ClassVar[ExperimentVerdict]
+    VERDICT_KEEP_A: _ClassVar[ExperimentVerdict]
+    VERDICT_EQUIVALENT: _ClassVar[ExperimentVerdict]
+    VERDICT_CONTINUE: _ClassVar[ExperimentVerdict]
+    VERDICT_BLOCKED: _ClassVar[ExperimentVerdict]
+
 class StageKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STAGE_KIND_UNSPECIFIED: _ClassVar[StageKind]
@@ -21,6 +39,18 @@ class GateStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GATE_PASS: _ClassVar[GateStatus]
     GATE_FAIL: _ClassVar[GateStatus]
     GATE_WAIT: _ClassVar[GateStatus]
+SHADOW_RECOMMENDATION_UNSPECIFIED: ShadowRecommendation
+RECOMMEND_INSUFFICIENT_DATA: ShadowRecommendation
+RECOMMEND_FIX_ERRORS: ShadowRecommendation
+RECOMMEND_INVESTIGATE_DISAGREEMENT: ShadowRecommendation
+RECOMMEND_OPTIMISE_LATENCY: ShadowRecommendation
+RECOMMEND_PROMOTE_TO_CANARY: ShadowRecommendation
+EXPERIMENT_VERDICT_UNSPECIFIED: ExperimentVerdict
+VERDICT_SHIP_B: ExperimentVerdict
+VERDICT_KEEP_A: ExperimentVerdict
+VERDICT_EQUIVALENT: ExperimentVerdict
+VERDICT_CONTINUE: ExperimentVerdict
+VERDICT_BLOCKED: ExperimentVerdict
 STAGE_KIND_UNSPECIFIED: StageKind
 STAGE_KIND_SHADOW: StageKind
 STAGE_KIND_CANARY: StageKind
@@ -318,7 +348,7 @@ class Disagreement(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., targeting_key: _Optional[str] = ..., primary_variant: _Optional[str] = ..., detail: _Optional[str] = ..., primary_output: _Optional[str] = ..., shadow_output: _Optional[str] = ..., unix_time: _Optional[float] = ...) -> None: ...
 
 class ShadowReport(_message.Message):
-    __slots__ = ("shadow_variant", "comparator", "sampled", "sent", "dropped", "compared", "agreed", "agreement_rate", "errors_by_status", "latency", "examples", "in_flight")
+    __slots__ = ("shadow_variant", "comparator", "sampled", "sent", "dropped", "compared", "agreed", "agreement_rate", "errors_by_status", "latency", "examples", "in_flight", "agreement", "error_rate", "primary_error_rate", "recommendation", "reasons", "latency_outliers", "noise")
     class ErrorsByStatusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -338,6 +368,13 @@ class ShadowReport(_message.Message):
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_OUTLIERS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FIELD_NUMBER: _ClassVar[int]
     shadow_variant: str
     comparator: str
     sampled: int
@@ -350,21 +387,292 @@ class ShadowReport(_message.Message):
     latency: LatencySummary
     examples: _containers.RepeatedCompositeFieldContainer[Disagreement]
     in_flight: int
-    def __init__(self, shadow_variant: _Optional[str] = ..., comparator: _Optional[str] = ..., sampled: _Optional[int] = ..., sent: _Optional[int] = ..., dropped: _Optional[int] = ..., compared: _Optional[int] = ..., agreed: _Optional[int] = ..., agreement_rate: _Optional[float] = ..., errors_by_status: _Optional[_Mapping[str, int]] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., examples: _Optional[_Iterable[_Union[Disagreement, _Mapping]]] = ..., in_flight: _Optional[int] = ...) -> None: ...
+    agreement: Estimate
+    error_rate: float
+    primary_error_rate: float
+    recommendation: ShadowRecommendation
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    latency_outliers: _containers.RepeatedCompositeFieldContainer[LatencyOutlier]
+    noise: NoiseAdjustment
+    def __init__(self, shadow_variant: _Optional[str] = ..., comparator: _Optional[str] = ..., sampled: _Optional[int] = ..., sent: _Optional[int] = ..., dropped: _Optional[int] = ..., compared: _Optional[int] = ..., agreed: _Optional[int] = ..., agreement_rate: _Optional[float] = ..., errors_by_status: _Optional[_Mapping[str, int]] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., examples: _Optional[_Iterable[_Union[Disagreement, _Mapping]]] = ..., in_flight: _Optional[int] = ..., agreement: _Optional[_Union[Estimate, _Mapping]] = ..., error_rate: _Optional[float] = ..., primary_error_rate: _Optional[float] = ..., recommendation: _Optional[_Union[ShadowRecommendation, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., latency_outliers: _Optional[_Iterable[_Union[LatencyOutlier, _Mapping]]] = ..., noise: _Optional[_Union[NoiseAdjustment, _Mapping]] = ...) -> None: ...
+
+class Estimate(_message.Message):
+    __slots__ = ("value", "lower", "upper", "level", "method")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    lower: float
+    upper: float
+    level: float
+    method: str
+    def __init__(self, value: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., level: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
+
+class LatencyOutlier(_message.Message):
+    __slots__ = ("request_id", "targeting_key", "primary_seconds", "shadow_seconds", "ratio", "unix_time")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGETING_KEY_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RATIO_FIELD_NUMBER: _ClassVar[int]
+    UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    targeting_key: str
+    primary_seconds: float
+    shadow_seconds: float
+    ratio: float
+    unix_time: float
+    def __init__(self, request_id: _Optional[str] = ..., targeting_key: _Optional[str] = ..., primary_seconds: _Optional[float] = ..., shadow_seconds: _Optional[float] = ..., ratio: _Optional[float] = ..., unix_time: _Optional[float] = ...) -> None: ...
+
+class NoiseAdjustment(_message.Message):
+    __slots__ = ("compared", "agreed", "noise_disagreement", "candidate_disagreement", "adjusted_disagreement")
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    AGREED_FIELD_NUMBER: _ClassVar[int]
+    NOISE_DISAGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_DISAGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTED_DISAGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    compared: int
+    agreed: int
+    noise_disagreement: Estimate
+    candidate_disagreement: Estimate
+    adjusted_disagreement: Estimate
+    def __init__(self, compared: _Optional[int] = ..., agreed: _Optional[int] = ..., noise_disagreement: _Optional[_Union[Estimate, _Mapping]] = ..., candidate_disagreement: _Optional[_Union[Estimate, _Mapping]] = ..., adjusted_disagreement: _Optional[_Union[Estimate, _Mapping]] = ...) -> None: ...
+
+class GetExperimentReportRequest(_message.Message):
+    __slots__ = ("metrics", "omit_history")
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    OMIT_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    omit_history: bool
+    def __init__(self, metrics: _Optional[_Iterable[str]] = ..., omit_history: _Optional[bool] = ...) -> None: ...
+
+class ArmResult(_message.Message):
+    __slots__ = ("variant", "n", "successes", "value", "std_dev")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    STD_DEV_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    n: int
+    successes: int
+    value: Estimate
+    std_dev: float
+    def __init__(self, variant: _Optional[str] = ..., n: _Optional[int] = ..., successes: _Optional[int] = ..., value: _Optional[_Union[Estimate, _Mapping]] = ..., std_dev: _Optional[float] = ...) -> None: ...
+
+class LookPoint(_message.Message):
+    __slots__ = ("unix_time", "n_control", "n_treatment", "difference", "lower", "upper", "p_value")
+    UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
+    N_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    N_TREATMENT_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    unix_time: float
+    n_control: int
+    n_treatment: int
+    difference: float
+    lower: float
+    upper: float
+    p_value: float
+    def __init__(self, unix_time: _Optional[float] = ..., n_control: _Optional[int] = ..., n_treatment: _Optional[int] = ..., difference: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., p_value: _Optional[float] = ...) -> None: ...
+
+class SegmentResult(_message.Message):
+    __slots__ = ("segment", "control", "treatment", "difference", "p_value", "adjusted_p_value", "significant", "winner")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    TREATMENT_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTED_P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    SIGNIFICANT_FIELD_NUMBER: _ClassVar[int]
+    WINNER_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    control: ArmResult
+    treatment: ArmResult
+    difference: Estimate
+    p_value: float
+    adjusted_p_value: float
+    significant: bool
+    winner: str
+    def __init__(self, segment: _Optional[str] = ..., control: _Optional[_Union[ArmResult, _Mapping]] = ..., treatment: _Optional[_Union[ArmResult, _Mapping]] = ..., difference: _Optional[_Union[Estimate, _Mapping]] = ..., p_value: _Optional[float] = ..., adjusted_p_value: _Optional[float] = ..., significant: _Optional[bool] = ..., winner: _Optional[str] = ...) -> None: ...
+
+class MetricResult(_message.Message):
+    __slots__ = ("metric", "kind", "higher_is_better", "minimum_effect", "control", "treatment", "difference", "relative_lift", "p_value", "fixed_horizon_p_value", "verdict", "reason", "additional_per_arm", "planned_per_arm", "correction", "segments", "simpson_warning", "history", "tau_squared", "alpha")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    HIGHER_IS_BETTER_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_EFFECT_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    TREATMENT_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_LIFT_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    FIXED_HORIZON_P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ADDITIONAL_PER_ARM_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_PER_ARM_FIELD_NUMBER: _ClassVar[int]
+    CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SIMPSON_WARNING_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    TAU_SQUARED_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    kind: str
+    higher_is_better: bool
+    minimum_effect: float
+    control: ArmResult
+    treatment: ArmResult
+    difference: Estimate
+    relative_lift: Estimate
+    p_value: float
+    fixed_horizon_p_value: float
+    verdict: ExperimentVerdict
+    reason: str
+    additional_per_arm: int
+    planned_per_arm: int
+    correction: str
+    segments: _containers.RepeatedCompositeFieldContainer[SegmentResult]
+    simpson_warning: str
+    history: _containers.RepeatedCompositeFieldContainer[LookPoint]
+    tau_squared: float
+    alpha: float
+    def __init__(self, metric: _Optional[str] = ..., kind: _Optional[str] = ..., higher_is_better: _Optional[bool] = ..., minimum_effect: _Optional[float] = ..., control: _Optional[_Union[ArmResult, _Mapping]] = ..., treatment: _Optional[_Union[ArmResult, _Mapping]] = ..., difference: _Optional[_Union[Estimate, _Mapping]] = ..., relative_lift: _Optional[_Union[Estimate, _Mapping]] = ..., p_value: _Optional[float] = ..., fixed_horizon_p_value: _Optional[float] = ..., verdict: _Optional[_Union[ExperimentVerdict, str]] = ..., reason: _Optional[str] = ..., additional_per_arm: _Optional[int] = ..., planned_per_arm: _Optional[int] = ..., correction: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentResult, _Mapping]]] = ..., simpson_warning: _Optional[str] = ..., history: _Optional[_Iterable[_Union[LookPoint, _Mapping]]] = ..., tau_squared: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
+
+class ArmCount(_message.Message):
+    __slots__ = ("variant", "observed", "observed_share", "expected_share")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    observed: int
+    observed_share: float
+    expected_share: float
+    def __init__(self, variant: _Optional[str] = ..., observed: _Optional[int] = ..., observed_share: _Optional[float] = ..., expected_share: _Optional[float] = ...) -> None: ...
+
+class SampleRatioCheck(_message.Message):
+    __slots__ = ("arms", "chi_square", "p_value", "threshold", "mismatch", "detail")
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    CHI_SQUARE_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    arms: _containers.RepeatedCompositeFieldContainer[ArmCount]
+    chi_square: float
+    p_value: float
+    threshold: float
+    mismatch: bool
+    detail: str
+    def __init__(self, arms: _Optional[_Iterable[_Union[ArmCount, _Mapping]]] = ..., chi_square: _Optional[float] = ..., p_value: _Optional[float] = ..., threshold: _Optional[float] = ..., mismatch: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class DriftFeature(_message.Message):
+    __slots__ = ("name", "kind", "variant", "reference_n", "current_n", "psi", "level", "ks_statistic", "ks_p_value", "edges", "reference_share", "current_share", "categorical")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_N_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_N_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    KS_STATISTIC_FIELD_NUMBER: _ClassVar[int]
+    KS_P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_SHARE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORICAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    variant: str
+    reference_n: int
+    current_n: int
+    psi: float
+    level: str
+    ks_statistic: float
+    ks_p_value: float
+    edges: _containers.RepeatedScalarFieldContainer[float]
+    reference_share: _containers.RepeatedScalarFieldContainer[float]
+    current_share: _containers.RepeatedScalarFieldContainer[float]
+    categorical: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., variant: _Optional[str] = ..., reference_n: _Optional[int] = ..., current_n: _Optional[int] = ..., psi: _Optional[float] = ..., level: _Optional[str] = ..., ks_statistic: _Optional[float] = ..., ks_p_value: _Optional[float] = ..., edges: _Optional[_Iterable[float]] = ..., reference_share: _Optional[_Iterable[float]] = ..., current_share: _Optional[_Iterable[float]] = ..., categorical: _Optional[bool] = ...) -> None: ...
+
+class DriftReport(_message.Message):
+    __slots__ = ("enabled", "moderate_threshold", "major_threshold", "sampled", "dropped", "reference", "features", "worst_level")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MODERATE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAJOR_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    WORST_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    moderate_threshold: float
+    major_threshold: float
+    sampled: int
+    dropped: int
+    reference: str
+    features: _containers.RepeatedCompositeFieldContainer[DriftFeature]
+    worst_level: str
+    def __init__(self, enabled: _Optional[bool] = ..., moderate_threshold: _Optional[float] = ..., major_threshold: _Optional[float] = ..., sampled: _Optional[int] = ..., dropped: _Optional[int] = ..., reference: _Optional[str] = ..., features: _Optional[_Iterable[_Union[DriftFeature, _Mapping]]] = ..., worst_level: _Optional[str] = ...) -> None: ...
+
+class ExperimentReport(_message.Message):
+    __slots__ = ("generated_unix_time", "epoch", "started_unix_time", "control_variant", "treatment_variant", "srm", "metrics", "shadow", "drift", "warnings", "looks", "last_look_unix_time", "revision", "unit", "alpha")
+    GENERATED_UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    TREATMENT_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    SRM_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    LOOKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_LOOK_UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    generated_unix_time: float
+    epoch: int
+    started_unix_time: float
+    control_variant: str
+    treatment_variant: str
+    srm: SampleRatioCheck
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricResult]
+    shadow: ShadowReport
+    drift: DriftReport
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    looks: int
+    last_look_unix_time: float
+    revision: int
+    unit: str
+    alpha: float
+    def __init__(self, generated_unix_time: _Optional[float] = ..., epoch: _Optional[int] = ..., started_unix_time: _Optional[float] = ..., control_variant: _Optional[str] = ..., treatment_variant: _Optional[str] = ..., srm: _Optional[_Union[SampleRatioCheck, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[MetricResult, _Mapping]]] = ..., shadow: _Optional[_Union[ShadowReport, _Mapping]] = ..., drift: _Optional[_Union[DriftReport, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., looks: _Optional[int] = ..., last_look_unix_time: _Optional[float] = ..., revision: _Optional[int] = ..., unit: _Optional[str] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class RolloutStage(_message.Message):
-    __slots__ = ("name", "kind", "canary_bp", "min_duration_seconds", "min_samples")
+    __slots__ = ("name", "kind", "canary_bp", "min_duration_seconds", "min_samples", "ab_gate", "max_drift_psi")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CANARY_BP_FIELD_NUMBER: _ClassVar[int]
     MIN_DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    AB_GATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DRIFT_PSI_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: StageKind
     canary_bp: int
     min_duration_seconds: float
     min_samples: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[StageKind, str]] = ..., canary_bp: _Optional[int] = ..., min_duration_seconds: _Optional[float] = ..., min_samples: _Optional[int] = ...) -> None: ...
+    ab_gate: bool
+    max_drift_psi: float
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[StageKind, str]] = ..., canary_bp: _Optional[int] = ..., min_duration_seconds: _Optional[float] = ..., min_samples: _Optional[int] = ..., ab_gate: _Optional[bool] = ..., max_drift_psi: _Optional[float] = ...) -> None: ...
 
 class RolloutPlan(_message.Message):
     __slots__ = ("stages",)

@@ -95,6 +95,11 @@ class ControlStub:
                 request_serializer=sidecar_dot_v1_dot_control__pb2.GetShadowReportRequest.SerializeToString,
                 response_deserializer=sidecar_dot_v1_dot_control__pb2.ShadowReport.FromString,
                 _registered_method=True)
+        self.GetExperimentReport = channel.unary_unary(
+                '/sidecar.v1.Control/GetExperimentReport',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.GetExperimentReportRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.ExperimentReport.FromString,
+                _registered_method=True)
         self.StartRollout = channel.unary_unary(
                 '/sidecar.v1.Control/StartRollout',
                 request_serializer=sidecar_dot_v1_dot_control__pb2.StartRolloutRequest.SerializeToString,
@@ -206,7 +211,16 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetShadowReport(self, request, context):
-        """What the shadow comparison has recorded so far.
+        """What the shadow comparison has recorded so far, with its analysis and recommendation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExperimentReport(self, request, context):
+        """The experiment between the stable (A, control) and canary (B, treatment) variants:
+        sample-ratio check, anytime-valid verdict per outcome metric, segments, the shadow
+        report and drift. Everything an ML engineer needs to decide.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -317,6 +331,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetShadowReport,
                     request_deserializer=sidecar_dot_v1_dot_control__pb2.GetShadowReportRequest.FromString,
                     response_serializer=sidecar_dot_v1_dot_control__pb2.ShadowReport.SerializeToString,
+            ),
+            'GetExperimentReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExperimentReport,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.GetExperimentReportRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.ExperimentReport.SerializeToString,
             ),
             'StartRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.StartRollout,
@@ -673,6 +692,33 @@ class Control:
             '/sidecar.v1.Control/GetShadowReport',
             sidecar_dot_v1_dot_control__pb2.GetShadowReportRequest.SerializeToString,
             sidecar_dot_v1_dot_control__pb2.ShadowReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExperimentReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/GetExperimentReport',
+            sidecar_dot_v1_dot_control__pb2.GetExperimentReportRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.ExperimentReport.FromString,
             options,
             channel_credentials,
             insecure,
