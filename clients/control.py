@@ -7,6 +7,10 @@
         state = control.set_weights({"stable": 9500, "canary": 500}, reason="canary 5%",
                                     expected_revision=state.revision)
 
+Experiments: `experiment_report` returns the A/B report (sample-ratio check, anytime-valid
+verdict per metric, segments, shadow, drift); print it with `render_experiment`, or as a
+self-contained HTML page with plots with `clients.report_html.render_html`.
+
 Rollouts: `start_rollout` (the server's default plan, or a `RolloutPlan`), `pause_rollout`,
 `resume_rollout`, `abort_rollout`, `get_rollout` (print it with `render_rollout`), and
 `run_drill` to rehearse an automatic rollback.
@@ -41,11 +45,20 @@ __all__ = [
     "StateWatch",
     "audit_entry_to_dict",
     "drill_to_dict",
+    "estimate_to_dict",
+    "experiment_to_dict",
     "format_percent",
     "gate_status_name",
+    "metric_effect_text",
+    "metric_to_dict",
+    "metric_value_text",
+    "p_value_text",
     "progress_bar",
+    "recommendation_name",
+    "recommendation_text",
     "render_audit",
     "render_drill",
+    "render_experiment",
     "render_rollout",
     "render_shadow",
     "render_state",
@@ -53,6 +66,9 @@ __all__ = [
     "shadow_to_dict",
     "stage_kind_name",
     "state_to_dict",
+    "verdict_label",
+    "verdict_name",
+    "verdict_text",
 ]
 
 _M = TypeVar("_M", bound=Message)
@@ -212,6 +228,15 @@ class ControlClient:
         return self._unary(
             self._stub.GetShadowReport, cpb.GetShadowReportRequest(), cpb.ShadowReport
         )
+
+    def experiment_report(
+        self, metrics: Sequence[str] = (), omit_history: bool = False
+    ) -> cpb.ExperimentReport:
+        """The experiment between stable (A) and canary (B): SRM check, anytime-valid verdict
+        per metric, segments, shadow and drift. `metrics` limits it to those metrics (empty:
+        all configured); `omit_history` leaves out the per-look history (a smaller answer)."""
+        request = cpb.GetExperimentReportRequest(metrics=list(metrics), omit_history=omit_history)
+        return self._unary(self._stub.GetExperimentReport, request, cpb.ExperimentReport)
 
     # -- writes (each returns the new State) ----------------------------------------------
 
@@ -612,8 +637,64 @@ def render_audit(entries: Iterable[cpb.AuditEntry]) -> str:
     return _table(["TIME", "WHO", "METHOD", "REVISION", "REASON", "CHANGE"], rows)
 
 
+_RECOMMENDATIONS: dict[int, tuple[str, str]] = {
+    cpb.RECOMMEND_INSUFFICIENT_DATA: ("INSUFFICIENT_DATA", "insufficient data: keep shadowing"),
+    cpb.RECOMMEND_FIX_ERRORS: ("FIX_ERRORS", "fix the shadow's errors first"),
+    cpb.RECOMMEND_INVESTIGATE_DISAGREEMENT: (
+        "INVESTIGATE_DISAGREEMENT",
+        "investigate the disagreement before serving it",
+    ),
+    cpb.RECOMMEND_OPTIMISE_LATENCY: ("OPTIMISE_LATENCY", "optimise its latency first"),
+    cpb.RECOMMEND_PROMOTE_TO_CANARY: ("PROMOTE_TO_CANARY", "promote to canary"),
+}
+
+
+def recommendation_name(recommendation: int) -> str | None:
+    """PROMOTE_TO_CANARY, INVESTIGATE_DISAGREEMENT, ... (None when unspecified)."""
+    entry = _RECOMMENDATIONS.get(recommendation)
+    return entry[0] if entry else None
+
+
+def recommendation_text(recommendation: int) -> str | None:
+    """The shadow recommendation in words, e.g. "promote to canary" (None when unspecified)."""
+    entry = _RECOMMENDATIONS.get(recommendation)
+    return entry[1] if entry else None
+
+
+def estimate_to_dict(estimate: cpb.Estimate) -> dict[str, Any]:
+    """An Estimate as JSON-ready data; infinite or NaN numbers become None."""
+    return {
+        "value": _finite(estimate.value),
+        "lower": _finite(estimate.lower),
+        "upper": _finite(estimate.upper),
+        "level": _finite(estimate.level),
+        "method": estimate.method,
+    }
+
+
+def _optional_estimate(message: Message, name: str) -> dict[str, Any] | None:
+    if not message.HasField(name):
+        return None
+    value = getattr(message, name)
+    assert isinstance(value, cpb.Estimate)
+    return estimate_to_dict(value)
+
+
+def _noise_to_dict(report: cpb.ShadowReport) -> dict[str, Any] | None:
+    if not report.HasField("noise"):
+        return None
+    noise = report.noise
+    return {
+        "compared": noise.compared,
+        "agreed": noise.agreed,
+        "noise_disagreement": _optional_estimate(noise, "noise_disagreement"),
+        "candidate_disagreement": _optional_estimate(noise, "candidate_disagreement"),
+        "adjusted_disagreement": _optional_estimate(noise, "adjusted_disagreement"),
+    }
+
+
 def shadow_to_dict(report: cpb.ShadowReport) -> dict[str, Any]:
-    """The shadow report as JSON-ready data."""
+    """The shadow report as JSON-ready data (with its analysis and recommendation)."""
     latency = report.latency
     return {
         "shadow_variant": report.shadow_variant,
@@ -625,6 +706,12 @@ def shadow_to_dict(report: cpb.ShadowReport) -> dict[str, Any]:
         "compared": report.compared,
         "agreed": report.agreed,
         "agreement_rate": report.agreement_rate if report.compared else None,
+        "agreement": _optional_estimate(report, "agreement"),
+        "error_rate": _finite(report.error_rate),
+        "primary_error_rate": _finite(report.primary_error_rate),
+        "recommendation": recommendation_name(report.recommendation),
+        "reasons": list(report.reasons),
+        "noise": _noise_to_dict(report),
         "errors_by_status": dict(sorted(report.errors_by_status.items())),
         "latency": {
             "count": latency.count,
@@ -635,6 +722,18 @@ def shadow_to_dict(report: cpb.ShadowReport) -> dict[str, Any]:
             "ratio_p50": latency.ratio_p50,
             "ratio_p95": latency.ratio_p95,
         },
+        "latency_outliers": [
+            {
+                "at": _iso(o.unix_time),
+                "unix_time": o.unix_time,
+                "request_id": o.request_id,
+                "targeting_key": o.targeting_key,
+                "primary_seconds": o.primary_seconds,
+                "shadow_seconds": o.shadow_seconds,
+                "ratio": _finite(o.ratio),
+            }
+            for o in report.latency_outliers
+        ],
         "examples": [
             {
                 "at": _iso(d.unix_time),
@@ -655,23 +754,103 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-def render_shadow(report: cpb.ShadowReport) -> str:
-    """The shadow comparison so far: counts, agreement, errors, latency, recent disagreements."""
+def _pct(fraction: float, digits: int = 2) -> str:
+    """0.9 -> "90.00%" (— for NaN or infinity)."""
+    return f"{fraction * 100:.{digits}f}%" if math.isfinite(fraction) else _NONE
+
+
+def _level(estimate: cpb.Estimate, default: float = 0.95) -> str:
+    """The interval's confidence as "95%"."""
+    level = estimate.level if 0 < estimate.level < 1 else default
+    return f"{level * 100:g}%"
+
+
+def _estimate_pct(estimate: cpb.Estimate) -> str:
+    """`90.00% [86.12%, 93.01%] (95% wilson)`."""
+    method = f" {_clean(estimate.method)}" if estimate.method else ""
+    return (
+        f"{_pct(estimate.value)} [{_pct(estimate.lower)}, {_pct(estimate.upper)}] "
+        f"({_level(estimate)}{method})"
+    )
+
+
+def _noise_lines(report: cpb.ShadowReport) -> list[str]:
+    if not report.HasField("noise"):
+        return []
+    noise = report.noise
+    lines = [f"noise mirror (primary vs itself): compared {noise.compared}, agreed {noise.agreed}"]
+    if noise.HasField("noise_disagreement"):
+        lines.append(f"  own disagreement {_estimate_pct(noise.noise_disagreement)}")
+    if noise.HasField("candidate_disagreement"):
+        lines.append(f"  candidate disagreement {_estimate_pct(noise.candidate_disagreement)}")
+    if noise.HasField("adjusted_disagreement"):
+        lines.append(
+            "  noise-adjusted disagreement (candidate - noise) "
+            f"{_estimate_pct(noise.adjusted_disagreement)}"
+        )
+    return lines
+
+
+def _error_rate_line(report: cpb.ShadowReport) -> str | None:
+    if not (report.sent or report.error_rate or report.primary_error_rate):
+        return None
+    return (
+        f"error rate: shadow {_pct(report.error_rate)} of calls sent, "
+        f"primary {_pct(report.primary_error_rate)} over the same period"
+    )
+
+
+def _outlier_table(outliers: Sequence[cpb.LatencyOutlier]) -> str:
+    rows = [
+        [
+            _when(o.unix_time),
+            o.request_id or _NONE,
+            o.targeting_key or _NONE,
+            _ms(o.primary_seconds),
+            _ms(o.shadow_seconds),
+            f"{o.ratio:.2f}x" if math.isfinite(o.ratio) else _NONE,
+        ]
+        for o in outliers
+    ]
+    return _table(["TIME", "REQUEST", "KEY", "PRIMARY", "SHADOW", "RATIO"], rows, right=(3, 4, 5))
+
+
+def render_shadow(
+    report: cpb.ShadowReport,
+    *,
+    max_examples: int | None = None,
+    max_outliers: int | None = None,
+) -> str:
+    """The shadow comparison so far: recommendation and reasons, counts, agreement with its
+    interval, noise adjustment, error rates, latency, slowest calls, recent disagreements.
+    `max_examples` / `max_outliers` keep only the newest disagreements / slowest calls."""
     if not report.shadow_variant:
         return "shadow: no shadow variant configured"
     lines = [
         f"shadow variant {_clean(report.shadow_variant)}   "
         f"comparator {_clean(report.comparator) or _NONE}",
-        f"sampled {report.sampled}   sent {report.sent}   dropped {report.dropped} "
-        f"(max in flight reached)   in flight {report.in_flight}",
     ]
+    advice = recommendation_text(report.recommendation)
+    if advice is not None:
+        lines.append(f"recommendation: {advice.upper()}")
+    lines.extend(f"  - {_clean(reason)}" for reason in report.reasons)
+    lines.append(
+        f"sampled {report.sampled}   sent {report.sent}   dropped {report.dropped} "
+        f"(max in flight reached)   in flight {report.in_flight}"
+    )
     if report.compared:
-        lines.append(
-            f"compared {report.compared}   agreed {report.agreed}   "
-            f"agreement {report.agreement_rate * 100:.2f}%"
-        )
+        agreement = f"agreement {report.agreement_rate * 100:.2f}%"
+        if report.HasField("agreement"):
+            a = report.agreement
+            method = f" {_clean(a.method)}" if a.method else ""
+            agreement += f" [{_pct(a.lower)}, {_pct(a.upper)}] ({_level(a)}{method} interval)"
+        lines.append(f"compared {report.compared}   agreed {report.agreed}   {agreement}")
     else:
         lines.append("compared 0   agreement n/a (nothing compared yet)")
+    lines.extend(_noise_lines(report))
+    error_rates = _error_rate_line(report)
+    if error_rates is not None:
+        lines.append(error_rates)
     if report.errors_by_status:
         errors = ", ".join(f"{code} {n}" for code, n in sorted(report.errors_by_status.items()))
         lines.append(f"shadow errors: {_clean(errors)}")
@@ -685,9 +864,29 @@ def render_shadow(report: cpb.ShadowReport) -> str:
             f"p95 {_ms(lat.shadow_p95_seconds)}; shadow/primary p50 {lat.ratio_p50:.2f}x "
             f"p95 {lat.ratio_p95:.2f}x"
         )
-    if report.examples:
+    outliers = list(report.latency_outliers)
+    if max_outliers is not None:
+        outliers = outliers[:max_outliers]
+    if outliers:
         lines.append("")
-        lines.append(f"recent disagreements ({len(report.examples)}, newest last):")
+        shown = (
+            f"{len(outliers)} of {len(report.latency_outliers)}"
+            if len(outliers) < len(report.latency_outliers)
+            else str(len(outliers))
+        )
+        lines.append(f"slowest shadow calls relative to the primary ({shown}):")
+        lines.append(_outlier_table(outliers))
+    examples = list(report.examples)
+    if max_examples is not None:
+        examples = examples[-max_examples:] if max_examples > 0 else []
+    if examples:
+        lines.append("")
+        shown = (
+            f"{len(examples)} of {len(report.examples)}"
+            if len(examples) < len(report.examples)
+            else str(len(examples))
+        )
+        lines.append(f"recent disagreements ({shown}, newest last):")
         rows = [
             [
                 _when(d.unix_time),
@@ -696,7 +895,7 @@ def render_shadow(report: cpb.ShadowReport) -> str:
                 d.primary_variant or _NONE,
                 d.detail,
             ]
-            for d in report.examples
+            for d in examples
         ]
         lines.append(_table(["TIME", "REQUEST", "KEY", "PRIMARY", "DETAIL"], rows))
     return "\n".join(lines)
@@ -1010,3 +1209,468 @@ def render_drill(report: cpb.DrillReport) -> str:
             "(the routing from before the drill)",
         ]
     )
+
+
+# ---------------------------------------------------------------------------------------
+# The experiment report.
+# ---------------------------------------------------------------------------------------
+
+_VERDICTS: dict[int, tuple[str, str]] = {
+    cpb.VERDICT_SHIP_B: ("SHIP_B", "Ship B"),
+    cpb.VERDICT_KEEP_A: ("KEEP_A", "Keep A"),
+    cpb.VERDICT_EQUIVALENT: ("EQUIVALENT", "Equivalent"),
+    cpb.VERDICT_CONTINUE: ("CONTINUE", "Continue"),
+    cpb.VERDICT_BLOCKED: ("BLOCKED", "Blocked"),
+}
+#: Shadow sections of the experiment tables show this many disagreements and slow calls.
+_REPORT_EXAMPLES = 3
+
+
+def verdict_name(verdict: int) -> str:
+    """SHIP_B, KEEP_A, EQUIVALENT, CONTINUE or BLOCKED ("UNSPECIFIED" for anything else)."""
+    entry = _VERDICTS.get(verdict)
+    return entry[0] if entry else "UNSPECIFIED"
+
+
+def verdict_text(verdict: int) -> str:
+    """The verdict in words: Ship B, Keep A, Equivalent, Continue, Blocked (or "no verdict")."""
+    entry = _VERDICTS.get(verdict)
+    return entry[1] if entry else "no verdict"
+
+
+def _verdict_variant(metric: cpb.MetricResult, report: cpb.ExperimentReport) -> str:
+    """The variant a verdict names: B's for Ship B, A's for Keep A, else empty."""
+    if metric.verdict == cpb.VERDICT_SHIP_B:
+        return report.treatment_variant
+    if metric.verdict == cpb.VERDICT_KEEP_A:
+        return report.control_variant
+    return ""
+
+
+def verdict_label(metric: cpb.MetricResult, report: cpb.ExperimentReport) -> str:
+    """The verdict with the variant it names: "Ship B (canary)", "Keep A (stable)", ..."""
+    text = verdict_text(metric.verdict)
+    variant = _verdict_variant(metric, report)
+    return f"{text} ({variant})" if variant else text
+
+
+def _verdict_headline(report: cpb.ExperimentReport, metric: cpb.MetricResult) -> str:
+    """`SHIP B (canary)`: the verdict in capitals, the variant it names as written."""
+    text = verdict_text(metric.verdict).upper()
+    variant = _verdict_variant(metric, report)
+    return f"{text} ({_clean(variant)})" if variant else text
+
+
+def _arm_to_dict(arm: cpb.ArmResult) -> dict[str, Any]:
+    return {
+        "variant": arm.variant,
+        "n": arm.n,
+        "successes": arm.successes,
+        "value": _optional_estimate(arm, "value"),
+        "std_dev": _finite(arm.std_dev),
+    }
+
+
+def _segment_to_dict(segment: cpb.SegmentResult) -> dict[str, Any]:
+    return {
+        "segment": segment.segment,
+        "control": _arm_to_dict(segment.control),
+        "treatment": _arm_to_dict(segment.treatment),
+        "difference": _optional_estimate(segment, "difference"),
+        "p_value": _finite(segment.p_value),
+        "adjusted_p_value": _finite(segment.adjusted_p_value),
+        "significant": segment.significant,
+        "winner": segment.winner or None,
+    }
+
+
+def _look_to_dict(look: cpb.LookPoint) -> dict[str, Any]:
+    return {
+        "at": _iso(look.unix_time),
+        "unix_time": look.unix_time,
+        "n_control": look.n_control,
+        "n_treatment": look.n_treatment,
+        "difference": _finite(look.difference),
+        "lower": _finite(look.lower),
+        "upper": _finite(look.upper),
+        "p_value": _finite(look.p_value),
+    }
+
+
+def metric_to_dict(metric: cpb.MetricResult) -> dict[str, Any]:
+    """One metric's result as JSON-ready data (verdict as SHIP_B / KEEP_A / ...)."""
+    return {
+        "metric": metric.metric,
+        "kind": metric.kind,
+        "higher_is_better": metric.higher_is_better,
+        "minimum_effect": _finite(metric.minimum_effect),
+        "verdict": verdict_name(metric.verdict),
+        "verdict_text": verdict_text(metric.verdict),
+        "reason": metric.reason,
+        "control": _arm_to_dict(metric.control),
+        "treatment": _arm_to_dict(metric.treatment),
+        "difference": _optional_estimate(metric, "difference"),
+        "relative_lift": _optional_estimate(metric, "relative_lift"),
+        "p_value": _finite(metric.p_value),
+        "fixed_horizon_p_value": _finite(metric.fixed_horizon_p_value),
+        "additional_per_arm": metric.additional_per_arm if metric.additional_per_arm >= 0 else None,
+        "planned_per_arm": metric.planned_per_arm,
+        "correction": metric.correction or None,
+        "segments": [_segment_to_dict(s) for s in metric.segments],
+        "simpson_warning": metric.simpson_warning or None,
+        "history": [_look_to_dict(look) for look in metric.history],
+        "tau_squared": _finite(metric.tau_squared),
+        "alpha": _finite(metric.alpha),
+    }
+
+
+def _srm_to_dict(report: cpb.ExperimentReport) -> dict[str, Any] | None:
+    if not report.HasField("srm"):
+        return None
+    srm = report.srm
+    return {
+        "arms": [
+            {
+                "variant": a.variant,
+                "observed": a.observed,
+                "observed_share": _finite(a.observed_share),
+                "expected_share": _finite(a.expected_share),
+            }
+            for a in srm.arms
+        ],
+        "chi_square": _finite(srm.chi_square),
+        "p_value": _finite(srm.p_value),
+        "threshold": _finite(srm.threshold),
+        "mismatch": srm.mismatch,
+        "detail": srm.detail,
+    }
+
+
+def _drift_to_dict(report: cpb.ExperimentReport) -> dict[str, Any] | None:
+    if not report.HasField("drift"):
+        return None
+    drift = report.drift
+    return {
+        "enabled": drift.enabled,
+        "moderate_threshold": _finite(drift.moderate_threshold),
+        "major_threshold": _finite(drift.major_threshold),
+        "sampled": drift.sampled,
+        "dropped": drift.dropped,
+        "reference": drift.reference,
+        "worst_level": drift.worst_level or None,
+        "features": [
+            {
+                "name": f.name,
+                "kind": f.kind,
+                "variant": f.variant or None,
+                "reference_n": f.reference_n,
+                "current_n": f.current_n,
+                "psi": _finite(f.psi),
+                "level": f.level,
+                "ks_statistic": _finite(f.ks_statistic),
+                "ks_p_value": _finite(f.ks_p_value),
+                "categorical": f.categorical,
+                "edges": [_finite(e) for e in f.edges],
+                "reference_share": [_finite(s) for s in f.reference_share],
+                "current_share": [_finite(s) for s in f.current_share],
+            }
+            for f in drift.features
+        ],
+    }
+
+
+def experiment_to_dict(report: cpb.ExperimentReport) -> dict[str, Any]:
+    """The experiment report as JSON-ready data: infinite or NaN numbers become None, times
+    come also as ISO 8601, verdicts as SHIP_B / KEEP_A / EQUIVALENT / CONTINUE / BLOCKED."""
+    shadow = report.shadow
+    return {
+        "generated_at": _iso(report.generated_unix_time),
+        "generated_unix_time": report.generated_unix_time,
+        "epoch": report.epoch,
+        "started_at": _iso(report.started_unix_time),
+        "started_unix_time": report.started_unix_time,
+        "revision": report.revision,
+        "control_variant": report.control_variant,
+        "treatment_variant": report.treatment_variant,
+        "unit": report.unit,
+        "alpha": _finite(report.alpha),
+        "looks": report.looks,
+        "last_look_at": _iso(report.last_look_unix_time),
+        "last_look_unix_time": report.last_look_unix_time,
+        "warnings": list(report.warnings),
+        "srm": _srm_to_dict(report),
+        "metrics": [metric_to_dict(m) for m in report.metrics],
+        "shadow": shadow_to_dict(shadow) if shadow.shadow_variant else None,
+        "drift": _drift_to_dict(report),
+    }
+
+
+def p_value_text(p: float) -> str:
+    """A p-value for people: 0.0312, 4.9e-07 below 0.0001 (— when missing)."""
+    if not math.isfinite(p):
+        return _NONE
+    return f"{p:.1e}" if 0 < p < 1e-4 else f"{p:.4f}"
+
+
+def _sig(value: float) -> str:
+    if not math.isfinite(value):
+        return _NONE
+    return f"{value:.0f}" if abs(value) >= 1e5 else f"{value:.4g}"
+
+
+def metric_value_text(kind: str, value: float) -> str:
+    """A rate (bool metrics) as a percentage, a mean (numeric metrics) with 4 digits."""
+    return _pct(value) if kind == "bool" else _sig(value)
+
+
+def metric_effect_text(kind: str, value: float) -> str:
+    """A difference with its sign: percentage points for rates, plain for means."""
+    if not math.isfinite(value):
+        return _NONE
+    return f"{value * 100:+.2f} pp" if kind == "bool" else f"{value:+.4g}"
+
+
+def _effect_interval(kind: str, estimate: cpb.Estimate) -> str:
+    lower = metric_effect_text(kind, estimate.lower)
+    upper = metric_effect_text(kind, estimate.upper)
+    return f"[{lower}, {upper}]"
+
+
+def _arm_letter(report: cpb.ExperimentReport, variant: str) -> str:
+    if variant and variant == report.control_variant:
+        return "A"
+    if variant and variant == report.treatment_variant:
+        return "B"
+    return _NONE
+
+
+def _header_lines(report: cpb.ExperimentReport) -> list[str]:
+    control = _clean(report.control_variant) or _NONE
+    treatment = _clean(report.treatment_variant) or _NONE
+    alpha = f"{report.alpha:g}" if report.alpha > 0 else _NONE
+    last = f", last at {_when(report.last_look_unix_time)}" if report.looks else ""
+    return [
+        f"experiment epoch {report.epoch}: control (A) {control} vs treatment (B) {treatment}",
+        f"started {_when(report.started_unix_time)}   unit {_clean(report.unit) or _NONE}   "
+        f"alpha {alpha}   looks {report.looks}{last}",
+        f"generated {_when(report.generated_unix_time)}   revision {report.revision}",
+    ]
+
+
+def _srm_lines(report: cpb.ExperimentReport) -> list[str]:
+    srm = report.srm
+    if not report.HasField("srm") or not srm.arms:
+        return ["sample ratio check: no data (no assigned requests yet)"]
+    stats = (
+        f"chi-square {'inf' if math.isinf(srm.chi_square) else _sig(srm.chi_square)}, "
+        f"p {p_value_text(srm.p_value)}, "
+        f"threshold {srm.threshold:g}"
+    )
+    if srm.mismatch:
+        head = f"sample ratio check: MISMATCH ({stats}): every verdict is blocked"
+    else:
+        head = f"sample ratio check: ok ({stats})"
+    lines = [head]
+    if srm.detail:
+        lines.append(f"  {_clean(srm.detail)}")
+    rows = [
+        [
+            a.variant or _NONE,
+            _arm_letter(report, a.variant),
+            str(a.observed),
+            _pct(a.observed_share),
+            _pct(a.expected_share),
+        ]
+        for a in srm.arms
+    ]
+    lines.append(
+        _table(["VARIANT", "ARM", "OBSERVED", "OBSERVED SHARE", "EXPECTED SHARE"], rows, (2, 3, 4))
+    )
+    return lines
+
+
+def _arm_row(letter: str, kind: str, arm: cpb.ArmResult) -> list[str]:
+    has_value = arm.HasField("value")
+    value = metric_value_text(kind, arm.value.value) if has_value else _NONE
+    interval = (
+        f"[{metric_value_text(kind, arm.value.lower)}, {metric_value_text(kind, arm.value.upper)}]"
+        if has_value
+        else _NONE
+    )
+    detail = str(arm.successes) if kind == "bool" else _sig(arm.std_dev)
+    return [letter, arm.variant or _NONE, str(arm.n), detail, value, interval]
+
+
+def _segment_rows(kind: str, segments: Sequence[cpb.SegmentResult]) -> list[list[str]]:
+    rows = []
+    for s in segments:
+        c, t = s.control, s.treatment
+        values = (
+            f"{metric_value_text(kind, c.value.value)} / {metric_value_text(kind, t.value.value)}"
+        )
+        diff = (
+            f"{metric_effect_text(kind, s.difference.value)} {_effect_interval(kind, s.difference)}"
+            if s.HasField("difference")
+            else _NONE
+        )
+        rows.append(
+            [
+                s.segment or _NONE,
+                f"{c.n} / {t.n}",
+                values,
+                diff,
+                p_value_text(s.p_value),
+                p_value_text(s.adjusted_p_value),
+                "YES" if s.significant else "no",
+                s.winner or _NONE,
+            ]
+        )
+    return rows
+
+
+def _metric_lines(report: cpb.ExperimentReport, m: cpb.MetricResult) -> list[str]:
+    kind = m.kind or "number"
+    direction = "higher is better" if m.higher_is_better else "lower is better"
+    effect = metric_effect_text(kind, m.minimum_effect).lstrip("+")
+    lines = [
+        f"== metric {_clean(m.metric) or _NONE} ({_clean(kind)}, {direction}, "
+        f"minimum effect ±{effect}) ==",
+        f"verdict: {_verdict_headline(report, m)}" + (f": {_clean(m.reason)}" if m.reason else ""),
+    ]
+    value_name = "RATE" if kind == "bool" else "MEAN"
+    detail_name = "SUCCESSES" if kind == "bool" else "STD DEV"
+    level = _level(m.control.value) if m.control.HasField("value") else "95%"
+    lines.append(
+        _table(
+            ["ARM", "VARIANT", "N", detail_name, value_name, f"{level} INTERVAL"],
+            [_arm_row("A", kind, m.control), _arm_row("B", kind, m.treatment)],
+            right=(2, 3, 4),
+        )
+    )
+    if m.HasField("difference"):
+        d = m.difference
+        method = f", {_clean(d.method)}" if d.method else ""
+        lines.append(
+            f"difference B - A: {metric_effect_text(kind, d.value)}, anytime-valid "
+            f"{_level(d, 1 - (m.alpha or report.alpha or 0.05))} interval "
+            f"{_effect_interval(kind, d)}{method}"
+        )
+    else:
+        lines.append("difference B - A: no data yet")
+    if m.HasField("relative_lift"):
+        lift = m.relative_lift
+        lines.append(
+            f"relative lift: {_signed_pct(lift.value)} [{_signed_pct(lift.lower)}, "
+            f"{_signed_pct(lift.upper)}] (fixed-horizon interval: for reading, not deciding)"
+        )
+    lines.append(
+        f"always-valid p {p_value_text(m.p_value)}   fixed-horizon p "
+        f"{p_value_text(m.fixed_horizon_p_value)} (NOT valid under repeated looks)"
+    )
+    planned = f"{m.planned_per_arm} per arm" if m.planned_per_arm > 0 else "n/a (no baseline)"
+    sizes = f"planned sample size: {planned}"
+    if m.verdict == cpb.VERDICT_CONTINUE:
+        if m.additional_per_arm >= 0:
+            sizes += f"   still needed: about {m.additional_per_arm} more per arm"
+        else:
+            sizes += "   still needed: cannot be estimated yet"
+    lines.append(sizes)
+    if m.history:
+        first, last = m.history[0], m.history[-1]
+        lines.append(
+            f"history: {len(m.history)} looks, from n {first.n_control}/{first.n_treatment} "
+            f"to {last.n_control}/{last.n_treatment} (A/B)"
+        )
+    if m.simpson_warning:
+        lines.append(f"SIMPSON'S PARADOX WARNING: {_clean(m.simpson_warning)}")
+    if m.segments:
+        correction = f"{_clean(m.correction)}-adjusted" if m.correction else "adjusted"
+        lines.append(
+            f"segments ({len(m.segments)}; p {correction} over the segment family; values A / B):"
+        )
+        lines.append(
+            _table(
+                [
+                    "SEGMENT",
+                    "N A / B",
+                    "VALUES",
+                    "DIFFERENCE [INTERVAL]",
+                    "P",
+                    "ADJ P",
+                    "SIGNIFICANT",
+                    "WINNER",
+                ],
+                _segment_rows(kind, m.segments),
+                right=(4, 5),
+            )
+        )
+    return lines
+
+
+def _signed_pct(fraction: float) -> str:
+    return f"{fraction * 100:+.2f}%" if math.isfinite(fraction) else _NONE
+
+
+def _drift_lines(report: cpb.ExperimentReport) -> list[str]:
+    drift = report.drift
+    if not report.HasField("drift") or not drift.enabled:
+        return ["drift: disabled (no data)"]
+    head = (
+        f"drift: worst level {_clean(drift.worst_level) or _NONE}   "
+        f"PSI moderate >= {drift.moderate_threshold:g}, major >= {drift.major_threshold:g}   "
+        f"sampled {drift.sampled}, dropped {drift.dropped}"
+    )
+    lines = [head]
+    if drift.reference:
+        lines.append(f"  compared with {_clean(drift.reference)}")
+    if not drift.features:
+        lines.append("  no features measured yet (no data)")
+        return lines
+    rows = [
+        [
+            f.name or _NONE,
+            f.kind or _NONE,
+            f.variant or _NONE,
+            str(f.reference_n),
+            str(f.current_n),
+            f"{f.psi:.4f}" if math.isfinite(f.psi) else _NONE,
+            f.level or _NONE,
+            f"{f.ks_statistic:.4f}" if math.isfinite(f.ks_statistic) else _NONE,
+            p_value_text(f.ks_p_value),
+        ]
+        for f in drift.features
+    ]
+    lines.append(
+        _table(
+            ["FEATURE", "KIND", "VARIANT", "N REF", "N CUR", "PSI", "LEVEL", "KS D", "KS P"],
+            rows,
+            right=(3, 4, 5, 7, 8),
+        )
+    )
+    return lines
+
+
+def render_experiment(report: cpb.ExperimentReport) -> str:
+    """The experiment as tables: warnings first, then who is compared, the sample-ratio
+    check, each metric (verdict in words and why, arms, the anytime-valid difference, p-values,
+    sample sizes, Simpson warning, segments), the shadow report (a few examples) and drift."""
+    lines = [f"WARNING: {_clean(w)}" for w in report.warnings]
+    lines.extend(_header_lines(report))
+    lines.append("")
+    lines.extend(_srm_lines(report))
+    if report.metrics:
+        for metric in report.metrics:
+            lines.append("")
+            lines.extend(_metric_lines(report, metric))
+    else:
+        lines.append("")
+        lines.append("metrics: no data (no outcome metrics configured or reported)")
+    lines.append("")
+    lines.append("== shadow ==")
+    lines.append(
+        render_shadow(report.shadow, max_examples=_REPORT_EXAMPLES, max_outliers=_REPORT_EXAMPLES)
+    )
+    lines.append("")
+    lines.append("== drift ==")
+    lines.extend(_drift_lines(report))
+    return "\n".join(lines)

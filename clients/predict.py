@@ -106,6 +106,31 @@ class PredictClient:
         )
         return to_prediction(response)
 
+    def report_outcome(
+        self,
+        request_id: str,
+        metric: str,
+        value: bool | float,
+        *,
+        timeout: float | None = None,
+    ) -> tuple[str, str]:
+        """Report what happened after a prediction (a click, a label, a conversion, a
+        score). `request_id` is `Prediction.request_id` (or the front door's x-request-id
+        trailer). Returns the (variant, segment) the outcome was attributed to.
+
+        A repeated report of the same request and metric is counted once; an unknown or
+        expired id raises NOT_FOUND; a value of the wrong type for the metric raises
+        INVALID_ARGUMENT."""
+        request = pb.ReportOutcomeRequest(request_id=request_id, metric=metric)
+        if isinstance(value, bool):
+            request.bool_value = value
+        else:
+            request.number_value = float(value)
+        response: pb.ReportOutcomeResponse = self._stub.ReportOutcome(
+            request, timeout=timeout if timeout is not None else self.timeout
+        )
+        return response.variant, response.segment
+
     def close(self) -> None:
         self._channel.close()
 

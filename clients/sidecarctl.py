@@ -28,8 +28,10 @@ from clients.control import (
     ControlError,
     audit_entry_to_dict,
     drill_to_dict,
+    experiment_to_dict,
     render_audit,
     render_drill,
+    render_experiment,
     render_rollout,
     render_shadow,
     render_state,
@@ -56,7 +58,8 @@ DESCRIPTION = """\
 Operate a running rollout sidecar through its Control API: inspect the routing state, move
 traffic between the stable and canary model variants, pin users or segments to a variant,
 flip the kill switch, promote or roll back, run a gated rollout plan (shadow, canary steps,
-promote) and rehearse an automatic rollback, and read the audit log and shadow comparison.
+promote) and rehearse an automatic rollback, and read the audit log, the shadow comparison
+and the experiment report (A/B verdicts, as tables, JSON or a self-contained HTML page).
 
 Every write needs --reason (recorded in the audit log) and accepts --expect-revision N:
 the write is refused (exit 1, ABORTED) if the state is no longer at revision N, so two
@@ -81,6 +84,7 @@ examples:
   sidecarctl promote --reason "canary healthy for 24h"
   sidecarctl rollout start --reason "model v2" && sidecarctl rollout status --watch
   sidecarctl drill --reason "quarterly rollback rehearsal"
+  sidecarctl report --html experiment.html
   sidecarctl audit --limit 20"""
 
 PLAN_FORMAT = """\
@@ -634,6 +638,50 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     p.set_defaults(handler=cmd_shadow)
 
     p = command(
+        "report",
+        "show the experiment report (A/B verdicts); --html writes a page with plots",
+        "Show the experiment between the stable (A, control) and canary (B, treatment)\n"
+        "variants since the current traffic split started: warnings first, the sample-ratio\n"
+        "check (a mismatch blocks every verdict), then per outcome metric the verdict in words\n"
+        "(Ship B / Keep A / Equivalent / Continue / Blocked) and why, each arm's rate or mean\n"
+        "with its interval, the difference B - A with its anytime-valid interval (valid however\n"
+        "often you look), the always-valid p-value (the fixed-horizon one is shown but is NOT\n"
+        "valid under repeated looks), sample sizes, segments with adjusted p-values and any\n"
+        "Simpson's paradox warning; then the shadow comparison and input/prediction drift.\n"
+        "--html PATH also writes one self-contained HTML file (plots inline, no external\n"
+        "assets) with the decision summary at the top, and prints its path. Read-only.",
+        [
+            "sidecarctl report",
+            "sidecarctl report --metric conversion --html experiment.html",
+            "sidecarctl report --json --no-history",
+        ],
+    )
+    p.add_argument(
+        "--metric",
+        dest="metrics",
+        metavar="M",
+        action="append",
+        default=[],
+        help="only this outcome metric (repeat for several; default: every configured metric)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as JSON (same as --output json)",
+    )
+    p.add_argument(
+        "--html",
+        metavar="PATH",
+        help="also write the report as a self-contained HTML page with plots to PATH",
+    )
+    p.add_argument(
+        "--no-history",
+        action="store_true",
+        help="leave out the per-look history (smaller; the HTML then has no effect-over-time plot)",
+    )
+    p.set_defaults(handler=cmd_report)
+
+    p = command(
         "rollout",
         "run a gated rollout plan: shadow, canary steps, promote",
         "A rollout plan moves traffic to the canary variant in stages and advances only through\n"
@@ -1088,6 +1136,58 @@ def cmd_shadow(client: ControlClient, args: argparse.Namespace, console: Console
         console.data(shadow_to_dict(report))
     else:
         console.out(render_shadow(report))
+    return EXIT_OK
+
+
+def _html_destination(text: str) -> Path:
+    """The --html path, checked before asking the sidecar: its folder must exist."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise _UsageError(f"--html {text}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise _UsageError(f"--html {text}: folder {path.parent} does not exist")
+    return path
+
+
+def _write_html(path: Path, page: str) -> None:
+    """Write the page whole or not at all: a temporary file beside it, then rename."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(page, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def cmd_report(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+    as_json = console.json_mode or args.json
+    destination: Path | None = None
+    if args.html is not None:
+        try:
+            destination = _html_destination(args.html)
+        except _UsageError as exc:
+            console.err(f"sidecarctl report: error: {exc}")
+            return EXIT_USAGE
+    report = client.experiment_report(metrics=args.metrics, omit_history=args.no_history)
+    if as_json:
+        console.data(experiment_to_dict(report))
+    else:
+        console.out(render_experiment(report))
+    if destination is None:
+        return EXIT_OK
+    from clients.report_html import render_html  # matplotlib: imported only when needed
+
+    try:
+        _write_html(destination, render_html(report))
+    except OSError as exc:
+        console.err(f"sidecarctl report: error: cannot write --html {args.html}: {exc}")
+        return EXIT_USAGE
+    message = f"HTML report written to {destination}"
+    if as_json:
+        console.err(message)  # stdout stays one JSON document
+    else:
+        console.out("")
+        console.out(message)
     return EXIT_OK
 
 

@@ -54,6 +54,51 @@ class ShadowConfig:
     keep_examples: int = 20
     breaker_failures: int = 10
     breaker_cooldown: float = 1.0
+    # Also mirror this share of requests to the stable model itself (a noise mirror): the
+    # model's own disagreement is subtracted from the candidate's (Diffy). 0: off.
+    noise_sample_bp: int = 0
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """One outcome metric of the experiment (`experiment.metrics[]`)."""
+
+    name: str
+    kind: str  # bool | number
+    minimum_effect: float
+    higher_is_better: bool = True
+    baseline: float | None = None
+    tau_squared: float | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """`experiment:` — A/B analysis of the outcomes apps report back."""
+
+    metrics: tuple[MetricConfig, ...] = ()
+    segments: tuple[str, ...] = ()
+    correction: str = "holm"
+    alpha: float = 0.05
+    power: float = 0.8
+    srm_threshold: float = 0.001
+    look_interval: float = 10.0
+    gate_metric: str = ""
+    max_requests: int = 200_000
+    ttl_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """`drift:` — input-feature and prediction drift against a reference window."""
+
+    enabled: bool = True
+    sample_every: int = 1
+    reference_size: int = 5000
+    window_size: int = 5000
+    bins: int = 10
+    moderate: float = 0.1
+    major: float = 0.25
+    reference_file: str = ""  # JSON {series name: [values]}; empty: the baseline
 
 
 @dataclass(frozen=True)
@@ -99,6 +144,7 @@ class StateConfig:
     backend: str = "file"  # file | memory
     path: str = "var/state.json"
     audit_path: str = "var/audit.jsonl"
+    experiment_path: str = "var/experiment.json"  # the experiment's checkpoint
 
 
 @dataclass(frozen=True)
@@ -120,6 +166,7 @@ class AnalysisConfigSection:
     min_latency_samples: int = 100
     stale_after_hours: float = 48.0
     shadow_min_agreement: float = 0.85
+    shadow_min_comparisons: int = 1000  # before the shadow report recommends anything
     shadow_max_p95_ratio: float = 1.5
     shadow_max_error_ratio: float = 2.0
     webhook_url: str = ""
@@ -161,6 +208,8 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     analysis: AnalysisConfigSection = field(default_factory=AnalysisConfigSection)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     source: str = "<embedded>"
 
 
@@ -331,7 +380,7 @@ def _shadow(
     where = "shadow"
     allowed = {
         "variant", "sample_bp", "max_in_flight", "deadline", "comparator", "rtol", "atol",
-        "keep_examples", "breaker_failures", "breaker_cooldown",
+        "keep_examples", "breaker_failures", "breaker_cooldown", "noise_sample_bp",
     }  # fmt: skip
     _unknown_keys(section, allowed, where, problems)
     variant = section.get("variant")
@@ -365,6 +414,9 @@ def _shadow(
         ),
         breaker_failures=_integer(section, "breaker_failures", 10, where, problems, minimum=0),
         breaker_cooldown=_number(section, "breaker_cooldown", 1.0, where, problems),
+        noise_sample_bp=_integer(
+            section, "noise_sample_bp", 0, where, problems, minimum=0, maximum=BASIS_POINTS
+        ),
     )
 
 
@@ -480,19 +532,164 @@ def _control(raw: Mapping[str, Any], base: Path | None, problems: _Problems) -> 
 
 def _state(raw: Mapping[str, Any], base: Path | None, problems: _Problems) -> StateConfig:
     section = _section(raw, "state", problems)
-    _unknown_keys(section, {"backend", "path", "audit_path"}, "state", problems)
+    _unknown_keys(section, {"backend", "path", "audit_path", "experiment_path"}, "state", problems)
     backend = section.get("backend", "file")
     if backend not in ("file", "memory"):
         problems.add("state.backend", f"must be file or memory, got {backend!r}")
         backend = "file"
     paths = {}
-    for key, default in (("path", "var/state.json"), ("audit_path", "var/audit.jsonl")):
+    for key, default in (
+        ("path", "var/state.json"),
+        ("audit_path", "var/audit.jsonl"),
+        ("experiment_path", "var/experiment.json"),
+    ):
         value = section.get(key, default)
         if not isinstance(value, str) or not value:
             problems.add(f"state.{key}", "must be a file path")
             value = default
         paths[key] = _resolve(value, base)
-    return StateConfig(backend, paths["path"], paths["audit_path"])
+    return StateConfig(backend, paths["path"], paths["audit_path"], paths["experiment_path"])
+
+
+def _bool(section: Mapping[str, Any], key: str, default: bool, where: str, p: _Problems) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        p.add(f"{where}.{key}", f"must be true or false, got {value!r}")
+        return default
+    return value
+
+
+def _metric(spec: Any, where: str, problems: _Problems) -> MetricConfig | None:
+    if not isinstance(spec, Mapping):
+        problems.add(where, "must be a mapping with name, kind and minimum_effect")
+        return None
+    allowed = {"name", "kind", "minimum_effect", "higher_is_better", "baseline", "tau_squared"}
+    _unknown_keys(spec, allowed, where, problems)
+    name = spec.get("name")
+    if not isinstance(name, str) or not name.strip():
+        problems.add(f"{where}.name", "must be a non-empty string (the metric apps report)")
+        return None
+    kind = spec.get("kind")
+    if kind not in ("bool", "number"):
+        problems.add(f"{where}.kind", f"must be bool or number, got {kind!r}")
+        return None
+    if "minimum_effect" not in spec:
+        problems.add(f"{where}.minimum_effect", "is required (the difference that matters)")
+        return None
+    mde = _number(spec, "minimum_effect", 0.01, where, problems)
+    baseline = None
+    if spec.get("baseline") is not None:
+        if kind != "bool":
+            problems.add(f"{where}.baseline", "only boolean metrics have a baseline rate")
+        else:
+            baseline = _number(spec, "baseline", 0.1, where, problems)
+            if not 0 < baseline < 1:
+                problems.add(f"{where}.baseline", f"must be within (0, 1), got {baseline}")
+                baseline = None
+            elif not 0 < baseline + mde < 1:
+                problems.add(f"{where}.minimum_effect", "baseline + minimum_effect must be < 1")
+                baseline = None
+    tau = None
+    if spec.get("tau_squared") is not None:
+        tau = _number(spec, "tau_squared", 1.0, where, problems)
+    return MetricConfig(
+        name=name,
+        kind=kind,
+        minimum_effect=mde,
+        higher_is_better=_bool(spec, "higher_is_better", True, where, problems),
+        baseline=baseline,
+        tau_squared=tau,
+    )
+
+
+def _experiment(raw: Mapping[str, Any], problems: _Problems) -> ExperimentConfig:
+    section = _section(raw, "experiment", problems)
+    where = "experiment"
+    allowed = {
+        "metrics", "segments", "correction", "alpha", "power", "srm_threshold",
+        "look_interval", "gate_metric", "max_requests", "ttl_seconds",
+    }  # fmt: skip
+    _unknown_keys(section, allowed, where, problems)
+    raw_metrics = section.get("metrics") or []
+    if not isinstance(raw_metrics, list):
+        problems.add(f"{where}.metrics", "must be a list of {name, kind, minimum_effect}")
+        raw_metrics = []
+    metrics: list[MetricConfig] = []
+    for i, spec in enumerate(raw_metrics):
+        metric = _metric(spec, f"{where}.metrics[{i}]", problems)
+        if metric is None:
+            continue
+        if any(m.name == metric.name for m in metrics):
+            problems.add(f"{where}.metrics[{i}].name", f"duplicate metric {metric.name!r}")
+            continue
+        metrics.append(metric)
+    segments = section.get("segments") or []
+    if not isinstance(segments, list) or not all(isinstance(x, str) and x for x in segments):
+        problems.add(f"{where}.segments", "must be a list of segment names (the family)")
+        segments = []
+    elif len(set(segments)) != len(segments):
+        problems.add(f"{where}.segments", "must not repeat a segment")
+    correction = section.get("correction", "holm")
+    if correction not in ("holm", "bh"):
+        problems.add(f"{where}.correction", f"must be holm or bh, got {correction!r}")
+        correction = "holm"
+    gate_metric = section.get("gate_metric", "")
+    if not isinstance(gate_metric, str):
+        problems.add(f"{where}.gate_metric", "must be a metric name")
+        gate_metric = ""
+    elif gate_metric and all(m.name != gate_metric for m in metrics):
+        problems.add(f"{where}.gate_metric", f"{gate_metric!r} is not one of experiment.metrics")
+    levels = {}
+    for key, default in (("alpha", 0.05), ("power", 0.8), ("srm_threshold", 0.001)):
+        value = _number(section, key, default, where, problems)
+        if not 0 < value < 1:
+            problems.add(f"{where}.{key}", f"must be within (0, 1), got {value}")
+            value = default
+        levels[key] = value
+    return ExperimentConfig(
+        metrics=tuple(metrics),
+        segments=tuple(segments),
+        correction=correction,
+        alpha=levels["alpha"],
+        power=levels["power"],
+        srm_threshold=levels["srm_threshold"],
+        look_interval=_number(section, "look_interval", 10.0, where, problems),
+        gate_metric=gate_metric,
+        max_requests=_integer(section, "max_requests", 200_000, where, problems, minimum=1),
+        ttl_seconds=_number(section, "ttl_seconds", 3600.0, where, problems),
+    )
+
+
+def _drift(raw: Mapping[str, Any], base: Path | None, problems: _Problems) -> DriftConfig:
+    section = _section(raw, "drift", problems)
+    where = "drift"
+    allowed = {
+        "enabled", "sample_every", "reference_size", "window_size", "bins", "moderate",
+        "major", "reference_file",
+    }  # fmt: skip
+    _unknown_keys(section, allowed, where, problems)
+    moderate = _number(section, "moderate", 0.1, where, problems)
+    major = _number(section, "major", 0.25, where, problems)
+    if major <= moderate:
+        problems.add(f"{where}.major", "must exceed drift.moderate")
+    reference_file = section.get("reference_file", "") or ""
+    if not isinstance(reference_file, str):
+        problems.add(f"{where}.reference_file", "must be a file path")
+        reference_file = ""
+    elif reference_file:
+        reference_file = _resolve(reference_file, base)
+        if not Path(reference_file).is_file():
+            problems.add(f"{where}.reference_file", f"no such file: {reference_file}")
+    return DriftConfig(
+        enabled=_bool(section, "enabled", True, where, problems),
+        sample_every=_integer(section, "sample_every", 1, where, problems, minimum=1),
+        reference_size=_integer(section, "reference_size", 5000, where, problems, minimum=50),
+        window_size=_integer(section, "window_size", 5000, where, problems, minimum=50),
+        bins=_integer(section, "bins", 10, where, problems, minimum=2, maximum=100),
+        moderate=moderate,
+        major=major,
+        reference_file=reference_file,
+    )
 
 
 def _analysis(raw: Mapping[str, Any], problems: _Problems) -> AnalysisConfigSection:
@@ -538,7 +735,7 @@ def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None)
         raise ConfigError(source, ["<top level>: must be a mapping"])
     allowed = {
         "listen", "model", "variants", "flag", "shadow", "upstream", "server", "control", "state",
-        "analysis",
+        "analysis", "experiment", "drift",
     }  # fmt: skip
     _unknown_keys(raw, allowed, "", problems)
 
@@ -603,6 +800,8 @@ def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None)
     control = _control(raw, base, problems)
     state = _state(raw, base, problems)
     analysis = _analysis(raw, problems)
+    experiment = _experiment(raw, problems)
+    drift = _drift(raw, base, problems)
     if problems.items or flag is None:
         raise ConfigError(source, problems.items or ["flag: is required"])
     return Config(
@@ -619,6 +818,8 @@ def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None)
         state=state,
         telemetry=TelemetryConfig.from_environ(os.environ),
         analysis=analysis,
+        experiment=experiment,
+        drift=drift,
         source=source,
     )
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -39,10 +40,13 @@ from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
 from sidecar.adapters.upstream.oip import UpstreamPool
 from sidecar.app.control import ControlService, describe
 from sidecar.app.dataplane import DataPlane
+from sidecar.app.drift import DriftMonitor
+from sidecar.app.experiment import ExperimentService, FileCheckpoint, Insights
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, AuditLog, StateFileError, StateStore
 from sidecar.app.rollout import (
     AnalysisSettings,
+    GateReading,
     HealthChecker,
     JudgeEvaluator,
     ShadowGates,
@@ -53,11 +57,17 @@ from sidecar.config import Config
 from sidecar.core.canary.analysis import AnalysisConfig
 from sidecar.core.canary.judge import JudgeConfig
 from sidecar.core.canary.window import RollingWindows
+from sidecar.core.experiment import OutcomeLedger
+from sidecar.core.experiment.analysis import ExperimentSettings, ExperimentTracker, MetricSpec
+from sidecar.core.experiment.drift import DriftSettings, DriftTracker
 from sidecar.core.routing import FlagError
+from sidecar.core.shadow.report import ShadowThresholds
 from sidecar.core.state import DesiredState
+from sidecar.core.tensors import decode_inputs
 
 log = structlog.get_logger("sidecar")
 READINESS_INTERVAL = 2.0
+DRIFT_INTERVAL = 1.0
 
 
 @dataclass
@@ -76,6 +86,8 @@ class Sidecar:
     metrics: SidecarMetrics
     checker: HealthChecker
     alerts: Alerts
+    experiment: ExperimentService
+    insights: Insights
     predict_port: int = 0
     control_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -89,6 +101,9 @@ class Sidecar:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._watch_readiness()))
         self._tasks.append(asyncio.create_task(self.checker.run()))
+        self._tasks.append(asyncio.create_task(self.experiment.run()))
+        if self.insights.drift is not None:
+            self._tasks.append(asyncio.create_task(self.insights.drift.run(DRIFT_INTERVAL)))
         log.info(
             "sidecar.started",
             predict=f"{_host(self.config.predict_address)}:{self.predict_port}",
@@ -133,8 +148,12 @@ class Sidecar:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(self.predict_server.stop(grace), self.control_server.stop(grace))
-        if self.dataplane.mirror is not None:
-            await self.dataplane.mirror.close(grace=min(grace, 1.0))
+        for mirror in (self.dataplane.mirror, self.dataplane.noise):
+            if mirror is not None:
+                await mirror.close(grace=min(grace, 1.0))
+        with contextlib.suppress(Exception):
+            self.experiment.look()
+        await self.experiment.save()
         await self.pool.close()
         await self.alerts.drain()
         await asyncio.to_thread(self.tracer_provider.shutdown)  # flushes the exporter
@@ -232,7 +251,8 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         config.variants, config.server.max_message_bytes, tracer, client_spans=detailed
     )
     state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
-    mirror = None
+    alerts = Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries)
+    mirror = noise = None
     if config.shadow is not None:
         mirror = ShadowMirror(
             config.shadow,
@@ -241,6 +261,35 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
             salt=config.flag.salt,
             tracer=tracer if detailed else NoOpTracer(),
         )
+        if config.shadow.noise_sample_bp:  # the stable model compared with itself
+            stable_name = snapshot.flag.stable
+            noise = ShadowMirror(
+                replace(
+                    config.shadow, variant=stable_name, sample_bp=config.shadow.noise_sample_bp
+                ),
+                pool.upstreams[stable_name],
+                decode_outputs,
+                salt=f"{config.flag.salt}/noise",
+                tracer=tracer if detailed else NoOpTracer(),
+            )
+    experiment = _experiment(config, state, alerts)
+    insights = Insights(
+        experiment,
+        shadow=mirror.recorder if mirror else None,
+        noise=noise.recorder if noise else None,
+        primary_error_rate=lambda: (
+            windows.window(state.current.flag.stable, time.time(), a.horizon - a.bucket).error_rate
+        ),
+        shadow_thresholds=ShadowThresholds(
+            min_comparisons=a.shadow_min_comparisons,
+            min_agreement=a.shadow_min_agreement,
+            max_p95_ratio=a.shadow_max_p95_ratio,
+            max_error_ratio=a.shadow_max_error_ratio,
+        ),
+        alerts=alerts,
+    )
+    insights.drift = _drift(config, snapshot.flag.stable, insights)
+    e = config.experiment
     dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse] = DataPlane(
         model=config.model,
         state=state,
@@ -248,6 +297,12 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         upstreams=pool.upstreams,
         upstream_config=config.upstream,
         mirror=mirror,
+        outcomes=OutcomeLedger(
+            e.max_requests, e.ttl_seconds, kinds={m.name: m.kind for m in e.metrics}
+        ),
+        experiment=experiment,
+        drift=insights.drift,
+        noise=noise,
     )
     options = [
         ("grpc.max_receive_message_length", config.server.max_message_bytes),
@@ -277,7 +332,6 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         ),
         served=lambda: dataplane.served,
     )
-    alerts = Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries)
     analysis_config = AnalysisConfig(
         planned_checks=a.planned_checks,
         false_rollback_rate=a.false_rollback_rate,
@@ -291,6 +345,14 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
             min_latency_samples=a.min_latency_samples,
         ),
     )
+
+    def ab_gate() -> GateReading:
+        r = insights.ab_gate()
+        return GateReading(r.status, r.value, e.alpha, r.detail)
+
+    def drift_gate(threshold: float) -> GateReading:
+        status, value, detail = insights.drift_gate(threshold, state.current.flag.canary)
+        return GateReading(status, value, threshold, detail)
 
     def shadow_reading() -> ShadowReading | None:
         if mirror is None:
@@ -319,6 +381,8 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         shadow=shadow_reading,
         reset_shadow=lambda: mirror.recorder.reset() if mirror else None,
         has_shadow=mirror is not None,
+        ab_gate=ab_gate if e.metrics else None,
+        drift_gate=drift_gate,
     )
     metrics.readings.shadow = lambda: mirror.recorder.summary() if mirror else None
     metrics.readings.state = lambda: describe(control.snapshot())
@@ -331,7 +395,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
             control,
             Authenticator(config.control.tokens),
             served=lambda: dataplane.served,
-            shadow=lambda: mirror.recorder.summary() if mirror else None,
+            insights=insights,
             checker=checker,
         ),
         control_server,
@@ -364,8 +428,76 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         metrics=metrics,
         checker=checker,
         alerts=alerts,
+        experiment=experiment,
+        insights=insights,
         predict_port=predict_port,
         control_port=control_port,
+    )
+
+
+def _experiment(config: Config, state: StateHolder, alerts: Alerts) -> ExperimentService:
+    e = config.experiment
+    settings = ExperimentSettings(
+        metrics=tuple(
+            MetricSpec(
+                m.name, m.kind, m.minimum_effect, m.higher_is_better, m.baseline, m.tau_squared
+            )
+            for m in e.metrics
+        ),
+        segments=e.segments,
+        correction=e.correction,
+        alpha=e.alpha,
+        power=e.power,
+        srm_threshold=e.srm_threshold,
+        gate_metric=e.gate_metric,
+    )
+    checkpoint = (
+        FileCheckpoint(config.state.experiment_path) if config.state.backend == "file" else None
+    )
+
+    def make(data: dict[str, object] | None) -> ExperimentTracker:
+        if data is None:
+            return ExperimentTracker(settings)
+        return ExperimentTracker.from_dict(data, settings)
+
+    tracker = ExperimentService.restore(make, checkpoint)
+    return ExperimentService(
+        tracker,
+        snapshot=lambda: state.current,
+        alerts=alerts,
+        checkpoint=checkpoint,
+        interval=e.look_interval,
+    )
+
+
+def _drift(
+    config: Config, stable: str, insights: Insights
+) -> DriftMonitor[oip.ModelInferRequest, oip.ModelInferResponse] | None:
+    d = config.drift
+    if not d.enabled:
+        return None
+    tracker = DriftTracker(
+        DriftSettings(
+            reference_size=d.reference_size,
+            window_size=d.window_size,
+            bins=d.bins,
+            moderate=d.moderate,
+            major=d.major,
+        )
+    )
+    tracker.set_reference_variant(stable)
+    if d.reference_file:
+        try:
+            values = json.loads(Path(d.reference_file).read_text(encoding="utf-8"))
+            tracker.set_configured_reference(values)
+        except (OSError, ValueError, TypeError) as exc:
+            raise StartupError(f"drift.reference_file {d.reference_file}: {exc}") from exc
+    return DriftMonitor(
+        tracker,
+        decode_inputs,
+        decode_outputs,
+        sample_every=d.sample_every,
+        on_level_change=insights.on_drift_level,
     )
 
 

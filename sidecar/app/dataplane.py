@@ -16,12 +16,14 @@ from typing import Generic, NamedTuple
 from opentelemetry import trace
 
 from sidecar.app import attributes as attr
+from sidecar.app.drift import DriftMonitor
+from sidecar.app.experiment import ExperimentService
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import Metadata, Req, Resp, Upstream
 from sidecar.app.state import StateHolder
 from sidecar.config import UpstreamConfig, VariantSpec
 from sidecar.core.experiment import Attribution, OutcomeLedger, UnknownRequest, WrongValueType
-from sidecar.core.routing import Flag, Resolution, RoutingContext, evaluate
+from sidecar.core.routing import Flag, Reason, Resolution, RoutingContext, evaluate
 from sidecar.errors import ErrorCode, InvalidRequest, NotFound, SidecarError
 
 
@@ -32,6 +34,9 @@ class Served(NamedTuple, Generic[Resp]):
     variant: VariantSpec
     latency: float
     flag: Flag
+
+
+_SPLIT = (Reason.SPLIT, Reason.SPLIT_NO_KEY)
 
 
 def new_request_id() -> str:
@@ -49,6 +54,9 @@ class DataPlane(Generic[Req, Resp]):
         upstream_config: UpstreamConfig,
         mirror: ShadowMirror[Req, Resp] | None = None,
         outcomes: OutcomeLedger | None = None,
+        experiment: ExperimentService | None = None,
+        drift: DriftMonitor[Req, Resp] | None = None,
+        noise: ShadowMirror[Req, Resp] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         request_ids: Callable[[], str] = new_request_id,
     ) -> None:
@@ -65,6 +73,9 @@ class DataPlane(Generic[Req, Resp]):
         self._request_ids = request_ids
         self.served: dict[str, int] = dict.fromkeys(variants, 0)
         self.outcomes = outcomes or OutcomeLedger()
+        self.experiment = experiment
+        self.drift = drift
+        self.noise = noise
 
     def timeout_for(self, time_remaining: float | None) -> float:
         """The caller's deadline, capped by the configured maximum (default when unset)."""
@@ -89,6 +100,10 @@ class DataPlane(Generic[Req, Resp]):
         snapshot = self.state.current
         flag = snapshot.flag
         resolution = evaluate(flag, RoutingContext(targeting_key, segment, request_id))
+        epoch = -1  # part of the A/B experiment only when the weighted split chose
+        if self.experiment is not None and resolution.reason in _SPLIT:
+            epoch = self.experiment.on_snapshot(snapshot)
+            self.experiment.tracker.assigned(resolution.variant)
         span = trace.get_current_span()
         if span.is_recording():  # the decision goes on the caller's server span
             span.set_attributes(
@@ -113,9 +128,11 @@ class DataPlane(Generic[Req, Resp]):
         done = self._clock()
         latency = done - started
         self.served[resolution.variant] += 1
-        self.outcomes.remember(request_id, resolution.variant, segment, done)
-        if self.mirror is not None:
-            self.mirror.offer(
+        self.outcomes.remember(request_id, resolution.variant, segment, done, epoch)
+        for mirror in (self.mirror, self.noise):
+            if mirror is None or (mirror is self.noise and resolution.variant != flag.stable):
+                continue  # the noise mirror compares the stable model with itself only
+            mirror.offer(
                 request,
                 response,
                 primary_latency=latency,
@@ -124,6 +141,8 @@ class DataPlane(Generic[Req, Resp]):
                 targeting_key=targeting_key,
                 request_id=request_id,
             )
+        if self.drift is not None:
+            self.drift.offer(request, response, resolution.variant)
         return Served(
             response, request_id, resolution, self.variants[resolution.variant], latency, flag
         )
@@ -132,11 +151,16 @@ class DataPlane(Generic[Req, Resp]):
         """Attribute an outcome the app reports to the variant and segment that served
         `request_id` (counted once per request and metric)."""
         try:
-            return self.outcomes.report(request_id, metric, value, self._clock())
+            attribution = self.outcomes.report(request_id, metric, value, self._clock())
         except UnknownRequest as exc:
             raise NotFound(str(exc)) from None
         except WrongValueType as exc:
             raise InvalidRequest(str(exc)) from None
+        if self.experiment is not None and attribution.counted and attribution.epoch >= 0:
+            self.experiment.tracker.outcome(
+                attribution.epoch, attribution.variant, attribution.segment, metric, value
+            )
+        return attribution
 
     async def stable_ready(self, timeout: float) -> bool:
         """Whether the stable variant's model is ready (ready means stable is ready)."""

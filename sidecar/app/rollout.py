@@ -6,8 +6,9 @@ Every `interval` seconds (`tick`):
   decision takes the same path as Control.Rollback, as principal `health-checker`.
 - A plan running: the current stage's gates are evaluated on everything since the stage
   started (shadow: agreement, shadow latency and errors against stable, comparisons;
-  canary: the health verdict, minimum duration, minimum samples). Pass advances, Fail rolls
-  back, Wait (Inconclusive, too little data) holds.
+  canary: the health verdict, minimum duration, minimum samples, and where the stage asks
+  for them the A/B verdict of the experiment and the drift threshold). Pass advances, Fail
+  rolls back, Wait (Inconclusive, too little data, Continue) holds.
 Acting never waits on alerts: the alert sink schedules its own work.
 """
 
@@ -17,7 +18,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol
 
 import structlog
@@ -97,6 +98,15 @@ class AnalysisSettings:
     shadow: ShadowGates = ShadowGates()
 
 
+class GateReading(NamedTuple):
+    """What an external gate (the A/B test, drift) says now."""
+
+    status: str  # PASS | FAIL | WAIT
+    value: float
+    threshold: float
+    detail: str
+
+
 class ShadowReading(NamedTuple):
     compared: int
     agreed: int
@@ -119,6 +129,8 @@ class HealthChecker:
         shadow: Callable[[], ShadowReading | None] = lambda: None,
         reset_shadow: Callable[[], None] = lambda: None,
         has_shadow: bool = False,
+        ab_gate: Callable[[], GateReading] | None = None,
+        drift_gate: Callable[[float], GateReading] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.control = control
@@ -130,6 +142,8 @@ class HealthChecker:
         self._shadow = shadow
         self._reset_shadow = reset_shadow
         self.has_shadow = has_shadow
+        self._ab_gate = ab_gate
+        self._drift_gate = drift_gate
         self._clock = clock
         self.evaluator = evaluator_factory()
         self.verdicts: dict[str, int] = {}
@@ -277,7 +291,25 @@ class HealthChecker:
             float(stage.min_samples),
             f"{canary.requests} of {stage.min_samples} canary requests",
         )
-        return health, samples
+        gates = [health, samples]
+        if stage.ab_gate:
+            gates.append(self._external("ab_test", self._ab_gate, None))
+        if stage.max_drift_psi > 0:
+            gates.append(self._external("drift", self._drift_gate, stage.max_drift_psi))
+        return tuple(gates)
+
+    @staticmethod
+    def _external(
+        name: str, read: Callable[..., GateReading] | None, threshold: float | None
+    ) -> GateResult:
+        if read is None:
+            return GateResult(name, "WAIT", 0.0, 0.0, f"no {name} monitor configured")
+        try:
+            r = read() if threshold is None else read(threshold)
+        except Exception as exc:  # a gate that cannot be read holds the stage
+            log.exception("health.gate_unreadable", gate=name)
+            return GateResult(name, "WAIT", 0.0, 0.0, f"{name} unreadable: {exc}")
+        return GateResult(name, r.status, r.value, r.threshold, r.detail)
 
     def _shadow_gates(self, stage: Stage, snap: Snapshot) -> tuple[GateResult, ...]:
         g = self.settings.shadow
@@ -438,11 +470,14 @@ class HealthChecker:
         self, principal: str, reason: str, expected_revision: int, stages: tuple[Stage, ...],
         force: bool,
     ) -> Snapshot:  # fmt: skip
+        has_experiment = self._ab_gate is not None
         stages = stages or tuple(
-            s for s in DEFAULT_PLAN if self.has_shadow or s.kind is not StageKind.SHADOW
+            replace(s, ab_gate=s.ab_gate and has_experiment)
+            for s in DEFAULT_PLAN
+            if self.has_shadow or s.kind is not StageKind.SHADOW
         )
         try:
-            skips = validate_plan(stages, has_shadow=self.has_shadow)
+            skips = validate_plan(stages, has_shadow=self.has_shadow, has_experiment=has_experiment)
         except PlanError as exc:
             raise InvalidRequest(f"{exc.field}: {exc.message}") from None
         if skips and not force:

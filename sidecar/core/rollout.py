@@ -46,6 +46,8 @@ class Stage:
     canary_bp: int = 0
     min_duration_s: float = 0.0
     min_samples: int = 0
+    ab_gate: bool = False  # the experiment's gate metric must say Ship B or Equivalent
+    max_drift_psi: float = 0.0  # 0: no drift gate
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,8 @@ class Stage:
             "canary_bp": self.canary_bp,
             "min_duration_s": self.min_duration_s,
             "min_samples": self.min_samples,
+            "ab_gate": self.ab_gate,
+            "max_drift_psi": self.max_drift_psi,
         }
 
     @staticmethod
@@ -64,15 +68,19 @@ class Stage:
             int(data["canary_bp"]),
             float(data["min_duration_s"]),
             int(data["min_samples"]),
+            bool(data.get("ab_gate", False)),
+            float(data.get("max_drift_psi", 0.0)),
         )
 
 
 # The standard ladder. Durations and sample minimums are defaults an operator overrides.
+# The 50% stage is the A/B stage: it also waits for the experiment's verdict (when outcome
+# metrics are configured; the controller drops the gate otherwise).
 DEFAULT_PLAN: tuple[Stage, ...] = (
     Stage("shadow", StageKind.SHADOW, 0, 600.0, 1000),
     Stage("canary-5%", StageKind.CANARY, 500, 900.0, 500),
     Stage("canary-25%", StageKind.CANARY, 2500, 900.0, 2000),
-    Stage("canary-50%", StageKind.CANARY, 5000, 1800.0, 5000),
+    Stage("canary-50%", StageKind.CANARY, 5000, 1800.0, 5000, ab_gate=True),
     Stage("canary-100%", StageKind.CANARY, 10_000, 1800.0, 5000),
     Stage("promote", StageKind.PROMOTE),
 )
@@ -80,11 +88,15 @@ MAX_FIRST_CANARY_BP = 500
 MAX_STEP_FACTOR = 5
 
 
-def validate_plan(stages: Sequence[Stage], *, has_shadow: bool) -> list[str]:
+def validate_plan(
+    stages: Sequence[Stage], *, has_shadow: bool, has_experiment: bool = False
+) -> list[str]:
     """Raise PlanError for a malformed plan; return the stages it skips (empty: none).
 
     Well-formed: at least one stage; names unique and non-empty; shadow stages first (0%),
-    canary stages with 1..10,000 bp, strictly increasing; at most one promote, last.
+    canary stages with 1..10,000 bp, strictly increasing; at most one promote, last; the
+    A/B gate only on canary stages and only with outcome metrics configured; a drift
+    threshold in [0, 10] (0: off).
     Skips: no shadow stage although a shadow variant is configured; a first canary stage
     above 5%; a canary step more than 5x the previous one.
     """
@@ -102,6 +114,14 @@ def validate_plan(stages: Sequence[Stage], *, has_shadow: bool) -> list[str]:
         names.add(stage.name)
         if stage.min_duration_s < 0 or stage.min_samples < 0:
             raise PlanError(where, "min_duration_seconds and min_samples must be >= 0")
+        if stage.ab_gate and stage.kind is not StageKind.CANARY:
+            raise PlanError(f"{where}.ab_gate", "only canary stages can wait for the A/B test")
+        if stage.ab_gate and not has_experiment:
+            raise PlanError(
+                f"{where}.ab_gate", "no outcome metric is configured (experiment.metrics)"
+            )
+        if not 0.0 <= stage.max_drift_psi <= 10.0:
+            raise PlanError(f"{where}.max_drift_psi", "must be within 0..10 (0: no drift gate)")
         if stage.kind is StageKind.SHADOW:
             if seen_canary:
                 raise PlanError(f"{where}.kind", "shadow stages come before canary stages")

@@ -133,3 +133,46 @@ def decode_outputs(response: Any) -> Mapping[str, np.ndarray]:
         except (ValueError, TypeError) as exc:
             out[tensor.name] = np.array([f"<undecodable: {exc}>"], dtype=object)
     return out
+
+
+def decode_inputs(request: Any) -> Mapping[str, np.ndarray]:
+    """Input tensors of a ModelInferRequest-like message as numpy arrays, shaped as
+    declared: the request side of `decode_outputs`, with the same conventions. When
+    `raw_input_contents` is used every input takes its data from there (FP16/BF16 travel
+    only that way), else from the typed `contents`. BYTES become object arrays of bytes.
+    Never raises: an undecodable tensor becomes a one-element object array describing
+    the problem (non-numeric, so numeric consumers skip it)."""
+    out: dict[str, np.ndarray] = {}
+    raw = request.raw_input_contents
+    for index, tensor in enumerate(request.inputs):
+        spec = DATATYPES.get(tensor.datatype)
+        shape = tuple(tensor.shape)
+        if spec is None:
+            out[tensor.name] = np.array([f"<unknown datatype {tensor.datatype}>"], dtype=object)
+            continue
+        field, dtype, _ = spec
+        try:
+            if raw:
+                if index >= len(raw):
+                    raise ValueError(f"no raw_input_contents entry for input {index}")
+                if tensor.datatype == "BYTES":
+                    elements = split_bytes_elements(raw[index])
+                    if elements is None:
+                        raise ValueError("BYTES raw contents are not length-prefixed")
+                    arr = np.array(elements, dtype=object)
+                else:
+                    arr = np.frombuffer(raw[index], dtype=np.dtype(dtype))
+            elif field is not None:
+                values = getattr(tensor.contents, field)
+                if tensor.datatype == "BYTES":
+                    arr = np.array(list(values), dtype=object)
+                else:
+                    arr = np.asarray(values, dtype=np.dtype(dtype))
+            else:
+                arr = np.array([], dtype=np.dtype(dtype))
+            if shape and arr.size == element_count(shape):
+                arr = arr.reshape(shape)
+            out[tensor.name] = arr
+        except (ValueError, TypeError, OverflowError) as exc:
+            out[tensor.name] = np.array([f"<undecodable: {exc}>"], dtype=object)
+    return out

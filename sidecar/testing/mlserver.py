@@ -71,7 +71,7 @@ IRIS_FEATURES_FILE: Final = "iris_features.npy"
 IRIS_LABELS_FILE: Final = "iris_labels.npy"
 MODEL_SETTINGS_FILE: Final = "model-settings.json"
 
-ModelKind = Literal["logreg", "tree", "logreg_copy"]
+ModelKind = Literal["logreg", "tree", "logreg_copy", "stump"]
 _MODEL_KINDS: Final[frozenset[str]] = frozenset(get_args(ModelKind))
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -162,6 +162,8 @@ class ModelSpec:
       * ``tree``: ``DecisionTreeClassifier(max_depth=2)``; disagrees with ``logreg`` on a
         few iris rows.
       * ``logreg_copy``: trained exactly like ``logreg``, so it answers identically.
+      * ``stump``: ``DecisionTreeClassifier(max_depth=1)``: a clearly worse model (it
+        cannot tell versicolor from virginica; about 67% accurate on iris).
     """
 
     name: str
@@ -216,6 +218,8 @@ for model in job["models"]:
         estimator = LogisticRegression(max_iter=1000, random_state=seed)
     elif kind == "tree":
         estimator = DecisionTreeClassifier(max_depth=2, random_state=seed)
+    elif kind == "stump":
+        estimator = DecisionTreeClassifier(max_depth=1, random_state=seed)
     else:
         raise SystemExit(f"unknown model kind {kind!r}")
     estimator.fit(X, y)

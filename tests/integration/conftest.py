@@ -32,6 +32,7 @@ OWN_INFERENCE_PB2 = "sidecar._proto.inference.grpc_predict_v2_pb2"
 MODEL_SPECS: tuple[ModelSpec, ...] = (
     ModelSpec("classifier", "v1", "logreg"),
     ModelSpec("classifier", "v2", "tree"),
+    ModelSpec("classifier-weak", "v1", "stump"),
     ModelSpec("classifier-shadow-same", "v1", "logreg_copy"),
 )
 

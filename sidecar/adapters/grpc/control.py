@@ -11,12 +11,13 @@ import grpc
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar.adapters.grpc.auth import OPERATOR, VIEWER, Authenticator, Principal
 from sidecar.adapters.grpc.errors import abort
+from sidecar.adapters.grpc.report import drift_report, experiment_report, shadow_report
 from sidecar.app.control import ControlService
+from sidecar.app.experiment import Insights
 from sidecar.app.rollout import HealthChecker, run_drill
 from sidecar.app.state import Snapshot
 from sidecar.config import Config
 from sidecar.core.rollout import Stage, StageKind
-from sidecar.core.shadow import ShadowSummary
 from sidecar.errors import InvalidRequest
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -96,7 +97,15 @@ def stages_from_proto(plan: cpb.RolloutPlan) -> tuple[Stage, ...]:
         if kind is None:
             raise InvalidRequest(f"plan.stages[{i}].kind: must be SHADOW, CANARY or PROMOTE")
         out.append(
-            Stage(stage.name, kind, stage.canary_bp, stage.min_duration_seconds, stage.min_samples)
+            Stage(
+                stage.name,
+                kind,
+                stage.canary_bp,
+                stage.min_duration_seconds,
+                stage.min_samples,
+                stage.ab_gate,
+                stage.max_drift_psi,
+            )
         )
     return tuple(out)
 
@@ -117,6 +126,8 @@ def rollout_message(snapshot: Snapshot, checker: HealthChecker, now: float) -> c
                     canary_bp=s.canary_bp,
                     min_duration_seconds=s.min_duration_s,
                     min_samples=s.min_samples,
+                    ab_gate=s.ab_gate,
+                    max_drift_psi=s.max_drift_psi,
                 )
                 for s in r.stages
             ]
@@ -147,48 +158,6 @@ def rollout_message(snapshot: Snapshot, checker: HealthChecker, now: float) -> c
     )
 
 
-def shadow_report(summary: ShadowSummary | None) -> cpb.ShadowReport:
-    if summary is None:
-        return cpb.ShadowReport()
-
-    def f(value: float | None) -> float:
-        return float(value) if value is not None else 0.0
-
-    return cpb.ShadowReport(
-        shadow_variant=summary.shadow_variant,
-        comparator=summary.comparator,
-        sampled=summary.sampled,
-        sent=summary.sent,
-        dropped=summary.dropped,
-        compared=summary.compared,
-        agreed=summary.agreed,
-        agreement_rate=f(summary.agreement_rate),
-        errors_by_status=dict(summary.errors_by_status),
-        latency=cpb.LatencySummary(
-            count=summary.latency_count,
-            primary_p50_seconds=f(summary.primary_p50),
-            primary_p95_seconds=f(summary.primary_p95),
-            shadow_p50_seconds=f(summary.shadow_p50),
-            shadow_p95_seconds=f(summary.shadow_p95),
-            ratio_p50=f(summary.ratio_p50),
-            ratio_p95=f(summary.ratio_p95),
-        ),
-        examples=[
-            cpb.Disagreement(
-                request_id=e.request_id,
-                targeting_key=e.targeting_key,
-                primary_variant=e.primary_variant,
-                detail=e.detail,
-                primary_output=e.primary_output,
-                shadow_output=e.shadow_output,
-                unix_time=e.unix_time,
-            )
-            for e in summary.examples
-        ],
-        in_flight=summary.in_flight,
-    )
-
-
 class ControlServicer:
     def __init__(
         self,
@@ -196,7 +165,7 @@ class ControlServicer:
         service: ControlService,
         auth: Authenticator,
         served: Callable[[], Mapping[str, int]],
-        shadow: Callable[[], ShadowSummary | None],
+        insights: Insights,
         checker: HealthChecker,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -206,7 +175,7 @@ class ControlServicer:
         self._clock = clock
         self.auth = auth
         self._served = served
-        self._shadow = shadow
+        self.insights = insights
 
     def _principal(self, context: Context, role: str, method: str) -> Principal:
         return self.auth.authorize(context.invocation_metadata() or (), role, method)
@@ -214,7 +183,12 @@ class ControlServicer:
     def _state(self, snapshot: Snapshot) -> cpb.State:
         message = state_message(snapshot, self.config, self._served())
         message.warnings.extend(self.checker.warnings(snapshot.state, self._clock()))
+        message.warnings.extend(self.insights.warnings())
         return message
+
+    def _shadow_report(self) -> cpb.ShadowReport:
+        read = self.insights.shadow_analysis()
+        return shadow_report(*read) if read is not None else cpb.ShadowReport()
 
     async def _rollout_write(
         self, context: Context, method: str, call: Callable[[str], Awaitable[Snapshot]]
@@ -437,4 +411,35 @@ class ControlServicer:
             self._principal(context, VIEWER, "GetShadowReport")
         except Exception as exc:
             await abort(context, exc)
-        return shadow_report(self._shadow())
+        return self._shadow_report()
+
+    async def GetExperimentReport(
+        self, request: cpb.GetExperimentReportRequest, context: Context
+    ) -> cpb.ExperimentReport:
+        try:
+            self._principal(context, VIEWER, "GetExperimentReport")
+            known = [m.name for m in self.insights.experiment.tracker.settings.metrics]
+            unknown = sorted(set(request.metrics) - set(known))
+            if unknown:
+                raise InvalidRequest(
+                    f"metrics: unknown metric(s) {', '.join(map(repr, unknown))}; "
+                    f"configured: {', '.join(known) or 'none'}"
+                )
+            result = self.insights.experiment.report(
+                tuple(request.metrics), history=not request.omit_history
+            )
+            monitor = self.insights.drift_report()
+            drift = (
+                drift_report(monitor.drift, monitor.sampled, monitor.dropped)
+                if monitor is not None
+                else drift_report(None)
+            )
+            return experiment_report(
+                result,
+                revision=self.service.snapshot().revision,
+                shadow=self._shadow_report(),
+                drift=drift,
+            )
+        except Exception as exc:
+            await abort(context, exc)
+            raise

@@ -1,5 +1,24 @@
-"""Experiment core: outcome attribution and counters. Pure."""
+"""Experiment core: outcome attribution, counters and the A/B analysis. Pure."""
 
+from sidecar.core.experiment.analysis import (
+    OTHER_SEGMENT,
+    SRM_MIN_TOTAL,
+    ArmCount,
+    ArmResult,
+    Estimate,
+    ExperimentResult,
+    ExperimentSettings,
+    ExperimentTracker,
+    ExperimentVerdict,
+    GateReading,
+    LookEvents,
+    LookPoint,
+    MetricResult,
+    MetricSpec,
+    SegmentResult,
+    SrmCheck,
+    default_tau_squared,
+)
 from sidecar.core.experiment.outcomes import (
     Attribution,
     MetricCounters,
@@ -10,10 +29,27 @@ from sidecar.core.experiment.outcomes import (
 )
 
 __all__ = [
+    "OTHER_SEGMENT",
+    "SRM_MIN_TOTAL",
+    "ArmCount",
+    "ArmResult",
     "Attribution",
+    "Estimate",
+    "ExperimentResult",
+    "ExperimentSettings",
+    "ExperimentTracker",
+    "ExperimentVerdict",
+    "GateReading",
+    "LookEvents",
+    "LookPoint",
     "MetricCounters",
+    "MetricResult",
+    "MetricSpec",
     "OutcomeError",
     "OutcomeLedger",
+    "SegmentResult",
+    "SrmCheck",
     "UnknownRequest",
     "WrongValueType",
+    "default_tau_squared",
 ]

@@ -1,5 +1,6 @@
-"""Shadow comparison core: compare a shadow variant's outputs with the primary's and
-keep a bounded record of the results. Pure (no grpc, asyncio, clock or I/O)."""
+"""Shadow comparison core: compare a shadow variant's outputs with the primary's, keep a
+bounded record of the results, and turn a record into a report with a recommendation.
+Pure (no grpc, asyncio, clock or I/O)."""
 
 from sidecar.core.shadow.compare import (
     BUILTIN_COMPARATORS,
@@ -17,9 +18,18 @@ from sidecar.core.shadow.record import (
     MAX_STATUS_NAMES,
     SKETCH_BIN_LIMIT,
     DisagreementExample,
+    LatencyOutlier,
     ShadowRecorder,
     ShadowSummary,
     render_outputs,
+)
+from sidecar.core.shadow.report import (
+    Estimate,
+    NoiseAdjustment,
+    Recommendation,
+    ShadowAnalysis,
+    ShadowThresholds,
+    analyse_shadow,
 )
 
 __all__ = [
@@ -29,9 +39,16 @@ __all__ = [
     "Comparator",
     "Comparison",
     "DisagreementExample",
+    "Estimate",
+    "LatencyOutlier",
+    "NoiseAdjustment",
     "Outputs",
+    "Recommendation",
+    "ShadowAnalysis",
     "ShadowRecorder",
     "ShadowSummary",
+    "ShadowThresholds",
+    "analyse_shadow",
     "auto",
     "exact",
     "exact_outputs",

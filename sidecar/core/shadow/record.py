@@ -12,11 +12,15 @@ timestamps in. Memory is bounded whatever the traffic:
   latencies); smaller values are merged into the lowest kept bin, so only quantiles
   that fall that far below the maximum lose accuracy;
 * disagreement examples live in a ``deque(maxlen=keep_examples)`` and hold short
-  renderings, never the arrays themselves.
+  renderings, never the arrays themselves;
+* latency outliers (the compared pairs with the largest ``shadow / primary`` latency
+  ratio) live in a min-heap of at most ``keep_outliers`` entries: a pair is only turned
+  into an entry when its ratio beats the heap's smallest (O(log k) then, O(1) otherwise).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -33,6 +37,7 @@ __all__ = [
     "MAX_STATUS_NAMES",
     "SKETCH_BIN_LIMIT",
     "DisagreementExample",
+    "LatencyOutlier",
     "ShadowRecorder",
     "ShadowSummary",
     "render_outputs",
@@ -132,6 +137,20 @@ class DisagreementExample:
 
 
 @dataclass(frozen=True)
+class LatencyOutlier:
+    """One compared pair whose shadow call was slow relative to its primary call."""
+
+    request_id: str
+    targeting_key: str
+    primary_seconds: float
+    shadow_seconds: float
+    ratio: float
+    """``shadow_seconds / primary_seconds`` (finite; pairs with a zero primary latency
+    have no ratio and are never outliers)."""
+    unix_time: float
+
+
+@dataclass(frozen=True)
 class ShadowSummary:
     """A snapshot of a :class:`ShadowRecorder` since it was created or last reset."""
 
@@ -163,6 +182,15 @@ class ShadowSummary:
     """The latest disagreements, newest last."""
     in_flight: int
     """Shadow calls started and not yet finished (a gauge: not cleared by reset)."""
+    latency_outliers: tuple[LatencyOutlier, ...] = ()
+    """The compared pairs with the largest ``shadow / primary`` latency ratio, at most
+    ``keep_outliers`` of them, largest ratio first (equal ratios: earliest recorded
+    first; a later pair replaces a kept one only with a strictly larger ratio)."""
+
+    @property
+    def errors(self) -> int:
+        """Shadow calls that ended with an error (the sum of :attr:`errors_by_status`)."""
+        return sum(self.errors_by_status.values())
 
 
 def _new_sketch(relative_accuracy: float) -> LogCollapsingLowestDenseDDSketch:
@@ -196,16 +224,19 @@ class ShadowRecorder:
         comparator_name: str,
         keep_examples: int = 20,
         relative_accuracy: float = 0.01,
+        keep_outliers: int = 10,
     ) -> None:
-        if isinstance(keep_examples, bool) or not isinstance(keep_examples, int):
-            raise ValueError(f"keep_examples must be an int, got {keep_examples!r}")
-        if keep_examples < 0:
-            raise ValueError(f"keep_examples must be >= 0, got {keep_examples}")
+        for name, value in (("keep_examples", keep_examples), ("keep_outliers", keep_outliers)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if not (isinstance(relative_accuracy, int | float) and 0 < relative_accuracy < 1):
             raise ValueError(f"relative_accuracy must be in (0, 1), got {relative_accuracy!r}")
         self._shadow_variant = shadow_variant
         self._comparator = comparator_name
         self._keep_examples = keep_examples
+        self._keep_outliers = keep_outliers
         self._relative_accuracy = float(relative_accuracy)
         self._in_flight = 0
         self._clear()
@@ -222,6 +253,10 @@ class ShadowRecorder:
         self._shadow = _new_sketch(self._relative_accuracy)
         self._ratio = _new_sketch(self._relative_accuracy)
         self._examples: deque[DisagreementExample] = deque(maxlen=self._keep_examples)
+        # (ratio, sequence number, outlier): a min-heap on the ratio; the sequence number
+        # breaks ties so that outliers themselves are never compared.
+        self._outliers: list[tuple[float, int, LatencyOutlier]] = []
+        self._outlier_seq = 0
 
     # -- events -------------------------------------------------------------------
 
@@ -288,6 +323,17 @@ class ShadowRecorder:
                 ratio = shadow_latency / primary_latency
                 if math.isfinite(ratio):
                     self._ratio.add(ratio)
+                    heap = self._outliers
+                    # O(1) unless the pair is slower than the kept outliers.
+                    if len(heap) < self._keep_outliers or (heap and ratio > heap[0][0]):
+                        self._keep_outlier(
+                            ratio,
+                            primary_latency,
+                            shadow_latency,
+                            request_id,
+                            targeting_key,
+                            unix_time,
+                        )
         if not comparison.agreed and self._keep_examples:
             self._examples.append(
                 DisagreementExample(
@@ -300,6 +346,35 @@ class ShadowRecorder:
                     unix_time=float(unix_time),
                 )
             )
+
+    def _keep_outlier(
+        self,
+        ratio: float,
+        primary_latency: float,
+        shadow_latency: float,
+        request_id: str,
+        targeting_key: str,
+        unix_time: float,
+    ) -> None:
+        """Add a pair to the outlier heap, replacing the smallest ratio when full."""
+        heap = self._outliers
+        entry = (
+            ratio,
+            self._outlier_seq,
+            LatencyOutlier(
+                request_id=_truncate(str(request_id), _TEXT_LIMIT),
+                targeting_key=_truncate(str(targeting_key), _TEXT_LIMIT),
+                primary_seconds=float(primary_latency),
+                shadow_seconds=float(shadow_latency),
+                ratio=ratio,
+                unix_time=float(unix_time),
+            ),
+        )
+        self._outlier_seq += 1
+        if len(heap) >= self._keep_outliers:
+            heapq.heapreplace(heap, entry)
+        else:
+            heapq.heappush(heap, entry)
 
     # -- reading --------------------------------------------------------------------
 
@@ -325,9 +400,13 @@ class ShadowRecorder:
             ratio_p95=_quantile(self._ratio, 0.95),
             examples=tuple(self._examples),
             in_flight=self._in_flight,
+            latency_outliers=tuple(
+                outlier for _, _, outlier in sorted(self._outliers, key=lambda e: (-e[0], e[1]))
+            ),
         )
 
     def reset(self) -> None:
-        """Start a new window: clear counters, sketches and examples. ``in_flight`` is
-        kept, since those calls are still running and will finish after the reset."""
+        """Start a new window: clear counters, sketches, examples and latency outliers.
+        ``in_flight`` is kept, since those calls are still running and will finish after
+        the reset."""
         self._clear()

@@ -32,6 +32,14 @@ is as low as possible at the planned horizon ``N``; any positive ``tau^2`` keeps
 Looks where an arm has fewer than ``min_events`` successes or failures (default 10) are not
 evaluated (the p-value and interval carry over), because the normal approximation is poor
 there; skipping looks cannot inflate the error rate.
+
+Numeric metrics (difference of means). :func:`sequential_update_means` applies the same
+mixture likelihood ratio and confidence sequence to ``d = mean_B - mean_A`` with the plug-in
+variance ``s^2 = var_A / n_A + var_B / n_B`` (sample variances, ``ddof = 1``). Its state is
+*unbounded* (``start_sequential(..., bounded=False)``: the running interval starts at
+``(-inf, inf)`` and no look interval is clipped), because a difference of means is not
+confined to ``[-1, 1]``. A look is evaluated when both arms have at least
+``max(min_events, 2)`` observations and ``s^2 > 0``.
 """
 
 from __future__ import annotations
@@ -45,7 +53,13 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize, special
 
-from ._validation import check_alpha, check_count, check_probability_level, check_rates
+from ._validation import (
+    check_alpha,
+    check_count,
+    check_finite,
+    check_probability_level,
+    check_rates,
+)
 from .intervals import Interval
 from .power import sample_size_per_arm
 
@@ -65,6 +79,7 @@ __all__ = [
     "sequential_paths",
     "sequential_power_lower_bound",
     "sequential_update",
+    "sequential_update_means",
     "sequential_verdict",
     "start_sequential",
 ]
@@ -194,6 +209,10 @@ class SequentialState:
     the running intersection of the per-look intervals. If a new look's interval is disjoint
     from the running one, the running interval collapses to its point nearest the new one
     (this can only happen after the null was already rejected).
+
+    ``bounded`` (default) is for differences of rates: the interval lives in ``[-1, 1]``.
+    An unbounded state (numeric metrics, :func:`sequential_update_means`) starts at
+    ``(-inf, inf)`` and only needs ``lower <= upper``.
     """
 
     alpha: float
@@ -205,15 +224,19 @@ class SequentialState:
     p_value: float = 1.0
     ci_lower: float = -1.0
     ci_upper: float = 1.0
+    bounded: bool = True
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
         _check_tau_squared(self.tau_squared)
         check_count(self.min_events, "min_events")
-        if not (0.0 <= self.p_value <= 1.0 and -1.0 <= self.ci_lower <= self.ci_upper <= 1.0):
-            raise ValueError(
-                "inconsistent SequentialState: need 0 <= p <= 1, -1 <= lower <= upper <= 1"
-            )
+        if self.bounded:
+            if not (0.0 <= self.p_value <= 1.0 and -1.0 <= self.ci_lower <= self.ci_upper <= 1.0):
+                raise ValueError(
+                    "inconsistent SequentialState: need 0 <= p <= 1, -1 <= lower <= upper <= 1"
+                )
+        elif not (0.0 <= self.p_value <= 1.0 and self.ci_lower <= self.ci_upper):
+            raise ValueError("inconsistent SequentialState: need 0 <= p <= 1, lower <= upper")
 
     @property
     def interval(self) -> Interval:
@@ -222,13 +245,28 @@ class SequentialState:
 
 
 def start_sequential(
-    tau_squared: float, alpha: float = 0.05, min_events: SupportsIndex = DEFAULT_MIN_EVENTS
+    tau_squared: float,
+    alpha: float = 0.05,
+    min_events: SupportsIndex = DEFAULT_MIN_EVENTS,
+    *,
+    bounded: bool = True,
 ) -> SequentialState:
-    """A fresh state (no looks yet) for the given mixing variance and level."""
+    """A fresh state (no looks yet) for the given mixing variance and level.
+
+    ``bounded=False`` gives the state for :func:`sequential_update_means` (differences of
+    means): the running interval starts at ``(-inf, inf)``.
+    """
+    if bounded:
+        lower, upper = -1.0, 1.0
+    else:
+        lower, upper = -math.inf, math.inf
     return SequentialState(
         alpha=check_alpha(alpha),
         tau_squared=_check_tau_squared(tau_squared),
         min_events=check_count(min_events, "min_events"),
+        ci_lower=lower,
+        ci_upper=upper,
+        bounded=bool(bounded),
     )
 
 
@@ -236,8 +274,10 @@ def start_sequential(
 class SequentialLook:
     """One look: this look's statistics and the updated running ``state``.
 
-    ``interval`` is this look's own interval (``[-1, 1]`` if the look was not evaluated);
-    the running interval is ``state.interval``.
+    ``interval`` is this look's own interval (``[-1, 1]`` if the look was not evaluated;
+    ``(-inf, inf)`` for a numeric look); the running interval is ``state.interval``.
+    For a numeric look (:func:`sequential_update_means`) ``successes_control`` and
+    ``successes_treatment`` are 0 and ``difference`` is ``mean_B - mean_A``.
     """
 
     successes_control: int
@@ -317,6 +357,80 @@ def sequential_update(
         n_treatment=nt,
         difference=float(arrays.difference[0]),
         variance=float(arrays.variance[0]),
+        evaluated=evaluated,
+        log_likelihood_ratio=log_lr,
+        interval=Interval(lower, upper, 1.0 - state.alpha, "msprt"),
+        state=new_state,
+    )
+
+
+def sequential_update_means(
+    state: SequentialState,
+    n_control: SupportsIndex,
+    mean_control: float,
+    var_control: float,
+    n_treatment: SupportsIndex,
+    mean_treatment: float,
+    var_treatment: float,
+) -> SequentialLook:
+    """Fold one look of a numeric metric (difference of means) into an unbounded ``state``.
+
+    ``n_*`` are cumulative counts, ``mean_*`` the arms' means and ``var_*`` their sample
+    variances (``ddof = 1``) over everything observed so far. With ``d = mean_B - mean_A``
+    and ``s^2 = var_A / n_A + var_B / n_B`` the likelihood ratio, the always-valid p-value
+    and the confidence sequence are those of :func:`sequential_update` (no clipping). The
+    look is evaluated only when both arms have at least ``max(min_events, 2)`` observations
+    and ``s^2 > 0``; otherwise the p-value and running interval carry over.
+    """
+    if state.bounded:
+        raise ValueError(
+            "state must be unbounded for a difference of means; "
+            "use start_sequential(..., bounded=False)"
+        )
+    nc = check_count(n_control, "n_control")
+    nt = check_count(n_treatment, "n_treatment")
+    mc = check_finite(mean_control, "mean_control")
+    mt = check_finite(mean_treatment, "mean_treatment")
+    vc = check_finite(var_control, "var_control")
+    vt = check_finite(var_treatment, "var_treatment")
+    if vc < 0.0:
+        raise ValueError(f"var_control must be non-negative; got {var_control!r}")
+    if vt < 0.0:
+        raise ValueError(f"var_treatment must be non-negative; got {var_treatment!r}")
+    if nc < state.n_control or nt < state.n_treatment:
+        raise ValueError(
+            "counts are cumulative and cannot decrease: got "
+            f"n_control={nc}, n_treatment={nt} after {state.n_control}, {state.n_treatment}"
+        )
+    d = mt - mc
+    need = max(state.min_events, 2)
+    s2 = (vc / nc if nc > 0 else 0.0) + (vt / nt if nt > 0 else 0.0)
+    evaluated = nc >= need and nt >= need and s2 > 0.0 and math.isfinite(s2)
+    if evaluated:
+        tau2 = state.tau_squared
+        log_lr = log_likelihood_ratio(d, s2, tau2)
+        half = confidence_halfwidth(s2, tau2, state.alpha)
+        lower, upper = d - half, d + half
+        p_look = math.exp(min(0.0, -log_lr))
+    else:
+        log_lr, lower, upper, p_look = 0.0, -math.inf, math.inf, 1.0
+    ci_lower, ci_upper = _intersect(state.ci_lower, state.ci_upper, lower, upper)
+    new_state = replace(
+        state,
+        looks=state.looks + 1,
+        n_control=nc,
+        n_treatment=nt,
+        p_value=min(state.p_value, p_look),
+        ci_lower=ci_lower,
+        ci_upper=ci_upper,
+    )
+    return SequentialLook(
+        successes_control=0,
+        n_control=nc,
+        successes_treatment=0,
+        n_treatment=nt,
+        difference=d,
+        variance=s2,
         evaluated=evaluated,
         log_likelihood_ratio=log_lr,
         interval=Interval(lower, upper, 1.0 - state.alpha, "msprt"),

@@ -2,9 +2,9 @@
 
 `FakeControl` is not the sidecar: it is an in-process `sidecar.v1.Control` servicer on
 127.0.0.1:0 that records each request with its metadata, answers canned `State`s (and canned
-`Rollout`s / `DrillReport`s for the rollout verbs) and can be told to fail a method with a
-status. It pins the CLI's own behaviour (requests sent, output,
-exit codes, credentials); the real servicer's semantics are tested elsewhere.
+`Rollout`s / `DrillReport`s for the rollout verbs, a canned `ExperimentReport` for `report`)
+and can be told to fail a method with a status. It pins the CLI's own behaviour (requests
+sent, output, exit codes, credentials); the real servicer's semantics are tested elsewhere.
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
     rollout: cpb.Rollout = field(default_factory=lambda: cpb.Rollout(phase="NONE"))
     rollout_polls: list[cpb.Rollout] = field(default_factory=list)
     drill: cpb.DrillReport = field(default_factory=cpb.DrillReport)
+    # GetExperimentReport answers `experiment` as it is (the request is recorded).
+    experiment: cpb.ExperimentReport = field(default_factory=cpb.ExperimentReport)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -267,6 +269,12 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
     ) -> cpb.ShadowReport:
         self._record("GetShadowReport", request, context)
         return self.shadow
+
+    def GetExperimentReport(
+        self, request: cpb.GetExperimentReportRequest, context: grpc.ServicerContext
+    ) -> cpb.ExperimentReport:
+        self._record("GetExperimentReport", request, context)
+        return self.experiment
 
 
 def start_server(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import tracemalloc
 from dataclasses import FrozenInstanceError
@@ -14,6 +15,7 @@ from sidecar.core.shadow import (
     MAX_STATUS_NAMES,
     Comparison,
     DisagreementExample,
+    LatencyOutlier,
     ShadowRecorder,
     ShadowSummary,
     render_outputs,
@@ -32,6 +34,7 @@ def compared(
     shadow_latency: float = 0.020,
     *,
     request_id: str = "req",
+    targeting_key: str = "user-1",
     unix_time: float = 1_700_000_000.0,
     primary: Any = P,
     shadow: Any = S,
@@ -42,7 +45,7 @@ def compared(
         primary_latency,
         shadow_latency,
         request_id=request_id,
-        targeting_key="user-1",
+        targeting_key=targeting_key,
         primary_variant="stable",
         primary=primary,
         shadow=shadow,
@@ -75,7 +78,9 @@ def test_empty_summary() -> None:
         ratio_p95=None,
         examples=(),
         in_flight=0,
+        latency_outliers=(),
     )
+    assert s.errors == 0
 
 
 def test_counts_and_agreement_rate() -> None:
@@ -121,6 +126,7 @@ def test_errors_by_status() -> None:
         rec.finished_error(status)
     s = rec.summary()
     assert dict(s.errors_by_status) == {"DEADLINE_EXCEEDED": 2, "UNAVAILABLE": 1}
+    assert s.errors == 3
     assert s.compared == 0
     assert s.agreement_rate is None
 
@@ -286,6 +292,7 @@ def test_reset_clears_counters_but_keeps_in_flight() -> None:
     assert (s.sampled, s.sent, s.compared, s.agreed, s.latency_count) == (0, 0, 0, 0, 0)
     assert s.errors_by_status == {}
     assert s.examples == ()
+    assert s.latency_outliers == ()
     assert s.primary_p50 is None
     assert s.in_flight == 2
     assert (s.shadow_variant, s.comparator) == ("shadow", "top1")
@@ -299,12 +306,135 @@ def test_reset_clears_counters_but_keeps_in_flight() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"keep_examples": -1}, {"relative_accuracy": 0.0}, {"relative_accuracy": 1.0}],
+    [
+        {"keep_examples": -1},
+        {"keep_examples": 2.0},
+        {"keep_examples": True},
+        {"keep_outliers": -1},
+        {"keep_outliers": 1.5},
+        {"keep_outliers": True},
+        {"keep_outliers": "10"},
+        {"relative_accuracy": 0.0},
+        {"relative_accuracy": 1.0},
+    ],
 )
 def test_bad_constructor_arguments_raise(kwargs: dict[str, Any]) -> None:
-    """Invalid keep_examples or relative_accuracy are ValueErrors at construction."""
+    """Invalid keep_examples, keep_outliers or relative_accuracy are ValueErrors at
+    construction."""
     with pytest.raises(ValueError):
         ShadowRecorder("shadow", "auto", **kwargs)
+
+
+# ------------------------------------------------------------------ latency outliers
+
+
+def test_latency_outliers_keep_the_largest_ratios_largest_first() -> None:
+    """Only the keep_outliers largest shadow/primary ratios are kept, largest first; on equal
+    ratios the earlier pair stays (a later one must be strictly slower to replace it)."""
+    rec = ShadowRecorder("shadow", "auto", keep_outliers=3)
+    shadows = [0.010, 0.050, 0.020, 0.080, 0.030, 0.080, 0.005, 0.040]  # primary 10 ms
+    for i, shadow in enumerate(shadows):
+        compared(
+            rec, AGREE, 0.010, shadow, request_id=f"r{i}", targeting_key=f"k{i}", unix_time=float(i)
+        )
+    outliers = rec.summary().latency_outliers
+    assert [o.request_id for o in outliers] == ["r3", "r5", "r1"]
+    assert [o.ratio for o in outliers] == pytest.approx([8.0, 8.0, 5.0])
+    assert outliers[0] == LatencyOutlier(
+        request_id="r3",
+        targeting_key="k3",
+        primary_seconds=0.010,
+        shadow_seconds=0.080,
+        ratio=0.080 / 0.010,
+        unix_time=3.0,
+    )
+
+
+def test_latency_outliers_match_a_full_sort() -> None:
+    """Over random traffic the kept outliers are exactly the top-k of a full sort."""
+    rng = np.random.default_rng(11)
+    primary = rng.lognormal(-4.0, 0.5, size=5000)
+    shadow = primary * rng.lognormal(0.2, 0.6, size=5000)
+    rec = ShadowRecorder("shadow", "auto", keep_outliers=10)
+    for i, (p, s) in enumerate(zip(primary, shadow, strict=True)):
+        compared(rec, DIFFER if i % 7 == 0 else AGREE, float(p), float(s), request_id=f"r{i}")
+    ratios = shadow / primary
+    top = np.argsort(-ratios, kind="stable")[:10]
+    outliers = rec.summary().latency_outliers
+    assert [o.request_id for o in outliers] == [f"r{i}" for i in top]
+    assert [o.ratio for o in outliers] == pytest.approx(ratios[top].tolist(), rel=1e-12)
+    assert all(a.ratio >= b.ratio for a, b in itertools.pairwise(outliers))
+
+
+def test_latency_outliers_skip_pairs_without_a_ratio() -> None:
+    """Zero, negative or non-finite latencies, and ratios that overflow, make no outlier."""
+    rec = ShadowRecorder("shadow", "auto")
+    compared(rec, AGREE, 0.0, 5.0, request_id="zero-primary")
+    compared(rec, AGREE, -0.01, 5.0, request_id="negative")
+    compared(rec, AGREE, 0.01, math.inf, request_id="inf")
+    compared(rec, AGREE, math.nan, 5.0, request_id="nan")
+    compared(rec, AGREE, 1e-300, 1e300, request_id="overflow")
+    compared(rec, AGREE, 0.01, 0.0, request_id="zero-shadow")
+    s = rec.summary()
+    assert s.compared == 6
+    assert [o.request_id for o in s.latency_outliers] == ["zero-shadow"]
+    assert s.latency_outliers[0].ratio == 0.0
+
+
+def test_keep_outliers_zero_keeps_none() -> None:
+    """keep_outliers=0 keeps no outlier but still records the latency sketches."""
+    rec = ShadowRecorder("shadow", "auto", keep_outliers=0)
+    compared(rec, AGREE, 0.01, 0.5)
+    s = rec.summary()
+    assert s.latency_outliers == ()
+    assert s.ratio_p50 == pytest.approx(50.0, rel=0.011)
+
+
+def test_latency_outlier_fields_are_truncated_and_snapshotted() -> None:
+    """Long ids are cut like examples'; a summary's outliers do not follow later events."""
+    rec = ShadowRecorder("shadow", "auto", keep_outliers=2)
+    compared(rec, AGREE, 0.01, 0.02, request_id="r" * 10_000, targeting_key="k" * 10_000)
+    s = rec.summary()
+    compared(rec, AGREE, 0.01, 0.09, request_id="later")
+    (outlier,) = s.latency_outliers
+    assert len(outlier.request_id) <= 200
+    assert len(outlier.targeting_key) <= 200
+    assert outlier.request_id.endswith("…")
+    assert [o.request_id for o in rec.summary().latency_outliers] == ["later", outlier.request_id]
+
+
+def test_reset_clears_latency_outliers() -> None:
+    """After reset() the outliers start again from the next comparison."""
+    rec = ShadowRecorder("shadow", "auto", keep_outliers=2)
+    compared(rec, AGREE, 0.01, 0.9, request_id="before")
+    rec.reset()
+    assert rec.summary().latency_outliers == ()
+    compared(rec, AGREE, 0.01, 0.02, request_id="after")
+    assert [o.request_id for o in rec.summary().latency_outliers] == ["after"]
+
+
+def test_latency_outliers_stay_bounded_when_every_pair_is_slower() -> None:
+    """Worst case (each pair beats every kept one): the heap keeps k entries and memory
+    stays flat."""
+    rec = ShadowRecorder("shadow", "auto", keep_outliers=10)
+    n = 0
+
+    def feed(count: int) -> None:
+        nonlocal n
+        for _ in range(count):
+            n += 1
+            compared(rec, AGREE, 0.01, 0.01 * n, request_id=f"r{n}")
+
+    feed(5000)
+    tracemalloc.start()
+    try:
+        feed(20_000)
+        current, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert current < 64 * 1024
+    outliers = rec.summary().latency_outliers
+    assert [o.request_id for o in outliers] == [f"r{i}" for i in range(25_000, 24_990, -1)]
 
 
 # ------------------------------------------------------------------ rendering
@@ -398,6 +528,8 @@ def test_memory_stays_flat_over_a_million_comparisons() -> None:
     assert after.compared + sum(after.errors_by_status.values()) == 1_000_000
     assert after.in_flight == 0
     assert len(after.examples) == len(before.examples) == 20
+    assert len(after.latency_outliers) == 10
+    assert after.latency_outliers[0].ratio == pytest.approx(1.25)
     assert after.examples[-1].unix_time == 999_000.0
     assert after.latency_count == after.compared
     assert after.ratio_p50 == pytest.approx(1.25, rel=0.011)

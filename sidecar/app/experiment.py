@@ -1,0 +1,258 @@
+"""The experiment between stable (A, control) and canary (B, treatment), wired to the
+routing state: epochs follow the weights, looks run on a timer, events are logged and
+alerted, and the running state is checkpointed so a restart loses nothing.
+
+The request path only calls `on_snapshot` (when the snapshot object changed) and
+`ExperimentTracker.assigned` (one dict increment). Everything else runs in `run`, in the
+rollout gate and in `report`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from sidecar.app.drift import DriftMonitor, DriftMonitorReport
+from sidecar.app.state import Snapshot
+from sidecar.core.experiment.analysis import (
+    ExperimentResult,
+    ExperimentTracker,
+    GateReading,
+    SrmCheck,
+)
+from sidecar.core.shadow import ShadowRecorder, ShadowSummary
+from sidecar.core.shadow.report import ShadowAnalysis, ShadowThresholds, analyse_shadow
+
+log = structlog.get_logger("sidecar.experiment")
+
+
+class AlertSink(Protocol):
+    def alert(self, event: str, fields: Mapping[str, Any]) -> None: ...
+
+
+class Checkpoint(Protocol):
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, data: Mapping[str, Any]) -> None: ...
+
+
+class FileCheckpoint:
+    """JSON file, replaced atomically (temp file, fsync, rename, fsync of the folder)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path}: not a JSON object")
+        return data
+
+    def save(self, data: Mapping[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class ExperimentService:
+    def __init__(
+        self,
+        tracker: ExperimentTracker,
+        *,
+        snapshot: Callable[[], Snapshot],
+        alerts: AlertSink,
+        checkpoint: Checkpoint | None = None,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tracker = tracker
+        self._snapshot = snapshot
+        self.alerts = alerts
+        self.checkpoint = checkpoint
+        self.interval = interval
+        self._clock = clock
+        self._synced: Snapshot | None = None
+        self.epoch = 0
+        self.saved_at = 0.0
+        self._last_srm: SrmCheck | None = None
+
+    @staticmethod
+    def restore(
+        make: Callable[[dict[str, Any] | None], ExperimentTracker],
+        checkpoint: Checkpoint | None,
+    ) -> ExperimentTracker:
+        """The tracker from the checkpoint if one is readable; a fresh one otherwise (logged)."""
+        if checkpoint is None:
+            return make(None)
+        try:
+            data = checkpoint.load()
+            tracker = make(data)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("experiment.checkpoint_unreadable", error=str(exc))
+            return make(None)
+        if data is not None:
+            log.info("experiment.restored", epoch=tracker.epoch)
+        return tracker
+
+    # ---- the request path --------------------------------------------------------------
+
+    def on_snapshot(self, snap: Snapshot) -> int:
+        """Follow a routing change: a new epoch when the variants or weights changed."""
+        if snap is not self._synced:
+            self._synced = snap
+            before = self.epoch
+            self.epoch = self.tracker.sync(
+                snap.flag.stable, snap.flag.canary, snap.state.weights, self._clock()
+            )
+            if self.epoch != before and before:
+                log.info(
+                    "experiment.new_epoch",
+                    epoch=self.epoch,
+                    control=snap.flag.stable,
+                    treatment=snap.flag.canary,
+                    weights=dict(snap.state.weights),
+                )
+        return self.epoch
+
+    # ---- looks -------------------------------------------------------------------------
+
+    def look(self) -> None:
+        self.on_snapshot(self._snapshot())
+        events = self.tracker.look(self._clock())
+        self._last_srm = srm = self.tracker.report(self._clock(), history=False).srm
+        if events.srm_started:
+            fields = {"epoch": self.epoch, "p_value": srm.p_value, "detail": srm.detail}
+            log.warning("experiment.sample_ratio_mismatch", **fields)
+            self.alerts.alert("experiment.sample_ratio_mismatch", fields)
+        if events.srm_cleared:
+            log.info("experiment.sample_ratio_ok", epoch=self.epoch)
+        for metric, old, new in events.verdict_changes:
+            log.info("experiment.verdict", metric=metric, previous=old, verdict=new)
+            if new in ("SHIP_B", "KEEP_A", "EQUIVALENT"):
+                self.alerts.alert(
+                    "experiment.verdict", {"metric": metric, "verdict": new, "epoch": self.epoch}
+                )
+
+    async def save(self) -> None:
+        if self.checkpoint is None:
+            return
+        data = self.tracker.to_dict()
+        try:
+            await asyncio.to_thread(self.checkpoint.save, data)
+            self.saved_at = self._clock()
+        except OSError as exc:
+            log.error("experiment.checkpoint_failed", error=str(exc))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self.look()
+                await self.save()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the experiment must never stop the sidecar
+                log.exception("experiment.look_failed")
+
+    def report(self, metrics: Sequence[str] = (), history: bool = True) -> ExperimentResult:
+        self.look()
+        return self.tracker.report(self._clock(), metrics, history)
+
+    def status_warnings(self) -> list[str]:
+        srm = self._last_srm
+        if srm is None or not srm.mismatch:
+            return []
+        return [f"sample ratio mismatch (experiment epoch {self.epoch}): {srm.detail}"]
+
+
+class Insights:
+    """Everything the experiment report and the status read, in one place: the experiment,
+    the shadow and noise recorders with their analysis, and the drift monitor."""
+
+    def __init__(
+        self,
+        experiment: ExperimentService,
+        *,
+        shadow: ShadowRecorder | None = None,
+        noise: ShadowRecorder | None = None,
+        drift: DriftMonitor[Any, Any] | None = None,
+        primary_error_rate: Callable[[], float | None] = lambda: None,
+        shadow_thresholds: ShadowThresholds | None = None,
+        alerts: AlertSink | None = None,
+    ) -> None:
+        self.experiment = experiment
+        self.shadow = shadow
+        self.noise = noise
+        self.drift = drift
+        self._primary_error_rate = primary_error_rate
+        self.shadow_thresholds = shadow_thresholds or ShadowThresholds()
+        self.alerts = alerts
+        self._drift_warnings: dict[str, str] = {}
+
+    def shadow_analysis(self) -> tuple[ShadowSummary, ShadowAnalysis] | None:
+        if self.shadow is None:
+            return None
+        summary = self.shadow.summary()
+        noise = self.noise.summary() if self.noise is not None else None
+        analysis = analyse_shadow(
+            summary,
+            primary_error_rate=self._primary_error_rate(),
+            noise=noise,
+            thresholds=self.shadow_thresholds,
+        )
+        return summary, analysis
+
+    def drift_report(self) -> DriftMonitorReport | None:
+        return self.drift.report() if self.drift is not None else None
+
+    def on_drift_level(self, series: str, old: str, new: str) -> None:
+        """A drift series changed level: alert when it reaches MODERATE or MAJOR, and keep
+        a status warning while it stays there."""
+        if new in ("MODERATE", "MAJOR"):
+            self._drift_warnings[series] = f"drift {new}: {series} (was {old})"
+            if self.alerts is not None:
+                self.alerts.alert("drift.detected", {"series": series, "level": new, "was": old})
+        else:
+            self._drift_warnings.pop(series, None)
+
+    def warnings(self) -> list[str]:
+        """Status warnings: a sample-ratio mismatch at the last look, drifted series."""
+        out = list(self.experiment.status_warnings())
+        out.extend(self._drift_warnings[k] for k in sorted(self._drift_warnings))
+        return out
+
+    def ab_gate(self) -> GateReading:
+        self.experiment.look()
+        return self.experiment.tracker.gate()
+
+    def drift_gate(self, threshold: float, canary: str | None) -> tuple[str, float, str]:
+        """(status, value, detail) of the drift gate: the largest PSI over the input
+        features and the canary's predictions in the current window."""
+        if self.drift is None:
+            return "WAIT", 0.0, "drift monitoring is off"
+        worst = self.drift.max_psi("all")
+        if worst is None:
+            return "WAIT", 0.0, "not enough values in the current window yet"
+        psi, series = worst
+        status = "FAIL" if psi >= threshold else "PASS"
+        return status, psi, f"largest PSI {psi:.3f} ({series}); limit {threshold:g}"
