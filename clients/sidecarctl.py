@@ -103,6 +103,13 @@ plan file (--plan): JSON (*.json) or YAML (anything else), a list of stages in o
     canary_bp: 2500
     min_duration: 15m
     min_samples: 2000
+  - name: canary-50%
+    kind: canary
+    canary_percent: 50
+    min_duration: 30m
+    ab_gate: true           # also wait for the A/B verdict (Ship B or Equivalent passes,
+                            # Keep A rolls back); needs experiment.metrics in the config
+    max_drift_psi: 0.25     # roll back when an input or prediction PSI reaches 0.25; 0: off
   - name: promote           # the canary becomes stable (last stage, optional)
     kind: promote
 Shadow stages come first, canary shares must increase, promote is last. The sidecar refuses
@@ -220,7 +227,10 @@ _PLAN_KINDS = {
     "canary": cpb.STAGE_KIND_CANARY,
     "promote": cpb.STAGE_KIND_PROMOTE,
 }
-_STAGE_FIELDS = ("name", "kind", "canary_percent", "canary_bp", "min_duration", "min_samples")
+_STAGE_FIELDS = (
+    "name", "kind", "canary_percent", "canary_bp", "min_duration", "min_samples", "ab_gate",
+    "max_drift_psi",
+)  # fmt: skip
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[hms])+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
@@ -278,6 +288,18 @@ def _plan_samples(value: object) -> int:
     return value
 
 
+def _plan_flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _plan_psi(value: object) -> float:
+    if not _is_number(value) or not 0 <= float(value) <= 10:  # type: ignore[arg-type]
+        raise ValueError(f"must be a PSI from 0 (off) to 10, e.g. 0.25, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def _plan_stage(item: object, where: str) -> cpb.RolloutStage:
     if not isinstance(item, Mapping):
         raise PlanFileError(f"{where}: must be a mapping with at least name and kind")
@@ -306,6 +328,8 @@ def _plan_stage(item: object, where: str) -> cpb.RolloutStage:
         ("canary_bp", _plan_bp, "canary_bp"),
         ("min_duration", _plan_duration, "min_duration_seconds"),
         ("min_samples", _plan_samples, "min_samples"),
+        ("ab_gate", _plan_flag, "ab_gate"),
+        ("max_drift_psi", _plan_psi, "max_drift_psi"),
     ]
     for key, parse, attribute in parsers:
         if key in item:

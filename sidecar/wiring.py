@@ -12,6 +12,7 @@ import gc
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -288,7 +289,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         ),
         alerts=alerts,
     )
-    insights.drift = _drift(config, snapshot.flag.stable, insights)
+    insights.drift = _drift(config, insights, lambda: state.current.flag.stable)
     e = config.experiment
     dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse] = DataPlane(
         model=config.model,
@@ -355,13 +356,14 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         return GateReading(status, value, threshold, detail)
 
     def shadow_reading() -> ShadowReading | None:
-        if mirror is None:
+        read = insights.shadow_analysis()
+        if read is None:
             return None
-        summary = mirror.recorder.summary()
-        errors = sum(summary.errors_by_status.values())
+        summary, analysis = read
         return ShadowReading(
-            summary.compared, summary.agreed, summary.sent, errors,
+            summary.compared, summary.agreed, summary.sent, summary.errors,
             summary.primary_p95, summary.shadow_p95,
+            analysis.effective_agreement if analysis.noise is not None else None,
         )  # fmt: skip
 
     checker = HealthChecker(
@@ -471,7 +473,7 @@ def _experiment(config: Config, state: StateHolder, alerts: Alerts) -> Experimen
 
 
 def _drift(
-    config: Config, stable: str, insights: Insights
+    config: Config, insights: Insights, stable: Callable[[], str]
 ) -> DriftMonitor[oip.ModelInferRequest, oip.ModelInferResponse] | None:
     d = config.drift
     if not d.enabled:
@@ -485,7 +487,7 @@ def _drift(
             major=d.major,
         )
     )
-    tracker.set_reference_variant(stable)
+    tracker.set_reference_variant(stable())
     if d.reference_file:
         try:
             values = json.loads(Path(d.reference_file).read_text(encoding="utf-8"))
@@ -498,6 +500,7 @@ def _drift(
         decode_outputs,
         sample_every=d.sample_every,
         on_level_change=insights.on_drift_level,
+        reference_variant=stable,
     )
 
 

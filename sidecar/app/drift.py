@@ -51,6 +51,7 @@ class DriftMonitor(Generic[Req, Resp]):
         max_pending: int = 1024,
         slice_size: int = 64,
         on_level_change: Callable[[str, str, str], None] | None = None,
+        reference_variant: Callable[[], str | None] | None = None,
     ) -> None:
         for name, value in (
             ("sample_every", sample_every),
@@ -73,6 +74,7 @@ class DriftMonitor(Generic[Req, Resp]):
         self.failures = 0  # tracker errors (a bug, not bad data); logged once per kind
         self._logged: set[str] = set()
         self._on_level_change = on_level_change
+        self._reference_variant = reference_variant
 
     @property
     def pending(self) -> int:
@@ -129,16 +131,32 @@ class DriftMonitor(Generic[Req, Resp]):
             raise ValueError(f"interval must be positive; got {interval!r}")
         while True:
             await asyncio.sleep(interval)
+            self.follow_reference()
             while True:
                 if self.drain(self.slice_size) < self.slice_size:
                     break
                 await asyncio.sleep(0)  # let requests run between slices
             self.check_levels()
 
+    def follow_reference(self) -> None:
+        """Predictions are compared with the stable variant's: after a promotion or a
+        rollback the new stable's predictions become the reference (a new baseline)."""
+        if self._reference_variant is None:
+            return
+        try:
+            name = self._reference_variant()
+            if name != self.tracker.reference_variant:
+                log.info("drift.reference_variant", variant=name)
+                self.tracker.set_reference_variant(name)
+        except Exception as exc:
+            self.failures += 1
+            self._log_once("drift.reference_failed", f"reference:{type(exc).__name__}", exc)
+
     def check_levels(self) -> list[tuple[str, str, str]]:
-        """Level changes since the last check (tracker.level_changes): a series reaching
-        MODERATE or MAJOR is logged as a warning, others at info; each change is passed
-        to `on_level_change(series, old, new)`. Never raises."""
+        """Drain, then the level changes since the last check (tracker.level_changes): a
+        series reaching MODERATE or MAJOR is logged as a warning, others at info; each
+        change is passed to `on_level_change(series, old, new)`. Never raises."""
+        self.drain()
         try:
             changes = self.tracker.level_changes()
         except Exception as exc:

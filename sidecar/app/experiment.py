@@ -25,7 +25,6 @@ from sidecar.core.experiment.analysis import (
     ExperimentResult,
     ExperimentTracker,
     GateReading,
-    SrmCheck,
 )
 from sidecar.core.shadow import ShadowRecorder, ShadowSummary
 from sidecar.core.shadow.report import ShadowAnalysis, ShadowThresholds, analyse_shadow
@@ -94,7 +93,7 @@ class ExperimentService:
         self._synced: Snapshot | None = None
         self.epoch = 0
         self.saved_at = 0.0
-        self._last_srm: SrmCheck | None = None
+        self._srm_warnings: list[str] = []
 
     @staticmethod
     def restore(
@@ -138,13 +137,22 @@ class ExperimentService:
 
     def look(self) -> None:
         self.on_snapshot(self._snapshot())
-        events = self.tracker.look(self._clock())
-        self._last_srm = srm = self.tracker.report(self._clock(), history=False).srm
-        if events.srm_started:
-            fields = {"epoch": self.epoch, "p_value": srm.p_value, "detail": srm.detail}
+        now = self._clock()
+        events = self.tracker.look(now)
+        result = self.tracker.report(now, history=False)
+        srm = result.srm
+        self._srm_warnings = [
+            f"{w} (experiment epoch {self.epoch})"
+            for w in result.warnings
+            if w.lower().startswith("sample ratio mismatch")
+        ]
+        started = [("assignments", srm.detail)] if events.srm_started else []
+        started += [(metric, "outcome counts") for metric in events.outcome_srm_started]
+        for what, detail in started:
+            fields = {"epoch": self.epoch, "check": what, "detail": detail}
             log.warning("experiment.sample_ratio_mismatch", **fields)
             self.alerts.alert("experiment.sample_ratio_mismatch", fields)
-        if events.srm_cleared:
+        if events.srm_cleared or events.outcome_srm_cleared:
             log.info("experiment.sample_ratio_ok", epoch=self.epoch)
         for metric, old, new in events.verdict_changes:
             log.info("experiment.verdict", metric=metric, previous=old, verdict=new)
@@ -179,10 +187,8 @@ class ExperimentService:
         return self.tracker.report(self._clock(), metrics, history)
 
     def status_warnings(self) -> list[str]:
-        srm = self._last_srm
-        if srm is None or not srm.mismatch:
-            return []
-        return [f"sample ratio mismatch (experiment epoch {self.epoch}): {srm.detail}"]
+        """Sample-ratio mismatches found at the last look (assignments or outcomes)."""
+        return list(self._srm_warnings)
 
 
 class Insights:
@@ -250,7 +256,7 @@ class Insights:
         features and the canary's predictions in the current window."""
         if self.drift is None:
             return "WAIT", 0.0, "drift monitoring is off"
-        worst = self.drift.max_psi("all")
+        worst = self.drift.max_psi("all", variant=canary or None)
         if worst is None:
             return "WAIT", 0.0, "not enough values in the current window yet"
         psi, series = worst

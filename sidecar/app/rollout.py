@@ -114,6 +114,8 @@ class ShadowReading(NamedTuple):
     errors: int
     primary_p95: float | None
     shadow_p95: float | None
+    # Agreement after subtracting the model's own noise (noise mirror), when measured.
+    effective_agreement: float | None = None
 
 
 class HealthChecker:
@@ -321,6 +323,10 @@ class HealthChecker:
         stable = self._cumulative.window(snap.flag.stable)
         enough = reading.compared >= stage.min_samples
         agreement = reading.agreed / reading.compared if reading.compared else math.nan
+        noise_note = ""
+        if reading.effective_agreement is not None and reading.compared:
+            noise_note = f" after subtracting the model's own noise (raw {agreement:.1%})"
+            agreement = reading.effective_agreement
         gates = [
             GateResult(
                 "comparisons",
@@ -337,7 +343,7 @@ class HealthChecker:
                 wait if not enough else "PASS" if agreement >= g.min_agreement else "FAIL",
                 agreement if reading.compared else 0.0,
                 g.min_agreement,
-                f"agreement {agreement:.1%} (needs >= {g.min_agreement:.0%})"
+                f"agreement {agreement:.1%}{noise_note} (needs >= {g.min_agreement:.0%})"
                 if reading.compared
                 else "no comparisons yet",
             )
@@ -358,10 +364,13 @@ class HealthChecker:
         shadow_rate = reading.errors / reading.sent if reading.sent else 0.0
         stable_rate = stable.error_rate or 0.0
         limit = max(g.max_error_ratio * stable_rate, g.error_rate_floor)
+        # Judged on calls sent, not on comparisons: a shadow whose calls all fail is never
+        # compared, and must fail the stage rather than hold it forever.
+        sent_enough = reading.sent >= stage.min_samples
         gates.append(
             GateResult(
                 "shadow_error_rate",
-                wait if not enough else "PASS" if shadow_rate <= limit else "FAIL",
+                wait if not sent_enough else "PASS" if shadow_rate <= limit else "FAIL",
                 shadow_rate,
                 limit,
                 f"shadow errors {shadow_rate:.2%} vs stable {stable_rate:.2%} (limit {limit:.2%})",

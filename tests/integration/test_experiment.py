@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from test_control_story import ctl, ok
 
 from clients.control import ControlClient
 from clients.predict import PredictClient
@@ -23,8 +24,6 @@ from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, control_section
 from sidecar.testing.mlserver import MLServerProcess
 from sidecar.testing.process import SidecarProcess
-
-from test_control_story import ctl, ok
 
 pytestmark = pytest.mark.integration
 

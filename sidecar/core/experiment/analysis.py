@@ -351,9 +351,12 @@ class ExperimentResult:
 class LookEvents:
     """What changed at a look, for the caller to log and alert on."""
 
-    srm_started: bool
+    srm_started: bool  # the assignment check (SrmCheck) started failing at this look
     srm_cleared: bool
     verdict_changes: tuple[tuple[str, str, str], ...]  # (metric, old verdict, new verdict)
+    # metrics whose outcome counts started / stopped failing their sample ratio check
+    outcome_srm_started: tuple[str, ...] = ()
+    outcome_srm_cleared: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,6 +549,7 @@ class ExperimentTracker:
         self._looks = 0
         self._last_look: float | None = None
         self._srm: SrmCheck | None = None
+        self._outcome_srm: dict[str, str] = {}  # metric -> detail, when its counts mismatch
         self._verdicts: dict[str, ExperimentVerdict] = dict.fromkeys(
             self._specs, ExperimentVerdict.CONTINUE
         )
@@ -555,7 +559,12 @@ class ExperimentTracker:
     ) -> int:
         """Start a new epoch when (control, treatment, weights of serving variants) changed;
         return the current epoch. `weights` are basis points summing to 10,000."""
-        key = (control, treatment, tuple(sorted((v, w) for v, w in weights.items() if w > 0)))
+        try:
+            key = (control, treatment, tuple(sorted((v, w) for v, w in weights.items() if w > 0)))
+        except TypeError:
+            raise ValueError(
+                f"weights: must map variant names to integers; got {weights!r}"
+            ) from None
         if key == self._key:
             return self._epoch
         if not isinstance(control, str) or not control:
@@ -649,6 +658,7 @@ class ExperimentTracker:
         """Fold the cumulative counts into every sequential state, re-check the sample
         ratio and record the aggregate history point of every metric."""
         previous_srm = self._srm is not None and self._srm.mismatch
+        previous_outcomes = dict(self._outcome_srm)
         self._looks += 1
         self._last_look = float(now)
         for metric in self._specs:
@@ -676,6 +686,11 @@ class ExperimentTracker:
                     self._summary(metric, self._treatment, segment),
                 )
         self._srm = self._srm_check()
+        self._outcome_srm = {}
+        for metric in self._specs:
+            detail = self._outcome_check(metric)
+            if detail:
+                self._outcome_srm[metric] = detail
         changes: list[tuple[str, str, str]] = []
         for metric in self._specs:
             new = self._decide(metric).verdict
@@ -688,6 +703,8 @@ class ExperimentTracker:
             srm_started=mismatch and not previous_srm,
             srm_cleared=previous_srm and not mismatch,
             verdict_changes=tuple(changes),
+            outcome_srm_started=tuple(m for m in self._outcome_srm if m not in previous_outcomes),
+            outcome_srm_cleared=tuple(m for m in previous_outcomes if m not in self._outcome_srm),
         )
 
     # ------------------------------------------------------------------ SRM
@@ -712,7 +729,7 @@ class ExperimentTracker:
         if serving < 2:
             if stray and total >= SRM_MIN_TOTAL:
                 detail = (
-                    f"sample-ratio mismatch: traffic to variants with weight 0 ({counts}); "
+                    f"sample ratio mismatch: traffic to variants with weight 0 ({counts}); "
                     "a routing fault"
                 )
                 return SrmCheck(arms, math.inf, 0.0, threshold, True, detail)
@@ -732,10 +749,39 @@ class ExperimentTracker:
             return SrmCheck(arms, result.statistic, result.p_value, threshold, False, detail)
         if result.mismatch:
             why = "traffic to a variant with weight 0: a routing fault; " if stray else ""
-            detail = f"sample-ratio mismatch: {why}{numbers} < {_fmt_p(threshold)}"
+            detail = f"sample ratio mismatch: {why}{numbers} < {_fmt_p(threshold)}"
         else:
             detail = f"no mismatch: {numbers} >= {_fmt_p(threshold)}"
         return SrmCheck(arms, result.statistic, result.p_value, threshold, result.mismatch, detail)
+
+    def _outcome_check(self, metric: str) -> str:
+        """Sample ratio of a metric's outcome counts (control vs treatment) against the two
+        arms' weights: '' when fine or not checkable, else the detail with the numbers."""
+        treatment = self._treatment
+        if treatment is None:
+            return ""
+        w_a = self._weights.get(self._control, 0)
+        w_b = self._weights.get(treatment, 0)
+        if w_a <= 0 or w_b <= 0:
+            return ""
+        n_a = self._summary(metric, self._control, None).n
+        n_b = self._summary(metric, treatment, None).n
+        total = n_a + n_b
+        if total < SRM_MIN_TOTAL:
+            return ""
+        e_a = total * w_a / (w_a + w_b)
+        e_b = total * w_b / (w_a + w_b)
+        chi = (n_a - e_a) ** 2 / e_a + (n_b - e_b) ** 2 / e_b
+        p = float(special.chdtrc(1, chi))
+        threshold = self.settings.srm_threshold
+        if not p < threshold:
+            return ""
+        return (
+            f"sample ratio mismatch in the outcomes of {metric!r}: observed "
+            f"{self._control}={n_a}, {treatment}={n_b}; expected {e_a:.1f}, {e_b:.1f} from "
+            f"weights {w_a}/{w_b} bp; chi-square {_fmt(chi)}, p {_fmt_p(p)} < "
+            f"{_fmt_p(threshold)}: outcomes are missing (or extra) in one arm"
+        )
 
     def _srm_or_pending(self) -> SrmCheck:
         if self._srm is not None:
@@ -767,7 +813,11 @@ class ExperimentTracker:
         if why_not:
             return _Decision(ExperimentVerdict.CONTINUE, why_not, -1, p)
         if self._srm is not None and self._srm.mismatch:
-            reason = f"blocked by a sample-ratio mismatch at the last look: {self._srm.detail}"
+            reason = f"blocked at the last look: {self._srm.detail}"
+            return _Decision(ExperimentVerdict.BLOCKED, reason, -1, p)
+        outcome_srm = self._outcome_srm.get(metric)
+        if outcome_srm:
+            reason = f"blocked at the last look: {outcome_srm}"
             return _Decision(ExperimentVerdict.BLOCKED, reason, -1, p)
         look = seq.last
         if look is None:
@@ -1003,6 +1053,9 @@ class ExperimentTracker:
             warnings.append(f"{why_not}: every verdict is CONTINUE")
         if srm.mismatch:
             warnings.append(f"{srm.detail}; every verdict is BLOCKED")
+        for m in wanted:
+            if m in self._outcome_srm:
+                warnings.append(f"{self._outcome_srm[m]}; the verdict of {m!r} is BLOCKED")
         if self._specs and not why_not and not any(c.n for c in self._cells.values()):
             warnings.append("no outcomes yet in this epoch")
         if self._looks == 0 and self._specs:
@@ -1062,6 +1115,7 @@ class ExperimentTracker:
             "looks": self._looks,
             "last_look": self._last_look,
             "srm": None if self._srm is None else _srm_to_dict(self._srm),
+            "outcome_srm": dict(self._outcome_srm),
             "metrics": metrics,
         }
 
@@ -1107,8 +1161,11 @@ class ExperimentTracker:
         tracker._treatment = treatment
         tracker._weights = weights
         if synced:
-            if not control:
-                raise ValueError("malformed experiment checkpoint: a synced epoch has a control")
+            if not control or sum(weights.values()) != BASIS_POINTS_TOTAL:
+                raise ValueError(
+                    "malformed experiment checkpoint: a synced epoch has a control and "
+                    f"weights summing to {BASIS_POINTS_TOTAL}"
+                )
             tracker._key = (control, treatment, tuple(sorted(weights.items())))
         tracker._reset()
         for k, v in _mapping(data["assigned"], "assigned").items():
@@ -1118,6 +1175,9 @@ class ExperimentTracker:
         tracker._last_look = None if last_look is None else _float(last_look, "last_look")
         srm = data["srm"]
         tracker._srm = None if srm is None else _srm_from_dict(_mapping(srm, "srm"))
+        for k, v in _mapping(data["outcome_srm"], "outcome_srm").items():
+            if k in tracker._specs:
+                tracker._outcome_srm[k] = _str(v, f"outcome_srm.{k}")
         stored = _mapping(data["metrics"], "metrics")
         for name, spec in tracker._specs.items():
             if name not in stored:

@@ -386,6 +386,7 @@ class SeriesDrift:
         "_waiting",
         "_waiting_n",
         "_waiting_pos",
+        "dropped_values",
         "kind",
         "name",
         "reference",
@@ -423,6 +424,7 @@ class SeriesDrift:
         self._completed: _Window | None = None
         self._staged: list[FloatArray] = []
         self._staged_n = 0
+        self.dropped_values = 0
         if reference is not None:
             self.set_reference(reference)
         elif own_baseline:
@@ -444,11 +446,17 @@ class SeriesDrift:
 
     # -- input ---------------------------------------------------------------------------
 
-    def add(self, values: npt.ArrayLike) -> None:
-        """Add finite values (the caller drops non-finite ones). Vectorised; small arrays
-        are staged (at most 512 values or 128 arrays) and binned together, which is
-        invisible to every reader (they flush first)."""
+    def add(self, values: npt.ArrayLike, *, finite: bool = False) -> None:
+        """Add values; NaN and infinities are dropped (counted in ``dropped_values``)
+        unless the caller vouches that all are ``finite``. Vectorised; small arrays are
+        staged (at most 512 values or 128 arrays) and binned together, which is invisible
+        to every reader (they flush first)."""
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
+        if not finite:
+            keep = np.isfinite(arr)
+            if not keep.all():
+                self.dropped_values += int(arr.size - np.count_nonzero(keep))
+                arr = arr[keep]
         if arr.size == 0:
             return
         if arr.size >= _STAGE_VALUES:
@@ -714,12 +722,18 @@ class DriftTracker:
             if series.reference is None or series.reference.source != "configured":
                 del self._predictions[key]
 
-    def set_configured_reference(self, values: Mapping[str, Sequence[float]]) -> None:
+    def set_configured_reference(self, values: Mapping[str, Sequence[float] | FloatArray]) -> None:
         """Configured references by series name: an input feature name (``"x[2]"``) and/or
         an output feature name (used for every variant's predictions). Existing series
         restart their windows on it. Raises ValueError naming a bad series."""
+        if not isinstance(values, Mapping):
+            raise ValueError(
+                f"a configured reference maps series names to values; got {type(values).__name__}"
+            )
         frozen: dict[str, FrozenReference] = {}
         for name, series_values in values.items():
+            if not isinstance(name, str):
+                raise ValueError(f"configured reference names must be strings; got {name!r}")
             try:
                 frozen[name] = freeze_reference(
                     np.asarray(series_values, dtype=np.float64),
@@ -764,7 +778,7 @@ class DriftTracker:
                     self._skip((name,), self._skipped_names)
                     continue
                 series = self._inputs[name] = self._new_series(name, "input", "")
-            series.add(column)
+            series.add(column, finite=True)  # extract_features dropped the rest
 
         if variant not in self._variants:
             if len(self._variants) >= self.settings.max_variants:
@@ -786,7 +800,7 @@ class DriftTracker:
                 series = self._predictions[key] = self._new_series(name, "prediction", variant)
             if series.reference is None and self._reference_variant not in (None, variant):
                 self._adopt_one(name, series, flush=False)
-            series.add(column)
+            series.add(column, finite=True)  # extract_features dropped the rest
 
     def _skip(self, names: Iterable[str], into: set[str]) -> None:
         for name in names:

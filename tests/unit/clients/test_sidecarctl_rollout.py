@@ -327,6 +327,8 @@ PLAN_ERRORS: list[tuple[str, str, list[str]]] = [
     ("plan.yaml", "- {name: c, kind: canary\n", ["not valid YAML"]),
     ("plan.json", '[{"name": "c", "kind": "canary",}]', ["not valid JSON"]),
     ("plan.json", '[{"name": "c", "kind": "canary", "canary_bp": "500"}]', ["stage 1 ('c')", "field canary_bp"]),
+    ("plan.yaml", "- {name: c, kind: canary, canary_bp: 500, ab_gate: sometimes}\n", ["stage 1 ('c')", "field ab_gate", "true or false"]),
+    ("plan.yaml", "- {name: c, kind: canary, canary_bp: 500, max_drift_psi: 11}\n", ["stage 1 ('c')", "field max_drift_psi"]),
 ]  # fmt: skip
 
 
@@ -376,6 +378,9 @@ def test_missing_plan_file_is_a_usage_error(
         ("min_duration", "1h30m", "min_duration_seconds", 5400.0),
         ("min_duration", "300", "min_duration_seconds", 300.0),
         ("min_samples", 0, "min_samples", 0),
+        ("ab_gate", True, "ab_gate", True),
+        ("max_drift_psi", 0.25, "max_drift_psi", 0.25),
+        ("max_drift_psi", 0, "max_drift_psi", 0.0),
     ],
 )
 def test_parse_plan_field_forms(field: str, value: object, attribute: str, expected: float) -> None:
@@ -413,8 +418,10 @@ def test_plan_example_in_help_is_a_valid_plan_file(
         ("shadow", SHADOW, 0, 600),
         ("canary-5%", CANARY, 500, 900),
         ("canary-25%", CANARY, 2500, 900),
+        ("canary-50%", CANARY, 5000, 1800),
         ("promote", PROMOTE, 0, 0),
     ]
+    assert [(s.ab_gate, s.max_drift_psi) for s in plan.stages][3] == (True, 0.25)
 
 
 # ------------------------------------------------------------------------------ status

@@ -31,6 +31,11 @@ def test_example_config_is_valid_and_complete() -> None:
     assert dict(config.flag.weights) == {"stable": 9000, "canary": 1000}
     assert config.shadow is not None and config.shadow.max_in_flight == 64
     assert config.flag.user_overrides["qa-user-1"] == "canary"
+    assert [m.name for m in config.experiment.metrics] == ["converted", "revenue"]
+    assert config.experiment.metrics[0].baseline == 0.10 and config.experiment.gate_metric
+    assert config.experiment.segments == ("beta", "internal")
+    assert config.drift.enabled and config.drift.major == 0.25
+    assert config.shadow.noise_sample_bp == 1000
 
 
 def mutate(path: str, value: Any) -> dict[str, Any]:
@@ -73,6 +78,47 @@ BAD = [
     ("server.log_level", "loud", "server.log_level: must be one of"),
     ("model", DELETE, "model: must be the model name"),
     ("tracing", {}, "tracing: unknown field"),
+    ("shadow.noise_sample_bp", -1, "shadow.noise_sample_bp: must be 0..10000"),
+    ("experiment.metrics", "converted", "experiment.metrics: must be a list"),
+    (
+        "experiment.metrics",
+        [{"name": "x", "kind": "text", "minimum_effect": 1}],
+        "experiment.metrics[0].kind: must be bool or number",
+    ),
+    (
+        "experiment.metrics",
+        [{"name": "x", "kind": "bool"}],
+        "experiment.metrics[0].minimum_effect: is required",
+    ),
+    (
+        "experiment.metrics",
+        [{"name": "x", "kind": "bool", "minimum_effect": 0}],
+        "experiment.metrics[0].minimum_effect: must be > 0",
+    ),
+    (
+        "experiment.metrics",
+        [{"name": "x", "kind": "bool", "minimum_effect": 0.1, "baseline": 1.5}],
+        "experiment.metrics[0].baseline: must be within (0, 1)",
+    ),
+    (
+        "experiment.metrics",
+        [{"name": "x", "kind": "number", "minimum_effect": 1, "baseline": 0.5}],
+        "experiment.metrics[0].baseline: only boolean metrics",
+    ),
+    (
+        "experiment.metrics",
+        [{"name": "x", "kind": "bool", "minimum_effect": 0.1}] * 2,
+        "experiment.metrics[1].name: duplicate metric",
+    ),
+    ("experiment.correction", "bonferroni", "experiment.correction: must be holm or bh"),
+    ("experiment.alpha", 1.5, "experiment.alpha: must be within (0, 1)"),
+    ("experiment.gate_metric", "clicks", "experiment.gate_metric: 'clicks' is not one of"),
+    ("experiment.segments", ["beta", "beta"], "experiment.segments: must not repeat"),
+    ("experiment.colour", 1, "experiment.colour: unknown field"),
+    ("drift.major", 0.05, "drift.major: must exceed drift.moderate"),
+    ("drift.bins", 1, "drift.bins: must be 2..100"),
+    ("drift.reference_file", "missing.json", "drift.reference_file: no such file"),
+    ("drift.enabled", "yes", "drift.enabled: must be true or false"),
 ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import math
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +40,9 @@ def small(**overrides: int | float) -> DriftSettings:
     return DriftSettings(**base)  # type: ignore[arg-type]
 
 
-def documented_psi(ref_counts: Floats, cur_counts: Floats, epsilon: float = 1e-4) -> float:
+def documented_psi(
+    ref_counts: npt.ArrayLike, cur_counts: npt.ArrayLike, epsilon: float = 1e-4
+) -> float:
     """docs/statistics.md: proportions, zeros -> epsilon (no renormalising), sum (c-r)ln(c/r)."""
     r = np.asarray(ref_counts, dtype=np.float64) / np.sum(ref_counts)
     c = np.asarray(cur_counts, dtype=np.float64) / np.sum(cur_counts)
@@ -54,7 +57,7 @@ def documented_psi(ref_counts: Floats, cur_counts: Floats, epsilon: float = 1e-4
 def test_features_from_tensors_shapes_and_kinds() -> None:
     """[N] -> name; [N, F] -> name[j]; [N, 1], [1] and scalars -> name; rank > 2 and
     BYTES/strings skipped; bool/int/uint become float64."""
-    tensors = {
+    tensors: dict[str, Any] = {
         "vec": np.array([1.0, 2.0, 3.0], dtype=np.float32),
         "mat": np.arange(6, dtype=np.int64).reshape(3, 2),
         "col": np.array([[7], [8]], dtype=np.uint8),
@@ -174,7 +177,9 @@ def test_psi_matches_stats_core_and_documented_formula() -> None:
     assert result.edges == edges and len(result.reference_share) == len(edges) + 1
     np.testing.assert_allclose(result.current_share, counts / 5000, rtol=0, atol=TOL)
     assert result.reference_n == 5000 and result.current_n == 5000 and result.current_complete
-    assert result.level == ("MAJOR" if result.psi >= 0.25 else "MODERATE" if result.psi >= 0.1 else "NONE")
+    assert result.level == (
+        "MAJOR" if result.psi >= 0.25 else "MODERATE" if result.psi >= 0.1 else "NONE"
+    )
 
 
 def test_ks_is_scipy_ks_2samp_on_the_reservoirs() -> None:
@@ -224,7 +229,9 @@ def test_categorical_predictions_share_per_class() -> None:
     result = series.result()
     assert result.categorical and result.edges == (0.0, 1.0, 2.0)
     assert result.reference_share == pytest.approx((1 / 3, 1 / 3, 1 / 3, 0.0), abs=TOL)
-    assert result.current_share == pytest.approx((500 / 3000, 1000 / 3000, 1400 / 3000, 100 / 3000), abs=TOL)
+    assert result.current_share == pytest.approx(
+        (500 / 3000, 1000 / 3000, 1400 / 3000, 100 / 3000), abs=TOL
+    )
     counts, _, _ = series.current_histogram()
     assert counts.tolist() == [500, 1000, 1400, 100]
     assert abs(result.psi - documented_psi(np.array([1000, 1000, 1000, 0]), counts)) < TOL
@@ -266,6 +273,15 @@ def test_tumbling_windows_and_the_reported_window() -> None:
     counts, n, complete = series.current_histogram()
     assert (n, complete) == (1000, True) and counts.sum() == 1000 and counts[0] == 0
     assert series.result().level == "MAJOR"
+
+
+def test_series_drops_non_finite_values() -> None:
+    """NaN and infinities never reach the reference or a window; they are counted."""
+    series = SeriesDrift("x", settings=small(reference_size=3), rng=np.random.default_rng(0))
+    series.add(np.array([1.0, np.nan, 2.0, np.inf, 3.0, -np.inf, 4.0]))
+    assert series.dropped_values == 3
+    assert series.current_histogram()[1] == 1  # readers flush staged values first
+    assert series.reference is not None and series.reference.n == 3
 
 
 def test_small_adds_are_staged_transparently() -> None:
@@ -327,8 +343,12 @@ def test_tracker_inputs_from_all_variants_and_predictions_per_variant() -> None:
     assert all(f.reference_n == 600 and f.variant == "" for f in inputs)
 
     for _ in range(3):
-        tracker.observe("stable", iris_batch(rng, 300), {"predict": rng.choice(stable_classes, 300)})
-        tracker.observe("canary", iris_batch(rng, 300, shift=3.0), {"predict": rng.choice(canary_classes, 300)})
+        tracker.observe(
+            "stable", iris_batch(rng, 300), {"predict": rng.choice(stable_classes, 300)}
+        )
+        tracker.observe(
+            "canary", iris_batch(rng, 300, shift=3.0), {"predict": rng.choice(canary_classes, 300)}
+        )
     report = tracker.report()
     by = {f.series: f for f in report.features}
     assert set(by) == {*(f"input:input-0[{j}]" for j in range(4)),
@@ -345,7 +365,11 @@ def test_tracker_inputs_from_all_variants_and_predictions_per_variant() -> None:
     assert tracker.max_psi("prediction", variant="stable") is None  # INSUFFICIENT excluded
     value, label = tracker.max_psi() or (0.0, "")
     assert label == "prediction:canary:predict" and value == canary.psi
-    assert tracker.max_psi("input") == max((by[f"input:input-0[{j}]"].psi, f"input:input-0[{j}]") for j in range(4) if by[f"input:input-0[{j}]"].level != "INSUFFICIENT")
+    assert tracker.max_psi("input") == max(
+        (by[f"input:input-0[{j}]"].psi, f"input:input-0[{j}]")
+        for j in range(4)
+        if by[f"input:input-0[{j}]"].level != "INSUFFICIENT"
+    )
     with pytest.raises(ValueError, match="include"):
         tracker.max_psi("outputs")
 
@@ -406,6 +430,8 @@ def test_configured_reference() -> None:
     for bad in ([], [1.0, math.nan], ["a"]):
         with pytest.raises(ValueError, match="'feature'"):
             tracker.set_configured_reference({"feature": bad})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="maps series names"):
+        tracker.set_configured_reference([1.0, 2.0])  # type: ignore[arg-type]  # e.g. a JSON list
 
 
 def test_level_changes_since_the_last_call() -> None:
@@ -427,7 +453,12 @@ def test_tracker_counts_skipped_features_variants_and_dropped_values() -> None:
     for variant in ("a", "b", "c", "d"):
         tracker.observe(
             variant,
-            {"x": np.ones((5, 2)), "y": np.array([1.0, np.nan]), "z": np.ones(3), "img": np.ones((1, 2, 2))},
+            {
+                "x": np.ones((5, 2)),
+                "y": np.array([1.0, np.nan]),
+                "z": np.ones(3),
+                "img": np.ones((1, 2, 2)),
+            },
             {"p": np.ones(4), "q": np.ones(4), "r": np.ones(4), "s": np.array([np.inf, 1.0])},
         )
     report = tracker.report()
@@ -483,7 +514,7 @@ def test_tracker_memory_is_bounded_by_the_settings() -> None:
     tracemalloc.start()
     checkpoints = []
     try:
-        for step in range(60):
+        for step in range(40):
             for v in range(12):
                 tracker.observe(f"v{v}", inputs, outputs)
             if step % 10 == 9:

@@ -83,3 +83,47 @@ def test_memory_stays_flat_over_many_outcomes() -> None:
     assert len(ledger) == 10_000
     assert sum(c.n for c in ledger.counters.values()) == 200_000
     assert after - before < 256 * 1024, after - before
+
+
+def test_preset_kinds_refuse_a_wrong_type_on_the_first_report() -> None:
+    """Kinds from configuration apply before any report; unknown metrics still pick theirs."""
+    ledger = OutcomeLedger(kinds={"click": "bool", "revenue": "number"})
+    for i in range(3):
+        ledger.remember(f"r{i}", "stable", "", now=0.0)
+    with pytest.raises(WrongValueType, match="click"):
+        ledger.report("r0", "click", 1.0, now=0.0)
+    with pytest.raises(WrongValueType, match="revenue"):
+        ledger.report("r0", "revenue", True, now=0.0)
+    assert ledger.report("r0", "click", True, now=0.0).counted
+    assert ledger.report("r0", "revenue", 2.5, now=0.0).counted
+    assert ledger.report("r0", "other", 2.5, now=0.0).counted
+    assert ledger.kinds == {"click": "bool", "revenue": "number", "other": "number"}
+    with pytest.raises(ValueError, match=r"kinds\[x\]"):
+        OutcomeLedger(kinds={"x": "float"})
+    with pytest.raises(ValueError, match="kinds"):
+        OutcomeLedger(kinds={" ": "bool"})
+
+
+def test_non_finite_numbers_are_refused() -> None:
+    """NaN or infinity would poison the sums; they are refused and nothing is counted."""
+    ledger = OutcomeLedger()
+    ledger.remember("r", "stable", "", now=0.0)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(WrongValueType, match="finite"):
+            ledger.report("r", "latency", bad, now=0.0)
+    assert ledger.counters == {}
+    assert ledger.report("r", "latency", 0.5, now=0.0).counted
+
+
+def test_epoch_is_remembered_and_returned() -> None:
+    """The experiment epoch of the serving request comes back with the attribution;
+    requests outside the experiment default to -1."""
+    ledger = OutcomeLedger()
+    ledger.remember("a", "canary", "beta", now=0.0, epoch=3)
+    ledger.remember("b", "stable", "", now=0.0)
+    first = ledger.report("a", "click", True, now=0.0)
+    assert (first.epoch, first.counted) == (3, True)
+    assert ledger.report("a", "click", True, now=0.0).epoch == 3  # a duplicate too
+    assert ledger.report("b", "click", False, now=0.0).epoch == -1
+    served = ledger._served["a"]
+    assert not hasattr(served, "__dict__")  # slotted: memory per request stays small

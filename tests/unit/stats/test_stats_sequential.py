@@ -17,6 +17,7 @@ from sidecar.core.stats import (
     sequential_paths,
     sequential_power_lower_bound,
     sequential_update,
+    sequential_update_means,
     sequential_verdict,
     start_sequential,
     wilson_interval,
@@ -286,3 +287,180 @@ def test_verdict_needs_positive_minimum_effect() -> None:
     look = sequential_update(start_sequential(1e-4), 10, 100, 10, 100)
     with pytest.raises(ValueError, match="minimum_effect"):
         sequential_verdict(look, 0.0)
+
+
+# --------------------------------------------------------------------------- numeric (means)
+
+
+def _means_cases(
+    seed: int, n_cases: int
+) -> list[tuple[int, float, float, int, float, float, float, float]]:
+    """Seeded (n_A, mean_A, var_A, n_B, mean_B, var_B, tau^2, alpha) cases on several scales."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_cases):
+        scale = float(10 ** rng.uniform(-2, 3))
+        na, nb = int(rng.integers(20, 50_000)), int(rng.integers(20, 50_000))
+        ma = float(rng.normal(0, 5)) * scale
+        mb = ma + float(rng.normal(0, 0.05)) * scale
+        va = float(rng.uniform(0.2, 4.0)) * scale**2
+        vb = float(rng.uniform(0.2, 4.0)) * scale**2
+        tau2 = float(10 ** rng.uniform(-4, 0)) * scale**2
+        out.append((na, ma, va, nb, mb, vb, tau2, (0.01, 0.05, 0.1)[i % 3]))
+    return out
+
+
+MEANS_CASES = _means_cases(73, 60)
+
+
+def test_means_update_matches_the_mixture_formula() -> None:
+    """ln Lambda, p and the (unclipped) interval equal a direct computation with
+    s^2 = var_A/n_A + var_B/n_B and d = mean_B - mean_A."""
+    beyond_one = 0
+    for na, ma, va, nb, mb, vb, tau2, alpha in MEANS_CASES:
+        state = start_sequential(tau2, alpha, min_events=10, bounded=False)
+        look = sequential_update_means(state, na, ma, va, nb, mb, vb)
+        d, s2 = mb - ma, va / na + vb / nb
+        llr = 0.5 * math.log(s2 / (s2 + tau2)) + tau2 * d * d / (2 * s2 * (s2 + tau2))
+        h = math.sqrt(
+            s2 * (s2 + tau2) / tau2 * (2 * math.log(1 / alpha) + math.log((s2 + tau2) / s2))
+        )
+        assert look.evaluated
+        assert look.difference == pytest.approx(d, rel=1e-12, abs=1e-12)
+        assert look.variance == pytest.approx(s2, rel=1e-12)
+        assert look.log_likelihood_ratio == pytest.approx(llr, rel=1e-10, abs=TOL)
+        assert look.state.p_value == pytest.approx(min(1.0, math.exp(-llr)), abs=TOL)
+        assert look.interval.lower == pytest.approx(d - h, rel=1e-12, abs=1e-12)
+        assert look.interval.upper == pytest.approx(d + h, rel=1e-12, abs=1e-12)
+        assert (look.state.ci_lower, look.state.ci_upper) == (
+            look.interval.lower,
+            look.interval.upper,
+        )
+        assert look.successes_control == look.successes_treatment == 0
+        beyond_one += look.interval.upper > 1.0 or look.interval.lower < -1.0
+    assert beyond_one >= 20  # numeric intervals are not clipped to [-1, 1]
+
+
+def test_means_interval_bounds_are_where_lambda_reaches_one_over_alpha() -> None:
+    """At d +- h the likelihood ratio equals 1/alpha, and p < alpha iff 0 is outside."""
+    for na, ma, va, nb, mb, vb, tau2, alpha in MEANS_CASES:
+        look = sequential_update_means(
+            start_sequential(tau2, alpha, bounded=False), na, ma, va, nb, mb, vb
+        )
+        for bound in (look.interval.lower, look.interval.upper):
+            llr = log_likelihood_ratio(look.difference, look.variance, tau2, bound)
+            assert llr == pytest.approx(math.log(1 / alpha), rel=1e-9, abs=1e-9)
+        assert (look.state.p_value < alpha) == look.interval.excludes_zero()
+
+
+def test_means_running_quantities_intersect_and_carry_over() -> None:
+    """Running p is the minimum, the interval the intersection; unevaluated looks carry
+    over (n below max(min_events, 2) or zero variance)."""
+    state = start_sequential(0.05, 0.05, min_events=10, bounded=False)
+    assert (state.ci_lower, state.ci_upper) == (-math.inf, math.inf)
+    early = sequential_update_means(state, 9, 1.0, 2.0, 50, 1.5, 2.0)
+    assert not early.evaluated and early.state.p_value == 1.0
+    assert (early.state.ci_lower, early.state.ci_upper) == (-math.inf, math.inf)
+    flat = sequential_update_means(early.state, 20, 1.0, 0.0, 50, 1.0, 0.0)
+    assert not flat.evaluated and flat.state.looks == 2
+    tiny = sequential_update_means(
+        start_sequential(0.05, min_events=0, bounded=False), 1, 1.0, 0.0, 1, 2.0, 0.0
+    )
+    assert not tiny.evaluated  # a single observation per arm has no variance
+    first = sequential_update_means(flat.state, 100, 1.0, 2.0, 100, 1.4, 2.0)
+    second = sequential_update_means(first.state, 400, 1.1, 2.0, 400, 1.2, 2.0)
+    assert first.evaluated and second.evaluated
+    assert second.state.p_value == min(
+        first.state.p_value, math.exp(min(0.0, -second.log_likelihood_ratio))
+    )
+    assert second.state.ci_lower == max(first.interval.lower, second.interval.lower)
+    assert second.state.ci_upper == min(first.interval.upper, second.interval.upper)
+    with pytest.raises(ValueError, match="cannot decrease"):
+        sequential_update_means(second.state, 300, 1.0, 1.0, 400, 1.0, 1.0)
+
+
+def test_means_verdicts_and_bounded_state_rules() -> None:
+    """sequential_verdict works on numeric looks; the proportions default stays bounded."""
+    tau2 = 0.01
+    ship = sequential_update_means(
+        start_sequential(tau2, bounded=False), 5000, 10.0, 9.0, 5000, 10.5, 9.0
+    )
+    keep = sequential_update_means(
+        start_sequential(tau2, bounded=False), 5000, 10.5, 9.0, 5000, 10.0, 9.0
+    )
+    same = sequential_update_means(
+        start_sequential(tau2, bounded=False), 10**6, 10.0, 9.0, 10**6, 10.0, 9.0
+    )
+    early = sequential_update_means(
+        start_sequential(tau2, bounded=False), 50, 10.0, 9.0, 50, 10.2, 9.0
+    )
+    assert sequential_verdict(ship, 0.2).verdict is Verdict.SHIP_B
+    assert sequential_verdict(keep, 0.2).verdict is Verdict.KEEP_A
+    assert sequential_verdict(same, 0.2).verdict is Verdict.EQUIVALENT
+    cont = sequential_verdict(early, 0.2)
+    assert cont.verdict is Verdict.CONTINUE
+    assert cont.additional_per_arm is not None and cont.additional_per_arm > 0
+    assert start_sequential(tau2).bounded and (
+        start_sequential(tau2).ci_lower,
+        start_sequential(tau2).ci_upper,
+    ) == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="unbounded"):
+        sequential_update_means(start_sequential(tau2), 50, 1.0, 1.0, 50, 1.0, 1.0)
+    with pytest.raises(ValueError, match="var_control"):
+        sequential_update_means(start_sequential(tau2, bounded=False), 50, 1.0, -1.0, 50, 1.0, 1.0)
+    with pytest.raises(ValueError, match="mean_treatment"):
+        sequential_update_means(
+            start_sequential(tau2, bounded=False), 50, 1.0, 1.0, 50, math.nan, 1.0
+        )
+    with pytest.raises(ValueError, match="inconsistent"):
+        SequentialState(alpha=0.05, tau_squared=1.0, ci_lower=1.0, ci_upper=0.0, bounded=False)
+    with pytest.raises(ValueError, match="inconsistent"):
+        SequentialState(alpha=0.05, tau_squared=1.0, ci_lower=-math.inf, ci_upper=math.inf)
+
+
+def _normal_paths(
+    seed: int, runs: int, looks: int, step: int, shift: float
+) -> tuple[npt.NDArray[np.float64], ...]:
+    """Cumulative (mean, sample variance) per look for two arms of N(0, 1) and N(shift, 1)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for mu in (0.0, shift):
+        x = rng.normal(mu, 1.0, (runs, looks, step))
+        s = np.cumsum(x.sum(axis=2), axis=1)
+        ss = np.cumsum((x * x).sum(axis=2), axis=1)
+        n = np.arange(1, looks + 1) * step
+        mean = s / n
+        var = (ss - n * mean * mean) / (n - 1)
+        out += [mean, var]
+    return tuple(out)
+
+
+def test_means_aa_false_positive_rate_stays_below_alpha() -> None:
+    """2,000 seeded A/A runs of normal data, a look every 100 per arm up to 2,000 (20
+    looks), tau^2 from the default rule for delta = 0.1 sd: the false-positive rate stays
+    below alpha (asserted < 0.07 for the statistical margin), and B = A + 0.25 sd is found."""
+    runs, looks, step, alpha = 2000, 20, 100, 0.05
+    r = optimal_mixing_ratio(alpha)
+    tau2 = r * (0.1 / (boundary_z(r, alpha) + float(special.ndtri(0.8)))) ** 2
+    ma, va, mb, vb = _normal_paths(11, runs, looks, step, 0.0)
+    rejected = 0
+    for i in range(runs):
+        state = start_sequential(tau2, alpha, bounded=False)
+        for k in range(looks):
+            n = (k + 1) * step
+            state = sequential_update_means(
+                state, n, ma[i, k], va[i, k], n, mb[i, k], vb[i, k]
+            ).state
+        rejected += state.p_value < alpha
+    assert rejected / runs < 0.07, rejected
+    ma, va, mb, vb = _normal_paths(12, 200, looks, step, 0.25)
+    found = 0
+    for i in range(200):
+        state = start_sequential(tau2, alpha, bounded=False)
+        for k in range(looks):
+            n = (k + 1) * step
+            state = sequential_update_means(
+                state, n, ma[i, k], va[i, k], n, mb[i, k], vb[i, k]
+            ).state
+        found += state.ci_lower > 0.0
+    assert found / 200 > 0.8, found
