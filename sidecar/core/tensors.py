@@ -100,13 +100,15 @@ def fill_input(tensor: Any, name: str, array: np.ndarray) -> None:
         getattr(tensor.contents, field).extend(flat.tolist())
 
 
-def decode_outputs(response: Any) -> Mapping[str, np.ndarray]:
-    """Output tensors of a ModelInferResponse-like message as numpy arrays, shaped as
-    declared. Never raises: an undecodable tensor becomes a one-element object array
-    describing the problem (so a comparison reports it instead of crashing)."""
+def _decode_tensors(
+    tensors: Any, raw: Sequence[bytes], *, strict_raw: bool
+) -> Mapping[str, np.ndarray]:
+    """Tensors as numpy arrays, shaped as declared; never raises (an undecodable tensor
+    becomes a one-element object array describing the problem). `strict_raw`: when raw
+    contents are used at all, every tensor must have its raw entry, and BYTES must be
+    length-prefixed (the protocol's rule for requests)."""
     out: dict[str, np.ndarray] = {}
-    raw = response.raw_output_contents
-    for index, tensor in enumerate(response.outputs):
+    for index, tensor in enumerate(tensors):
         spec = DATATYPES.get(tensor.datatype)
         shape = tuple(tensor.shape)
         if spec is None:
@@ -114,52 +116,14 @@ def decode_outputs(response: Any) -> Mapping[str, np.ndarray]:
             continue
         field, dtype, _ = spec
         try:
-            if raw and index < len(raw):
-                if tensor.datatype == "BYTES":
-                    arr = np.array(split_bytes_elements(raw[index]) or [], dtype=object)
-                else:
-                    arr = np.frombuffer(raw[index], dtype=np.dtype(dtype))
-            elif field is not None:
-                values = getattr(tensor.contents, field)
-                if tensor.datatype == "BYTES":
-                    arr = np.array(list(values), dtype=object)
-                else:
-                    arr = np.asarray(values, dtype=np.dtype(dtype))
-            else:
-                arr = np.array([], dtype=np.dtype(dtype))
-            if shape and arr.size == element_count(shape):
-                arr = arr.reshape(shape)
-            out[tensor.name] = arr
-        except (ValueError, TypeError) as exc:
-            out[tensor.name] = np.array([f"<undecodable: {exc}>"], dtype=object)
-    return out
-
-
-def decode_inputs(request: Any) -> Mapping[str, np.ndarray]:
-    """Input tensors of a ModelInferRequest-like message as numpy arrays, shaped as
-    declared: the request side of `decode_outputs`, with the same conventions. When
-    `raw_input_contents` is used every input takes its data from there (FP16/BF16 travel
-    only that way), else from the typed `contents`. BYTES become object arrays of bytes.
-    Never raises: an undecodable tensor becomes a one-element object array describing
-    the problem (non-numeric, so numeric consumers skip it)."""
-    out: dict[str, np.ndarray] = {}
-    raw = request.raw_input_contents
-    for index, tensor in enumerate(request.inputs):
-        spec = DATATYPES.get(tensor.datatype)
-        shape = tuple(tensor.shape)
-        if spec is None:
-            out[tensor.name] = np.array([f"<unknown datatype {tensor.datatype}>"], dtype=object)
-            continue
-        field, dtype, _ = spec
-        try:
-            if raw:
+            if raw and (strict_raw or index < len(raw)):
                 if index >= len(raw):
-                    raise ValueError(f"no raw_input_contents entry for input {index}")
+                    raise ValueError(f"no raw contents entry for tensor {index}")
                 if tensor.datatype == "BYTES":
                     elements = split_bytes_elements(raw[index])
-                    if elements is None:
+                    if elements is None and strict_raw:
                         raise ValueError("BYTES raw contents are not length-prefixed")
-                    arr = np.array(elements, dtype=object)
+                    arr = np.array(elements or [], dtype=object)
                 else:
                     arr = np.frombuffer(raw[index], dtype=np.dtype(dtype))
             elif field is not None:
@@ -176,3 +140,20 @@ def decode_inputs(request: Any) -> Mapping[str, np.ndarray]:
         except (ValueError, TypeError, OverflowError) as exc:
             out[tensor.name] = np.array([f"<undecodable: {exc}>"], dtype=object)
     return out
+
+
+def decode_outputs(response: Any) -> Mapping[str, np.ndarray]:
+    """Output tensors of a ModelInferResponse-like message as numpy arrays, shaped as
+    declared. Never raises: an undecodable tensor becomes a one-element object array
+    describing the problem (so a comparison reports it instead of crashing)."""
+    return _decode_tensors(response.outputs, response.raw_output_contents, strict_raw=False)
+
+
+def decode_inputs(request: Any) -> Mapping[str, np.ndarray]:
+    """Input tensors of a ModelInferRequest-like message as numpy arrays, shaped as
+    declared: the request side of `decode_outputs`, with the same conventions. When
+    `raw_input_contents` is used every input takes its data from there (FP16/BF16 travel
+    only that way), else from the typed `contents`. BYTES become object arrays of bytes.
+    Never raises: an undecodable tensor becomes a one-element object array describing
+    the problem (non-numeric, so numeric consumers skip it)."""
+    return _decode_tensors(request.inputs, request.raw_input_contents, strict_raw=True)

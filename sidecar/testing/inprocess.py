@@ -15,6 +15,21 @@ from sidecar.config import parse_config
 from sidecar.testing.credentials import control_section
 from sidecar.wiring import Sidecar, build
 
+# Analysis settings for component tests: fast ticks and small minimums. Scripted in-process
+# upstreams have noisy latency on a shared machine and these tests are about errors, gates
+# and plan mechanics, so the latency guards are wide.
+FAST_ANALYSIS: Mapping[str, float] = {
+    "max_p50_ratio": 5.0,
+    "max_p95_ratio": 5.0,
+    "interval": 0.1,
+    "lookback": 1.0,
+    "bucket": 0.1,
+    "horizon": 30.0,
+    "min_requests": 30,
+    "min_latency_samples": 30,
+    "planned_checks": 50,
+}
+
 
 def scripted_model(labels: Mapping[str, int]) -> Any:
     """A responder for `FaultInjectingUpstream`: ModelInfer answers one INT64 label per

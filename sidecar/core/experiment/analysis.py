@@ -43,7 +43,7 @@ from sidecar.core.stats import (
     welch_t_test_from_stats,
     wilson_interval,
 )
-from sidecar.core.stats.intervals import Interval
+from sidecar.core.stats.intervals import Estimate, Interval
 from sidecar.core.stats.srm import BASIS_POINTS_TOTAL
 
 __all__ = [
@@ -235,18 +235,6 @@ class ExperimentVerdict(enum.StrEnum):
     EQUIVALENT = "EQUIVALENT"
     CONTINUE = "CONTINUE"
     BLOCKED = "BLOCKED"
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """A point estimate with an interval (`level` = confidence, `method` names it).
-    NaN where the quantity is undefined (no data yet)."""
-
-    value: float
-    lower: float
-    upper: float
-    level: float
-    method: str
 
 
 @dataclass(frozen=True, slots=True)

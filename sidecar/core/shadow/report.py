@@ -51,7 +51,7 @@ import math
 from dataclasses import dataclass
 
 from sidecar.core.shadow.record import ShadowSummary
-from sidecar.core.stats.intervals import Interval
+from sidecar.core.stats.intervals import Estimate, Interval
 from sidecar.core.stats.proportions import difference_interval, wilson_interval
 
 __all__ = [
@@ -118,19 +118,6 @@ class ShadowThresholds:
             raise ValueError(f"error_rate_floor must be in [0, 1], got {self.error_rate_floor!r}")
         if not 0.0 < _number("alpha", self.alpha) < 1.0:
             raise ValueError(f"alpha must be in the open interval (0, 1), got {self.alpha!r}")
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A point estimate with a two-sided interval (the ``Estimate`` proto message)."""
-
-    value: float
-    lower: float
-    upper: float
-    level: float
-    """Nominal coverage of the interval, ``1 - alpha`` (0.95)."""
-    method: str
-    """The interval's construction: ``"wilson"`` or ``"newcombe"`` here."""
 
 
 def _estimate(value: float, interval: Interval) -> Estimate:

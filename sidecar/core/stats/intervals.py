@@ -30,3 +30,19 @@ class Interval:
     def excludes_zero(self) -> bool:
         """True if the whole interval lies strictly above or strictly below zero."""
         return self.lower > 0.0 or self.upper < 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A point estimate with a two-sided interval (the ``Estimate`` proto message).
+
+    ``level`` is the nominal coverage (``1 - alpha``), ``method`` names the interval
+    (``"wilson"``, ``"newcombe"``, ``"msprt"``, ``"welch"``, ...). NaN where the quantity
+    is undefined (no data yet).
+    """
+
+    value: float
+    lower: float
+    upper: float
+    level: float
+    method: str

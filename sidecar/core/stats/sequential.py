@@ -303,6 +303,22 @@ def _intersect(
     return point, point
 
 
+def _advance(
+    state: SequentialState, nc: int, nt: int, p_look: float, lower: float, upper: float
+) -> SequentialState:
+    """The running state after one look: p-value minimum, interval intersection."""
+    ci_lower, ci_upper = _intersect(state.ci_lower, state.ci_upper, lower, upper)
+    return replace(
+        state,
+        looks=state.looks + 1,
+        n_control=nc,
+        n_treatment=nt,
+        p_value=min(state.p_value, p_look),
+        ci_lower=ci_lower,
+        ci_upper=ci_upper,
+    )
+
+
 def sequential_update(
     state: SequentialState,
     successes_control: SupportsIndex,
@@ -340,16 +356,7 @@ def sequential_update(
     log_lr = float(arrays.log_lr[0])
     lower, upper = float(arrays.lower[0]), float(arrays.upper[0])
     p_look = float(_p_from_log_lr(arrays.log_lr)[0])
-    ci_lower, ci_upper = _intersect(state.ci_lower, state.ci_upper, lower, upper)
-    new_state = replace(
-        state,
-        looks=state.looks + 1,
-        n_control=nc,
-        n_treatment=nt,
-        p_value=min(state.p_value, p_look),
-        ci_lower=ci_lower,
-        ci_upper=ci_upper,
-    )
+    new_state = _advance(state, nc, nt, p_look, lower, upper)
     return SequentialLook(
         successes_control=sc,
         n_control=nc,
@@ -414,16 +421,7 @@ def sequential_update_means(
         p_look = math.exp(min(0.0, -log_lr))
     else:
         log_lr, lower, upper, p_look = 0.0, -math.inf, math.inf, 1.0
-    ci_lower, ci_upper = _intersect(state.ci_lower, state.ci_upper, lower, upper)
-    new_state = replace(
-        state,
-        looks=state.looks + 1,
-        n_control=nc,
-        n_treatment=nt,
-        p_value=min(state.p_value, p_look),
-        ci_lower=ci_lower,
-        ci_upper=ci_upper,
-    )
+    new_state = _advance(state, nc, nt, p_look, lower, upper)
     return SequentialLook(
         successes_control=0,
         n_control=nc,

@@ -18,7 +18,7 @@ from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
 from sidecar._proto.sidecar.v1 import predict_pb2, predict_pb2_grpc
 from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, bearer
 from sidecar.testing.fault_upstream import FaultInjectingUpstream
-from sidecar.testing.inprocess import config_dict, running_sidecar, scripted_model
+from sidecar.testing.inprocess import FAST_ANALYSIS, config_dict, running_sidecar, scripted_model
 from sidecar.wiring import Sidecar
 
 OPS = bearer(OPERATOR_TOKEN)
@@ -27,17 +27,6 @@ METRICS = [
     {"name": "converted", "kind": "bool", "minimum_effect": 0.05, "baseline": 0.5},
     {"name": "revenue", "kind": "number", "minimum_effect": 1.0},
 ]
-FAST_ANALYSIS = {
-    "max_p50_ratio": 5.0,
-    "max_p95_ratio": 5.0,
-    "interval": 0.1,
-    "lookback": 1.0,
-    "bucket": 0.1,
-    "horizon": 30.0,
-    "min_requests": 30,
-    "min_latency_samples": 30,
-    "planned_checks": 50,
-}
 
 
 @pytest.fixture

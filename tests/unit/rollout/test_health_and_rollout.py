@@ -22,26 +22,13 @@ from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
 from sidecar.testing.credentials import OPERATOR_TOKEN, bearer
 from sidecar.testing.fault_upstream import Fault, FaultInjectingUpstream
-from sidecar.testing.inprocess import config_dict, running_sidecar, scripted_model
+from sidecar.testing.inprocess import FAST_ANALYSIS, config_dict, running_sidecar, scripted_model
 from sidecar.wiring import Sidecar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telemetry"))
 from test_metrics import scrape
 
 OPS = bearer(OPERATOR_TOKEN)
-# Scripted in-process upstreams have noisy latency on a shared machine; these tests are
-# about errors and plan mechanics, so the latency guards are wide.
-FAST_ANALYSIS = {
-    "max_p50_ratio": 5.0,
-    "max_p95_ratio": 5.0,
-    "interval": 0.1,
-    "lookback": 1.0,
-    "bucket": 0.1,
-    "horizon": 30.0,
-    "min_requests": 30,
-    "min_latency_samples": 30,
-    "planned_checks": 50,
-}
 
 
 @pytest.fixture
@@ -413,3 +400,36 @@ async def test_variant_held_at_full_traffic_is_reported(
         stale = await c.GetState(cpb.GetStateRequest(), metadata=OPS)
     assert not fresh.warnings
     assert any("canary" in w and "100%" in w for w in stale.warnings)
+
+
+async def test_shadow_stage_fails_when_every_shadow_call_fails(
+    stable_up: FaultInjectingUpstream, canary_up: FaultInjectingUpstream
+) -> None:
+    """A shadow whose calls all fail is never compared; its error gate is judged on calls
+    sent, so the shadow stage rolls back instead of waiting forever."""
+    async with FaultInjectingUpstream(respond=scripted_model({"shadow": 1})) as broken:
+        broken.inject(Fault(status=grpc.StatusCode.INTERNAL, message="shadow model crashed"))
+        raw = build(stable_up, canary_up, {"stable": 10_000, "canary": 0}, shadow=True)
+        raw["variants"]["shadow"]["address"] = broken.address
+        plan = cpb.RolloutPlan(
+            stages=[
+                cpb.RolloutStage(name="shadow", kind=cpb.STAGE_KIND_SHADOW, min_samples=50),
+                cpb.RolloutStage(name="promote", kind=cpb.STAGE_KIND_PROMOTE),
+            ]
+        )
+        async with running_sidecar(raw) as sc:
+            traffic = Traffic(sc)
+            await control(sc).StartRollout(
+                cpb.StartRolloutRequest(reason="try", plan=plan, force=True), metadata=OPS
+            )
+
+            async def rolled_back() -> bool:
+                r = await control(sc).GetRollout(cpb.GetRolloutRequest(), metadata=OPS)
+                return r.phase == "ROLLED_BACK"
+
+            await wait_until(rolled_back)
+            await traffic.stop()
+            entries = await audit(sc)
+    rollback = [e for e in entries if e.method == "Rollback"][-1]
+    assert "shadow_error_rate" in rollback.reason
+    assert traffic.errors == {}  # the primary never saw the shadow's failures
