@@ -165,8 +165,16 @@ def notable_events(sc: SidecarProcess, since: datetime) -> list[str]:
     """What the sidecar logged since `since` that an operator is alerted to: decided A/B
     verdicts, drift reaching MODERATE or MAJOR, the end of a rollout (its `alert` log events,
     also POSTed to analysis.webhook_url when set)."""
+    events = list(sc.events)
+    # Each change of the weights starts a new experiment epoch (logged with the weights).
+    epochs: dict[Any, str] = {}
+    for e in events:
+        if e.get("event") == "experiment.new_epoch":
+            treatment = e.get("treatment")
+            share = int((e.get("weights") or {}).get(treatment, 0)) / 100
+            epochs[e.get("epoch")] = f"{treatment} at {share:g}%"
     lines = []
-    for e in list(sc.events):
+    for e in events:
         try:
             if datetime.fromisoformat(str(e.get("timestamp"))) < since:
                 continue
@@ -176,7 +184,9 @@ def notable_events(sc: SidecarProcess, since: datetime) -> list[str]:
         if e.get("event") == "drift.level_changed":
             what = "drift"
         if what == "experiment.verdict":
-            lines.append(f"{what}: {e.get('metric')} {e.get('verdict')} (epoch {e.get('epoch')})")
+            epoch = e.get("epoch")
+            during = f": {epochs[epoch]}" if epoch in epochs else ""
+            lines.append(f"{what}: {e.get('metric')} {e.get('verdict')} (epoch {epoch}{during})")
         elif what == "rollout.finished":
             lines.append(f"{what}: {e.get('phase')} ({e.get('message')})")
         elif what == "drift" and e.get("new") in ("MODERATE", "MAJOR"):

@@ -390,6 +390,8 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     metrics.readings.state = lambda: describe(control.snapshot())
     metrics.readings.verdicts = lambda: dict(checker.verdicts)
     metrics.readings.rollout = lambda: _rollout_reading(control.snapshot())
+    metrics.readings.experiment = lambda: experiment.readings
+    metrics.readings.drift = insights.drift_levels
     control_server = grpc.aio.server(options=options)
     control_pb2_grpc.add_ControlServicer_to_server(
         ControlServicer(

@@ -94,6 +94,8 @@ class ExperimentService:
         self.epoch = 0
         self.saved_at = 0.0
         self._srm_warnings: list[str] = []
+        # Plain values from the last look, for the Prometheus scrape (another thread).
+        self.readings: dict[str, Any] = {}
 
     @staticmethod
     def restore(
@@ -141,6 +143,13 @@ class ExperimentService:
         events = self.tracker.look(now)
         result = self.tracker.report(now, history=False)
         srm = result.srm
+        self.readings = {
+            "epoch": self.epoch,
+            "srm_mismatch": any(
+                w.lower().startswith("sample ratio mismatch") for w in result.warnings
+            ),
+            "metrics": {m.metric: (m.verdict.value, m.p_value) for m in result.metrics},
+        }
         self._srm_warnings = [
             f"{w} (experiment epoch {self.epoch})"
             for w in result.warnings
@@ -213,7 +222,7 @@ class Insights:
         self._primary_error_rate = primary_error_rate
         self.shadow_thresholds = shadow_thresholds or ShadowThresholds()
         self.alerts = alerts
-        self._drift_warnings: dict[str, str] = {}
+        self._drifted: dict[str, tuple[str, str]] = {}  # series -> (level, previous)
 
     def shadow_analysis(self) -> tuple[ShadowSummary, ShadowAnalysis] | None:
         if self.shadow is None:
@@ -235,16 +244,23 @@ class Insights:
         """A drift series changed level: alert when it reaches MODERATE or MAJOR, and keep
         a status warning while it stays there."""
         if new in ("MODERATE", "MAJOR"):
-            self._drift_warnings[series] = f"drift {new}: {series} (was {old})"
+            self._drifted[series] = (new, old)
             if self.alerts is not None:
                 self.alerts.alert("drift.detected", {"series": series, "level": new, "was": old})
         else:
-            self._drift_warnings.pop(series, None)
+            self._drifted.pop(series, None)
+
+    def drift_levels(self) -> dict[str, str]:
+        """Series at MODERATE or MAJOR now (series -> level), for metrics."""
+        return {series: level for series, (level, _) in self._drifted.items()}
 
     def warnings(self) -> list[str]:
         """Status warnings: a sample-ratio mismatch at the last look, drifted series."""
         out = list(self.experiment.status_warnings())
-        out.extend(self._drift_warnings[k] for k in sorted(self._drift_warnings))
+        out.extend(
+            f"drift {level}: {series} (was {was})"
+            for series, (level, was) in sorted(self._drifted.items())
+        )
         return out
 
     def ab_gate(self) -> GateReading:

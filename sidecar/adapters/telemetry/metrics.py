@@ -28,6 +28,8 @@ class Readings:
     state: Callable[[], Mapping[str, Any]] = lambda: {}
     rollout: Callable[[], Mapping[str, Any]] = lambda: {}
     verdicts: Callable[[], Mapping[str, int]] = lambda: {}
+    experiment: Callable[[], Mapping[str, Any]] = lambda: {}
+    drift: Callable[[], Mapping[str, str]] = lambda: {}  # drifted series -> level
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -86,6 +88,36 @@ class _ScrapeCollector(Collector):
         for verdict, count in self.readings.verdicts().items():
             verdicts.add_metric([verdict], count)
         yield verdicts
+        yield from self._experiment()
+
+    def _experiment(self) -> Iterator[Metric]:
+        experiment = self.readings.experiment()
+        if experiment:
+            srm = GaugeMetricFamily(
+                "sidecar_experiment_sample_ratio_mismatch",
+                "1 when the last look found a sample ratio mismatch (verdicts blocked)",
+            )
+            srm.add_metric([], 1 if experiment.get("srm_mismatch") else 0)
+            yield srm
+            verdict = GaugeMetricFamily(
+                "sidecar_experiment_verdict", "Current verdict per metric (1 = in force)",
+                labels=["metric", "verdict"],
+            )  # fmt: skip
+            p_value = GaugeMetricFamily(
+                "sidecar_experiment_p_value", "Always-valid p-value per metric", labels=["metric"]
+            )
+            for metric, (name, p) in experiment.get("metrics", {}).items():
+                verdict.add_metric([metric, name], 1)
+                p_value.add_metric([metric], p)
+            yield verdict
+            yield p_value
+        drifted = GaugeMetricFamily(
+            "sidecar_drift_series", "Series drifted beyond a threshold (1 = at this level)",
+            labels=["series", "level"],
+        )  # fmt: skip
+        for series, level in self.readings.drift().items():
+            drifted.add_metric([series, level], 1)
+        yield drifted
 
 
 class SidecarMetrics:

@@ -6,6 +6,7 @@ and drift gates of a rollout stage. Upstreams are scripted fault-injection serve
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, bearer
 from sidecar.testing.fault_upstream import FaultInjectingUpstream
 from sidecar.testing.inprocess import FAST_ANALYSIS, config_dict, running_sidecar, scripted_model
 from sidecar.wiring import Sidecar
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telemetry"))
+from test_metrics import scrape
 
 OPS = bearer(OPERATOR_TOKEN)
 VIEW = bearer(VIEWER_TOKEN)
@@ -191,8 +195,10 @@ async def test_new_weights_start_a_new_epoch(model: FaultInjectingUpstream) -> N
 async def test_lost_canary_outcomes_block_the_verdict(model: FaultInjectingUpstream) -> None:
     """The app loses 40% of the canary's outcomes (a client bug): the split itself is
     fine, but the outcomes no longer follow the weights. The verdict is BLOCKED, the
-    state's warnings say so, and the mismatch is logged as an alert."""
-    async with running_sidecar(config(model, {"stable": 5000, "canary": 5000})) as sc:
+    state's warnings and the Prometheus metrics say so."""
+    raw = config(model, {"stable": 5000, "canary": 5000})
+    raw["listen"]["metrics"] = "127.0.0.1:0"
+    async with running_sidecar(raw) as sc:
         await traffic(
             sc,
             range(1000),
@@ -201,6 +207,12 @@ async def test_lost_canary_outcomes_block_the_verdict(model: FaultInjectingUpstr
         )
         rep = await report(sc)
         state = await control(sc).GetState(cpb.GetStateRequest(), metadata=VIEW)
+        metrics = await asyncio.to_thread(scrape, sc.metrics.port)
+    assert metrics[("sidecar_experiment_sample_ratio_mismatch", ())] == 1
+    assert (
+        metrics[("sidecar_experiment_verdict", (("metric", "converted"), ("verdict", "BLOCKED")))]
+        == 1
+    )
     conv = metric(rep, "converted")
     assert conv.verdict == cpb.VERDICT_BLOCKED, conv.reason
     assert "sample ratio" in conv.reason.lower() or "srm" in conv.reason.lower()
