@@ -50,7 +50,7 @@ bench: venv ## Benchmarks: data plane, kill-switch propagation, canary judge, A/
 	$(PY) bench/canary_judge.py
 	$(PY) bench/ab_validity.py
 
-demo: venv venv-mlserver ## Real rollout demo: MLServer + sidecar, traffic, split and shadow, then clean up
+demo: venv venv-mlserver ## Real rollout demo: MLServer + sidecar; split, shadow, kill switch, A/B report, gated rollout
 	$(PY) examples/demo.py
 
 clean: ## Remove virtual environments and caches

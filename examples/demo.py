@@ -178,7 +178,7 @@ def notable_events(sc: SidecarProcess, since: datetime) -> list[str]:
         try:
             if datetime.fromisoformat(str(e.get("timestamp"))) < since:
                 continue
-        except ValueError:
+        except (TypeError, ValueError):  # no or a naive time stamp: not an event of this run
             continue
         what = e.get("alert") if e.get("event") == "alert" else None
         if e.get("event") == "drift.level_changed":
@@ -279,12 +279,6 @@ def experiment_step(
     html_path.write_text(render_html(report), encoding="utf-8")
     verdicts = ", ".join(f"{m.metric} {verdict_name(m.verdict)}" for m in report.metrics)
     say(f"   verdict: {verdicts}; shadow: {recommendation_name(report.shadow.recommendation)}")
-    if report.shadow.recommendation == control_pb2.RECOMMEND_OPTIMISE_LATENCY:
-        say(
-            "   (the report's latency check reads the p95 of per-pair shadow/primary ratios, which"
-            " adds both calls' jitter on a busy machine; the rollout's shadow gate reads shadow"
-            " p95 / primary p95; see docs/shadow.md)"
-        )
     say(f"   HTML report (sidecarctl report --html): {html_path}  (open it in a browser)")
 
 

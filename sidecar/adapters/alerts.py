@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 log = structlog.get_logger("sidecar.alert")
+_RESERVED = frozenset({"level", "event", "timestamp", "logger", "alert"})
 
 
 class Alerts:
@@ -27,7 +28,10 @@ class Alerts:
 
     def alert(self, event: str, fields: Mapping[str, Any]) -> None:
         body = {"event": event, "unix_time": time.time(), "source": "rollout-sidecar", **fields}
-        log.warning("alert", alert=event, **fields)
+        # Keys the log pipeline sets itself (level, event, timestamp, logger) are kept by
+        # prefixing them; the webhook body carries the fields unchanged.
+        logged = {(f"alert_{k}" if k in _RESERVED else k): v for k, v in fields.items()}
+        log.warning("alert", alert=event, **logged)
         if not self.webhook_url:
             return
         try:

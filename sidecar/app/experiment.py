@@ -246,7 +246,9 @@ class Insights:
         if new in ("MODERATE", "MAJOR"):
             self._drifted[series] = (new, old)
             if self.alerts is not None:
-                self.alerts.alert("drift.detected", {"series": series, "level": new, "was": old})
+                self.alerts.alert(
+                    "drift.detected", {"series": series, "drift_level": new, "was": old}
+                )
         else:
             self._drifted.pop(series, None)
 

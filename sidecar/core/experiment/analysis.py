@@ -841,6 +841,7 @@ class ExperimentTracker:
             else:
                 need = f"{max(self.settings.min_events, 2)} outcomes and a positive variance"
             reason = f"not enough outcomes yet (each arm needs {need}); "
+            additional = max(additional, self._to_first_evaluation(spec, look))
         else:
             reason = "undecided: the interval contains 0 and reaches beyond "
             reason += f"+-{_fmt(spec.minimum_effect)}; "
@@ -848,6 +849,25 @@ class ExperimentTracker:
         if additional >= 0:
             reason += f"; about {additional} more outcomes per arm if the effect holds"
         return _Decision(ExperimentVerdict.CONTINUE, reason, additional, p)
+
+    def _to_first_evaluation(self, spec: MetricSpec, look: SequentialLook) -> int:
+        """Outcomes per arm still needed before the test can evaluate at all: for a rate,
+        until the rarer of successes / failures reaches `min_events` at the observed rate
+        (at least one more outcome when nothing is known yet)."""
+        minimum = max(self.settings.min_events, 2)
+        if spec.kind != "bool":
+            return max(0, minimum - min(look.n_control, look.n_treatment))
+        need = 0
+        for successes, n in (
+            (look.successes_control, look.n_control),
+            (look.successes_treatment, look.n_treatment),
+        ):
+            rarer = min(successes, n - successes)
+            if rarer >= minimum:
+                continue
+            share = rarer / n if n and rarer else 1.0 / (n + 1)
+            need = max(need, math.ceil(minimum / share) - n)
+        return max(need, 1)
 
     def gate(self) -> GateReading:
         """The A/B gate from the last look's verdict of the gate metric."""

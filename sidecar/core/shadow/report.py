@@ -14,7 +14,8 @@ Checks, in this order; the first that fails decides (see ``docs/shadow.md``):
 2. data: fewer than ``min_comparisons`` comparisons -> INSUFFICIENT_DATA;
 3. agreement: the effective agreement (point estimate) below ``min_agreement``
    -> INVESTIGATE_DISAGREEMENT;
-4. latency: the p95 latency ratio above ``max_p95_ratio`` -> OPTIMISE_LATENCY;
+4. latency: ``shadow_p95 / primary_p95`` (the rollout gate's measure; the p95 of per-pair
+   ratios only when the p95s are missing) above ``max_p95_ratio`` -> OPTIMISE_LATENCY;
 5. otherwise PROMOTE_TO_CANARY.
 
 The error check is judged on shadow calls rather than comparisons so that a shadow whose
@@ -328,10 +329,12 @@ def analyse_shadow(
     # -- latency --------------------------------------------------------------------------
     s95, p95 = candidate.shadow_p95, candidate.primary_p95
     ratio: float | None
-    if candidate.ratio_p95 is not None:
-        ratio, source = candidate.ratio_p95, "p95 of per-pair shadow/primary"
-    elif s95 is not None and p95:
+    # The same measure as the rollout's shadow gate: the ratio of the two p95s. The p95 of
+    # per-pair ratios carries both calls' jitter and is shown for reading only.
+    if s95 is not None and p95:
         ratio, source = s95 / p95, "shadow p95 / primary p95"
+    elif candidate.ratio_p95 is not None:
+        ratio, source = candidate.ratio_p95, "p95 of per-pair shadow/primary"
     else:
         ratio, source = None, ""
     latency_failed = ratio is not None and ratio > t.max_p95_ratio
@@ -343,6 +346,8 @@ def analyse_shadow(
             if s95 is not None and p95 is not None
             else ""
         )
+        if candidate.ratio_p95 is not None and source.startswith("shadow p95"):
+            pair += f"; p95 of per-pair ratios {candidate.ratio_p95:.2f}"
         latency_line = (
             f"latency: p95 ratio {ratio:.2f} ({source}{pair}) vs max {t.max_p95_ratio:g}: "
             + ("too slow" if latency_failed else "ok")

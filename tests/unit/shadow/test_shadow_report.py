@@ -166,28 +166,29 @@ def test_investigate_disagreement_not_yet_conclusive() -> None:
     assert "ok (>= 85.00%; lower bound" in line(ok, "agreement:")
 
 
-def test_optimise_latency_uses_the_per_pair_ratio() -> None:
-    """p95 of per-pair ratios above 1.5: OPTIMISE_LATENCY with the ratio and both p95s."""
+def test_optimise_latency_uses_the_ratio_of_p95s() -> None:
+    """shadow p95 / primary p95 above 1.5 (the rollout gate's measure): OPTIMISE_LATENCY
+    with the ratio, both p95s and, for reading, the p95 of per-pair ratios."""
     a = analyse_shadow(
-        summary(2000, 1980, primary_p95=0.100, shadow_p95=0.140, ratio_p95=2.5),
+        summary(2000, 1980, primary_p95=0.100, shadow_p95=0.250, ratio_p95=2.4),
         primary_error_rate=0.0,
     )
     assert a.recommendation is Recommendation.OPTIMISE_LATENCY
     assert line(a, "latency:") == (
-        "latency: p95 ratio 2.50 (p95 of per-pair shadow/primary; shadow p95 140.0 ms, "
-        "primary p95 100.0 ms) vs max 1.5: too slow"
+        "latency: p95 ratio 2.50 (shadow p95 / primary p95; shadow p95 250.0 ms, "
+        "primary p95 100.0 ms; p95 of per-pair ratios 2.40) vs max 1.5: too slow"
     )
 
 
-def test_latency_falls_back_to_the_ratio_of_p95s() -> None:
-    """Without per-pair ratios (all primary latencies were 0) shadow_p95 / primary_p95 is used;
-    without either the check is skipped."""
+def test_latency_falls_back_to_the_per_pair_ratio() -> None:
+    """Without both p95s the p95 of per-pair ratios is used; without either the check is
+    skipped."""
     a = analyse_shadow(
-        summary(2000, 1980, primary_p95=0.100, shadow_p95=0.300, ratio_p95=None),
+        summary(2000, 1980, primary_p95=None, shadow_p95=None, ratio_p95=3.0),
         primary_error_rate=0.0,
     )
     assert a.recommendation is Recommendation.OPTIMISE_LATENCY
-    assert "p95 ratio 3.00 (shadow p95 / primary p95" in line(a, "latency:")
+    assert "p95 ratio 3.00 (p95 of per-pair shadow/primary" in line(a, "latency:")
 
     none = analyse_shadow(
         summary(2000, 1980, primary_p95=0.0, shadow_p95=0.3, ratio_p95=None),
@@ -197,14 +198,15 @@ def test_latency_falls_back_to_the_ratio_of_p95s() -> None:
     assert line(none, "latency:") == "latency: no latency ratio recorded: not checked"
 
 
-def test_per_pair_ratio_is_preferred_over_the_ratio_of_p95s() -> None:
-    """A p95 ratio of 3 across the sketches does not count when the per-pair p95 is 1.2."""
+def test_ratio_of_p95s_decides_as_in_the_rollout_gate() -> None:
+    """Per-pair ratios carry both calls' jitter: a per-pair p95 of 2.0 does not count when
+    the shadow's p95 is only 1.2 times the primary's (the gate would pass it too)."""
     a = analyse_shadow(
-        summary(2000, 1980, primary_p95=0.1, shadow_p95=0.3, ratio_p95=1.2),
+        summary(2000, 1980, primary_p95=0.1, shadow_p95=0.12, ratio_p95=2.0),
         primary_error_rate=0.0,
     )
     assert a.recommendation is Recommendation.PROMOTE_TO_CANARY
-    assert "p95 ratio 1.20 (p95 of per-pair" in line(a, "latency:")
+    assert "p95 ratio 1.20 (shadow p95 / primary p95" in line(a, "latency:")
 
 
 def test_promote_to_canary_when_every_check_passes() -> None:
@@ -224,7 +226,7 @@ def test_promote_to_canary_when_every_check_passes() -> None:
 
 def test_errors_beat_disagreement_and_latency() -> None:
     """A candidate failing every check is told to fix its errors first."""
-    s = summary(2000, 1000, errors={"INTERNAL": 500}, ratio_p95=9.0)
+    s = summary(2000, 1000, errors={"INTERNAL": 500}, shadow_p95=0.9, ratio_p95=9.0)
     a = analyse_shadow(s, primary_error_rate=0.0)
     assert a.recommendation is Recommendation.FIX_ERRORS
     assert line(a, "agreement:").endswith("confidently (upper bound 52.19%)")
@@ -233,13 +235,13 @@ def test_errors_beat_disagreement_and_latency() -> None:
 
 def test_disagreement_beats_latency() -> None:
     """Disagreement and slowness: INVESTIGATE_DISAGREEMENT first."""
-    a = analyse_shadow(summary(2000, 1000, ratio_p95=9.0), primary_error_rate=0.0)
+    a = analyse_shadow(summary(2000, 1000, shadow_p95=0.9, ratio_p95=9.0), primary_error_rate=0.0)
     assert a.recommendation is Recommendation.INVESTIGATE_DISAGREEMENT
 
 
 def test_insufficient_data_beats_disagreement_and_latency() -> None:
     """With too few comparisons a bad agreement or latency is only provisional."""
-    a = analyse_shadow(summary(100, 10, ratio_p95=9.0), primary_error_rate=0.0)
+    a = analyse_shadow(summary(100, 10, shadow_p95=0.9, ratio_p95=9.0), primary_error_rate=0.0)
     assert a.recommendation is Recommendation.INSUFFICIENT_DATA
 
 
@@ -532,4 +534,4 @@ def test_end_to_end_from_a_recorder() -> None:
     assert a.summary.latency_outliers[0].request_id == "r600"
     assert a.summary.latency_outliers[0].ratio == pytest.approx(4.0)
     assert a.summary.ratio_p95 == pytest.approx(1.3, rel=0.011)  # the sketch's accuracy
-    assert f"p95 ratio {a.summary.ratio_p95:.2f} (p95 of per-pair" in line(a, "latency:")
+    assert f"p95 of per-pair ratios {a.summary.ratio_p95:.2f}" in line(a, "latency:")
