@@ -454,6 +454,7 @@ class Settings:
     budget_s: float
     layout: str
     sidecar_cmd: str
+    drift: bool = True
 
 
 def wait_ready(
@@ -541,6 +542,7 @@ class Bench:
         not_started: dict[str, str] = {}
         for i, scen in enumerate(SIDECAR_SCENARIOS):
             config = sidecar_config(up_addr, self.shadow_addr.get(scen), ports[2 * i : 2 * i + 2])
+            config["drift"] = {"enabled": self.cfg.drift}
             path = self.workdir / f"sidecar-{scen}.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             try:
@@ -797,6 +799,7 @@ def run(cfg: Settings, out_path: Path) -> int:
                     "any_250ms": RETRY_PEAK_CORES,
                 },
                 "layout": cfg.layout,
+                "drift_monitor": cfg.drift,
                 "cpus": {role: sorted(c) for role, c in bench.cpus.items()},
                 "statistics": "rps and CPU: median over reps; p50/p99: pooled samples of all reps",
                 "request": "ModelInfer 'classifier', one FP64 input [1,4], typed contents",
@@ -912,6 +915,11 @@ def main(argv: list[str] | None = None) -> int:
         "--sidecar", default=str(ROOT / ".venv" / "bin" / "sidecar"), help="sidecar executable"
     )
     parser.add_argument(
+        "--no-drift",
+        action="store_true",
+        help="turn the drift monitor off (on by default, as in the sidecar's defaults)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=BENCH_DIR / "results" / "dataplane.json", help="result file"
     )
     args = parser.parse_args(argv)
@@ -933,6 +941,7 @@ def main(argv: list[str] | None = None) -> int:
         budget_s=args.budget,
         layout=args.layout,
         sidecar_cmd=args.sidecar,
+        drift=not args.no_drift,
     )
     with _sigterm_as_exit():
         try:

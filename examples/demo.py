@@ -127,7 +127,7 @@ def config(mlserver: str) -> dict[str, Any]:
         # averages about (bins - 1) * (1/1000 + 1/500) = 0.027 here: the small-sample noise
         # floor, well under the 0.1 MODERATE threshold. At 300/300 it is 0.06 and about one
         # window in ten crosses 0.1 by chance. Production keeps both sizes in the thousands.
-        "drift": {"reference_size": 1000, "window_size": 500},
+        "drift": {"reference_size": 1000, "window_size": 500, "sample_every": 1},
     }
 
 

@@ -92,7 +92,7 @@ class DriftConfig:
     """`drift:` — input-feature and prediction drift against a reference window."""
 
     enabled: bool = True
-    sample_every: int = 1
+    sample_every: int = 10  # one request in ten: drift needs a sample, not every request
     reference_size: int = 5000
     window_size: int = 5000
     bins: int = 10
@@ -682,7 +682,7 @@ def _drift(raw: Mapping[str, Any], base: Path | None, problems: _Problems) -> Dr
             problems.add(f"{where}.reference_file", f"no such file: {reference_file}")
     return DriftConfig(
         enabled=_bool(section, "enabled", True, where, problems),
-        sample_every=_integer(section, "sample_every", 1, where, problems, minimum=1),
+        sample_every=_integer(section, "sample_every", 10, where, problems, minimum=1),
         reference_size=_integer(section, "reference_size", 5000, where, problems, minimum=50),
         window_size=_integer(section, "window_size", 5000, where, problems, minimum=50),
         bins=_integer(section, "bins", 10, where, problems, minimum=2, maximum=100),

@@ -57,7 +57,7 @@ def experiment_config(
             "segments": ["mobile", "desktop"],
             "look_interval": 0.5,
         },
-        "drift": {"reference_size": 200, "window_size": 200},
+        "drift": {"reference_size": 200, "window_size": 200, "sample_every": 1},
         "control": control_section(),
         "server": {"log_level": "info"},
     }
