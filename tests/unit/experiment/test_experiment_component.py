@@ -311,7 +311,9 @@ async def test_ab_gate_needs_an_outcome_metric(model: FaultInjectingUpstream) ->
 async def test_drift_gate_rolls_back_when_inputs_shift(model: FaultInjectingUpstream) -> None:
     """A stage with max_drift_psi: the reference is the first 100 values; then the inputs
     move far away, the PSI passes the limit and the stage is rolled back."""
-    raw = config(model, {"stable": 10_000, "canary": 0}, drift={"reference_size": 100, "sample_every": 1})
+    raw = config(
+        model, {"stable": 10_000, "canary": 0}, drift={"reference_size": 100, "sample_every": 1}
+    )
     raw["drift"]["window_size"] = 100
     async with running_sidecar(raw) as sc:
         client = predict_stub(sc)
