@@ -41,6 +41,10 @@ class Checkpoint(Protocol):
 
     def save(self, data: Mapping[str, Any]) -> None: ...
 
+    def quarantine(self) -> str | None:
+        """Move an unreadable checkpoint aside (kept for inspection); its new name."""
+        ...
+
 
 class FileCheckpoint:
     """JSON file, replaced atomically (temp file, fsync, rename, fsync of the folder)."""
@@ -57,6 +61,13 @@ class FileCheckpoint:
         if not isinstance(data, dict):
             raise ValueError(f"{self.path}: not a JSON object")
         return data
+
+    def quarantine(self) -> str | None:
+        if not self.path.exists():
+            return None
+        aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
+        os.replace(self.path, aside)
+        return str(aside)
 
     def save(self, data: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +120,12 @@ class ExperimentService:
             data = checkpoint.load()
             tracker = make(data)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("experiment.checkpoint_unreadable", error=str(exc))
+            # Start a fresh experiment, but never overwrite what could not be read.
+            try:
+                aside = checkpoint.quarantine()
+            except OSError as move_error:
+                aside = f"not moved: {move_error}"
+            log.error("experiment.checkpoint_unreadable", error=str(exc), moved_to=aside)
             return make(None)
         if data is not None:
             log.info("experiment.restored", epoch=tracker.epoch)

@@ -241,6 +241,27 @@ async def test_checkpoint_survives_a_restart(model: FaultInjectingUpstream, tmp_
     assert conv.control.n + conv.treatment.n == 310
 
 
+def quarantined(folder: Path) -> list[Path]:
+    return sorted(folder.glob("experiment.json.unreadable-*"))
+
+
+async def test_unreadable_checkpoint_is_kept_aside_and_a_fresh_experiment_starts(
+    model: FaultInjectingUpstream, tmp_path: Path
+) -> None:
+    """A checkpoint that cannot be read does not stop the sidecar and is never overwritten:
+    it is moved aside, and the experiment starts afresh and is checkpointed again."""
+    raw = config(model, {"stable": 5000, "canary": 5000}, tmp_path)
+    (tmp_path / "experiment.json").write_text('{"epoch": "not a checkpoint"')
+    async with running_sidecar(raw) as sc:
+        await traffic(sc, range(40), converted={"stable": 0.5, "canary": 0.5})
+        rep = await report(sc)
+    aside = quarantined(tmp_path)
+    assert len(aside) == 1 and aside[0].read_text() == '{"epoch": "not a checkpoint"'
+    conv = metric(rep, "converted")
+    assert conv.control.n + conv.treatment.n == 40
+    assert (tmp_path / "experiment.json").is_file()  # the new experiment's checkpoint
+
+
 def ab_stage(**fields: Any) -> cpb.RolloutPlan:
     return cpb.RolloutPlan(
         stages=[
