@@ -130,8 +130,10 @@ class DataPlane(Generic[Req, Resp]):
         self.served[resolution.variant] += 1
         self.outcomes.remember(request_id, resolution.variant, segment, done, epoch)
         for mirror in (self.mirror, self.noise):
-            if mirror is None or (mirror is self.noise and resolution.variant != flag.stable):
-                continue  # the noise mirror compares the stable model with itself only
+            if mirror is None or (
+                mirror is self.noise and resolution.variant != mirror.settings.variant
+            ):
+                continue  # the noise mirror compares its model (stable) with itself only
             mirror.offer(
                 request,
                 response,

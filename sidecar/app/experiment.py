@@ -159,18 +159,16 @@ class ExperimentService:
         events = self.tracker.look(now)
         result = self.tracker.report(now, history=False)
         srm = result.srm
-        self.readings = {
-            "epoch": self.epoch,
-            "srm_mismatch": any(
-                w.lower().startswith("sample ratio mismatch") for w in result.warnings
-            ),
-            "metrics": {m.metric: (m.verdict.value, m.p_value) for m in result.metrics},
-        }
         self._srm_warnings = [
             f"{w} (experiment epoch {self.epoch})"
             for w in result.warnings
             if w.lower().startswith("sample ratio mismatch")
         ]
+        self.readings = {
+            "epoch": self.epoch,
+            "srm_mismatch": bool(self._srm_warnings),
+            "metrics": {m.metric: (m.verdict.value, m.p_value) for m in result.metrics},
+        }
         started = [("assignments", srm.detail)] if events.srm_started else []
         started += [(metric, "outcome counts") for metric in events.outcome_srm_started]
         for what, detail in started:

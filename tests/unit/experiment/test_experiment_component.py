@@ -46,8 +46,7 @@ def config(
         {"stable": up.address, "canary": up.address},
         weights=weights,
         experiment={"metrics": METRICS, "segments": ["ios", "web"], "look_interval": 0.1},
-        analysis=FAST_ANALYSIS,
-        **extra,
+        **{"analysis": {**FAST_ANALYSIS, **extra.pop("analysis", {})}, **extra},
     )
     if tmp is not None:
         raw["state"] = {
@@ -260,6 +259,35 @@ async def test_unreadable_checkpoint_is_kept_aside_and_a_fresh_experiment_starts
     conv = metric(rep, "converted")
     assert conv.control.n + conv.treatment.n == 40
     assert (tmp_path / "experiment.json").is_file()  # the new experiment's checkpoint
+
+
+async def test_noise_mirror_compares_the_stable_model_with_itself_only(
+    model: FaultInjectingUpstream,
+) -> None:
+    """The noise mirror sends only requests its variant served, to that same model: with a
+    deterministic model it never disagrees, also after a promotion (when the canary serves
+    everything and its answers must not be compared with the old stable's)."""
+    raw = config(
+        model,
+        {"stable": 5000, "canary": 5000},
+        shadow={"variant": "canary", "noise_sample_bp": 10_000},
+        analysis={"shadow_min_comparisons": 10},
+    )
+    async with running_sidecar(raw) as sc:
+        served = await traffic(sc, range(60), converted={"stable": 0.5, "canary": 0.5})
+        await asyncio.sleep(0.3)
+        noise = sc.dataplane.noise
+        assert noise is not None
+        first = noise.recorder.summary()
+        await control(sc).Promote(cpb.PromoteRequest(reason="ship"), metadata=OPS)
+        await traffic(sc, range(60, 120), converted={"stable": 0.5, "canary": 0.5})
+        await asyncio.sleep(0.3)
+        second = noise.recorder.summary()
+        shadow = (await report(sc)).shadow
+    assert first.compared == served["stable"] and first.agreed == first.compared
+    assert second.compared == first.compared  # nothing served by the old stable since
+    assert shadow.noise.compared == first.compared
+    assert shadow.noise.noise_disagreement.value == 0.0
 
 
 def ab_stage(**fields: Any) -> cpb.RolloutPlan:
