@@ -47,11 +47,8 @@ from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, AuditLog, StateFileError, StateStore
 from sidecar.app.rollout import (
     AnalysisSettings,
-    GateReading,
     HealthChecker,
     JudgeEvaluator,
-    ShadowGates,
-    ShadowReading,
 )
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.config import Config
@@ -275,6 +272,12 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
                 tracer=tracer if detailed else NoOpTracer(),
             )
     experiment = _experiment(config, state, alerts)
+    shadow_thresholds = ShadowThresholds(
+        min_comparisons=a.shadow_min_comparisons,
+        min_agreement=a.shadow_min_agreement,
+        max_p95_ratio=a.shadow_max_p95_ratio,
+        max_error_ratio=a.shadow_max_error_ratio,
+    )
     insights = Insights(
         experiment,
         shadow=mirror.recorder if mirror else None,
@@ -282,12 +285,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         primary_error_rate=lambda: (
             windows.window(state.current.flag.stable, time.time(), a.horizon - a.bucket).error_rate
         ),
-        shadow_thresholds=ShadowThresholds(
-            min_comparisons=a.shadow_min_comparisons,
-            min_agreement=a.shadow_min_agreement,
-            max_p95_ratio=a.shadow_max_p95_ratio,
-            max_error_ratio=a.shadow_max_error_ratio,
-        ),
+        shadow_thresholds=shadow_thresholds,
         alerts=alerts,
     )
     insights.drift = _drift(config, insights, lambda: state.current.flag.stable)
@@ -348,25 +346,6 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         ),
     )
 
-    def ab_gate() -> GateReading:
-        r = insights.ab_gate()
-        return GateReading(r.status, r.value, e.alpha, r.detail)
-
-    def drift_gate(threshold: float) -> GateReading:
-        status, value, detail = insights.drift_gate(threshold, state.current.flag.canary)
-        return GateReading(status, value, threshold, detail)
-
-    def shadow_reading() -> ShadowReading | None:
-        read = insights.shadow_analysis()
-        if read is None:
-            return None
-        summary, analysis = read
-        return ShadowReading(
-            summary.compared, summary.agreed, summary.sent, summary.errors,
-            summary.primary_p95, summary.shadow_p95,
-            analysis.effective_agreement if analysis.noise is not None else None,
-        )  # fmt: skip
-
     checker = HealthChecker(
         control=control,
         windows=windows,
@@ -375,17 +354,15 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
             interval=a.interval,
             lookback=a.lookback,
             stale_after=a.stale_after_hours * 3600,
-            shadow=ShadowGates(
-                a.shadow_min_agreement, a.shadow_max_p95_ratio, a.shadow_max_error_ratio
-            ),
+            shadow=shadow_thresholds,
         ),
         stable_ready=lambda: dataplane.stable_ready(config.upstream.connect_timeout or 1.0),
         alerts=alerts,
-        shadow=shadow_reading,
+        shadow=insights.shadow_reading,
         reset_shadow=lambda: mirror.recorder.reset() if mirror else None,
         has_shadow=mirror is not None,
-        ab_gate=ab_gate if e.metrics else None,
-        drift_gate=drift_gate,
+        ab_gate=insights.ab_gate if e.metrics else None,
+        drift_gate=insights.drift_gate,
     )
     metrics.readings.shadow = lambda: mirror.recorder.summary() if mirror else None
     metrics.readings.state = lambda: describe(control.snapshot())

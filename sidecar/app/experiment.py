@@ -20,12 +20,9 @@ from typing import Any, Protocol
 import structlog
 
 from sidecar.app.drift import DriftMonitor, DriftMonitorReport
+from sidecar.app.rollout import GateReading, ShadowReading
 from sidecar.app.state import Snapshot
-from sidecar.core.experiment.analysis import (
-    ExperimentResult,
-    ExperimentTracker,
-    GateReading,
-)
+from sidecar.core.experiment.analysis import ExperimentResult, ExperimentTracker
 from sidecar.core.shadow import ShadowRecorder, ShadowSummary
 from sidecar.core.shadow.report import ShadowAnalysis, ShadowThresholds, analyse_shadow
 
@@ -96,7 +93,7 @@ class ExperimentService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.tracker = tracker
-        self._snapshot = snapshot
+        self.snapshot = snapshot
         self.alerts = alerts
         self.checkpoint = checkpoint
         self.interval = interval
@@ -154,7 +151,7 @@ class ExperimentService:
     # ---- looks -------------------------------------------------------------------------
 
     def look(self) -> None:
-        self.on_snapshot(self._snapshot())
+        self.on_snapshot(self.snapshot())
         now = self._clock()
         events = self.tracker.look(now)
         result = self.tracker.report(now, history=False)
@@ -279,18 +276,38 @@ class Insights:
         )
         return out
 
-    def ab_gate(self) -> GateReading:
-        self.experiment.look()
-        return self.experiment.tracker.gate()
+    def shadow_reading(self) -> ShadowReading | None:
+        """What the rollout's shadow stage reads: counts, p95s, and the agreement after
+        subtracting the model's own noise when that was measured."""
+        read = self.shadow_analysis()
+        if read is None:
+            return None
+        summary, analysis = read
+        return ShadowReading(
+            summary.compared, summary.agreed, summary.sent, summary.errors,
+            summary.primary_p95, summary.shadow_p95,
+            analysis.effective_agreement if analysis.noise is not None else None,
+        )  # fmt: skip
 
-    def drift_gate(self, threshold: float, canary: str | None) -> tuple[str, float, str]:
-        """(status, value, detail) of the drift gate: the largest PSI over the input
-        features and the canary's predictions in the current window."""
+    def ab_gate(self) -> GateReading:
+        """The A/B gate: a fresh look, then the gate metric's verdict (threshold: alpha)."""
+        self.experiment.look()
+        tracker = self.experiment.tracker
+        r = tracker.gate()
+        return GateReading(r.status, r.value, tracker.settings.alpha, r.detail)
+
+    def drift_gate(self, threshold: float) -> GateReading:
+        """The drift gate: the largest PSI over the input features and the canary's
+        predictions in the current window."""
         if self.drift is None:
-            return "WAIT", 0.0, "drift monitoring is off"
+            return GateReading("WAIT", 0.0, threshold, "drift monitoring is off")
+        canary = self.experiment.snapshot().flag.canary
         worst = self.drift.max_psi("all", variant=canary or None)
         if worst is None:
-            return "WAIT", 0.0, "not enough values in the current window yet"
+            return GateReading(
+                "WAIT", 0.0, threshold, "not enough values in the current window yet"
+            )
         psi, series = worst
         status = "FAIL" if psi >= threshold else "PASS"
-        return status, psi, f"largest PSI {psi:.3f} ({series}); limit {threshold:g}"
+        detail = f"largest PSI {psi:.3f} ({series}); limit {threshold:g}"
+        return GateReading(status, psi, threshold, detail)

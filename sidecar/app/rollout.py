@@ -18,7 +18,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 import structlog
@@ -38,6 +38,7 @@ from sidecar.core.rollout import (
     validate_plan,
 )
 from sidecar.core.routing import BASIS_POINTS
+from sidecar.core.shadow.report import ShadowThresholds
 from sidecar.core.state import DesiredState
 from sidecar.errors import FailedPrecondition, InvalidRequest, SidecarError
 
@@ -83,19 +84,13 @@ class GateResult:
 
 
 @dataclass(frozen=True)
-class ShadowGates:
-    min_agreement: float = 0.85
-    max_p95_ratio: float = 1.5
-    max_error_ratio: float = 2.0
-    error_rate_floor: float = 0.005  # an error ratio against ~0 errors uses this rate instead
-
-
-@dataclass(frozen=True)
 class AnalysisSettings:
     interval: float = 60.0
     lookback: float = 300.0
     stale_after: float = 48 * 3600.0
-    shadow: ShadowGates = ShadowGates()
+    # The shadow stage's gates use the shadow report's thresholds (min_comparisons aside:
+    # a stage has its own min_samples).
+    shadow: ShadowThresholds = field(default_factory=ShadowThresholds)
 
 
 class GateReading(NamedTuple):

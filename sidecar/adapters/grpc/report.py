@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar.core.experiment.analysis import (
     ArmResult,
@@ -15,20 +13,7 @@ from sidecar.core.experiment.analysis import (
 from sidecar.core.experiment.drift import DriftResult
 from sidecar.core.shadow import ShadowSummary
 from sidecar.core.shadow.report import Recommendation, ShadowAnalysis
-
-
-class _Estimate(Protocol):
-    @property
-    def value(self) -> float: ...
-    @property
-    def lower(self) -> float: ...
-    @property
-    def upper(self) -> float: ...
-    @property
-    def level(self) -> float: ...
-    @property
-    def method(self) -> str: ...
-
+from sidecar.core.stats.intervals import Estimate
 
 _VERDICTS = {
     ExperimentVerdict.SHIP_B: cpb.VERDICT_SHIP_B,
@@ -46,7 +31,7 @@ _RECOMMENDATIONS = {
 }
 
 
-def estimate(e: _Estimate) -> cpb.Estimate:
+def estimate(e: Estimate) -> cpb.Estimate:
     return cpb.Estimate(value=e.value, lower=e.lower, upper=e.upper, level=e.level, method=e.method)
 
 

@@ -87,8 +87,8 @@ def _number(name: str, value: object) -> float:
 
 @dataclass(frozen=True)
 class ShadowThresholds:
-    """When the shadow report recommends what. Defaults match the rollout's
-    ``ShadowGates``."""
+    """When the shadow report recommends what; the rollout's shadow stage gates on the same
+    thresholds."""
 
     min_comparisons: int = 1000
     """Comparisons needed before anything but FIX_ERRORS is recommended; also the
