@@ -25,6 +25,7 @@ from typing import Any
 
 from scipy import special
 
+from sidecar.core.duration import Duration
 from sidecar.core.stats import (
     SequentialLook,
     SequentialState,
@@ -83,23 +84,15 @@ _isfinite = math.isfinite
 # --------------------------------------------------------------------------- settings
 
 
-def _level(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name}: must be a number in (0, 1); got {value!r}")
-    out = float(value)
-    if not 0.0 < out < 1.0:
-        raise ValueError(f"{name}: must be in the open interval (0, 1); got {value!r}")
-    return out
-
-
 @dataclass(frozen=True)
 class MetricSpec:
-    """One analysed metric.
+    """One analysed metric (`experiment.metrics[]` in the configuration).
 
     `minimum_effect` is absolute, in the metric's units (0.01 = one percentage point for a
     rate): the equivalence margin and the planning effect. `baseline` (bool only) is the
     expected control rate, for the planner. `tau_squared` is the mSPRT mixing variance;
-    None picks the default (see `default_tau_squared`).
+    None picks the default (see `default_tau_squared`). Validated by `ExperimentSettings`,
+    which names it by its place in the list.
     """
 
     name: str
@@ -112,7 +105,13 @@ class MetricSpec:
 
 @dataclass(frozen=True)
 class ExperimentSettings:
-    """Validated at construction; a bad field raises ValueError naming it."""
+    """`experiment:` in the configuration: what is analysed, and how often.
+
+    Validated at construction; a bad field raises ValueError with one line per problem,
+    each naming its field (``metrics[1].name: duplicate metric 'x'``).
+    `look_interval` (seconds between looks), `max_requests` and `ttl_seconds` (the bounds
+    of the request id memory, `OutcomeLedger`) are read by the application.
+    """
 
     metrics: tuple[MetricSpec, ...] = ()
     segments: tuple[str, ...] = ()  # the declared segment family
@@ -123,6 +122,9 @@ class ExperimentSettings:
     min_events: int = 10
     max_history: int = 400
     gate_metric: str = ""  # "" = the first metric
+    look_interval: Duration = 10.0
+    max_requests: int = 200_000
+    ttl_seconds: Duration = 3600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(self.metrics))
@@ -130,75 +132,120 @@ class ExperimentSettings:
         self.validate()
 
     def validate(self) -> None:
-        _level(self.alpha, "alpha")
-        _level(self.power, "power")
-        _level(self.srm_threshold, "srm_threshold")
-        if self.correction not in CORRECTIONS:
-            raise ValueError(f"correction: must be 'holm' or 'bh'; got {self.correction!r}")
-        for name, value, least in (
-            ("min_events", self.min_events, 0),
-            ("max_history", self.max_history, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name}: must be an integer >= {least}; got {value!r}")
-        names: set[str] = set()
-        for i, spec in enumerate(self.metrics):
-            field = f"metrics[{i}]"
-            if not isinstance(spec, MetricSpec):
-                raise ValueError(f"{field}: must be a MetricSpec; got {spec!r}")
-            if not isinstance(spec.name, str) or not spec.name.strip():
-                raise ValueError(f"{field}.name: must be a non-empty string; got {spec.name!r}")
-            if spec.name in names:
-                raise ValueError(f"{field}.name: duplicate metric {spec.name!r}")
-            names.add(spec.name)
-            if spec.kind not in KINDS:
-                raise ValueError(f"{field}.kind: must be 'bool' or 'number'; got {spec.kind!r}")
-            mde = spec.minimum_effect
-            if (
-                isinstance(mde, bool)
-                or not isinstance(mde, int | float)
-                or not (_isfinite(mde) and mde > 0.0)
-            ):
-                raise ValueError(f"{field}.minimum_effect: must be a positive number; got {mde!r}")
-            if spec.kind == "bool" and not mde < 1.0:
-                raise ValueError(
-                    f"{field}.minimum_effect: a rate difference must be < 1; got {mde}"
-                )
-            if not isinstance(spec.higher_is_better, bool):
-                raise ValueError(f"{field}.higher_is_better: must be a bool")
-            if spec.baseline is not None:
-                if spec.kind != "bool":
-                    raise ValueError(f"{field}.baseline: only boolean metrics have a baseline")
-                base = _level(spec.baseline, f"{field}.baseline")
-                if not base + mde < 1.0:
-                    raise ValueError(
-                        f"{field}.baseline: baseline + minimum_effect must be < 1; "
-                        f"got {base} + {mde}"
-                    )
-            tau2 = spec.tau_squared
-            if tau2 is not None and (
-                isinstance(tau2, bool)
-                or not isinstance(tau2, int | float)
-                or not (_isfinite(tau2) and tau2 > 0.0)
-            ):
-                raise ValueError(f"{field}.tau_squared: must be a positive number; got {tau2!r}")
-        seen: set[str] = set()
-        for i, segment in enumerate(self.segments):
-            if not isinstance(segment, str) or not segment.strip():
-                raise ValueError(f"segments[{i}]: must be a non-empty string; got {segment!r}")
-            if segment == OTHER_SEGMENT:
-                raise ValueError(
-                    f"segments[{i}]: {OTHER_SEGMENT!r} is reserved for undeclared segments"
-                )
-            if segment in seen:
-                raise ValueError(f"segments[{i}]: duplicate segment {segment!r}")
-            seen.add(segment)
-        if len(self.segments) > MAX_SEGMENTS:
-            raise ValueError(f"segments: at most {MAX_SEGMENTS} segments can be declared")
+        problems = [
+            *self._level_problems(),
+            *_metrics_problems(self.metrics),
+            *_segments_problems(self.segments),
+        ]
+        names = {m.name for m in self.metrics if isinstance(m, MetricSpec)}
         if self.gate_metric and self.gate_metric not in names:
-            raise ValueError(
-                f"gate_metric: {self.gate_metric!r} is not a configured metric ({sorted(names)})"
+            problems.append(
+                f"gate_metric: {self.gate_metric!r} is not one of the metrics ({sorted(names)})"
             )
+        if problems:
+            raise ValueError("\n".join(problems))
+
+    def _level_problems(self) -> list[str]:
+        problems = [
+            p
+            for name in ("alpha", "power", "srm_threshold")
+            if (p := _level_problem(getattr(self, name), name))
+        ]
+        if self.correction not in CORRECTIONS:
+            problems.append(f"correction: must be holm or bh, got {self.correction!r}")
+        for name, least in (("min_events", 0), ("max_history", 2), ("max_requests", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                problems.append(f"{name}: must be an integer >= {least}, got {value!r}")
+        for name in ("look_interval", "ttl_seconds"):
+            if not _positive(getattr(self, name)):
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)!r}")
+        return problems
+
+
+def _positive(value: object) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and _isfinite(value)
+        and value > 0.0
+    )
+
+
+def _level_problem(value: object, name: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{name}: must be a number within (0, 1), got {value!r}"
+    if not 0.0 < value < 1.0:
+        return f"{name}: must be within (0, 1), got {value!r}"
+    return ""
+
+
+def _metrics_problems(metrics: Sequence[MetricSpec]) -> list[str]:
+    problems: list[str] = []
+    names: set[str] = set()
+    for i, spec in enumerate(metrics):
+        where = f"metrics[{i}]"
+        if not isinstance(spec, MetricSpec):
+            problems.append(f"{where}: must be a MetricSpec, got {spec!r}")
+            continue
+        problems.extend(_metric_problems(spec, where))
+        if spec.name in names:
+            problems.append(f"{where}.name: duplicate metric {spec.name!r}")
+        names.add(spec.name)
+    return problems
+
+
+def _metric_problems(spec: MetricSpec, where: str) -> list[str]:
+    problems: list[str] = []
+    if not isinstance(spec.name, str) or not spec.name.strip():
+        problems.append(f"{where}.name: must be a non-empty string (the metric apps report)")
+    if spec.kind not in KINDS:
+        problems.append(f"{where}.kind: must be bool or number, got {spec.kind!r}")
+    mde = spec.minimum_effect
+    if not _positive(mde):
+        problems.append(f"{where}.minimum_effect: must be > 0, got {mde!r}")
+    elif spec.kind == "bool" and not mde < 1.0:
+        problems.append(f"{where}.minimum_effect: a rate difference must be < 1, got {mde}")
+    if not isinstance(spec.higher_is_better, bool):
+        problems.append(f"{where}.higher_is_better: must be true or false")
+    if spec.baseline is not None:
+        problems.extend(_baseline_problems(spec, where))
+    tau2 = spec.tau_squared
+    if tau2 is not None and not _positive(tau2):
+        problems.append(f"{where}.tau_squared: must be > 0, got {tau2!r}")
+    return problems
+
+
+def _baseline_problems(spec: MetricSpec, where: str) -> list[str]:
+    if spec.kind != "bool":
+        return [f"{where}.baseline: only boolean metrics have a baseline rate"]
+    problem = _level_problem(spec.baseline, f"{where}.baseline")
+    if problem:
+        return [problem]
+    if _positive(spec.minimum_effect) and not spec.baseline + spec.minimum_effect < 1.0:  # type: ignore[operator]
+        return [
+            f"{where}.baseline: baseline + minimum_effect must be < 1, "
+            f"got {spec.baseline} + {spec.minimum_effect}"
+        ]
+    return []
+
+
+def _segments_problems(segments: Sequence[str]) -> list[str]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, segment in enumerate(segments):
+        if not isinstance(segment, str) or not segment.strip():
+            problems.append(f"segments[{i}]: must be a non-empty string, got {segment!r}")
+        elif segment == OTHER_SEGMENT:
+            problems.append(f"segments[{i}]: {OTHER_SEGMENT!r} is reserved for undeclared segments")
+        elif segment in seen:
+            problems.append(
+                f"segments: must not repeat a segment (segments[{i}] repeats {segment!r})"
+            )
+        seen.add(segment)
+    if len(segments) > MAX_SEGMENTS:
+        problems.append(f"segments: at most {MAX_SEGMENTS} segments can be declared")
+    return problems
 
 
 def _z_power_and_boundary(alpha: float, power: float) -> tuple[float, float, float]:
@@ -1153,39 +1200,9 @@ class ExperimentTracker:
                 f"expected {CHECKPOINT_VERSION}"
             )
         tracker = cls(settings)
-        epoch = _int(data["epoch"], "epoch")
-        started = _float(data["started"], "started")
-        synced = data["synced"]
-        if not isinstance(synced, bool):
-            raise ValueError("malformed experiment checkpoint: synced must be a bool")
-        control = _str(data["control"], "control")
-        treatment_raw = data["treatment"]
-        treatment = None if treatment_raw is None else _str(treatment_raw, "treatment")
-        weights_raw = _mapping(data["weights"], "weights")
-        weights = {_str(k, "weights"): _int(v, f"weights.{k}") for k, v in weights_raw.items()}
-        tracker._epoch = epoch
-        tracker._started = started
-        tracker._control = control
-        tracker._treatment = treatment
-        tracker._weights = weights
-        if synced:
-            if not control or sum(weights.values()) != BASIS_POINTS_TOTAL:
-                raise ValueError(
-                    "malformed experiment checkpoint: a synced epoch has a control and "
-                    f"weights summing to {BASIS_POINTS_TOTAL}"
-                )
-            tracker._key = (control, treatment, tuple(sorted(weights.items())))
+        tracker._restore_epoch(data)
         tracker._reset()
-        for k, v in _mapping(data["assigned"], "assigned").items():
-            tracker._assigned[_str(k, "assigned")] = _int(v, f"assigned.{k}")
-        tracker._looks = _int(data["looks"], "looks")
-        last_look = data["last_look"]
-        tracker._last_look = None if last_look is None else _float(last_look, "last_look")
-        srm = data["srm"]
-        tracker._srm = None if srm is None else _srm_from_dict(_mapping(srm, "srm"))
-        for k, v in _mapping(data["outcome_srm"], "outcome_srm").items():
-            if k in tracker._specs:
-                tracker._outcome_srm[k] = _str(v, f"outcome_srm.{k}")
+        tracker._restore_counts(data)
         stored = _mapping(data["metrics"], "metrics")
         for name, spec in tracker._specs.items():
             if name not in stored:
@@ -1198,27 +1215,65 @@ class ExperimentTracker:
             tracker._verdicts[name] = tracker._decide(name).verdict
         return tracker
 
+    def _restore_epoch(self, data: Mapping[str, Any]) -> None:
+        """The epoch's identity: number, start, control, treatment, weights."""
+        epoch = _int(data["epoch"], "epoch")
+        started = _float(data["started"], "started")
+        synced = data["synced"]
+        if not isinstance(synced, bool):
+            raise ValueError("malformed experiment checkpoint: synced must be a bool")
+        control = _str(data["control"], "control")
+        treatment_raw = data["treatment"]
+        treatment = None if treatment_raw is None else _str(treatment_raw, "treatment")
+        weights_raw = _mapping(data["weights"], "weights")
+        weights = {_str(k, "weights"): _int(v, f"weights.{k}") for k, v in weights_raw.items()}
+        self._epoch = epoch
+        self._started = started
+        self._control = control
+        self._treatment = treatment
+        self._weights = weights
+        if synced:
+            if not control or sum(weights.values()) != BASIS_POINTS_TOTAL:
+                raise ValueError(
+                    "malformed experiment checkpoint: a synced epoch has a control and "
+                    f"weights summing to {BASIS_POINTS_TOTAL}"
+                )
+            self._key = (control, treatment, tuple(sorted(weights.items())))
+
+    def _restore_counts(self, data: Mapping[str, Any]) -> None:
+        """Assignments, looks and the sample ratio checks."""
+        for k, v in _mapping(data["assigned"], "assigned").items():
+            self._assigned[_str(k, "assigned")] = _int(v, f"assigned.{k}")
+        self._looks = _int(data["looks"], "looks")
+        last_look = data["last_look"]
+        self._last_look = None if last_look is None else _float(last_look, "last_look")
+        srm = data["srm"]
+        self._srm = None if srm is None else _srm_from_dict(_mapping(srm, "srm"))
+        for k, v in _mapping(data["outcome_srm"], "outcome_srm").items():
+            if k in self._specs:
+                self._outcome_srm[k] = _str(v, f"outcome_srm.{k}")
+
     def _restore_metric(self, name: str, entry: Mapping[str, Any]) -> None:
+        self._restore_cells(name, entry)
+        self._restore_sequences(name, entry)
+        self._history[name] = self._restore_history(name, entry)
+
+    def _restore_cells(self, name: str, entry: Mapping[str, Any]) -> None:
+        """Merge the stored cells into this tracker's (undeclared segments into "other")."""
         is_bool = self._specs[name].kind == "bool"
         for variant, by_segment in _mapping(entry["cells"], f"{name}.cells").items():
             for seg, values in _mapping(by_segment, f"{name}.cells.{variant}").items():
-                where = f"{name}.cells.{variant}.{seg}"
-                if not isinstance(values, list | tuple) or len(values) != 4:
-                    raise ValueError(f"malformed experiment checkpoint: {where}")
-                n = _int(values[0], where)
-                successes = _int(values[1], where)
-                mean, m2 = _float(values[2], where), _float(values[3], where)
-                if successes > n or m2 < 0.0 or not (_isfinite(mean) and _isfinite(m2)):
-                    raise ValueError(f"malformed experiment checkpoint: {where}: {values!r}")
+                src = _cell_from_list(values, is_bool, f"{name}.cells.{variant}.{seg}")
                 target = seg if seg in self._declared else OTHER_SEGMENT
                 cell = self._cells.get((name, variant, target))
                 if cell is None:
                     continue
-                src = _Cell(is_bool)
-                src.n, src.successes, src.mean, src.m2 = n, successes, mean, m2
                 merged = _Summary(cell.n, cell.successes, cell.mean, cell.m2).merge(src)
                 cell.n, cell.successes = merged.n, merged.successes
                 cell.mean, cell.m2 = merged.mean, merged.m2
+
+    def _restore_sequences(self, name: str, entry: Mapping[str, Any]) -> None:
+        """Keep stored sequential states run with the configured parameters."""
         fresh = self._fresh_state(name)
         agg = _seq_from_dict(_mapping(entry["aggregate"], f"{name}.aggregate"))
         if _compatible(agg.state, fresh):
@@ -1228,6 +1283,8 @@ class ExperimentTracker:
                 seq = _seq_from_dict(_mapping(raw, f"{name}.segments.{seg}"))
                 if _compatible(seq.state, fresh):
                     self._segs[name][seg] = seq
+
+    def _restore_history(self, name: str, entry: Mapping[str, Any]) -> _History:
         hist_raw = _mapping(entry["history"], f"{name}.history")
         hist = _History(self.settings.max_history)
         stride = _int(hist_raw["stride"], "history.stride")
@@ -1248,7 +1305,20 @@ class ExperimentTracker:
                 hist.tail = last
         hist.stride = stride
         hist.points, hist.looks = points, looks
-        self._history[name] = hist
+        return hist
+
+
+def _cell_from_list(values: Any, is_bool: bool, where: str) -> _Cell:
+    if not isinstance(values, list | tuple) or len(values) != 4:
+        raise ValueError(f"malformed experiment checkpoint: {where}")
+    n = _int(values[0], where)
+    successes = _int(values[1], where)
+    mean, m2 = _float(values[2], where), _float(values[3], where)
+    if successes > n or m2 < 0.0 or not (_isfinite(mean) and _isfinite(m2)):
+        raise ValueError(f"malformed experiment checkpoint: {where}: {values!r}")
+    cell = _Cell(is_bool)
+    cell.n, cell.successes, cell.mean, cell.m2 = n, successes, mean, m2
+    return cell
 
 
 # --------------------------------------------------------------------------- checkpoint codec

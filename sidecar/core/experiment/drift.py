@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -73,8 +73,18 @@ _STAGE_CHUNKS = 128
 
 @dataclass(frozen=True, slots=True)
 class DriftSettings:
-    """Sizes and thresholds of drift monitoring; every size bounds memory."""
+    """`drift:` in the configuration: sizes and thresholds of drift monitoring; every size
+    bounds memory.
 
+    `enabled`, `sample_every` (one request in that many is offered: drift needs a sample,
+    not every request) and `reference_file` (JSON ``{series name: [values]}``; empty: the
+    baseline variant's first window) are read by the application. Validated at
+    construction; a bad field raises ValueError with one line per problem, each naming its
+    field.
+    """
+
+    enabled: bool = True
+    sample_every: int = 10
     reference_size: int = 5000
     window_size: int = 5000
     bins: int = 10
@@ -85,34 +95,57 @@ class DriftSettings:
     max_features: int = 32
     max_variants: int = 8
     seed: int = 0
+    reference_file: str = ""
 
     def __post_init__(self) -> None:
-        minimum = {
-            "reference_size": 1,
-            "window_size": 1,
-            "bins": 2,
-            "reservoir_size": 1,
-            "min_current": 1,
-            "max_features": 1,
-            "max_variants": 1,
-            "seed": 0,
-        }
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in minimum:
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"{f.name} must be an integer; got {value!r}")
-                if value < minimum[f.name]:
-                    raise ValueError(f"{f.name} must be at least {minimum[f.name]}; got {value}")
-            elif isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{f.name} must be a number; got {value!r}")
+        problems = [*self._integer_problems(), *self._level_problems()]
+        if not isinstance(self.enabled, bool):
+            problems.append(f"enabled: must be true or false, got {self.enabled!r}")
+        if not isinstance(self.reference_file, str):
+            problems.append(f"reference_file: must be a file path, got {self.reference_file!r}")
+        if problems:
+            raise ValueError("\n".join(problems))
+
+    def _integer_problems(self) -> list[str]:
+        problems = []
+        for name, (least, most) in _INTEGER_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(f"{name}: must be an integer, got {value!r}")
+            elif most is not None and not least <= value <= most:
+                problems.append(f"{name}: must be {least}..{most}, got {value}")
+            elif value < least:
+                problems.append(f"{name}: must be >= {least}, got {value}")
+        return problems
+
+    def _level_problems(self) -> list[str]:
+        problems = []
+        for name in ("moderate", "major"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                problems.append(f"{name}: must be a number, got {value!r}")
+        if problems:
+            return problems
         if not (math.isfinite(self.moderate) and self.moderate > 0.0):
-            raise ValueError(f"moderate must be a positive number; got {self.moderate!r}")
-        if not (math.isfinite(self.major) and self.major > self.moderate):
-            raise ValueError(
-                f"major must be a finite number above moderate ({self.moderate}); "
-                f"got {self.major!r}"
+            problems.append(f"moderate: must be a positive number, got {self.moderate!r}")
+        elif not (math.isfinite(self.major) and self.major > self.moderate):
+            problems.append(
+                f"major: must exceed drift.moderate ({self.moderate}), got {self.major!r}"
             )
+        return problems
+
+
+_INTEGER_RANGES: dict[str, tuple[int, int | None]] = {
+    "sample_every": (1, None),
+    "reference_size": (1, None),
+    "window_size": (1, None),
+    "bins": (2, 100),
+    "reservoir_size": (1, None),
+    "min_current": (1, None),
+    "max_features": (1, None),
+    "max_variants": (1, None),
+    "seed": (0, None),
+}
 
 
 # ---- feature extraction ----------------------------------------------------------------
