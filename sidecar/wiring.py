@@ -13,7 +13,7 @@ import json
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -22,7 +22,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import NoOpTracer
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from sidecar import __version__
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
@@ -35,14 +35,14 @@ from sidecar.adapters.grpc.converters import decode_outputs
 from sidecar.adapters.grpc.servicers import InferenceServicer, PredictServicer, service_names
 from sidecar.adapters.store.file import FileAuditLog, FileStateStore
 from sidecar.adapters.store.memory import MemoryAuditLog, MemoryStateStore
-from sidecar.adapters.telemetry.metrics import SidecarMetrics
+from sidecar.adapters.telemetry.metrics import Readings, SidecarMetrics
 from sidecar.adapters.telemetry.processor import VariantStatsProcessor
 from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
 from sidecar.adapters.upstream.oip import UpstreamPool
 from sidecar.app.control import ControlService, describe
 from sidecar.app.dataplane import DataPlane
 from sidecar.app.drift import DriftMonitor
-from sidecar.app.experiment import ExperimentService, FileCheckpoint, Insights
+from sidecar.app.experiment import DriftLevels, ExperimentService, FileCheckpoint, Insights
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, AuditLog, StateFileError, StateStore
 from sidecar.app.rollout import (
@@ -52,14 +52,11 @@ from sidecar.app.rollout import (
 )
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.config import Config
-from sidecar.core.canary.analysis import AnalysisConfig
-from sidecar.core.canary.judge import JudgeConfig
 from sidecar.core.canary.window import RollingWindows
 from sidecar.core.experiment import OutcomeLedger
-from sidecar.core.experiment.analysis import ExperimentSettings, ExperimentTracker, MetricSpec
-from sidecar.core.experiment.drift import DriftSettings, DriftTracker
+from sidecar.core.experiment.analysis import ExperimentTracker
+from sidecar.core.experiment.drift import DriftTracker
 from sidecar.core.routing import FlagError
-from sidecar.core.shadow.report import ShadowThresholds
 from sidecar.core.state import DesiredState
 from sidecar.core.tensors import decode_inputs
 
@@ -233,77 +230,234 @@ def initial_snapshot(
     return Snapshot(config.flag, initial)
 
 
+@dataclass(frozen=True)
+class _Telemetry:
+    """Spans feed the variant windows and the request metrics."""
+
+    metrics: SidecarMetrics
+    windows: RollingWindows
+    stats: VariantStatsProcessor
+    provider: TracerProvider
+    tracer: Tracer
+    detailed: bool  # an exporter is configured: CLIENT and shadow spans are recorded too
+
+
+@dataclass(frozen=True)
+class _Mirrors:
+    shadow: ShadowMirror[oip.ModelInferRequest, oip.ModelInferResponse] | None = None
+    noise: ShadowMirror[oip.ModelInferRequest, oip.ModelInferResponse] | None = None
+
+
+@dataclass(frozen=True)
+class _Servers:
+    predict: grpc.aio.Server
+    control: grpc.aio.Server
+    health: health_aio.HealthServicer
+    predict_port: int
+    control_port: int
+
+
 def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     """Wire every part from `config` and bind the listen addresses (port 0 allowed)."""
     store, audit = _stores(config)
     snapshot = initial_snapshot(config, store, audit, safe_mode=safe_mode)
-    metrics = SidecarMetrics()
+    state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
+    telemetry = _telemetry(config)
+    pool = UpstreamPool(
+        config.variants, config.server.max_message_bytes, telemetry.tracer,
+        client_spans=telemetry.detailed,
+    )  # fmt: skip
     a = config.analysis
-    windows = RollingWindows(a.bucket, a.horizon)
+    alerts = Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries)
+    mirrors = _mirrors(config, pool, snapshot.flag.stable, telemetry)
+    experiment = _experiment(config, state, alerts)
+    insights = _insights(config, state, telemetry.windows, mirrors, experiment, alerts)
+    dataplane = _dataplane(config, state, pool, mirrors, experiment, insights.drift)
+    control = ControlService(
+        holder=state,
+        template=config.flag,
+        store=store,
+        audit=audit,
+        ready=lambda variant: dataplane.variant_ready(
+            variant, config.upstream.connect_timeout or 1.0
+        ),
+        served=lambda: dataplane.served,
+    )
+    checker = _checker(config, control, telemetry.windows, dataplane, alerts, insights, mirrors)
+    telemetry.metrics.bind(_readings(control, checker, experiment, insights, mirrors))
+    servers = _servers(config, dataplane, pool, telemetry.tracer, control, insights, checker)
+    return Sidecar(
+        config=config,
+        pool=pool,
+        dataplane=dataplane,
+        predict_server=servers.predict,
+        control_server=servers.control,
+        health=servers.health,
+        control=control,
+        tracer_provider=telemetry.provider,
+        stats=telemetry.stats,
+        metrics=telemetry.metrics,
+        checker=checker,
+        alerts=alerts,
+        experiment=experiment,
+        insights=insights,
+        predict_port=servers.predict_port,
+        control_port=servers.control_port,
+    )
+
+
+def _telemetry(config: Config) -> _Telemetry:
+    metrics = SidecarMetrics()
+    windows = RollingWindows(config.analysis.bucket, config.analysis.horizon)
     stats = VariantStatsProcessor([metrics.record, windows.record])
     provider = tracer_provider(config.telemetry, [stats])
-    tracer = provider.get_tracer(INSTRUMENTATION, __version__)
     # Without an exporter only the SERVER spans (which feed the statistics) are recorded;
     # CLIENT and shadow spans would only cost CPU.
-    detailed = config.telemetry.export
-    pool = UpstreamPool(
-        config.variants, config.server.max_message_bytes, tracer, client_spans=detailed
+    return _Telemetry(
+        metrics=metrics,
+        windows=windows,
+        stats=stats,
+        provider=provider,
+        tracer=provider.get_tracer(INSTRUMENTATION, __version__),
+        detailed=config.telemetry.export,
     )
-    state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
-    alerts = Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries)
-    mirror = noise = None
-    if config.shadow is not None:
-        mirror = ShadowMirror(
-            config.shadow,
-            pool.upstreams[config.shadow.variant],
-            decode_outputs,
-            salt=config.flag.salt,
-            tracer=tracer if detailed else NoOpTracer(),
-        )
-        if config.shadow.noise_sample_bp:  # the stable model compared with itself
-            stable_name = snapshot.flag.stable
-            noise = ShadowMirror(
-                replace(
-                    config.shadow, variant=stable_name, sample_bp=config.shadow.noise_sample_bp
-                ),
-                pool.upstreams[stable_name],
-                decode_outputs,
-                salt=f"{config.flag.salt}/noise",
-                tracer=tracer if detailed else NoOpTracer(),
-            )
-    experiment = _experiment(config, state, alerts)
-    shadow_thresholds = ShadowThresholds(
-        min_comparisons=a.shadow_min_comparisons,
-        min_agreement=a.shadow_min_agreement,
-        max_p95_ratio=a.shadow_max_p95_ratio,
-        max_error_ratio=a.shadow_max_error_ratio,
+
+
+def _mirrors(config: Config, pool: UpstreamPool, stable: str, telemetry: _Telemetry) -> _Mirrors:
+    """The shadow mirror, and the noise mirror (the stable model compared with itself)."""
+    shadow = config.shadow
+    if shadow is None:
+        return _Mirrors()
+    tracer = telemetry.tracer if telemetry.detailed else NoOpTracer()
+    mirror = ShadowMirror(
+        shadow, pool.upstreams[shadow.variant], decode_outputs, salt=config.flag.salt,
+        tracer=tracer,
+    )  # fmt: skip
+    if not shadow.noise_sample_bp:
+        return _Mirrors(mirror)
+    noise = ShadowMirror(
+        shadow.model_copy(update={"variant": stable, "sample_bp": shadow.noise_sample_bp}),
+        pool.upstreams[stable],
+        decode_outputs,
+        salt=f"{config.flag.salt}/noise",
+        tracer=tracer,
     )
-    insights = Insights(
+    return _Mirrors(mirror, noise)
+
+
+def _insights(
+    config: Config,
+    state: StateHolder,
+    windows: RollingWindows,
+    mirrors: _Mirrors,
+    experiment: ExperimentService,
+    alerts: Alerts,
+) -> Insights:
+    a = config.analysis
+    levels = DriftLevels(alerts)
+    return Insights(
         experiment,
-        shadow=mirror.recorder if mirror else None,
-        noise=noise.recorder if noise else None,
+        shadow=mirrors.shadow.recorder if mirrors.shadow else None,
+        noise=mirrors.noise.recorder if mirrors.noise else None,
+        drift=_drift(config, levels, lambda: state.current.flag.stable),
+        drift_levels=levels,
         primary_error_rate=lambda: (
             windows.window(state.current.flag.stable, time.time(), a.horizon - a.bucket).error_rate
         ),
-        shadow_thresholds=shadow_thresholds,
-        alerts=alerts,
+        shadow_thresholds=a.shadow_thresholds(),
     )
-    insights.drift = _drift(config, insights, lambda: state.current.flag.stable)
+
+
+def _dataplane(
+    config: Config,
+    state: StateHolder,
+    pool: UpstreamPool,
+    mirrors: _Mirrors,
+    experiment: ExperimentService,
+    drift: DriftMonitor[oip.ModelInferRequest, oip.ModelInferResponse] | None,
+) -> DataPlane[oip.ModelInferRequest, oip.ModelInferResponse]:
     e = config.experiment
-    dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse] = DataPlane(
+    return DataPlane(
         model=config.model,
         state=state,
         variants=config.variants,
         upstreams=pool.upstreams,
         upstream_config=config.upstream,
-        mirror=mirror,
+        mirror=mirrors.shadow,
         outcomes=OutcomeLedger(
             e.max_requests, e.ttl_seconds, kinds={m.name: m.kind for m in e.metrics}
         ),
         experiment=experiment,
-        drift=insights.drift,
-        noise=noise,
+        drift=drift,
+        noise=mirrors.noise,
     )
+
+
+def _checker(
+    config: Config,
+    control: ControlService,
+    windows: RollingWindows,
+    dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse],
+    alerts: Alerts,
+    insights: Insights,
+    mirrors: _Mirrors,
+) -> HealthChecker:
+    a = config.analysis
+    e = config.experiment
+    mirror = mirrors.shadow
+    analysis_config = a.judge()
+
+    checker = HealthChecker(
+        control=control,
+        windows=windows,
+        evaluator_factory=lambda: JudgeEvaluator(analysis_config),
+        settings=AnalysisSettings(
+            interval=a.interval,
+            lookback=a.lookback,
+            stale_after=a.stale_after_hours * 3600,
+            shadow=insights.shadow_thresholds,
+        ),
+        stable_ready=lambda: dataplane.stable_ready(config.upstream.connect_timeout or 1.0),
+        alerts=alerts,
+        shadow=insights.shadow_reading,
+        reset_shadow=lambda: mirror.recorder.reset() if mirror else None,
+        has_shadow=mirror is not None,
+        ab_gate=insights.ab_gate if e.metrics else None,
+        drift_gate=insights.drift_gate,
+    )
+    return checker
+
+
+def _readings(
+    control: ControlService,
+    checker: HealthChecker,
+    experiment: ExperimentService,
+    insights: Insights,
+    mirrors: _Mirrors,
+) -> Readings:
+    """What /metrics reads at scrape time."""
+    mirror = mirrors.shadow
+    return Readings(
+        shadow=lambda: mirror.recorder.summary() if mirror else None,
+        state=lambda: describe(control.snapshot()),
+        verdicts=lambda: dict(checker.verdicts),
+        rollout=lambda: _rollout_reading(control.snapshot()),
+        experiment=lambda: experiment.readings,
+        drift=insights.drift_levels.current,
+    )
+
+
+def _servers(
+    config: Config,
+    dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse],
+    pool: UpstreamPool,
+    tracer: Tracer,
+    control: ControlService,
+    insights: Insights,
+    checker: HealthChecker,
+) -> _Servers:
+    """The predict server (front door, Predict, health, reflection) and the Control
+    server, bound to their addresses."""
     options = [
         ("grpc.max_receive_message_length", config.server.max_message_bytes),
         ("grpc.max_send_message_length", config.server.max_message_bytes),
@@ -322,60 +476,12 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     reflection.enable_server_reflection(
         (*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), predict_server
     )
-    control = ControlService(
-        holder=state,
-        template=config.flag,
-        store=store,
-        audit=audit,
-        ready=lambda variant: dataplane.variant_ready(
-            variant, config.upstream.connect_timeout or 1.0
-        ),
-        served=lambda: dataplane.served,
-    )
-    analysis_config = AnalysisConfig(
-        planned_checks=a.planned_checks,
-        false_rollback_rate=a.false_rollback_rate,
-        failure_limit=a.failure_limit,
-        judge=JudgeConfig(
-            max_error_ratio=a.max_error_ratio,
-            max_timeout_ratio=a.max_timeout_ratio,
-            max_p50_ratio=a.max_p50_ratio,
-            max_p95_ratio=a.max_p95_ratio,
-            min_requests=a.min_requests,
-            min_latency_samples=a.min_latency_samples,
-        ),
-    )
-
-    checker = HealthChecker(
-        control=control,
-        windows=windows,
-        evaluator_factory=lambda: JudgeEvaluator(analysis_config),
-        settings=AnalysisSettings(
-            interval=a.interval,
-            lookback=a.lookback,
-            stale_after=a.stale_after_hours * 3600,
-            shadow=shadow_thresholds,
-        ),
-        stable_ready=lambda: dataplane.stable_ready(config.upstream.connect_timeout or 1.0),
-        alerts=alerts,
-        shadow=insights.shadow_reading,
-        reset_shadow=lambda: mirror.recorder.reset() if mirror else None,
-        has_shadow=mirror is not None,
-        ab_gate=insights.ab_gate if e.metrics else None,
-        drift_gate=insights.drift_gate,
-    )
-    metrics.readings.shadow = lambda: mirror.recorder.summary() if mirror else None
-    metrics.readings.state = lambda: describe(control.snapshot())
-    metrics.readings.verdicts = lambda: dict(checker.verdicts)
-    metrics.readings.rollout = lambda: _rollout_reading(control.snapshot())
-    metrics.readings.experiment = lambda: experiment.readings
-    metrics.readings.drift = insights.drift_levels
     control_server = grpc.aio.server(options=options)
     control_pb2_grpc.add_ControlServicer_to_server(
         ControlServicer(
             config,
             control,
-            Authenticator(config.control.tokens),
+            Authenticator(config.control.auth.tokens),
             served=lambda: dataplane.served,
             insights=insights,
             checker=checker,
@@ -387,52 +493,24 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         control_server,
     )
     predict_port = predict_server.add_insecure_port(config.predict_address)
+    control_port = _bind_control(control_server, config)
+    return _Servers(predict_server, control_server, health_servicer, predict_port, control_port)
+
+
+def _bind_control(server: grpc.aio.Server, config: Config) -> int:
     tls = config.control.tls
     if tls is None:
-        control_port = control_server.add_insecure_port(config.control_address)
-    else:
-        credentials = grpc.ssl_server_credentials(
-            [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
-            root_certificates=Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None,
-            require_client_auth=bool(tls.client_ca_file),
-        )
-        control_port = control_server.add_secure_port(config.control_address, credentials)
-    return Sidecar(
-        config=config,
-        pool=pool,
-        dataplane=dataplane,
-        predict_server=predict_server,
-        control_server=control_server,
-        health=health_servicer,
-        control=control,
-        tracer_provider=provider,
-        stats=stats,
-        metrics=metrics,
-        checker=checker,
-        alerts=alerts,
-        experiment=experiment,
-        insights=insights,
-        predict_port=predict_port,
-        control_port=control_port,
+        return server.add_insecure_port(config.control_address)
+    credentials = grpc.ssl_server_credentials(
+        [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
+        root_certificates=Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None,
+        require_client_auth=bool(tls.client_ca_file),
     )
+    return server.add_secure_port(config.control_address, credentials)
 
 
 def _experiment(config: Config, state: StateHolder, alerts: Alerts) -> ExperimentService:
-    e = config.experiment
-    settings = ExperimentSettings(
-        metrics=tuple(
-            MetricSpec(
-                m.name, m.kind, m.minimum_effect, m.higher_is_better, m.baseline, m.tau_squared
-            )
-            for m in e.metrics
-        ),
-        segments=e.segments,
-        correction=e.correction,
-        alpha=e.alpha,
-        power=e.power,
-        srm_threshold=e.srm_threshold,
-        gate_metric=e.gate_metric,
-    )
+    settings = config.experiment
     checkpoint = (
         FileCheckpoint(config.state.experiment_path) if config.state.backend == "file" else None
     )
@@ -448,39 +526,31 @@ def _experiment(config: Config, state: StateHolder, alerts: Alerts) -> Experimen
         snapshot=lambda: state.current,
         alerts=alerts,
         checkpoint=checkpoint,
-        interval=e.look_interval,
+        interval=settings.look_interval,
     )
 
 
 def _drift(
-    config: Config, insights: Insights, stable: Callable[[], str]
+    config: Config, levels: DriftLevels, stable: Callable[[], str]
 ) -> DriftMonitor[oip.ModelInferRequest, oip.ModelInferResponse] | None:
-    d = config.drift
-    if not d.enabled:
+    settings = config.drift
+    if not settings.enabled:
         return None
-    tracker = DriftTracker(
-        DriftSettings(
-            reference_size=d.reference_size,
-            window_size=d.window_size,
-            bins=d.bins,
-            moderate=d.moderate,
-            major=d.major,
-        )
-    )
+    tracker = DriftTracker(settings)
     tracker.set_reference_variant(stable())
-    if d.reference_file:
+    if settings.reference_file:
         try:
-            values = json.loads(Path(d.reference_file).read_text(encoding="utf-8"))
+            values = json.loads(Path(settings.reference_file).read_text(encoding="utf-8"))
             tracker.set_configured_reference(values)
         except (OSError, ValueError, TypeError) as exc:
-            raise StartupError(f"drift.reference_file {d.reference_file}: {exc}") from exc
+            raise StartupError(f"drift.reference_file {settings.reference_file}: {exc}") from exc
     return DriftMonitor(
         tracker,
         decode_inputs,
         decode_outputs,
-        sample_every=d.sample_every,
+        sample_every=settings.sample_every,
         slice_size=DRIFT_SLICE,
-        on_level_change=insights.on_drift_level,
+        on_level_change=levels.on_change,
         reference_variant=stable,
     )
 

@@ -211,9 +211,40 @@ class ExperimentService:
         return list(self._srm_warnings)
 
 
+class DriftLevels:
+    """Drift series at MODERATE or MAJOR now: alerts when a series reaches one, and keeps
+    a status warning while it stays there. `on_change` is the drift monitor's
+    `on_level_change`."""
+
+    def __init__(self, alerts: AlertSink | None = None) -> None:
+        self.alerts = alerts
+        self._drifted: dict[str, tuple[str, str]] = {}  # series -> (level, previous)
+
+    def on_change(self, series: str, old: str, new: str) -> None:
+        if new in ("MODERATE", "MAJOR"):
+            self._drifted[series] = (new, old)
+            if self.alerts is not None:
+                self.alerts.alert(
+                    "drift.detected", {"series": series, "drift_level": new, "was": old}
+                )
+        else:
+            self._drifted.pop(series, None)
+
+    def current(self) -> dict[str, str]:
+        """Series at MODERATE or MAJOR now (series -> level), for metrics."""
+        return {series: level for series, (level, _) in self._drifted.items()}
+
+    def warnings(self) -> list[str]:
+        return [
+            f"drift {level}: {series} (was {was})"
+            for series, (level, was) in sorted(self._drifted.items())
+        ]
+
+
 class Insights:
     """Everything the experiment report and the status read, in one place: the experiment,
-    the shadow and noise recorders with their analysis, and the drift monitor."""
+    the shadow and noise recorders with their analysis, and the drift monitor with the
+    levels it reached."""
 
     def __init__(
         self,
@@ -222,18 +253,17 @@ class Insights:
         shadow: ShadowRecorder | None = None,
         noise: ShadowRecorder | None = None,
         drift: DriftMonitor[Any, Any] | None = None,
+        drift_levels: DriftLevels | None = None,
         primary_error_rate: Callable[[], float | None] = lambda: None,
         shadow_thresholds: ShadowThresholds | None = None,
-        alerts: AlertSink | None = None,
     ) -> None:
         self.experiment = experiment
         self.shadow = shadow
         self.noise = noise
         self.drift = drift
+        self.drift_levels = drift_levels or DriftLevels()
         self._primary_error_rate = primary_error_rate
         self.shadow_thresholds = shadow_thresholds or ShadowThresholds()
-        self.alerts = alerts
-        self._drifted: dict[str, tuple[str, str]] = {}  # series -> (level, previous)
 
     def shadow_analysis(self) -> tuple[ShadowSummary, ShadowAnalysis] | None:
         if self.shadow is None:
@@ -251,30 +281,9 @@ class Insights:
     def drift_report(self) -> DriftMonitorReport | None:
         return self.drift.report() if self.drift is not None else None
 
-    def on_drift_level(self, series: str, old: str, new: str) -> None:
-        """A drift series changed level: alert when it reaches MODERATE or MAJOR, and keep
-        a status warning while it stays there."""
-        if new in ("MODERATE", "MAJOR"):
-            self._drifted[series] = (new, old)
-            if self.alerts is not None:
-                self.alerts.alert(
-                    "drift.detected", {"series": series, "drift_level": new, "was": old}
-                )
-        else:
-            self._drifted.pop(series, None)
-
-    def drift_levels(self) -> dict[str, str]:
-        """Series at MODERATE or MAJOR now (series -> level), for metrics."""
-        return {series: level for series, (level, _) in self._drifted.items()}
-
     def warnings(self) -> list[str]:
         """Status warnings: a sample-ratio mismatch at the last look, drifted series."""
-        out = list(self.experiment.status_warnings())
-        out.extend(
-            f"drift {level}: {series} (was {was})"
-            for series, (level, was) in sorted(self._drifted.items())
-        )
-        return out
+        return [*self.experiment.status_warnings(), *self.drift_levels.warnings()]
 
     def shadow_reading(self) -> ShadowReading | None:
         """What the rollout's shadow stage reads: counts, p95s, and the agreement after

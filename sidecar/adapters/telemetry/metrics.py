@@ -20,7 +20,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
-@dataclass
+@dataclass(frozen=True)
 class Readings:
     """What the scrape-time collector reads (callables returning current values)."""
 
@@ -121,6 +121,9 @@ class _ScrapeCollector(Collector):
 
 
 class SidecarMetrics:
+    """Request metrics (fed by the span processor through `record`) and, once `bind` gave
+    them their `Readings`, the scrape-time ones."""
+
     def __init__(self, readings: Readings | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -135,10 +138,19 @@ class SidecarMetrics:
             "sidecar_request_duration_seconds", "Request latency at the sidecar, by variant",
             ["variant"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        self.readings = readings or Readings()
-        self.registry.register(_ScrapeCollector(self.readings))
+        self.readings: Readings | None = None
+        if readings is not None:
+            self.bind(readings)
         self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.port = 0
+
+    def bind(self, readings: Readings) -> None:
+        """Register the scrape-time readings; once, when the parts they read are built
+        (the request metrics feed the statistics those parts are built from)."""
+        if self.readings is not None:
+            raise RuntimeError("SidecarMetrics readings are already bound")
+        self.readings = readings
+        self.registry.register(_ScrapeCollector(readings))
 
     def record(self, variant: str, end: float, duration: float, status: str) -> None:
         """Span-processor sink: constant time, label children cached."""
