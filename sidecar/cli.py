@@ -1,12 +1,13 @@
-"""`sidecar` command: serve, check-config."""
+"""`sidecar` command: serve, check-config, config-schema."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 
-from sidecar.config import Config, ConfigError, env_log_format, load_config
+from sidecar.config import Config, ConfigError, config_schema, env_log_format, load_config
 from sidecar.logging import configure_logging
 
 
@@ -34,11 +35,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate FILE; print every problem with its field; exit 1 if any.",
     )
     check.add_argument("file", help="YAML configuration file")
+    sub.add_parser(
+        "config-schema",
+        help="print the JSON Schema of the configuration file",
+        description="Print the JSON Schema (draft 2020-12) of the configuration file, for "
+        "editors and CI; `check-config` also checks what a schema cannot (files, tokens, "
+        "cross-field rules).",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "config-schema":
+        print(json.dumps(config_schema(), indent=2))
+        return 0
     path = args.config if args.command == "serve" else args.file
     try:
         config = load_config(path)

@@ -166,3 +166,93 @@ def test_check_config_rejects_with_field_names(tmp_path: Path) -> None:
     broken.write_text("flag: [unclosed")
     done = run_cli("check-config", str(broken))
     assert done.returncode == 1 and "not valid YAML" in done.stderr
+
+
+DURATIONS = [
+    ("shadow.deadline", "250ms", 0.25),
+    ("shadow.breaker_cooldown", "2s", 2.0),
+    ("upstream.default_deadline", "5s", 5.0),
+    ("upstream.max_deadline", "1m", 60.0),
+    ("upstream.connect_timeout", "10s", 10.0),
+    ("server.shutdown_grace", "30s", 30.0),
+    ("analysis.interval", "1m", 60.0),
+    ("analysis.lookback", "5m", 300.0),
+    ("analysis.bucket", "10s", 10.0),
+    ("analysis.horizon", "2h", 7200.0),
+    ("analysis.webhook_timeout", "1.5s", 1.5),
+    ("experiment.look_interval", "30s", 30.0),
+    ("experiment.ttl_seconds", "1h30m", 5400.0),
+]
+
+
+@pytest.mark.parametrize(("path", "text", "seconds"), DURATIONS)
+def test_every_duration_field_accepts_units(path: str, text: str, seconds: float) -> None:
+    """Durations are seconds or text such as 30s, 15m, 2h, in every duration field."""
+    config = parse_config(mutate(path, text), "test.yaml")
+    section, key = path.split(".")
+    assert getattr(getattr(config, section), key) == seconds
+
+
+STRICT = [
+    ("shadow.max_in_flight", "64", "shadow.max_in_flight: must be an integer, got '64'"),
+    ("shadow.rtol", True, "shadow.rtol: must be a number, got True"),
+    ("analysis.max_p95_ratio", float("nan"), "analysis.max_p95_ratio: must be a finite number"),
+    ("experiment.alpha", float("inf"), "experiment.alpha: must be a finite number"),
+    ("drift.sample_every", 2.5, "drift.sample_every: must be an integer"),
+    ("analysis.interval", "soon", "analysis.interval: must be a number of seconds or a dura"),
+    ("analysis.lookback", 5000, "analysis.horizon: must exceed lookback by at least one bucket"),
+    ("upstream.default_deadline", 60, "upstream.default_deadline: must not exceed"),
+    ("control.auth.tokens", [], "control.auth.tokens: at least one token is required"),
+    ("control.colour", 1, "control.colour: unknown field"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), STRICT)
+def test_values_are_not_coerced(path: str, value: Any, message: str) -> None:
+    """Text is not a number, true is not a number, NaN and infinity are refused; cross-field
+    rules name the field they are about."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(mutate(path, value), "test.yaml")
+    assert any(message in problem for problem in info.value.problems), info.value.problems
+
+
+def test_token_rules_name_the_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Token specs: exactly one source, a set variable, distinct principals, each named."""
+    monkeypatch.delenv("SIDECAR_TEST_UNSET_TOKEN", raising=False)
+    raw = example()
+    alice = raw["control"]["auth"]["tokens"][0]
+    raw["control"]["auth"]["tokens"] = [
+        alice,
+        {"name": "bob", "role": "viewer", "token_env": "SIDECAR_TEST_UNSET_TOKEN"},
+        {"name": "carol", "role": "viewer", "token_env": "X", "token_sha256": "ab" * 32},
+        {"name": "dave", "role": "admin", "token_sha256": "ab" * 32},
+    ]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "test.yaml")
+    problems = info.value.problems
+    assert (
+        "control.auth.tokens[1].token_env: environment variable SIDECAR_TEST_UNSET_TOKEN "
+        "is not set" in problems
+    ), problems
+    assert (
+        "control.auth.tokens[2]: give exactly one of token_env, token_file, token_sha256"
+        in problems
+    )
+    assert any(p.startswith("control.auth.tokens[3].role: must be one of") for p in problems)
+    monkeypatch.setenv("SIDECAR_TEST_UNSET_TOKEN", "bob-token-long-enough")
+    raw["control"]["auth"]["tokens"] = [alice, {**alice, "role": "viewer"}]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "test.yaml")
+    assert "control.auth.tokens[1].name: duplicate principal 'alice'" in info.value.problems
+
+
+def test_paths_are_resolved_against_the_file_folder(tmp_path: Path) -> None:
+    """Relative state paths and files are read from the configuration file's folder."""
+    (tmp_path / "reference.json").write_text("{}")
+    raw = mutate("drift.reference_file", "reference.json")
+    raw["state"]["path"] = "var/state.json"
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    assert config.state.path == str(tmp_path / "var" / "state.json")
+    assert config.drift.reference_file == str(tmp_path / "reference.json")
