@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -49,8 +49,10 @@ from sidecar.core.experiment.drift import DriftSettings
 from sidecar.core.routing import BASIS_POINTS, Flag, FlagError, SegmentRule
 from sidecar.core.shadow.report import ShadowThresholds
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
-ROLES = ("viewer", "operator")
+LogLevel = Literal["debug", "info", "warning", "error"]
+Role = Literal["viewer", "operator"]  # viewer: read; operator: everything
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+ROLES: tuple[str, ...] = get_args(Role)
 
 
 class ConfigError(ValueError):
@@ -273,13 +275,13 @@ class ServerConfig(_Section):
 
     max_message_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     shutdown_grace: NonNegativeDuration = 10.0
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
     log_requests: bool = False
 
 
-def _token_digest(spec: TokenSpec, base: object) -> bytes:
+def _token_digest(sources: Mapping[str, str | None], base: object) -> bytes:
     """SHA-256 of the token from exactly one of token_env, token_file, token_sha256."""
-    given = {k: v for k, v in spec.secret_sources().items() if v is not None}
+    given = {k: v for k, v in sources.items() if v is not None}
     if len(given) != 1:
         raise ValueError("give exactly one of token_env, token_file, token_sha256")
     ((kind, value),) = given.items()
@@ -309,7 +311,7 @@ class TokenSpec(_Section):
     token comes from; only its SHA-256 (`sha256`) is kept, never the token."""
 
     name: Annotated[str, _non_empty("a non-empty string (the principal in the audit log)")]
-    role: Literal["viewer", "operator"]
+    role: Role
     token_env: str | None = None
     token_file: str | None = None
     token_sha256: str | None = Field(default=None, repr=False)
@@ -317,15 +319,13 @@ class TokenSpec(_Section):
 
     @model_validator(mode="after")
     def _digest(self, info: ValidationInfo) -> TokenSpec:
-        self._sha256 = _token_digest(self, (info.context or {}).get("base"))
-        return self
-
-    def secret_sources(self) -> dict[str, str | None]:
-        return {
+        sources = {
             "token_env": self.token_env,
             "token_file": self.token_file,
             "token_sha256": self.token_sha256,
         }
+        self._sha256 = _token_digest(sources, (info.context or {}).get("base"))
+        return self
 
     @property
     def sha256(self) -> bytes:
