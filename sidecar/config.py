@@ -605,7 +605,8 @@ def _problems(exc: ValidationError) -> list[str]:
             messages = [f"must be one of {expected}, got {given!r}"]
         else:
             template = _MESSAGES.get(kind)
-            messages = [template.format(input=given, **ctx) if template else error["msg"]]
+            bounds = {k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()}
+            messages = [template.format(input=given, **bounds) if template else error["msg"]]
         problems.extend(_join(where, m) for m in messages)
     return problems
 
