@@ -11,6 +11,7 @@ import grpc
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar.adapters.grpc.auth import OPERATOR, VIEWER, Authenticator, Principal
 from sidecar.adapters.grpc.errors import abort
+from sidecar.adapters.grpc.flag_converters import flag_state, segment_rule_from_proto
 from sidecar.adapters.grpc.report import drift_report, experiment_report, shadow_report
 from sidecar.app.control import ControlService
 from sidecar.app.experiment import Insights
@@ -39,20 +40,7 @@ def state_message(snapshot: Snapshot, config: Config, served: Mapping[str, int])
             )
             for v in config.variants.values()
         ],
-        flag=cpb.FlagState(
-            key=flag.key,
-            stable_variant=flag.stable,
-            canary_variant=flag.canary or "",
-            default_variant=flag.default,
-            weights=dict(flag.weights),
-            kill_switch=flag.kill_switch,
-            kill_switch_reason=s.kill_switch_reason,
-            user_overrides=dict(flag.user_overrides),
-            segment_rules=[
-                cpb.SegmentRule(segment=r.segment, variant=r.variant) for r in flag.segment_rules
-            ],
-            segments=sorted(flag.segments),
-        ),
+        flag=flag_state(flag, s.kill_switch_reason),
         shadow=cpb.ShadowSettings(
             variant=shadow.variant,
             sample_bp=shadow.sample_bp,
@@ -341,7 +329,7 @@ class ControlServicer:
             context,
             "SetSegmentRule",
             lambda who: self.service.set_segment_rule(
-                who, request.reason, request.expected_revision, request.segment, request.variant
+                who, request.reason, request.expected_revision, segment_rule_from_proto(request)
             ),
         )
 
