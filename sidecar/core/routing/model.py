@@ -11,8 +11,10 @@ Two parts, one shape each:
   `FlagError` naming the field, so request-time evaluation (`evaluate.py`) can assume a
   well-formed flag and never fail.
 
-Adding a rule type: a field on `RoutingState` (with its JSON in `to_dict`/`from_dict`),
-its check in `_check_routing`, its step in `evaluate.py`.
+Adding a rule type: a field on `RoutingState` with a default (its JSON in `to_dict` and
+`from_dict`, read with `.get(name, default)` so older state files still load), its check
+in `_check_routing`, a `Flag.build` keyword if configuration sets it, and its step in
+`evaluate.py`. `DesiredState` persists, diffs and evolves it without a change.
 """
 
 from __future__ import annotations
