@@ -29,7 +29,7 @@ from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2_grpc
 from sidecar.adapters.alerts import Alerts
-from sidecar.adapters.grpc.auth import Authenticator
+from sidecar.adapters.grpc.auth import Authenticator, AuthInterceptor
 from sidecar.adapters.grpc.control import ControlServicer
 from sidecar.adapters.grpc.converters import decode_outputs
 from sidecar.adapters.grpc.servicers import InferenceServicer, PredictServicer, service_names
@@ -476,12 +476,13 @@ def _servers(
     reflection.enable_server_reflection(
         (*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), predict_server
     )
-    control_server = grpc.aio.server(options=options)
+    control_server = grpc.aio.server(
+        options=options, interceptors=[AuthInterceptor(Authenticator(config.control.auth.tokens))]
+    )
     control_pb2_grpc.add_ControlServicer_to_server(
         ControlServicer(
             config,
             control,
-            Authenticator(config.control.auth.tokens),
             served=lambda: dataplane.served,
             insights=insights,
             checker=checker,

@@ -23,7 +23,7 @@ import structlog
 from sidecar.app.ports import AuditEntry, AuditLog, StateStore
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.core.rollout import Phase
-from sidecar.core.routing import BASIS_POINTS, Flag, FlagError
+from sidecar.core.routing import BASIS_POINTS, Flag, FlagError, SegmentRule
 from sidecar.core.state import DesiredState, Promotion, diff
 from sidecar.errors import (
     ErrorCode,
@@ -208,13 +208,13 @@ class ControlService:
         return segment
 
     async def set_segment_rule(
-        self, principal: str, reason: str, expected_revision: int, segment: str, variant: str
+        self, principal: str, reason: str, expected_revision: int, rule: SegmentRule
     ) -> Snapshot:
-        self._known_segment(segment)
-        self._known_variant("variant", variant)
+        self._known_segment(rule.segment)
+        self._known_variant("variant", rule.variant)
 
         def mutate(s: DesiredState) -> DesiredState:
-            rules = [r for r in s.segment_rules if r[0] != segment] + [(segment, variant)]
+            rules = [r for r in s.segment_rules if r.segment != rule.segment] + [rule]
             return s.evolve(segment_rules=tuple(rules))
 
         return await self.apply(
@@ -231,9 +231,10 @@ class ControlService:
         self._known_segment(segment)
 
         def mutate(s: DesiredState) -> DesiredState:
-            if not any(r[0] == segment for r in s.segment_rules):
+            if not any(r.segment == segment for r in s.segment_rules):
                 raise FailedPrecondition(f"segment: no rule for segment {segment!r}")
-            return s.evolve(segment_rules=tuple(r for r in s.segment_rules if r[0] != segment))
+            kept = tuple(r for r in s.segment_rules if r.segment != segment)
+            return s.evolve(segment_rules=kept)
 
         return await self.apply(
             principal=principal,

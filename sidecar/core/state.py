@@ -1,8 +1,10 @@
 """The desired routing state: what operators set through Control, persisted and versioned.
 
 Pure data and JSON (de)serialisation. Static parts (the flag key, salt, variants and
-declared segments) come from configuration; this holds the parts that change at run time.
-`to_flag` validates a state against the static parts (it is how every write is checked).
+declared segments) come from configuration; the routing rules that change at run time are
+one `RoutingState` (the routing core's type, which a `Flag` is compiled from), held here
+with the revision, promotions and rollout progress. `to_flag` validates a state against the
+static parts (it is how every write is checked).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sidecar.core.rollout import RolloutProgress
-from sidecar.core.routing import Flag, SegmentRule
+from sidecar.core.routing import ROUTING_FIELDS, Flag, FlagError, RoutingState, SegmentRule
 
 SCHEMA_VERSION = 1
 
@@ -34,15 +36,15 @@ class Promotion:
 
 @dataclass(frozen=True)
 class DesiredState:
+    """The routing rules in force (`routing`) and the record of how they got there.
+
+    The rules are readable as attributes (`state.weights`, `state.stable`, ...) and
+    `evolve` accepts them by name, alongside this class's own fields.
+    """
+
     revision: int
-    stable: str
-    canary: str | None
-    default: str
-    weights: Mapping[str, int]
-    kill_switch: bool = False
+    routing: RoutingState
     kill_switch_reason: str = ""
-    user_overrides: Mapping[str, str] = field(default_factory=dict)
-    segment_rules: tuple[tuple[str, str], ...] = ()
     promotions: tuple[Promotion, ...] = ()
     updated_unix_time: float = 0.0
     updated_by: str = "config"
@@ -51,49 +53,69 @@ class DesiredState:
     # Non-stable variant -> since when it has held 100% of the traffic (flag lifecycle).
     held_full_since: Mapping[str, float] = field(default_factory=dict)
 
+    @property
+    def stable(self) -> str:
+        return self.routing.stable
+
+    @property
+    def canary(self) -> str | None:
+        return self.routing.canary
+
+    @property
+    def default(self) -> str:
+        return self.routing.default
+
+    @property
+    def weights(self) -> Mapping[str, int]:
+        return self.routing.weights
+
+    @property
+    def kill_switch(self) -> bool:
+        return self.routing.kill_switch
+
+    @property
+    def user_overrides(self) -> Mapping[str, str]:
+        return self.routing.user_overrides
+
+    @property
+    def segment_rules(self) -> tuple[SegmentRule, ...]:
+        return self.routing.segment_rules
+
     @staticmethod
     def from_flag(flag: Flag, *, revision: int = 1, unix_time: float = 0.0) -> DesiredState:
-        return DesiredState(
-            revision=revision,
-            stable=flag.stable,
-            canary=flag.canary,
-            default=flag.default,
-            weights=dict(flag.weights),
-            kill_switch=flag.kill_switch,
-            user_overrides=dict(flag.user_overrides),
-            segment_rules=tuple((r.segment, r.variant) for r in flag.segment_rules),
-            updated_unix_time=unix_time,
-        )
+        return DesiredState(revision=revision, routing=flag.routing, updated_unix_time=unix_time)
 
     def to_flag(self, template: Flag) -> Flag:
         """The routing flag for this state on `template`'s static parts (raises FlagError)."""
-        default = self.default if self.default in template.variants else self.stable
-        return Flag.build(
-            key=template.key,
-            salt=template.salt,
-            variants=template.variants,
-            segments=template.segments,
-            stable=self.stable,
-            canary=self.canary,
-            default=default,
-            weights=dict(self.weights),
-            kill_switch=self.kill_switch,
-            user_overrides=dict(self.user_overrides),
-            segment_rules=[SegmentRule(s, v) for s, v in self.segment_rules],
-        )
+        routing = self.routing
+        if routing.default not in template.variants:
+            routing = routing.evolve(default=routing.stable)
+        return template.with_routing(routing)
 
     def evolve(self, **changes: Any) -> DesiredState:
+        """A copy with fields changed; routing rules (`weights=...`) may be named directly."""
+        rules = {k: changes.pop(k) for k in list(changes) if k in ROUTING_FIELDS}
+        if rules:
+            changes["routing"] = changes.get("routing", self.routing).evolve(**rules)
         return replace(self, **changes)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the routing rules flat beside the other fields (the file's shape)."""
+        return {
+            "revision": self.revision,
+            **self.routing.to_dict(),
+            "kill_switch_reason": self.kill_switch_reason,
+            "promotions": [asdict(p) for p in self.promotions],
+            "updated_unix_time": self.updated_unix_time,
+            "updated_by": self.updated_by,
+            "update_reason": self.update_reason,
+            "rollout": self.rollout.to_dict() if self.rollout else None,
+            "held_full_since": dict(self.held_full_since),
+        }
+
     def to_json(self) -> str:
-        data = asdict(self)
-        data["rollout"] = self.rollout.to_dict() if self.rollout else None
-        data["held_full_since"] = dict(self.held_full_since)
-        data["weights"] = dict(self.weights)
-        data["user_overrides"] = dict(self.user_overrides)
-        data["segment_rules"] = [list(r) for r in self.segment_rules]
         return json.dumps(
-            {"schema_version": SCHEMA_VERSION, "state": data}, indent=2, sort_keys=True
+            {"schema_version": SCHEMA_VERSION, "state": self.to_dict()}, indent=2, sort_keys=True
         )
 
     @staticmethod
@@ -113,42 +135,31 @@ class DesiredState:
         if not isinstance(data, dict):
             raise StateFormatError("missing 'state' object")
         try:
-            promotions = tuple(Promotion(**p) for p in data.get("promotions", []))
-            state = DesiredState(
-                revision=_int(data["revision"], "revision"),
-                stable=_str(data["stable"], "stable"),
-                canary=None if data.get("canary") is None else _str(data["canary"], "canary"),
-                default=_str(data["default"], "default"),
-                weights={
-                    _str(k, "weights"): _int(v, f"weights.{k}") for k, v in data["weights"].items()
-                },
-                kill_switch=_bool(data.get("kill_switch", False), "kill_switch"),
-                kill_switch_reason=_str(data.get("kill_switch_reason", ""), "kill_switch_reason"),
-                user_overrides={
-                    _str(k, "user_overrides"): _str(v, f"user_overrides.{k}")
-                    for k, v in data.get("user_overrides", {}).items()
-                },
-                segment_rules=tuple(
-                    (_str(r[0], "segment_rules"), _str(r[1], "segment_rules"))
-                    for r in data.get("segment_rules", [])
-                ),
-                promotions=promotions,
-                updated_unix_time=float(data.get("updated_unix_time", 0.0)),
-                updated_by=_str(data.get("updated_by", ""), "updated_by"),
-                update_reason=_str(data.get("update_reason", ""), "update_reason"),
-                rollout=RolloutProgress.from_dict(data["rollout"]) if data.get("rollout") else None,
-                held_full_since={
-                    _str(k, "held_full_since"): float(v)
-                    for k, v in data.get("held_full_since", {}).items()
-                },
-            )
-        except StateFormatError:
-            raise
+            state = DesiredState._from_dict(data)
+        except FlagError as exc:
+            raise StateFormatError(str(exc)) from None
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise StateFormatError(f"malformed state: {type(exc).__name__}: {exc}") from None
         if state.revision < 1:
             raise StateFormatError("revision must be >= 1")
         return state
+
+    @staticmethod
+    def _from_dict(data: Mapping[str, Any]) -> DesiredState:
+        return DesiredState(
+            revision=_int(data["revision"], "revision"),
+            routing=RoutingState.from_dict(data),
+            kill_switch_reason=_str(data.get("kill_switch_reason", ""), "kill_switch_reason"),
+            promotions=tuple(Promotion(**p) for p in data.get("promotions", [])),
+            updated_unix_time=float(data.get("updated_unix_time", 0.0)),
+            updated_by=_str(data.get("updated_by", ""), "updated_by"),
+            update_reason=_str(data.get("update_reason", ""), "update_reason"),
+            rollout=RolloutProgress.from_dict(data["rollout"]) if data.get("rollout") else None,
+            held_full_since={
+                _str(k, "held_full_since"): float(v)
+                for k, v in data.get("held_full_since", {}).items()
+            },
+        )
 
 
 def _int(value: Any, name: str) -> int:
@@ -160,12 +171,6 @@ def _int(value: Any, name: str) -> int:
 def _str(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise StateFormatError(f"{name}: expected a string, got {value!r}")
-    return value
-
-
-def _bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise StateFormatError(f"{name}: expected true or false, got {value!r}")
     return value
 
 

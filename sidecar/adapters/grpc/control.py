@@ -1,4 +1,8 @@
-"""sidecar.v1.Control servicer: authenticate, translate, await one application call."""
+"""sidecar.v1.Control servicer: translate, await one application call.
+
+Authentication and roles are `auth.AuthInterceptor`'s (one method -> role table); a
+method reads its caller with `current_principal()`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 import grpc
 
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
-from sidecar.adapters.grpc.auth import OPERATOR, VIEWER, Authenticator, Principal
+from sidecar.adapters.grpc.auth import current_principal
 from sidecar.adapters.grpc.errors import abort
+from sidecar.adapters.grpc.flag_converters import flag_state, segment_rule_from_proto
 from sidecar.adapters.grpc.report import drift_report, experiment_report, shadow_report
 from sidecar.app.control import ControlService
 from sidecar.app.experiment import Insights
@@ -39,20 +44,7 @@ def state_message(snapshot: Snapshot, config: Config, served: Mapping[str, int])
             )
             for v in config.variants.values()
         ],
-        flag=cpb.FlagState(
-            key=flag.key,
-            stable_variant=flag.stable,
-            canary_variant=flag.canary or "",
-            default_variant=flag.default,
-            weights=dict(flag.weights),
-            kill_switch=flag.kill_switch,
-            kill_switch_reason=s.kill_switch_reason,
-            user_overrides=dict(flag.user_overrides),
-            segment_rules=[
-                cpb.SegmentRule(segment=r.segment, variant=r.variant) for r in flag.segment_rules
-            ],
-            segments=sorted(flag.segments),
-        ),
+        flag=flag_state(flag, s.kill_switch_reason),
         shadow=cpb.ShadowSettings(
             variant=shadow.variant,
             sample_bp=shadow.sample_bp,
@@ -163,7 +155,6 @@ class ControlServicer:
         self,
         config: Config,
         service: ControlService,
-        auth: Authenticator,
         served: Callable[[], Mapping[str, int]],
         insights: Insights,
         checker: HealthChecker,
@@ -173,12 +164,8 @@ class ControlServicer:
         self.service = service
         self.checker = checker
         self._clock = clock
-        self.auth = auth
         self._served = served
         self.insights = insights
-
-    def _principal(self, context: Context, role: str, method: str) -> Principal:
-        return self.auth.authorize(context.invocation_metadata() or (), role, method)
 
     def _state(self, snapshot: Snapshot) -> cpb.State:
         message = state_message(snapshot, self.config, self._served())
@@ -193,9 +180,10 @@ class ControlServicer:
     async def _rollout_write(
         self, context: Context, method: str, call: Callable[[str], Awaitable[Snapshot]]
     ) -> cpb.Rollout:
+        # `method` is no longer used (auth is the interceptor's); kept so that the rollout
+        # RPC bodies stay as they are while they are being reworked.
         try:
-            principal = self._principal(context, OPERATOR, method)
-            snapshot = await call(principal.name)
+            snapshot = await call(current_principal().name)
         except Exception as exc:
             await abort(context, exc)
             raise
@@ -234,16 +222,11 @@ class ControlServicer:
         )
 
     async def GetRollout(self, request: cpb.GetRolloutRequest, context: Context) -> cpb.Rollout:
-        try:
-            self._principal(context, VIEWER, "GetRollout")
-        except Exception as exc:
-            await abort(context, exc)
         return rollout_message(self.service.snapshot(), self.checker, self._clock())
 
     async def RunDrill(self, request: cpb.RunDrillRequest, context: Context) -> cpb.DrillReport:
         try:
-            principal = self._principal(context, OPERATOR, "RunDrill")
-            result = await run_drill(self.checker, principal.name, request.reason)
+            result = await run_drill(self.checker, current_principal().name, request.reason)
         except Exception as exc:
             await abort(context, exc)
             raise
@@ -256,33 +239,22 @@ class ControlServicer:
         )
 
     async def _write(
-        self,
-        context: Context,
-        method: str,
-        call: Callable[[str], Awaitable[Snapshot]],
+        self, context: Context, call: Callable[[str], Awaitable[Snapshot]]
     ) -> cpb.State:
+        """Run `call` with the caller's name; errors become the call's status."""
         try:
-            principal = self._principal(context, OPERATOR, method)
-            snapshot = await call(principal.name)
+            snapshot = await call(current_principal().name)
         except Exception as exc:
             await abort(context, exc)
             raise
         return self._state(snapshot)
 
     async def GetState(self, request: cpb.GetStateRequest, context: Context) -> cpb.State:
-        try:
-            self._principal(context, VIEWER, "GetState")
-        except Exception as exc:
-            await abort(context, exc)
         return self._state(self.service.snapshot())
 
     async def WatchState(
         self, request: cpb.WatchStateRequest, context: Context
     ) -> AsyncIterator[cpb.State]:
-        try:
-            self._principal(context, VIEWER, "WatchState")
-        except Exception as exc:
-            await abort(context, exc)
         queue = self.service.holder.watch()
         try:
             while True:
@@ -293,7 +265,6 @@ class ControlServicer:
     async def SetWeights(self, request: cpb.SetWeightsRequest, context: Context) -> cpb.State:
         return await self._write(
             context,
-            "SetWeights",
             lambda who: self.service.set_weights(
                 who, request.reason, request.expected_revision, dict(request.weights)
             ),
@@ -302,7 +273,6 @@ class ControlServicer:
     async def SetKillSwitch(self, request: cpb.SetKillSwitchRequest, context: Context) -> cpb.State:
         return await self._write(
             context,
-            "SetKillSwitch",
             lambda who: self.service.set_kill_switch(
                 who, request.reason, request.expected_revision, request.on
             ),
@@ -313,7 +283,6 @@ class ControlServicer:
     ) -> cpb.State:
         return await self._write(
             context,
-            "SetUserOverride",
             lambda who: self.service.set_user_override(
                 who,
                 request.reason,
@@ -328,7 +297,6 @@ class ControlServicer:
     ) -> cpb.State:
         return await self._write(
             context,
-            "ClearUserOverride",
             lambda who: self.service.clear_user_override(
                 who, request.reason, request.expected_revision, request.targeting_key
             ),
@@ -339,9 +307,8 @@ class ControlServicer:
     ) -> cpb.State:
         return await self._write(
             context,
-            "SetSegmentRule",
             lambda who: self.service.set_segment_rule(
-                who, request.reason, request.expected_revision, request.segment, request.variant
+                who, request.reason, request.expected_revision, segment_rule_from_proto(request)
             ),
         )
 
@@ -350,7 +317,6 @@ class ControlServicer:
     ) -> cpb.State:
         return await self._write(
             context,
-            "ClearSegmentRule",
             lambda who: self.service.clear_segment_rule(
                 who, request.reason, request.expected_revision, request.segment
             ),
@@ -359,14 +325,12 @@ class ControlServicer:
     async def Promote(self, request: cpb.PromoteRequest, context: Context) -> cpb.State:
         return await self._write(
             context,
-            "Promote",
             lambda who: self.service.promote(who, request.reason, request.expected_revision),
         )
 
     async def Rollback(self, request: cpb.RollbackRequest, context: Context) -> cpb.State:
         return await self._write(
             context,
-            "Rollback",
             lambda who: self.service.rollback(who, request.reason, request.expected_revision),
         )
 
@@ -374,7 +338,6 @@ class ControlServicer:
         self, request: cpb.GetAuditLogRequest, context: Context
     ) -> cpb.GetAuditLogResponse:
         try:
-            self._principal(context, VIEWER, "GetAuditLog")
             size = request.page_size or 50
             if not 0 < size <= MAX_PAGE:
                 raise InvalidRequest(f"page_size: must be within 1..{MAX_PAGE}, got {size}")
@@ -407,17 +370,12 @@ class ControlServicer:
     async def GetShadowReport(
         self, request: cpb.GetShadowReportRequest, context: Context
     ) -> cpb.ShadowReport:
-        try:
-            self._principal(context, VIEWER, "GetShadowReport")
-        except Exception as exc:
-            await abort(context, exc)
         return self._shadow_report()
 
     async def GetExperimentReport(
         self, request: cpb.GetExperimentReportRequest, context: Context
     ) -> cpb.ExperimentReport:
         try:
-            self._principal(context, VIEWER, "GetExperimentReport")
             known = [m.name for m in self.insights.experiment.tracker.settings.metrics]
             unknown = sorted(set(request.metrics) - set(known))
             if unknown:

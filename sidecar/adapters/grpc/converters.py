@@ -37,60 +37,86 @@ def check_infer_request(request: oip.ModelInferRequest) -> None:
         )
     seen: set[str] = set()
     for index, tensor in enumerate(inputs):
-        name = tensor.name
-        label = f"input {name!r}" if name else f"input #{index}"
-        if not name:
-            raise InvalidRequest(f"{label}: name is empty")
-        if name in seen:
-            raise InvalidRequest(f"{label}: duplicate input name")
-        seen.add(name)
-        spec = DATATYPES.get(tensor.datatype)
-        if spec is None:
-            raise InvalidRequest(
-                f"{label}: unknown datatype {tensor.datatype!r}; expected one of "
-                f"{', '.join(DATATYPES)}"
-            )
-        field, _, size = spec
-        shape = list(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidRequest(f"{label}: shape {shape} has a negative dimension")
-        count = element_count(shape)
+        label = _check_name(tensor, index, seen)
+        field, size = _check_datatype(tensor, label)
+        count = _check_shape(tensor, label)
         filled = [f for f in CONTENT_FIELDS if len(getattr(tensor.contents, f))]
         if raw:
             if filled:
                 raise InvalidRequest(f"{label}: has both raw_input_contents and typed contents")
-            data = raw[index]
-            if tensor.datatype == "BYTES":
-                elements = split_bytes_elements(data)
-                if elements is None:
-                    raise InvalidRequest(f"{label}: raw BYTES data is not length-prefixed")
-                got = len(elements)
-            else:
-                if len(data) % size:
-                    raise InvalidRequest(
-                        f"{label}: {len(data)} raw bytes is not a whole number of "
-                        f"{tensor.datatype} elements"
-                    )
-                got = len(data) // size
-            if got != count:
-                raise InvalidRequest(
-                    f"{label}: shape {shape} needs {count} elements, raw contents hold {got}"
-                )
-            continue
-        if field is None:
+            _check_raw_contents(tensor, label, raw[index], size, count)
+        else:
+            _check_typed_contents(tensor, label, field, filled, count)
+
+
+Tensor = oip.ModelInferRequest.InferInputTensor
+
+
+def _check_name(tensor: Tensor, index: int, seen: set[str]) -> str:
+    """The input's label for messages; its name must be set and unique (added to `seen`)."""
+    name = tensor.name
+    label = f"input {name!r}" if name else f"input #{index}"
+    if not name:
+        raise InvalidRequest(f"{label}: name is empty")
+    if name in seen:
+        raise InvalidRequest(f"{label}: duplicate input name")
+    seen.add(name)
+    return label
+
+
+def _check_datatype(tensor: Tensor, label: str) -> tuple[str | None, int]:
+    """(typed contents field or None for raw-only, element size in bytes)."""
+    spec = DATATYPES.get(tensor.datatype)
+    if spec is None:
+        raise InvalidRequest(
+            f"{label}: unknown datatype {tensor.datatype!r}; expected one of {', '.join(DATATYPES)}"
+        )
+    field, _, size = spec
+    return field, size
+
+
+def _check_shape(tensor: Tensor, label: str) -> int:
+    """The element count the shape needs."""
+    shape = list(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidRequest(f"{label}: shape {shape} has a negative dimension")
+    return element_count(shape)
+
+
+def _check_raw_contents(tensor: Tensor, label: str, data: bytes, size: int, count: int) -> None:
+    if tensor.datatype == "BYTES":
+        elements = split_bytes_elements(data)
+        if elements is None:
+            raise InvalidRequest(f"{label}: raw BYTES data is not length-prefixed")
+        got = len(elements)
+    else:
+        if len(data) % size:
             raise InvalidRequest(
-                f"{label}: datatype {tensor.datatype} travels only as raw contents"
+                f"{label}: {len(data)} raw bytes is not a whole number of "
+                f"{tensor.datatype} elements"
             )
-        wrong = [f for f in filled if f != field]
-        if wrong:
-            raise InvalidRequest(
-                f"{label}: datatype {tensor.datatype} takes {field}, but data is in {wrong[0]}"
-            )
-        got = len(getattr(tensor.contents, field))
-        if got != count:
-            raise InvalidRequest(
-                f"{label}: shape {shape} needs {count} elements, contents hold {got}"
-            )
+        got = len(data) // size
+    if got != count:
+        raise InvalidRequest(
+            f"{label}: shape {list(tensor.shape)} needs {count} elements, raw contents hold {got}"
+        )
+
+
+def _check_typed_contents(
+    tensor: Tensor, label: str, field: str | None, filled: list[str], count: int
+) -> None:
+    if field is None:
+        raise InvalidRequest(f"{label}: datatype {tensor.datatype} travels only as raw contents")
+    wrong = [f for f in filled if f != field]
+    if wrong:
+        raise InvalidRequest(
+            f"{label}: datatype {tensor.datatype} takes {field}, but data is in {wrong[0]}"
+        )
+    got = len(getattr(tensor.contents, field))
+    if got != count:
+        raise InvalidRequest(
+            f"{label}: shape {list(tensor.shape)} needs {count} elements, contents hold {got}"
+        )
 
 
 def predict_to_oip(payload: pb.InferRequest) -> oip.ModelInferRequest:

@@ -2,15 +2,25 @@
 
 from sidecar.core.routing.bucketing import bucket, shadow_sampled
 from sidecar.core.routing.evaluate import Resolution, RoutingContext, evaluate
-from sidecar.core.routing.model import BASIS_POINTS, Flag, FlagError, Reason, SegmentRule
+from sidecar.core.routing.model import (
+    BASIS_POINTS,
+    ROUTING_FIELDS,
+    Flag,
+    FlagError,
+    Reason,
+    RoutingState,
+    SegmentRule,
+)
 
 __all__ = [
     "BASIS_POINTS",
+    "ROUTING_FIELDS",
     "Flag",
     "FlagError",
     "Reason",
     "Resolution",
     "RoutingContext",
+    "RoutingState",
     "SegmentRule",
     "bucket",
     "evaluate",

@@ -61,11 +61,12 @@ class Resolution(NamedTuple):
 def evaluate(flag: Flag, ctx: RoutingContext) -> Resolution:
     """Choose the variant for one request. Pure, deterministic, never raises."""
     try:
-        if flag.kill_switch:
-            return Resolution(flag.stable, Reason.KILL_SWITCH)
+        rules = flag.routing
+        if rules.kill_switch:
+            return Resolution(rules.stable, Reason.KILL_SWITCH)
         key = ctx.targeting_key
         if key:
-            override = flag.user_overrides.get(key)
+            override = rules.user_overrides.get(key)
             if override is not None:
                 return Resolution(override, Reason.USER_OVERRIDE)
         if ctx.segment:
@@ -77,11 +78,11 @@ def evaluate(flag: Flag, ctx: RoutingContext) -> Resolution:
         elif ctx.bucketing_key:
             key, reason = ctx.bucketing_key, Reason.SPLIT_NO_KEY
         else:
-            return Resolution(flag.default, Reason.DEFAULT)
+            return Resolution(rules.default, Reason.DEFAULT)
         b = bucket(flag.salt, key)
         for upper, name in flag.split:
             if b < upper:
                 return Resolution(name, reason, bucket=b)
-        return Resolution(flag.default, Reason.DEFAULT, bucket=b)
+        return Resolution(rules.default, Reason.DEFAULT, bucket=b)
     except Exception as exc:  # evaluation must never fail a request
         return Resolution(flag.default, Reason.ERROR, rule=type(exc).__name__)

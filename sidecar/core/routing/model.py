@@ -1,16 +1,29 @@
-"""The flag model: variants, weights, rules, kill switch; validated when built.
+"""The flag model: the routing rules, and the flag compiled from them, validated when built.
 
-A `Flag` is immutable and only ever built through `Flag.build`, which rejects bad input
-with a `FlagError` naming the field. Request-time evaluation (`evaluate.py`) can then
-assume a well-formed flag and never fail.
+Two parts, one shape each:
+
+- `RoutingState` holds the run-time rules operators change (stable, canary, default,
+  weights, kill switch, user overrides, segment rules). `DesiredState` persists it; it is
+  plain data and only trusted once compiled into a `Flag`.
+- `Flag` is the routing flag a request is evaluated against: the static parts from
+  configuration (key, salt, variants, declared segments) plus a validated `RoutingState`
+  and the lookups derived from it. `Flag.build` / `Flag.compile` reject bad input with a
+  `FlagError` naming the field, so request-time evaluation (`evaluate.py`) can assume a
+  well-formed flag and never fail.
+
+Adding a rule type: a field on `RoutingState` with a default (its JSON in `to_dict` and
+`from_dict`, read with `.get(name, default)` so older state files still load), its check
+in `_check_routing`, a `Flag.build` keyword if configuration sets it, and its step in
+`evaluate.py`. `DesiredState` persists, diffs and evolves it without a change.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 BASIS_POINTS = 10_000
 """Weights and sample rates are integers in basis points; 10,000 is 100%."""
@@ -45,28 +58,114 @@ class SegmentRule:
     variant: str
 
 
-def _frozen(mapping: Mapping[str, object]) -> Mapping[str, object]:
-    return MappingProxyType(dict(mapping))
-
-
 @dataclass(frozen=True)
-class Flag:
-    """A validated routing flag. Build it with `Flag.build`."""
+class RoutingState:
+    """The routing rules that change at run time, as set (not yet validated).
 
-    key: str
-    salt: str
-    variants: tuple[str, ...]
+    `Flag.compile` validates them against the static parts; `DesiredState` persists them.
+    """
+
     stable: str
     canary: str | None
     default: str
     weights: Mapping[str, int]
     kill_switch: bool = False
     user_overrides: Mapping[str, str] = field(default_factory=dict)
-    segments: frozenset[str] = frozenset()
     segment_rules: tuple[SegmentRule, ...] = ()
+
+    def evolve(self, **changes: Any) -> RoutingState:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, in the state file's shape (segment rules as [segment, variant])."""
+        return {
+            "stable": self.stable,
+            "canary": self.canary,
+            "default": self.default,
+            "weights": dict(self.weights),
+            "kill_switch": self.kill_switch,
+            "user_overrides": dict(self.user_overrides),
+            "segment_rules": [[r.segment, r.variant] for r in self.segment_rules],
+        }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> RoutingState:
+        """The inverse of `to_dict`; a value of the wrong JSON type raises `FlagError`
+        naming it (a missing required key raises KeyError)."""
+        canary = data.get("canary")
+        return RoutingState(
+            stable=_json(str, data["stable"], "stable"),
+            canary=None if canary is None else _json(str, canary, "canary"),
+            default=_json(str, data["default"], "default"),
+            weights={
+                _json(str, k, "weights"): _json(int, v, f"weights.{k}")
+                for k, v in data["weights"].items()
+            },
+            kill_switch=_json(bool, data.get("kill_switch", False), "kill_switch"),
+            user_overrides={
+                _json(str, k, "user_overrides"): _json(str, v, f"user_overrides.{k}")
+                for k, v in data.get("user_overrides", {}).items()
+            },
+            segment_rules=tuple(
+                SegmentRule(_json(str, r[0], "segment_rules"), _json(str, r[1], "segment_rules"))
+                for r in data.get("segment_rules", [])
+            ),
+        )
+
+
+ROUTING_FIELDS = frozenset(f.name for f in fields(RoutingState))
+"""The names of the run-time routing rules (the fields of `RoutingState`)."""
+
+_T = TypeVar("_T", str, int, bool)
+_EXPECTED = {str: "a string", int: "an integer", bool: "true or false"}
+
+
+def _json(kind: type[_T], value: object, name: str) -> _T:
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise FlagError(name, f"expected {_EXPECTED[kind]}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A validated routing flag. Build it with `Flag.build` or `Flag.compile`."""
+
+    key: str
+    salt: str
+    variants: tuple[str, ...]
+    segments: frozenset[str]
+    routing: RoutingState
     # Derived: (exclusive upper bucket, variant) in bucket order; see `bucket_order`.
     split: tuple[tuple[int, str], ...] = ()
     rule_by_segment: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def stable(self) -> str:
+        return self.routing.stable
+
+    @property
+    def canary(self) -> str | None:
+        return self.routing.canary
+
+    @property
+    def default(self) -> str:
+        return self.routing.default
+
+    @property
+    def weights(self) -> Mapping[str, int]:
+        return self.routing.weights
+
+    @property
+    def kill_switch(self) -> bool:
+        return self.routing.kill_switch
+
+    @property
+    def user_overrides(self) -> Mapping[str, str]:
+        return self.routing.user_overrides
+
+    @property
+    def segment_rules(self) -> tuple[SegmentRule, ...]:
+        return self.routing.segment_rules
 
     @staticmethod
     def build(
@@ -84,112 +183,115 @@ class Flag:
         segment_rules: Iterable[SegmentRule] = (),
     ) -> Flag:
         """Validate every field and return the flag, or raise `FlagError` naming the field."""
-        names = tuple(variants)
-        known = set(names)
+        routing = RoutingState(
+            stable=stable,
+            canary=canary,
+            default=default or stable,
+            weights=weights,
+            kill_switch=kill_switch,
+            user_overrides=user_overrides or {},
+            segment_rules=tuple(segment_rules),
+        )
+        return Flag.compile(
+            key=key, salt=salt, variants=variants, segments=segments, routing=routing
+        )
+
+    @staticmethod
+    def compile(
+        *,
+        key: str,
+        variants: Iterable[str],
+        routing: RoutingState,
+        salt: str | None = None,
+        segments: Iterable[str] = (),
+    ) -> Flag:
+        """The flag for `routing` on these static parts, or `FlagError` naming the field."""
         if not isinstance(key, str) or not key.strip():
             raise FlagError("key", "must be a non-empty string")
-        if not names:
-            raise FlagError("variants", "at least one variant is required")
-        for name in names:
-            if not isinstance(name, str) or not name.strip():
-                raise FlagError(
-                    "variants", f"variant names must be non-empty strings, got {name!r}"
-                )
-        if len(known) != len(names):
-            raise FlagError("variants", "variant names must be unique")
-
-        def need_variant(field_name: str, value: object) -> str:
-            if not isinstance(value, str) or value not in known:
-                raise FlagError(field_name, f"unknown variant {value!r}; known: {sorted(known)}")
-            return value
-
-        stable = need_variant("stable", stable)
-        if canary is not None and canary != "":
-            canary = need_variant("canary", canary)
-            if canary == stable:
-                raise FlagError("canary", "must differ from the stable variant")
-        else:
-            canary = None
-        default = stable if default in (None, "") else need_variant("default", default)
+        names = _check_variants(variants)
         if salt is not None and (not isinstance(salt, str) or not salt):
             raise FlagError("salt", "must be a non-empty string when set")
-        if not isinstance(kill_switch, bool):
-            raise FlagError("kill_switch", f"must be true or false, got {kill_switch!r}")
-
-        checked_weights = _check_weights(weights, known)
-
-        overrides: dict[str, str] = {}
-        for user, variant in (user_overrides or {}).items():
-            if not isinstance(user, str) or not user.strip():
-                raise FlagError("user_overrides", "targeting key must be a non-empty string")
-            overrides[user] = need_variant(f"user_overrides[{user}]", variant)
-
-        segment_set: set[str] = set()
-        for seg in segments:
-            if not isinstance(seg, str) or not seg.strip():
-                raise FlagError("segments", f"segment names must be non-empty strings, got {seg!r}")
-            segment_set.add(seg)
-        rules: list[SegmentRule] = []
-        rule_map: dict[str, str] = {}
-        for i, rule in enumerate(segment_rules):
-            if rule.segment not in segment_set:
-                raise FlagError(
-                    f"segment_rules[{i}].segment",
-                    f"unknown segment {rule.segment!r}; declared: {sorted(segment_set)}",
-                )
-            if rule.segment in rule_map:
-                raise FlagError(
-                    f"segment_rules[{i}].segment", f"duplicate rule for segment {rule.segment!r}"
-                )
-            variant = need_variant(f"segment_rules[{i}].variant", rule.variant)
-            rule_map[rule.segment] = variant
-            rules.append(SegmentRule(rule.segment, variant))
-
-        order = bucket_order(names, stable, canary)
-        split: list[tuple[int, str]] = []
-        upper = 0
-        for name in order:
-            weight = checked_weights.get(name, 0)
-            if weight:
-                upper += weight
-                split.append((upper, name))
-
+        segment_set = _check_segments(segments)
+        checked = _check_routing(routing, set(names), segment_set)
         return Flag(
             key=key,
             salt=salt or key,
             variants=names,
-            stable=stable,
-            canary=canary,
-            default=default,
-            weights=MappingProxyType(checked_weights),
-            kill_switch=kill_switch,
-            user_overrides=MappingProxyType(overrides),
-            segments=frozenset(segment_set),
-            segment_rules=tuple(rules),
-            split=tuple(split),
-            rule_by_segment=MappingProxyType(rule_map),
+            segments=segment_set,
+            routing=checked,
+            split=_split(checked, names),
+            rule_by_segment=MappingProxyType({r.segment: r.variant for r in checked.segment_rules}),
         )
 
-    def replace(self, **changes: object) -> Flag:
+    def with_routing(self, routing: RoutingState) -> Flag:
+        """This flag's static parts with other rules (validated; raises `FlagError`)."""
+        return Flag.compile(
+            key=self.key,
+            salt=self.salt,
+            variants=self.variants,
+            segments=self.segments,
+            routing=routing,
+        )
+
+    def replace(self, **changes: Any) -> Flag:
         """A new validated flag with some fields changed (derived fields are rebuilt)."""
-        fields: dict[str, object] = {
-            "key": self.key,
-            "variants": self.variants,
-            "stable": self.stable,
-            "weights": self.weights,
-            "canary": self.canary,
-            "default": self.default,
-            "salt": self.salt,
-            "kill_switch": self.kill_switch,
-            "user_overrides": self.user_overrides,
-            "segments": self.segments,
-            "segment_rules": self.segment_rules,
-        }
-        unknown = set(changes) - set(fields)
+        static = {"key", "salt", "variants", "segments"}
+        unknown = set(changes) - static - ROUTING_FIELDS
         if unknown:
             raise FlagError(sorted(unknown)[0], "not a flag field")
-        fields.update(changes)
-        return Flag.build(**fields)  # type: ignore[arg-type]
+        parts: dict[str, Any] = {name: getattr(self, name) for name in static}
+        parts.update((k, v) for k, v in changes.items() if k in static)
+        routing = self.routing.evolve(**{k: v for k, v in changes.items() if k in ROUTING_FIELDS})
+        return Flag.compile(routing=routing, **parts)
+
+
+def _check_variants(variants: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(variants)
+    if not names:
+        raise FlagError("variants", "at least one variant is required")
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise FlagError("variants", f"variant names must be non-empty strings, got {name!r}")
+    if len(set(names)) != len(names):
+        raise FlagError("variants", "variant names must be unique")
+    return names
+
+
+def _check_segments(segments: Iterable[str]) -> frozenset[str]:
+    names = tuple(segments)
+    for seg in names:
+        if not isinstance(seg, str) or not seg.strip():
+            raise FlagError("segments", f"segment names must be non-empty strings, got {seg!r}")
+    return frozenset(names)
+
+
+def _need_variant(field_name: str, value: object, known: set[str]) -> str:
+    if not isinstance(value, str) or value not in known:
+        raise FlagError(field_name, f"unknown variant {value!r}; known: {sorted(known)}")
+    return value
+
+
+def _check_routing(r: RoutingState, known: set[str], segments: frozenset[str]) -> RoutingState:
+    """`r` with every rule checked against the variants and segments, normalised
+    (no canary is None, no default is the stable variant), read-only."""
+    stable = _need_variant("stable", r.stable, known)
+    canary = None
+    if r.canary is not None and r.canary != "":
+        canary = _need_variant("canary", r.canary, known)
+        if canary == stable:
+            raise FlagError("canary", "must differ from the stable variant")
+    default = stable if r.default in (None, "") else _need_variant("default", r.default, known)
+    if not isinstance(r.kill_switch, bool):
+        raise FlagError("kill_switch", f"must be true or false, got {r.kill_switch!r}")
+    return RoutingState(
+        stable=stable,
+        canary=canary,
+        default=default,
+        weights=MappingProxyType(_check_weights(r.weights, known)),
+        kill_switch=r.kill_switch,
+        user_overrides=MappingProxyType(_check_overrides(r.user_overrides, known)),
+        segment_rules=_check_segment_rules(r.segment_rules, known, segments),
+    )
 
 
 def _check_weights(weights: Mapping[str, int], known: set[str]) -> dict[str, int]:
@@ -210,6 +312,46 @@ def _check_weights(weights: Mapping[str, int], known: set[str]) -> dict[str, int
     if total != BASIS_POINTS:
         raise FlagError("weights", f"must sum to {BASIS_POINTS} basis points, got {total}")
     return out
+
+
+def _check_overrides(overrides: Mapping[str, str], known: set[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for user, variant in overrides.items():
+        if not isinstance(user, str) or not user.strip():
+            raise FlagError("user_overrides", "targeting key must be a non-empty string")
+        out[user] = _need_variant(f"user_overrides[{user}]", variant, known)
+    return out
+
+
+def _check_segment_rules(
+    rules: Iterable[SegmentRule], known: set[str], segments: frozenset[str]
+) -> tuple[SegmentRule, ...]:
+    out: dict[str, SegmentRule] = {}
+    for i, rule in enumerate(rules):
+        if rule.segment not in segments:
+            raise FlagError(
+                f"segment_rules[{i}].segment",
+                f"unknown segment {rule.segment!r}; declared: {sorted(segments)}",
+            )
+        if rule.segment in out:
+            raise FlagError(
+                f"segment_rules[{i}].segment", f"duplicate rule for segment {rule.segment!r}"
+            )
+        variant = _need_variant(f"segment_rules[{i}].variant", rule.variant, known)
+        out[rule.segment] = SegmentRule(rule.segment, variant)
+    return tuple(out.values())
+
+
+def _split(routing: RoutingState, variants: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+    """(exclusive upper bucket, variant) for each variant with traffic, in bucket order."""
+    split: list[tuple[int, str]] = []
+    upper = 0
+    for name in bucket_order(variants, routing.stable, routing.canary):
+        weight = routing.weights.get(name, 0)
+        if weight:
+            upper += weight
+            split.append((upper, name))
+    return tuple(split)
 
 
 def bucket_order(variants: Iterable[str], stable: str, canary: str | None) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -184,6 +185,17 @@ async def test_control_is_not_served_on_the_predict_port(sidecar: Sidecar) -> No
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.SetKillSwitch(cpb.SetKillSwitchRequest(reason="x", on=True), metadata=OPS)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_reflection_on_the_control_port_needs_no_token(sidecar: Sidecar) -> None:
+    """The auth interceptor leaves server reflection open (it lists services, reads no
+    state), as before it existed."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.control_port}")
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    answers = [a async for a in stub.ServerReflectionInfo(iter([request]))]
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert "sidecar.v1.Control" in names
 
 
 async def test_writes_take_effect_and_are_audited(sidecar: Sidecar) -> None:

@@ -14,8 +14,8 @@ import pytest
 from sidecar.adapters.store.file import FileAuditLog, FileStateStore
 from sidecar.app.ports import AuditEntry, StateFileError
 from sidecar.config import parse_config
-from sidecar.core.routing import Flag
-from sidecar.core.state import DesiredState, Promotion
+from sidecar.core.routing import Flag, RoutingState, SegmentRule
+from sidecar.core.state import DesiredState, Promotion, diff
 from sidecar.testing.credentials import control_section
 from sidecar.wiring import StartupError, initial_snapshot
 
@@ -32,7 +32,7 @@ def a_state() -> DesiredState:
         kill_switch=True,
         kill_switch_reason="incident 42",
         user_overrides={"qa": "canary"},
-        segment_rules=(("beta", "canary"),),
+        segment_rules=(SegmentRule("beta", "canary"),),
         promotions=(Promotion(1.5, "ops", "a", "b", "why"),),
     )
 
@@ -63,12 +63,79 @@ def test_save_replaces_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert store.load() == a_state()
 
 
+# Written by the sidecar before the routing rules became one `RoutingState` (a_state()).
+STATE_FILE_V1 = """{
+  "schema_version": 1,
+  "state": {
+    "canary": "canary",
+    "default": "stable",
+    "held_full_since": {},
+    "kill_switch": true,
+    "kill_switch_reason": "incident 42",
+    "promotions": [
+      {"from_variant": "a", "principal": "ops", "reason": "why", "reverted": false,
+       "to_variant": "b", "unix_time": 1.5}
+    ],
+    "revision": 7,
+    "rollout": null,
+    "segment_rules": [["beta", "canary"]],
+    "stable": "stable",
+    "update_reason": "initial state from configuration",
+    "updated_by": "config",
+    "updated_unix_time": 0.0,
+    "user_overrides": {"qa": "canary"},
+    "weights": {"canary": 1000, "stable": 9000}
+  }
+}"""
+
+
+def test_existing_state_files_load_and_the_written_shape_is_unchanged() -> None:
+    """A state file written before the shared rule model loads into the same state, and
+    saving writes every field back in the same shape (rules flat, segment rules as pairs;
+    a rule type added later adds a key, so the old ones are compared)."""
+    state = DesiredState.from_json(STATE_FILE_V1)
+    assert state == a_state()
+    assert state.segment_rules == (SegmentRule("beta", "canary"),)
+    old = json.loads(STATE_FILE_V1)
+    written = json.loads(state.to_json())
+    assert written["schema_version"] == old["schema_version"] == 1
+    assert {k: written["state"][k] for k in old["state"]} == old["state"]
+
+
+def test_diff_names_changed_rules_in_the_file_shape() -> None:
+    """The audit diff keeps its shape: {field: [before, after]} with JSON values."""
+    before = a_state()
+    after = before.evolve(
+        weights={"stable": 10_000, "canary": 0},
+        segment_rules=(),
+        kill_switch_reason="over",
+        revision=8,
+    )
+    assert diff(before, after) == {
+        "weights": [{"canary": 1000, "stable": 9000}, {"canary": 0, "stable": 10_000}],
+        "segment_rules": [[["beta", "canary"]], []],
+        "kill_switch_reason": ["incident 42", "over"],
+    }
+
+
 CORRUPT = [
     ("{not json", "not valid JSON"),
     ('{"schema_version": 99, "state": {}}', "schema_version 99 is not supported"),
     ('{"schema_version": 1}', "missing 'state'"),
     ('{"schema_version": 1, "state": {"revision": "x"}}', "revision"),
     ('{"schema_version": 1, "state": {"revision": 1}}', "malformed state"),
+    (
+        STATE_FILE_V1.replace('"canary": 1000', '"canary": "10%"'),
+        "weights.canary: expected an integer",
+    ),
+    (
+        STATE_FILE_V1.replace('["beta", "canary"]', '["beta", 7]'),
+        "segment_rules: expected a string",
+    ),
+    (
+        STATE_FILE_V1.replace('"kill_switch": true', '"kill_switch": 1'),
+        "kill_switch: expected true or false",
+    ),
     ("[]", "top level"),
 ]
 
@@ -147,7 +214,7 @@ def test_unreadable_state_stops_startup_naming_the_file(tmp_path: Path) -> None:
 def test_state_that_does_not_fit_config_is_unreadable(tmp_path: Path) -> None:
     """A stored state naming a variant the configuration no longer has stops start-up."""
     store, audit = stores(tmp_path)
-    store.save(DesiredState(3, "gone", None, "gone", {"gone": 10_000}))
+    store.save(DesiredState(3, RoutingState("gone", None, "gone", {"gone": 10_000})))
     with pytest.raises(StartupError, match="does not fit the configuration"):
         initial_snapshot(config(tmp_path), store, audit, safe_mode=False)
 
