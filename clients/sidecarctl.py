@@ -22,19 +22,20 @@ from typing import Any, NoReturn
 
 import yaml
 
-from clients.control import (
-    ACTIVE_PHASES,
-    ControlClient,
-    ControlError,
-    audit_entry_to_dict,
-    drill_to_dict,
-    experiment_to_dict,
+from clients.control import ControlClient, ControlError
+from clients.render_text import (
     render_audit,
     render_drill,
     render_experiment,
     render_rollout,
     render_shadow,
     render_state,
+)
+from clients.views import (
+    ACTIVE_PHASES,
+    audit_entry_to_dict,
+    drill_to_dict,
+    experiment_to_dict,
     rollout_to_dict,
     shadow_to_dict,
     state_to_dict,

@@ -23,14 +23,10 @@ import grpc
 import pytest
 from test_sidecarctl import TOKEN, FakeControl, free_port, run, shadow_report, start_server
 
-from clients.control import (
-    ControlClient,
-    experiment_to_dict,
-    render_experiment,
-    render_shadow,
-    shadow_to_dict,
-)
+from clients.control import ControlClient
+from clients.render_text import render_experiment, render_shadow
 from clients.report_html import render_html
+from clients.views import experiment_to_dict, shadow_to_dict
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 
 T0 = 1_700_000_000.0

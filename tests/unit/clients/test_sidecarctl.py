@@ -23,16 +23,10 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
-from clients.control import (
-    ControlClient,
-    ControlError,
-    format_percent,
-    render_audit,
-    render_shadow,
-    render_state,
-    state_to_dict,
-)
+from clients.control import ControlClient, ControlError
+from clients.render_text import render_audit, render_shadow, render_state
 from clients.sidecarctl import main, parse_weight
+from clients.views import format_percent, state_to_dict
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
 from sidecar.testing.pki import OPENSSL, make_pki
