@@ -102,23 +102,9 @@ def _kill_switch_line(state: cpb.State) -> str:
     )
 
 
-def render_state(state: cpb.State) -> str:
-    """A table an operator can scan: kill switch first, then variants, rules, last change."""
+def _variant_table(state: cpb.State) -> str:
+    """Each variant with its role, weight, requests served, address and model."""
     flag = state.flag
-    lines: list[str] = []
-    if state.safe_mode:
-        lines.append(
-            "SAFE MODE: the state file was unreadable at start; serving stable only with the "
-            "kill switch on until an operator writes a new state"
-        )
-    lines.append(_kill_switch_line(state))
-    lines.extend(f"WARNING: {_clean(warning)}" for warning in state.warnings)
-    lines.append(
-        f"model {_clean(state.model) or NONE}   flag {_clean(flag.key) or NONE}   "
-        f"default {_clean(flag.default_variant) or NONE}   revision {state.revision}"
-    )
-    lines.append("")
-
     rows = []
     for v in state.variants:
         bp = flag.weights.get(v.name, 0)
@@ -140,15 +126,16 @@ def render_state(state: cpb.State) -> str:
             rows.append(
                 [name, role(flag, name) or NONE, format_percent(bp), f"{bp} bp"] + [NONE] * 4
             )
-    lines.append(
-        _table(
-            ["VARIANT", "ROLE", "WEIGHT", "BP", "SERVED", "ADDRESS", "MODEL", "VERSION"],
-            rows,
-            right=(2, 3, 4),
-        )
+    return _table(
+        ["VARIANT", "ROLE", "WEIGHT", "BP", "SERVED", "ADDRESS", "MODEL", "VERSION"],
+        rows,
+        right=(2, 3, 4),
     )
-    lines.append("")
 
+
+def _rule_lines(flag: cpb.FlagState) -> list[str]:
+    """User overrides, segment rules and the known segments."""
+    lines = []
     if flag.user_overrides:
         lines.append("user overrides (targeting key -> variant):")
         lines.extend(
@@ -164,33 +151,65 @@ def render_state(state: cpb.State) -> str:
         lines.append("segment rules: none")
     if flag.segments:
         lines.append(f"known segments: {', '.join(_clean(s) for s in flag.segments)}")
+    return lines
 
+
+def _shadow_settings_line(state: cpb.State) -> str:
     shadow = state.shadow
-    if state.HasField("shadow") and shadow.variant:
+    if not (state.HasField("shadow") and shadow.variant):
+        return "shadow: off"
+    return (
+        f"shadow: {_clean(shadow.variant)} gets a copy of {format_percent(shadow.sample_bp)} "
+        f"({shadow.sample_bp} bp) of requests, at most {shadow.max_in_flight} in flight, "
+        f"deadline {shadow.deadline_seconds:g}s, comparator {_clean(shadow.comparator)}"
+    )
+
+
+def _promotion_lines(state: cpb.State) -> list[str]:
+    if not state.promotions:
+        return []
+    lines = ["promotions (newest last):"]
+    for p in state.promotions[-3:]:
+        verb = "reverted" if p.reverted else "promoted"
         lines.append(
-            f"shadow: {_clean(shadow.variant)} gets a copy of {format_percent(shadow.sample_bp)} "
-            f"({shadow.sample_bp} bp) of requests, at most {shadow.max_in_flight} in flight, "
-            f"deadline {shadow.deadline_seconds:g}s, comparator {_clean(shadow.comparator)}"
+            f"  {when(p.unix_time)} {verb} {_clean(p.from_variant)} -> "
+            f"{_clean(p.to_variant)} by {_clean(p.principal) or NONE}: "
+            f'"{_clean(p.reason)}"'
         )
-    else:
-        lines.append("shadow: off")
+    return lines
 
-    if state.promotions:
-        lines.append("promotions (newest last):")
-        for p in state.promotions[-3:]:
-            verb = "reverted" if p.reverted else "promoted"
-            lines.append(
-                f"  {when(p.unix_time)} {verb} {_clean(p.from_variant)} -> "
-                f"{_clean(p.to_variant)} by {_clean(p.principal) or NONE}: "
-                f'"{_clean(p.reason)}"'
-            )
 
+def _last_change_line(state: cpb.State) -> str:
     change = f"last change: revision {state.revision}"
     if state.updated_unix_time > 0 or state.updated_by:
         change += f" at {when(state.updated_unix_time)} by {_clean(state.updated_by) or NONE}"
     if state.update_reason:
         change += f': "{_clean(state.update_reason)}"'
-    lines.append(change)
+    return change
+
+
+def render_state(state: cpb.State) -> str:
+    """A table an operator can scan: kill switch first, then variants, rules, last change."""
+    flag = state.flag
+    lines: list[str] = []
+    if state.safe_mode:
+        lines.append(
+            "SAFE MODE: the state file was unreadable at start; serving stable only with the "
+            "kill switch on until an operator writes a new state"
+        )
+    lines.append(_kill_switch_line(state))
+    lines.extend(f"WARNING: {_clean(warning)}" for warning in state.warnings)
+    lines.append(
+        f"model {_clean(state.model) or NONE}   flag {_clean(flag.key) or NONE}   "
+        f"default {_clean(flag.default_variant) or NONE}   revision {state.revision}"
+    )
+    lines.append("")
+    lines.append(_variant_table(state))
+    lines.append("")
+    lines.extend(_rule_lines(flag))
+    lines.append(_shadow_settings_line(state))
+    lines.extend(_promotion_lines(state))
+    lines.append(_last_change_line(state))
     return "\n".join(lines)
 
 
