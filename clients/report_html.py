@@ -10,6 +10,10 @@ in a box. Then, per metric, the difference B - A with its anytime-valid interval
 looks, each arm's value with its interval and the segments (a forest plot), followed by the
 sample-ratio check, the shadow comparison and drift per feature, each with its table.
 
+matplotlib is the `report` extra (`pip install 'rollout-sidecar[report]'`): this module
+imports it only when a page is drawn, and raises `ReportExtraMissing` (saying how to install
+it) when it is absent, so the server and `sidecarctl` run without it.
+
 Self-contained: the plots are inline SVG drawn with matplotlib (`Figure` and the SVG canvas
 directly: pyplot and the process-wide backend are never touched), the CSS is inline, and
 nothing is loaded from anywhere. Every string that comes from the report is escaped (in the
@@ -1066,7 +1070,10 @@ _FOOTER = (
 
 
 def render_html(report: cpb.ExperimentReport) -> str:
-    """The report as one self-contained HTML page (inline SVG plots, inline CSS)."""
+    """The report as one self-contained HTML page (inline SVG plots, inline CSS).
+
+    Raises `ReportExtraMissing` when matplotlib is not installed (the `report` extra)."""
+    require_matplotlib()
     plotter = _Plotter()
     title = (
         f"Experiment report: {report.control_variant or NONE} vs "

@@ -32,6 +32,7 @@ from clients.render_text import (
     render_shadow,
     render_state,
 )
+from clients.report_html import ReportExtraMissing, render_html, require_matplotlib
 from clients.views import (
     ACTIVE_PHASES,
     audit_entry_to_dict,
@@ -1243,7 +1244,8 @@ def cmd_report(client: ControlClient, args: argparse.Namespace, console: Console
     if args.html is not None:
         try:
             destination = _html_destination(args.html)
-        except _UsageError as exc:
+            require_matplotlib()  # the `report` extra; said before asking the sidecar
+        except (_UsageError, ReportExtraMissing) as exc:
             console.err(f"sidecarctl report: error: {exc}")
             return EXIT_USAGE
     report = client.experiment_report(metrics=args.metrics, omit_history=args.no_history)
@@ -1253,8 +1255,6 @@ def cmd_report(client: ControlClient, args: argparse.Namespace, console: Console
         console.out(render_experiment(report))
     if destination is None:
         return EXIT_OK
-    from clients.report_html import render_html  # matplotlib: imported only when needed
-
     try:
         _write_html(destination, render_html(report))
     except OSError as exc:
