@@ -66,6 +66,9 @@ _GATE_DETAIL_WIDTH = 100  # the table's DETAIL column; the full text is in the J
 _REPORT_EXAMPLES = 3
 
 
+# -- layout --------------------------------------------------------------------------------
+
+
 def _clean(text: str) -> str:
     """Text safe to print on a terminal: control characters shown as escapes."""
     if text.isprintable():
@@ -86,6 +89,9 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Iterabl
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+# -- state and audit -----------------------------------------------------------------------
 
 
 def _kill_switch_line(state: cpb.State) -> str:
@@ -245,6 +251,9 @@ def render_audit(entries: Iterable[cpb.AuditEntry]) -> str:
     return _table(["TIME", "WHO", "METHOD", "REVISION", "REASON", "CHANGE"], rows)
 
 
+# -- shadow --------------------------------------------------------------------------------
+
+
 def _noise_lines(report: cpb.ShadowReport) -> list[str]:
     if not report.HasField("noise"):
         return []
@@ -353,6 +362,9 @@ def render_shadow(
         rows = [row[:5] for row in example_rows(examples)]  # the outputs: in the JSON
         lines.append(_table(["TIME", "REQUEST", "KEY", "PRIMARY", "DETAIL"], rows))
     return "\n".join(lines)
+
+
+# -- rollouts and drills -------------------------------------------------------------------
 
 
 def progress_bar(done: float, target: float, width: int = _BAR_WIDTH) -> str:
@@ -534,9 +546,7 @@ def render_drill(report: cpb.DrillReport) -> str:
     )
 
 
-# ---------------------------------------------------------------------------------------
-# The experiment report.
-# ---------------------------------------------------------------------------------------
+# -- the experiment report -----------------------------------------------------------------
 
 
 def _verdict_headline(report: cpb.ExperimentReport, metric: cpb.MetricResult) -> str:
