@@ -7,6 +7,9 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY sidecar ./sidecar
 COPY clients ./clients
+# The server only, no extras: not [report] (matplotlib, for `sidecarctl report --html`) nor
+# [dev] (the tests' tools and statsmodels, their oracle). tests/unit/architecture checks that
+# the server imports every dependency it ships and neither of those.
 RUN pip install --no-cache-dir -c constraints.txt --prefix=/install .
 
 FROM python:3.11-slim

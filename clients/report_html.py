@@ -10,6 +10,10 @@ in a box. Then, per metric, the difference B - A with its anytime-valid interval
 looks, each arm's value with its interval and the segments (a forest plot), followed by the
 sample-ratio check, the shadow comparison and drift per feature, each with its table.
 
+matplotlib is the `report` extra (`pip install 'rollout-sidecar[report]'`): this module
+imports it only when a page is drawn, and raises `ReportExtraMissing` (saying how to install
+it) when it is absent, so the server and `sidecarctl` run without it.
+
 Self-contained: the plots are inline SVG drawn with matplotlib (`Figure` and the SVG canvas
 directly: pyplot and the process-wide backend are never touched), the CSS is inline, and
 nothing is loaded from anywhere. Every string that comes from the report is escaped (in the
@@ -31,28 +35,42 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import matplotlib
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_svg import FigureCanvasSVG
-from matplotlib.figure import Figure
-
-from clients.control import (
+from clients.views import (
+    NONE,
+    arm_cells,
+    drift_rows,
+    effect_interval,
+    estimate_pct,
+    example_rows,
+    level,
     metric_effect_text,
-    metric_value_text,
+    ms,
+    outlier_rows,
     p_value_text,
+    pct,
     recommendation_name,
     recommendation_text,
+    segment_rows,
+    sig,
+    signed_pct,
+    srm_rows,
     verdict_label,
     verdict_name,
     verdict_text,
+    when,
 )
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 
-__all__ = ["render_html"]
+if TYPE_CHECKING:  # matplotlib is the `report` extra: imported when a page is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-_NONE = "—"
+__all__ = ["INSTALL_HINT", "ReportExtraMissing", "render_html", "require_matplotlib"]
+
+#: How to get the HTML report's one dependency.
+INSTALL_HINT = "pip install 'rollout-sidecar[report]'"
 _NO_DATA = "no data"
 
 # Okabe-Ito colours (readable with colour-blindness).
@@ -149,42 +167,26 @@ def _figure(svg: str | None, caption: str, what: str) -> _Safe:
     return _Safe(f"<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>")
 
 
-# -- number formatting -----------------------------------------------------------------------
+# -- matplotlib, on demand -------------------------------------------------------------------
+
+
+class ReportExtraMissing(ImportError):
+    """matplotlib is not installed: the HTML report needs the `report` extra."""
+
+    def __init__(self) -> None:
+        super().__init__(f"the HTML report needs matplotlib: {INSTALL_HINT}")
+
+
+def require_matplotlib() -> None:
+    """Import matplotlib now; raise `ReportExtraMissing` (saying how to install it) if absent."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ReportExtraMissing() from exc
 
 
 def _finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
-
-
-def _pct(fraction: float, digits: int = 2) -> str:
-    return f"{fraction * 100:.{digits}f}%" if math.isfinite(fraction) else _NONE
-
-
-def _signed_pct(fraction: float) -> str:
-    return f"{fraction * 100:+.2f}%" if math.isfinite(fraction) else _NONE
-
-
-def _num(value: float) -> str:
-    if not math.isfinite(value):
-        return _NONE
-    return f"{value:.0f}" if abs(value) >= 1e5 else f"{value:.4g}"
-
-
-def _interval(kind: str, estimate: cpb.Estimate, effect: bool) -> str:
-    fmt = metric_effect_text if effect else metric_value_text
-    return f"[{fmt(kind, estimate.lower)}, {fmt(kind, estimate.upper)}]"
-
-
-def _level(estimate: cpb.Estimate, default: float = 0.95) -> str:
-    level = estimate.level if 0 < estimate.level < 1 else default
-    return f"{level * 100:g}%"
-
-
-def _when(unix_time: float) -> str:
-    if unix_time <= 0 or not math.isfinite(unix_time):
-        return _NONE
-    moment = datetime.fromtimestamp(unix_time, UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # -- plots -----------------------------------------------------------------------------------
@@ -211,6 +213,10 @@ class _Plotter:
         self.count += 1
         prefix = f"f{self.count}-"
         buffer = io.StringIO()
+        import matplotlib
+        from matplotlib.backends.backend_svg import FigureCanvasSVG
+        from matplotlib.figure import Figure
+
         with matplotlib.rc_context(
             {
                 "font.size": 8.5,
@@ -347,7 +353,7 @@ def _arms_plot(plotter: _Plotter, m: cpb.MetricResult) -> str | None:
         ax.set_xticks(range(len(arms)), [a[0] for a in arms])
         ax.set_xlim(-0.6, len(arms) - 0.4)
         ax.set_ylabel("rate (%)" if kind == "bool" else "mean")
-        ax.set_title(f"{_label(m.metric)}: per arm, with {_level(arms[0][1].value)} intervals")
+        ax.set_title(f"{_label(m.metric)}: per arm, with {level(arms[0][1].value)} intervals")
 
     return plotter.svg(draw, (3.6, 3.3))
 
@@ -359,7 +365,7 @@ def _segments_plot(plotter: _Plotter, m: cpb.MetricResult) -> str | None:
         rows.append(("all (aggregate)", m.difference, False, True))
     segments = [s for s in m.segments if s.HasField("difference") and _finite(s.difference.value)]
     for s in segments[:_MAX_SEGMENT_ROWS]:
-        name = _label(s.segment or _NONE, 30) + (" *" if s.significant else "")
+        name = _label(s.segment or NONE, 30) + (" *" if s.significant else "")
         rows.append((name, s.difference, s.significant, False))
     if not segments:
         return None
@@ -418,7 +424,7 @@ def _srm_plot(plotter: _Plotter, report: cpb.ExperimentReport) -> str | None:
             label="expected (weights)",
         )
         ax.bar_label(observed, labels=[str(a.observed) for a in arms], fontsize=7, padding=2)
-        ax.set_xticks(list(x), [_label(a.variant or _NONE, 24) for a in arms])
+        ax.set_xticks(list(x), [_label(a.variant or NONE, 24) for a in arms])
         ax.set_ylabel("share of assigned requests (%)")
         verdict = "MISMATCH" if srm.mismatch else "ok"
         ax.set_title(f"sample ratio: {verdict} (p = {p_value_text(srm.p_value)})")
@@ -517,7 +523,7 @@ def _shadow_plot(plotter: _Plotter, shadow: cpb.ShadowReport) -> str | None:
 
 def _feature_label(f: cpb.DriftFeature) -> str:
     suffix = f" ({f.variant})" if f.variant else ""
-    return _label(f"{f.name or _NONE}{suffix}", 34)
+    return _label(f"{f.name or NONE}{suffix}", 34)
 
 
 def _psi_plot(plotter: _Plotter, drift: cpb.DriftReport) -> str | None:
@@ -556,10 +562,10 @@ def _psi_plot(plotter: _Plotter, drift: cpb.DriftReport) -> str | None:
 def _bin_labels(f: cpb.DriftFeature, count: int) -> list[str]:
     edges = list(f.edges)
     if f.categorical and len(edges) == count:
-        return [_num(e) for e in edges]
+        return [sig(e) for e in edges]
     if not f.categorical and len(edges) == count - 1 and count > 1:
-        inner = [f"[{_num(a)}, {_num(b)})" for a, b in itertools.pairwise(edges)]
-        return [f"< {_num(edges[0])}", *inner, f"≥ {_num(edges[-1])}"]
+        inner = [f"[{sig(a)}, {sig(b)})" for a, b in itertools.pairwise(edges)]
+        return [f"< {sig(edges[0])}", *inner, f"≥ {sig(edges[-1])}"]
     return [str(i + 1) for i in range(count)]
 
 
@@ -602,7 +608,7 @@ def _shares_plot(plotter: _Plotter, drift: cpb.DriftReport) -> str | None:
                 label="current",
             )
             ax.set_xticks(list(x), _bin_labels(f, count), rotation=45, ha="right", fontsize=6)
-            psi = f"{f.psi:.3f}" if math.isfinite(f.psi) else _NONE
+            psi = f"{f.psi:.3f}" if math.isfinite(f.psi) else NONE
             ax.set_title(f"{_feature_label(f)}: PSI {psi} {_label(f.level, 14)}", fontsize=8)
             ax.set_ylabel("share (%)", fontsize=7)
             if index == 0:
@@ -615,24 +621,24 @@ def _shares_plot(plotter: _Plotter, drift: cpb.DriftReport) -> str | None:
 
 
 def _header(report: cpb.ExperimentReport) -> str:
-    control = report.control_variant or _NONE
-    treatment = report.treatment_variant or _NONE
-    alpha = f"{report.alpha:g}" if report.alpha > 0 else _NONE
+    control = report.control_variant or NONE
+    treatment = report.treatment_variant or NONE
+    alpha = f"{report.alpha:g}" if report.alpha > 0 else NONE
     meta = (
         f"control (A) {control} vs treatment (B) {treatment} · epoch {report.epoch}, started "
-        f"{_when(report.started_unix_time)} · unit {report.unit or _NONE} · alpha {alpha} · "
-        f"{report.looks} looks, last {_when(report.last_look_unix_time)} · generated "
-        f"{_when(report.generated_unix_time)} · revision {report.revision}"
+        f"{when(report.started_unix_time)} · unit {report.unit or NONE} · alpha {alpha} · "
+        f"{report.looks} looks, last {when(report.last_look_unix_time)} · generated "
+        f"{when(report.generated_unix_time)} · revision {report.revision}"
     )
     return f"<header><h1>Experiment report</h1>{_tag('p', meta, 'meta')}</header>"
 
 
 def _difference_text(m: cpb.MetricResult) -> str:
     if not m.HasField("difference"):
-        return _NONE
+        return NONE
     kind = m.kind or "number"
     d = m.difference
-    return f"{metric_effect_text(kind, d.value)} {_interval(kind, d, effect=True)}"
+    return f"{metric_effect_text(kind, d.value)} {effect_interval(kind, d)}"
 
 
 def _summary(report: cpb.ExperimentReport) -> str:
@@ -643,9 +649,9 @@ def _summary(report: cpb.ExperimentReport) -> str:
     if report.metrics:
         rows = [
             [
-                m.metric or _NONE,
+                m.metric or NONE,
                 _badge(m.verdict, verdict_label(m, report)),
-                m.reason or _NONE,
+                m.reason or NONE,
                 _difference_text(m),
                 p_value_text(m.p_value),
             ]
@@ -686,7 +692,7 @@ def _summary(report: cpb.ExperimentReport) -> str:
         facts.append("shadow: no data")
     drift = report.drift
     if drift.enabled:
-        facts.append(f"drift: worst level {drift.worst_level or _NONE}")
+        facts.append(f"drift: worst level {drift.worst_level or NONE}")
     else:
         facts.append("drift: no data (disabled)")
     parts.append("<p>" + " · ".join(_e(f) for f in facts) + "</p>")
@@ -696,20 +702,10 @@ def _summary(report: cpb.ExperimentReport) -> str:
 
 def _arm_rows(m: cpb.MetricResult) -> list[list[object]]:
     kind = m.kind or "number"
-    rows: list[list[object]] = []
-    for letter, arm in (("A (control)", m.control), ("B (treatment)", m.treatment)):
-        has = arm.HasField("value")
-        rows.append(
-            [
-                letter,
-                arm.variant or _NONE,
-                arm.n,
-                arm.successes if kind == "bool" else _num(arm.std_dev),
-                metric_value_text(kind, arm.value.value) if has else _NONE,
-                _interval(kind, arm.value, effect=False) if has else _NONE,
-            ]
-        )
-    return rows
+    return [
+        ["A (control)", *arm_cells(kind, m.control)],
+        ["B (treatment)", *arm_cells(kind, m.treatment)],
+    ]
 
 
 def _metric_facts(report: cpb.ExperimentReport, m: cpb.MetricResult) -> list[list[object]]:
@@ -720,7 +716,7 @@ def _metric_facts(report: cpb.ExperimentReport, m: cpb.MetricResult) -> list[lis
         d = m.difference
         facts.append(
             [
-                f"difference B - A, anytime-valid {_level(d, 1 - alpha)} interval",
+                f"difference B - A, anytime-valid {level(d, 1 - alpha)} interval",
                 f"{_difference_text(m)}{f' ({d.method})' if d.method else ''}",
             ]
         )
@@ -729,7 +725,7 @@ def _metric_facts(report: cpb.ExperimentReport, m: cpb.MetricResult) -> list[lis
         facts.append(
             [
                 "relative lift (fixed-horizon interval: for reading, not deciding)",
-                f"{_signed_pct(lift.value)} [{_signed_pct(lift.lower)}, {_signed_pct(lift.upper)}]",
+                f"{signed_pct(lift.value)} [{signed_pct(lift.lower)}, {signed_pct(lift.upper)}]",
             ]
         )
     facts.append(["always-valid p-value", p_value_text(m.p_value)])
@@ -762,28 +758,19 @@ def _metric_facts(report: cpb.ExperimentReport, m: cpb.MetricResult) -> list[lis
 
 def _segment_table(m: cpb.MetricResult) -> str:
     kind = m.kind or "number"
-    rows = []
-    for s in m.segments:
-        c, t = s.control, s.treatment
-        diff = (
-            f"{metric_effect_text(kind, s.difference.value)} "
-            f"{_interval(kind, s.difference, effect=True)}"
-            if s.HasField("difference")
-            else _NONE
-        )
-        rows.append(
-            [
-                s.segment or _NONE,
-                f"{c.n} / {t.n}",
-                f"{metric_value_text(kind, c.value.value)} / "
-                f"{metric_value_text(kind, t.value.value)}",
-                diff,
-                p_value_text(s.p_value),
-                p_value_text(s.adjusted_p_value),
-                _Safe('<span class="bad">yes</span>') if s.significant else "no",
-                s.winner or _NONE,
-            ]
-        )
+    rows = [
+        [
+            r.segment,
+            r.n,
+            r.values,
+            r.difference,
+            r.p,
+            r.adjusted_p,
+            _Safe('<span class="bad">yes</span>') if r.significant else "no",
+            r.winner,
+        ]
+        for r in segment_rows(kind, m.segments)
+    ]
     correction = m.correction or "adjusted"
     return _table(
         [
@@ -806,7 +793,7 @@ def _metric_section(
 ) -> str:
     parts = [
         f'<section id="metric-{index}" class="metric">',
-        f"<h2>Metric {_e(m.metric or _NONE)}</h2>",
+        f"<h2>Metric {_e(m.metric or NONE)}</h2>",
         "<p>",
         _badge(m.verdict, verdict_label(m, report)),
         f" {_e(m.reason)}" if m.reason else "",
@@ -817,7 +804,7 @@ def _metric_section(
             f'<div class="warnings"><h3>Simpson\'s paradox</h3>{_tag("p", m.simpson_warning)}</div>'
         )
     kind = m.kind or "number"
-    level = _level(m.control.value) if m.control.HasField("value") else "95%"
+    arm_level = level(m.control.value) if m.control.HasField("value") else "95%"
     parts.append(
         _table(
             [
@@ -826,7 +813,7 @@ def _metric_section(
                 "n",
                 "successes" if kind == "bool" else "std dev",
                 "rate" if kind == "bool" else "mean",
-                f"{level} interval",
+                f"{arm_level} interval",
             ],
             _arm_rows(m),
             numeric=(2, 3, 4),
@@ -893,20 +880,10 @@ def _srm_section(plotter: _Plotter, report: cpb.ExperimentReport) -> str:
         parts.append('<p class="good">ok: the traffic split matches the weights.</p>')
     if srm.detail:
         parts.append(_tag("p", srm.detail))
-    letters = {report.control_variant: "A", report.treatment_variant: "B"}
     parts.append(
         _table(
             ["variant", "arm", "observed", "observed share", "expected share"],
-            [
-                [
-                    a.variant or _NONE,
-                    letters.get(a.variant, _NONE) if a.variant else _NONE,
-                    a.observed,
-                    _pct(a.observed_share),
-                    _pct(a.expected_share),
-                ]
-                for a in srm.arms
-            ],
+            srm_rows(report),
             numeric=(2, 3, 4),
         )
     )
@@ -924,32 +901,20 @@ def _srm_section(plotter: _Plotter, report: cpb.ExperimentReport) -> str:
     return "".join(parts)
 
 
-def _shadow_section(plotter: _Plotter, report: cpb.ExperimentReport) -> str:
-    parts = ['<section id="shadow"><h2>Shadow comparison</h2>']
-    s = report.shadow
-    if not s.shadow_variant:
-        parts.append(_no_data("shadow (no shadow variant configured)"))
-        parts.append("</section>")
-        return "".join(parts)
-    name = recommendation_name(s.recommendation)
-    advice = recommendation_text(s.recommendation)
-    if advice is not None:
-        cls = "good" if name == "PROMOTE_TO_CANARY" else "bad"
-        parts.append(f'<p>Recommendation: <span class="{cls}">{_e(advice)}</span></p>')
-    if s.reasons:
-        parts.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in s.reasons) + "</ul>")
+def _shadow_facts(s: cpb.ShadowReport) -> list[list[object]]:
+    """The shadow's counts, agreement, noise adjustment, error rates and latency."""
     rows: list[list[object]] = [
-        ["shadow variant / comparator", f"{s.shadow_variant} / {s.comparator or _NONE}"],
+        ["shadow variant / comparator", f"{s.shadow_variant} / {s.comparator or NONE}"],
         [
             "sampled / sent / dropped / in flight",
             f"{s.sampled} / {s.sent} / {s.dropped} / {s.in_flight}",
         ],
     ]
     if s.compared:
-        agreement = _pct(s.agreement_rate)
+        agreement = pct(s.agreement_rate)
         if s.HasField("agreement"):
             a = s.agreement
-            agreement += f" [{_pct(a.lower)}, {_pct(a.upper)}] ({_level(a)} {a.method})".rstrip()
+            agreement += f" [{pct(a.lower)}, {pct(a.upper)}] ({level(a)} {a.method})".rstrip()
         rows.append(["compared / agreed / agreement", f"{s.compared} / {s.agreed} / {agreement}"])
     else:
         rows.append(["compared", "0 (nothing compared yet)"])
@@ -964,16 +929,9 @@ def _shadow_section(plotter: _Plotter, report: cpb.ExperimentReport) -> str:
             ("noise-adjusted disagreement (candidate - noise)", "adjusted_disagreement"),
         ):
             if n.HasField(field):
-                e = getattr(n, field)
-                rows.append(
-                    [
-                        label,
-                        f"{_pct(e.value)} [{_pct(e.lower)}, {_pct(e.upper)}] "
-                        f"({_level(e)} {e.method})".rstrip(),
-                    ]
-                )
+                rows.append([label, estimate_pct(getattr(n, field))])
     rows.append(
-        ["error rate: shadow / primary", f"{_pct(s.error_rate)} / {_pct(s.primary_error_rate)}"]
+        ["error rate: shadow / primary", f"{pct(s.error_rate)} / {pct(s.primary_error_rate)}"]
     )
     if s.errors_by_status:
         rows.append(
@@ -981,46 +939,28 @@ def _shadow_section(plotter: _Plotter, report: cpb.ExperimentReport) -> str:
         )
     lat = s.latency
     if lat.count:
-        rows.append(
-            [
-                "latency p50 primary / shadow / ratio",
-                f"{lat.primary_p50_seconds * 1000:.1f} ms / "
-                f"{lat.shadow_p50_seconds * 1000:.1f} ms / {lat.ratio_p50:.2f}x",
-            ]
-        )
-        rows.append(
-            [
-                "latency p95 primary / shadow / ratio",
-                f"{lat.primary_p95_seconds * 1000:.1f} ms / "
-                f"{lat.shadow_p95_seconds * 1000:.1f} ms / {lat.ratio_p95:.2f}x",
-            ]
-        )
-    parts.append(_table(["", ""], rows))
-    parts.append(
-        _figure(
-            _shadow_plot(plotter, s),
-            "Agreement with its interval (noise-adjusted: 1 - the candidate's disagreement "
-            "beyond the primary model's own), the shadow/primary latency ratios and the "
-            "error rates.",
-            "shadow plots",
-        )
-    )
+        for name, primary, shadow, ratio in (
+            ("p50", lat.primary_p50_seconds, lat.shadow_p50_seconds, lat.ratio_p50),
+            ("p95", lat.primary_p95_seconds, lat.shadow_p95_seconds, lat.ratio_p95),
+        ):
+            rows.append(
+                [
+                    f"latency {name} primary / shadow / ratio",
+                    f"{ms(primary)} / {ms(shadow)} / {ratio:.2f}x",
+                ]
+            )
+    return rows
+
+
+def _shadow_examples(s: cpb.ShadowReport) -> list[str]:
+    """The slowest shadow calls and the recent disagreements, as tables."""
+    parts: list[str] = []
     if s.latency_outliers:
         parts.append("<h3>Slowest shadow calls relative to the primary</h3>")
         parts.append(
             _table(
                 ["time", "request", "key", "primary", "shadow", "ratio"],
-                [
-                    [
-                        _when(o.unix_time),
-                        o.request_id or _NONE,
-                        o.targeting_key or _NONE,
-                        f"{o.primary_seconds * 1000:.1f} ms",
-                        f"{o.shadow_seconds * 1000:.1f} ms",
-                        f"{o.ratio:.2f}x",
-                    ]
-                    for o in s.latency_outliers
-                ],
+                outlier_rows(s.latency_outliers),
                 numeric=(3, 4, 5),
             )
         )
@@ -1037,20 +977,37 @@ def _shadow_section(plotter: _Plotter, report: cpb.ExperimentReport) -> str:
                     "primary output",
                     "shadow output",
                 ],
-                [
-                    [
-                        _when(d.unix_time),
-                        d.request_id or _NONE,
-                        d.targeting_key or _NONE,
-                        d.primary_variant or _NONE,
-                        d.detail,
-                        d.primary_output or _NONE,
-                        d.shadow_output or _NONE,
-                    ]
-                    for d in s.examples
-                ],
+                example_rows(s.examples),
             )
         )
+    return parts
+
+
+def _shadow_section(plotter: _Plotter, report: cpb.ExperimentReport) -> str:
+    parts = ['<section id="shadow"><h2>Shadow comparison</h2>']
+    s = report.shadow
+    if not s.shadow_variant:
+        parts.append(_no_data("shadow (no shadow variant configured)"))
+        parts.append("</section>")
+        return "".join(parts)
+    name = recommendation_name(s.recommendation)
+    advice = recommendation_text(s.recommendation)
+    if advice is not None:
+        cls = "good" if name == "PROMOTE_TO_CANARY" else "bad"
+        parts.append(f'<p>Recommendation: <span class="{cls}">{_e(advice)}</span></p>')
+    if s.reasons:
+        parts.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in s.reasons) + "</ul>")
+    parts.append(_table(["", ""], _shadow_facts(s)))
+    parts.append(
+        _figure(
+            _shadow_plot(plotter, s),
+            "Agreement with its interval (noise-adjusted: 1 - the candidate's disagreement "
+            "beyond the primary model's own), the shadow/primary latency ratios and the "
+            "error rates.",
+            "shadow plots",
+        )
+    )
+    parts.extend(_shadow_examples(s))
     parts.append("</section>")
     return "".join(str(p) for p in parts)
 
@@ -1063,7 +1020,7 @@ def _drift_section(plotter: _Plotter, report: cpb.ExperimentReport) -> str:
         parts.append("</section>")
         return "".join(parts)
     facts = (
-        f"worst level {d.worst_level or _NONE} · PSI moderate ≥ {d.moderate_threshold:g}, major "
+        f"worst level {d.worst_level or NONE} · PSI moderate ≥ {d.moderate_threshold:g}, major "
         f"≥ {d.major_threshold:g} · sampled {d.sampled}, dropped {d.dropped}"
         + (f" · compared with {d.reference}" if d.reference else "")
     )
@@ -1096,20 +1053,7 @@ def _drift_section(plotter: _Plotter, report: cpb.ExperimentReport) -> str:
     parts.append(
         _table(
             ["feature", "kind", "variant", "n ref", "n cur", "PSI", "level", "KS D", "KS p"],
-            [
-                [
-                    f.name or _NONE,
-                    f.kind or _NONE,
-                    f.variant or _NONE,
-                    f.reference_n,
-                    f.current_n,
-                    f"{f.psi:.4f}" if math.isfinite(f.psi) else _NONE,
-                    f.level or _NONE,
-                    f"{f.ks_statistic:.4f}" if math.isfinite(f.ks_statistic) else _NONE,
-                    p_value_text(f.ks_p_value),
-                ]
-                for f in d.features
-            ],
+            drift_rows(d),
             numeric=(3, 4, 5, 7, 8),
         )
     )
@@ -1126,11 +1070,14 @@ _FOOTER = (
 
 
 def render_html(report: cpb.ExperimentReport) -> str:
-    """The report as one self-contained HTML page (inline SVG plots, inline CSS)."""
+    """The report as one self-contained HTML page (inline SVG plots, inline CSS).
+
+    Raises `ReportExtraMissing` when matplotlib is not installed (the `report` extra)."""
+    require_matplotlib()
     plotter = _Plotter()
     title = (
-        f"Experiment report: {report.control_variant or _NONE} vs "
-        f"{report.treatment_variant or _NONE} (epoch {report.epoch})"
+        f"Experiment report: {report.control_variant or NONE} vs "
+        f"{report.treatment_variant or NONE} (epoch {report.epoch})"
     )
     sections = [
         _header(report),

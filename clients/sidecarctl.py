@@ -15,6 +15,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -22,19 +23,21 @@ from typing import Any, NoReturn
 
 import yaml
 
-from clients.control import (
-    ACTIVE_PHASES,
-    ControlClient,
-    ControlError,
-    audit_entry_to_dict,
-    drill_to_dict,
-    experiment_to_dict,
+from clients.control import ControlClient, ControlError
+from clients.render_text import (
     render_audit,
     render_drill,
     render_experiment,
     render_rollout,
     render_shadow,
     render_state,
+)
+from clients.report_html import ReportExtraMissing, render_html, require_matplotlib
+from clients.views import (
+    ACTIVE_PHASES,
+    audit_entry_to_dict,
+    drill_to_dict,
+    experiment_to_dict,
     rollout_to_dict,
     shadow_to_dict,
     state_to_dict,
@@ -300,12 +303,18 @@ def _plan_psi(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
-def _plan_stage(item: object, where: str) -> cpb.RolloutStage:
-    if not isinstance(item, Mapping):
-        raise PlanFileError(f"{where}: must be a mapping with at least name and kind")
-    name = item.get("name")
-    if isinstance(name, str) and name.strip():
-        where = f"{where} ({name!r})"
+#: Optional stage fields: (plan file key, parser, RolloutStage attribute), in checking order.
+_STAGE_OPTIONS: tuple[tuple[str, Callable[[object], Any], str], ...] = (
+    ("canary_percent", _plan_percent, "canary_bp"),
+    ("canary_bp", _plan_bp, "canary_bp"),
+    ("min_duration", _plan_duration, "min_duration_seconds"),
+    ("min_samples", _plan_samples, "min_samples"),
+    ("ab_gate", _plan_flag, "ab_gate"),
+    ("max_drift_psi", _plan_psi, "max_drift_psi"),
+)
+
+
+def _stage_name(item: Mapping[Any, Any], where: str) -> str:
     for key in item:
         if key not in _STAGE_FIELDS:
             raise PlanFileError(
@@ -313,37 +322,46 @@ def _plan_stage(item: object, where: str) -> cpb.RolloutStage:
             )
     if "name" not in item:
         raise PlanFileError(f"{where}: field name: missing")
+    name = item["name"]
     if not (isinstance(name, str) and name.strip()):
         raise PlanFileError(f"{where}: field name: must be non-empty text, got {name!r}")
-    kind = item.get("kind")
+    return name
+
+
+def _stage_kind(item: Mapping[Any, Any], where: str) -> cpb.StageKind:
     if "kind" not in item:
         raise PlanFileError(f"{where}: field kind: missing (shadow, canary or promote)")
+    kind = item["kind"]
     if not isinstance(kind, str) or kind.strip().lower() not in _PLAN_KINDS:
         raise PlanFileError(f"{where}: field kind: must be shadow, canary or promote, got {kind!r}")
-    stage = cpb.RolloutStage(name=name, kind=_PLAN_KINDS[kind.strip().lower()])
-    if "canary_percent" in item and "canary_bp" in item:
+    return _PLAN_KINDS[kind.strip().lower()]
+
+
+def _set_stage_options(stage: cpb.RolloutStage, item: Mapping[Any, Any], where: str) -> None:
+    has_percent, has_bp = "canary_percent" in item, "canary_bp" in item
+    if has_percent and has_bp:
         raise PlanFileError(f"{where}: fields canary_percent and canary_bp: give one, not both")
-    parsers: list[tuple[str, Callable[[object], Any], str]] = [
-        ("canary_percent", _plan_percent, "canary_bp"),
-        ("canary_bp", _plan_bp, "canary_bp"),
-        ("min_duration", _plan_duration, "min_duration_seconds"),
-        ("min_samples", _plan_samples, "min_samples"),
-        ("ab_gate", _plan_flag, "ab_gate"),
-        ("max_drift_psi", _plan_psi, "max_drift_psi"),
-    ]
-    for key, parse, attribute in parsers:
+    for key, parse, attribute in _STAGE_OPTIONS:
         if key in item:
             try:
                 setattr(stage, attribute, parse(item[key]))
             except ValueError as exc:
                 raise PlanFileError(f"{where}: field {key}: {exc}") from None
-    if stage.kind == cpb.STAGE_KIND_CANARY and not (
-        "canary_percent" in item or "canary_bp" in item
-    ):
+    if stage.kind == cpb.STAGE_KIND_CANARY and not (has_percent or has_bp):
         raise PlanFileError(
             f"{where}: field canary_percent: missing (a canary stage needs canary_percent or "
             "canary_bp)"
         )
+
+
+def _plan_stage(item: object, where: str) -> cpb.RolloutStage:
+    if not isinstance(item, Mapping):
+        raise PlanFileError(f"{where}: must be a mapping with at least name and kind")
+    name = item.get("name")
+    if isinstance(name, str) and name.strip():
+        where = f"{where} ({name!r})"
+    stage = cpb.RolloutStage(name=_stage_name(item, where), kind=_stage_kind(item, where))
+    _set_stage_options(stage, item, where)
     return stage
 
 
@@ -447,18 +465,47 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     )
 
 
-def build_parser(secrets: Sequence[str] = ()) -> _Parser:
-    """The argument parser; `secrets` are redacted from its error messages."""
-    parser = _Parser(
-        prog="sidecarctl",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=_Formatter,
-    )
-    parser.secrets = secrets
-    _add_global_options(parser, suppress=False)
-    common = _Parser(add_help=False)
-    _add_global_options(common, suppress=True)
+@dataclass
+class _CommandFactory:
+    """Adds subcommands: each gets the connection and output options (`common`), writes also
+    --reason and --expect-revision (`write`), and an epilog with its examples."""
+
+    commands: argparse._SubParsersAction[_Parser]
+    common: _Parser
+    write: _Parser
+    secrets: Sequence[str]
+
+    def add(
+        self,
+        name: str,
+        help_text: str,
+        description: str,
+        example: str | Sequence[str],
+        *,
+        writes: bool = False,
+        sub: argparse._SubParsersAction[_Parser] | None = None,
+        notes: str = "",
+    ) -> _Parser:
+        examples = [example] if isinstance(example, str) else list(example)
+        epilog = ("example:" if len(examples) == 1 else "examples:") + "".join(
+            f"\n  {e}" for e in examples
+        )
+        if notes:
+            epilog += f"\n\n{notes}"
+        created = (sub or self.commands).add_parser(
+            name,
+            help=help_text,
+            description=description,
+            epilog=epilog,
+            formatter_class=_Formatter,
+            parents=[self.write, self.common] if writes else [self.common],
+        )
+        created.secrets = self.secrets
+        return created
+
+
+def _write_options() -> _Parser:
+    """--reason (required) and --expect-revision, shared by every write."""
     write = _Parser(add_help=False)
     write_group = write.add_argument_group("write options")
     write_group.add_argument(
@@ -474,37 +521,34 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         default=0,
         help="refuse (ABORTED, exit 1) unless the state is at revision N (default 0: no check)",
     )
+    return write
 
+
+def build_parser(secrets: Sequence[str] = ()) -> _Parser:
+    """The argument parser; `secrets` are redacted from its error messages."""
+    parser = _Parser(
+        prog="sidecarctl",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.secrets = secrets
+    _add_global_options(parser, suppress=False)
+    common = _Parser(add_help=False)
+    _add_global_options(common, suppress=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    factory = _CommandFactory(commands, common, _write_options(), secrets)
+    _add_routing_commands(factory)
+    _add_rule_commands(factory)
+    _add_promotion_commands(factory)
+    _add_report_commands(factory)
+    _add_rollout_commands(factory)
+    return parser
 
-    def command(
-        name: str,
-        help_text: str,
-        description: str,
-        example: str | Sequence[str],
-        *,
-        writes: bool = False,
-        sub: argparse._SubParsersAction[_Parser] = commands,
-        notes: str = "",
-    ) -> _Parser:
-        examples = [example] if isinstance(example, str) else list(example)
-        epilog = ("example:" if len(examples) == 1 else "examples:") + "".join(
-            f"\n  {e}" for e in examples
-        )
-        if notes:
-            epilog += f"\n\n{notes}"
-        created = sub.add_parser(
-            name,
-            help=help_text,
-            description=description,
-            epilog=epilog,
-            formatter_class=_Formatter,
-            parents=[write, common] if writes else [common],
-        )
-        created.secrets = secrets
-        return created
 
-    p = command(
+def _add_routing_commands(c: _CommandFactory) -> None:
+    """status, weights, kill: read the routing state, split traffic, the kill switch."""
+    p = c.add(
         "status",
         "show the routing state (variants, weights, kill switch, rules, revision)",
         "Show the routing state in force: each variant with its role, weight and requests\n"
@@ -522,7 +566,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     )
     p.set_defaults(handler=cmd_status)
 
-    p = command(
+    p = c.add(
         "weights",
         "set the traffic split between variants",
         "Set the share of traffic each variant gets, in basis points (10000 = 100%) or as a\n"
@@ -541,7 +585,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     )
     p.set_defaults(handler=cmd_weights)
 
-    p = command(
+    p = c.add(
         "kill",
         "turn the kill switch on (all traffic to stable) or off",
         "Kill switch on: from the next request every request goes to the stable variant,\n"
@@ -552,7 +596,10 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     p.add_argument("position", choices=("on", "off"), help="on or off")
     p.set_defaults(handler=cmd_kill)
 
-    p = command(
+
+def _add_rule_commands(c: _CommandFactory) -> None:
+    """override, segment: pin a user or a segment to a variant."""
+    p = c.add(
         "override",
         "pin one user (targeting key) to a variant, or remove the pin",
         "User overrides send every request with a given targeting key (x-user-id) to one\n"
@@ -560,7 +607,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         'sidecarctl override set user-42 canary --reason "QA account"',
     )
     override = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = command(
+    p = c.add(
         "set",
         "pin KEY to VARIANT",
         "Send every request with targeting key KEY to VARIANT from the next request on.",
@@ -571,7 +618,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     p.add_argument("key", metavar="KEY", help="the targeting key (user id)")
     p.add_argument("variant", metavar="VARIANT", help="a configured variant name")
     p.set_defaults(handler=cmd_override_set)
-    p = command(
+    p = c.add(
         "clear",
         "remove KEY's pin",
         "Remove the pin of targeting key KEY; its requests follow segment rules and weights.",
@@ -582,7 +629,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     p.add_argument("key", metavar="KEY", help="the targeting key (user id)")
     p.set_defaults(handler=cmd_override_clear)
 
-    p = command(
+    p = c.add(
         "segment",
         "route a whole segment to a variant, or remove the rule",
         "Segment rules send every request of a segment (x-segment) to one variant, after\n"
@@ -590,7 +637,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         'sidecarctl segment set beta canary --reason "beta testers get the canary"',
     )
     segment = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = command(
+    p = c.add(
         "set",
         "route SEGMENT to VARIANT",
         "Send every request of SEGMENT to VARIANT from the next request on.",
@@ -601,7 +648,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     p.add_argument("segment", metavar="SEGMENT", help="a segment name")
     p.add_argument("variant", metavar="VARIANT", help="a configured variant name")
     p.set_defaults(handler=cmd_segment_set)
-    p = command(
+    p = c.add(
         "clear",
         "remove SEGMENT's rule",
         "Remove the rule of SEGMENT; its requests follow user overrides and weights.",
@@ -612,7 +659,10 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     p.add_argument("segment", metavar="SEGMENT", help="a segment name")
     p.set_defaults(handler=cmd_segment_clear)
 
-    p = command(
+
+def _add_promotion_commands(c: _CommandFactory) -> None:
+    """promote, rollback: the blue-green switches."""
+    p = c.add(
         "promote",
         "make the canary the new stable, with all traffic",
         "The canary becomes the stable variant and gets 100% of traffic. The old stable stays\n"
@@ -622,7 +672,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     )
     p.set_defaults(handler=cmd_promote)
 
-    p = command(
+    p = c.add(
         "rollback",
         "send all traffic to stable; or undo the last promotion",
         "All traffic goes to the stable variant at once. If the canary\n"
@@ -633,7 +683,10 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     )
     p.set_defaults(handler=cmd_rollback)
 
-    p = command(
+
+def _add_report_commands(c: _CommandFactory) -> None:
+    """audit, shadow, report: read-only reports."""
+    p = c.add(
         "audit",
         "show the audit log (who changed what, when and why)",
         "Show the most recent audit entries, newest last: time, who, which call, revision\n"
@@ -650,7 +703,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     )
     p.set_defaults(handler=cmd_audit)
 
-    p = command(
+    p = c.add(
         "shadow",
         "show the shadow comparison report",
         "Show what the shadow comparison has recorded: requests sampled and sent to the\n"
@@ -661,7 +714,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     )
     p.set_defaults(handler=cmd_shadow)
 
-    p = command(
+    p = c.add(
         "report",
         "show the experiment report (A/B verdicts); --html writes a page with plots",
         "Show the experiment between the stable (A, control) and canary (B, treatment)\n"
@@ -705,7 +758,10 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     )
     p.set_defaults(handler=cmd_report)
 
-    p = command(
+
+def _add_rollout_commands(c: _CommandFactory) -> None:
+    """rollout start|pause|resume|abort|status, and drill."""
+    p = c.add(
         "rollout",
         "run a gated rollout plan: shadow, canary steps, promote",
         "A rollout plan moves traffic to the canary variant in stages and advances only through\n"
@@ -723,7 +779,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         ],
     )
     rollout = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = command(
+    p = c.add(
         "start",
         "start a rollout plan (the sidecar's default plan, or --plan FILE)",
         "Start a rollout. Traffic: at once all traffic goes to the stable variant (any canary\n"
@@ -754,7 +810,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         help="start a plan that skips steps anyway (the skipped steps are audited)",
     )
     p.set_defaults(handler=cmd_rollout_start)
-    p = command(
+    p = c.add(
         "pause",
         "hold the rollout at its current stage",
         "Hold the rollout at its current stage: the traffic split stays as it is and the plan\n"
@@ -766,7 +822,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         sub=rollout,
     )
     p.set_defaults(handler=cmd_rollout_pause)
-    p = command(
+    p = c.add(
         "resume",
         "continue a paused rollout",
         "Continue a paused rollout at the stage where it was paused, with the same traffic\n"
@@ -776,7 +832,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         sub=rollout,
     )
     p.set_defaults(handler=cmd_rollout_resume)
-    p = command(
+    p = c.add(
         "abort",
         "stop the rollout and send all traffic to stable",
         "Stop the plan (phase ABORTED) and send all traffic to the stable variant at once, as\n"
@@ -786,7 +842,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         sub=rollout,
     )
     p.set_defaults(handler=cmd_rollout_abort)
-    p = command(
+    p = c.add(
         "status",
         "show the rollout: plan, current stage, progress and gates",
         "Show the rollout: its phase, the plan as a ladder with the current stage marked, the\n"
@@ -813,7 +869,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     )
     p.set_defaults(handler=cmd_rollout_status)
 
-    p = command(
+    p = c.add(
         "drill",
         "rehearse an automatic rollback end to end (the state is restored after)",
         "Rehearse an automatic rollback: the health checker is shown a failing canary\n"
@@ -832,7 +888,6 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         help="why (required; recorded in the audit log with your identity)",
     )
     p.set_defaults(handler=cmd_drill)
-    return parser
 
 
 # -- output --------------------------------------------------------------------------------
@@ -1189,7 +1244,8 @@ def cmd_report(client: ControlClient, args: argparse.Namespace, console: Console
     if args.html is not None:
         try:
             destination = _html_destination(args.html)
-        except _UsageError as exc:
+            require_matplotlib()  # the `report` extra; said before asking the sidecar
+        except (_UsageError, ReportExtraMissing) as exc:
             console.err(f"sidecarctl report: error: {exc}")
             return EXIT_USAGE
     report = client.experiment_report(metrics=args.metrics, omit_history=args.no_history)
@@ -1199,8 +1255,6 @@ def cmd_report(client: ControlClient, args: argparse.Namespace, console: Console
         console.out(render_experiment(report))
     if destination is None:
         return EXIT_OK
-    from clients.report_html import render_html  # matplotlib: imported only when needed
-
     try:
         _write_html(destination, render_html(report))
     except OSError as exc:

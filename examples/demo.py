@@ -43,14 +43,11 @@ import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc as grpcclient
 
-from clients.control import (
-    ControlClient,
-    recommendation_name,
-    render_experiment,
-    verdict_name,
-)
+from clients.control import ControlClient
 from clients.predict import PredictClient, Prediction
+from clients.render_text import render_experiment
 from clients.report_html import render_html
+from clients.views import recommendation_name, verdict_name
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc
 from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, bearer, control_section
 from sidecar.testing.mlserver import (

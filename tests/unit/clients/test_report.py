@@ -14,7 +14,11 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,14 +27,10 @@ import grpc
 import pytest
 from test_sidecarctl import TOKEN, FakeControl, free_port, run, shadow_report, start_server
 
-from clients.control import (
-    ControlClient,
-    experiment_to_dict,
-    render_experiment,
-    render_shadow,
-    shadow_to_dict,
-)
-from clients.report_html import render_html
+from clients.control import ControlClient
+from clients.render_text import render_experiment, render_shadow
+from clients.report_html import INSTALL_HINT, ReportExtraMissing, render_html
+from clients.views import experiment_to_dict, shadow_to_dict
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 
 T0 = 1_700_000_000.0
@@ -739,3 +739,60 @@ def test_report_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> No
     assert r.code == 0
     for option in ("--metric", "--json", "--html", "--no-history", "anytime-valid"):
         assert option in r.out
+
+
+def test_report_html_without_matplotlib_says_how_to_install(
+    fake: FakeControl,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without matplotlib (the `report` extra), `report --html` prints one line saying how to
+    install it and exits 2, before asking the sidecar; no page is written."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    path = tmp_path / "r.html"
+    r = run(capsys, "--token", TOKEN, "report", "--html", str(path))
+    assert r.code == 2
+    assert r.err.splitlines() == [
+        "sidecarctl report: error: the HTML report needs matplotlib: "
+        "pip install 'rollout-sidecar[report]'"
+    ]
+    assert r.out == ""
+    assert fake.calls == []
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ReportExtraMissing, match=re.escape(INSTALL_HINT)):
+        render_html(ship_report())
+
+
+def test_clients_import_and_print_tables_without_matplotlib(tmp_path: Path) -> None:
+    """In a fresh process where matplotlib cannot be imported, every clients module imports
+    and the tables render; only drawing the HTML page asks for the extra."""
+    script = tmp_path / "no_matplotlib.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            sys.modules["matplotlib"] = None
+            from clients import control, predict, render_text, report_html, sidecarctl, views
+            from sidecar._proto.sidecar.v1 import control_pb2 as cpb
+            assert render_text.render_experiment(cpb.ExperimentReport())
+            try:
+                report_html.render_html(cpb.ExperimentReport())
+            except report_html.ReportExtraMissing as exc:
+                print(exc)
+            """
+        ),
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[3],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "the HTML report needs matplotlib: pip install 'rollout-sidecar[report]'"
+    )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -23,16 +22,10 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
-from clients.control import (
-    ControlClient,
-    ControlError,
-    format_percent,
-    render_audit,
-    render_shadow,
-    render_state,
-    state_to_dict,
-)
+from clients.control import ControlClient, ControlError
+from clients.render_text import render_audit, render_shadow, render_state
 from clients.sidecarctl import main, parse_weight
+from clients.views import format_percent, state_to_dict
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
 from sidecar.testing.pki import OPENSSL, make_pki
@@ -110,6 +103,14 @@ class RecordedCall:
     peer_identity: list[bytes]
 
 
+def until_call_ends(context: grpc.ServicerContext, bound: float = 10.0) -> None:
+    """Block the handler until the client's deadline or cancel ends the call (at most `bound`
+    seconds): an event, not a polling sleep."""
+    ended = threading.Event()
+    if context.add_callback(ended.set):  # False: the call has already ended
+        ended.wait(bound)
+
+
 @dataclass
 class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
     """FAKE Control servicer: records calls, answers canned States, fails on request."""
@@ -117,7 +118,7 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
     state: cpb.State = field(default_factory=canned_state)
     calls: list[RecordedCall] = field(default_factory=list)
     failures: dict[str, tuple[grpc.StatusCode, str]] = field(default_factory=dict)
-    delay: float = 0.0
+    hang: bool = False  # answer only once the call has ended (deadline, cancel)
     watch_states: list[cpb.State] = field(default_factory=list)
     watch_hold_open: bool = False
     audit: list[cpb.AuditEntry] = field(default_factory=list)
@@ -153,8 +154,8 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
                     identity,
                 )
             )
-        if self.delay:
-            time.sleep(self.delay)
+        if self.hang:
+            until_call_ends(context)
         failure = self.failures.get(method) or self.failures.get("*")
         if failure:
             context.abort(*failure)
@@ -180,8 +181,8 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
     ) -> Iterator[cpb.State]:
         self._record("WatchState", request, context)
         yield from self.watch_states
-        while self.watch_hold_open and context.is_active():
-            time.sleep(0.01)
+        if self.watch_hold_open:
+            until_call_ends(context)
 
     def SetWeights(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
         return self._write("SetWeights", request, context)
@@ -535,7 +536,7 @@ def test_unreachable_target_exits_3_with_hint(
 
 def test_deadline_exceeded_exits_3(fake: FakeControl, capsys: pytest.CaptureFixture[str]) -> None:
     """A call outliving --timeout exits 3 (DEADLINE_EXCEEDED counts as unreachable)."""
-    fake.delay = 0.5
+    fake.hang = True
     r = run(capsys, "--timeout", "0.1", "status")
     assert r.code == 3
     assert "error: DEADLINE_EXCEEDED:" in r.err
@@ -703,7 +704,7 @@ def test_watch_state_can_be_cancelled(fake: FakeControl, target: str) -> None:
     with ControlClient(target) as client:
         watch = client.watch_state()
         assert next(watch).revision == 7
-        threading.Timer(0.05, watch.cancel).start()
+        threading.Thread(target=watch.cancel).start()  # from another thread, as Ctrl-C does
         assert list(watch) == []
 
 

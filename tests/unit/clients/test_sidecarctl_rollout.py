@@ -19,15 +19,10 @@ import grpc
 import pytest
 from test_sidecarctl import TOKEN, FakeControl, canned_state, default_plan, run, start_server
 
-from clients.control import (
-    ControlClient,
-    ControlError,
-    progress_bar,
-    render_drill,
-    render_rollout,
-    rollout_to_dict,
-)
+from clients.control import ControlClient, ControlError
+from clients.render_text import progress_bar, render_drill, render_rollout
 from clients.sidecarctl import PlanFileError, load_plan, parse_plan
+from clients.views import rollout_to_dict
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 
 SHADOW, CANARY, PROMOTE = cpb.STAGE_KIND_SHADOW, cpb.STAGE_KIND_CANARY, cpb.STAGE_KIND_PROMOTE
