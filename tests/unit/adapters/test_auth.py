@@ -24,8 +24,12 @@ from sidecar.config import TokenSpec
 from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, bearer
 
 TOKENS = [
-    TokenSpec("ops", OPERATOR, hashlib.sha256(OPERATOR_TOKEN.encode()).digest()),
-    TokenSpec("dash", VIEWER, hashlib.sha256(VIEWER_TOKEN.encode()).digest()),
+    TokenSpec(
+        name="ops", role=OPERATOR, token_sha256=hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()
+    ),
+    TokenSpec(
+        name="dash", role=VIEWER, token_sha256=hashlib.sha256(VIEWER_TOKEN.encode()).hexdigest()
+    ),
 ]
 
 
