@@ -39,20 +39,16 @@ from sidecar.adapters.telemetry.metrics import SidecarMetrics
 from sidecar.adapters.telemetry.processor import VariantStatsProcessor
 from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
 from sidecar.adapters.upstream.oip import UpstreamPool
-from sidecar.app.control import ControlService, describe
+from sidecar.app.control import ControlService, RolloutSetup, describe
 from sidecar.app.dataplane import DataPlane
 from sidecar.app.drift import DriftMonitor
 from sidecar.app.experiment import ExperimentService, FileCheckpoint, Insights
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, AuditLog, StateFileError, StateStore
-from sidecar.app.rollout import (
-    AnalysisSettings,
-    HealthChecker,
-    JudgeEvaluator,
-)
+from sidecar.app.rollout import JudgeEvaluator, RolloutController, stable_baseline
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.config import Config
-from sidecar.core.canary.analysis import AnalysisConfig
+from sidecar.core.canary.analysis import CanaryAnalysisConfig
 from sidecar.core.canary.judge import JudgeConfig
 from sidecar.core.canary.window import RollingWindows
 from sidecar.core.experiment import OutcomeLedger
@@ -83,7 +79,7 @@ class Sidecar:
     tracer_provider: TracerProvider
     stats: VariantStatsProcessor
     metrics: SidecarMetrics
-    checker: HealthChecker
+    checker: RolloutController
     alerts: Alerts
     experiment: ExperimentService
     insights: Insights
@@ -331,8 +327,13 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
             variant, config.upstream.connect_timeout or 1.0
         ),
         served=lambda: dataplane.served,
+        rollouts=RolloutSetup(
+            has_shadow=mirror is not None,
+            has_experiment=bool(e.metrics),
+            baseline=stable_baseline(windows, a.lookback),
+        ),
     )
-    analysis_config = AnalysisConfig(
+    analysis_config = CanaryAnalysisConfig(
         planned_checks=a.planned_checks,
         false_rollback_rate=a.false_rollback_rate,
         failure_limit=a.failure_limit,
@@ -346,21 +347,15 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         ),
     )
 
-    checker = HealthChecker(
+    checker = RolloutController(
         control=control,
         windows=windows,
         evaluator_factory=lambda: JudgeEvaluator(analysis_config),
-        settings=AnalysisSettings(
-            interval=a.interval,
-            lookback=a.lookback,
-            stale_after=a.stale_after_hours * 3600,
-            shadow=shadow_thresholds,
-        ),
-        stable_ready=lambda: dataplane.stable_ready(config.upstream.connect_timeout or 1.0),
+        analysis=a,
+        shadow_thresholds=shadow_thresholds,
         alerts=alerts,
         shadow=insights.shadow_reading,
         reset_shadow=lambda: mirror.recorder.reset() if mirror else None,
-        has_shadow=mirror is not None,
         ab_gate=insights.ab_gate if e.metrics else None,
         drift_gate=insights.drift_gate,
     )
@@ -378,7 +373,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
             Authenticator(config.control.tokens),
             served=lambda: dataplane.served,
             insights=insights,
-            checker=checker,
+            controller=checker,
         ),
         control_server,
     )

@@ -14,9 +14,10 @@ from sidecar.adapters.grpc.errors import abort
 from sidecar.adapters.grpc.report import drift_report, experiment_report, shadow_report
 from sidecar.app.control import ControlService
 from sidecar.app.experiment import Insights
-from sidecar.app.rollout import HealthChecker, run_drill
+from sidecar.app.rollout import RolloutController, run_drill
 from sidecar.app.state import Snapshot
 from sidecar.config import Config
+from sidecar.core.gates import GateStatus
 from sidecar.core.rollout import Stage, StageKind
 from sidecar.errors import InvalidRequest
 
@@ -87,7 +88,11 @@ _KINDS = {
     StageKind.PROMOTE: cpb.STAGE_KIND_PROMOTE,
 }
 _KINDS_BACK = {v: k for k, v in _KINDS.items()}
-_GATES = {"PASS": cpb.GATE_PASS, "FAIL": cpb.GATE_FAIL, "WAIT": cpb.GATE_WAIT}
+_GATES = {
+    GateStatus.PASS: cpb.GATE_PASS,
+    GateStatus.FAIL: cpb.GATE_FAIL,
+    GateStatus.WAIT: cpb.GATE_WAIT,
+}
 
 
 def stages_from_proto(plan: cpb.RolloutPlan) -> tuple[Stage, ...]:
@@ -110,10 +115,12 @@ def stages_from_proto(plan: cpb.RolloutPlan) -> tuple[Stage, ...]:
     return tuple(out)
 
 
-def rollout_message(snapshot: Snapshot, checker: HealthChecker, now: float) -> cpb.Rollout:
+def rollout_message(snapshot: Snapshot, controller: RolloutController, now: float) -> cpb.Rollout:
     r = snapshot.state.rollout
     if r is None:
-        return cpb.Rollout(phase="NONE", revision=snapshot.revision, verdict=checker.last_verdict)
+        return cpb.Rollout(
+            phase="NONE", revision=snapshot.revision, verdict=controller.last_verdict
+        )
     stage = r.stage
     active = r.phase.active
     return cpb.Rollout(
@@ -137,7 +144,7 @@ def rollout_message(snapshot: Snapshot, checker: HealthChecker, now: float) -> c
         started_unix_time=r.started_unix,
         stage_started_unix_time=r.stage_started_unix,
         stage_elapsed_seconds=r.elapsed(now) if active else 0.0,
-        stage_samples=checker.stage_samples if active else 0,
+        stage_samples=controller.stage_samples if active else 0,
         gates=[
             cpb.Gate(
                 name=g.name,
@@ -146,9 +153,9 @@ def rollout_message(snapshot: Snapshot, checker: HealthChecker, now: float) -> c
                 threshold=g.threshold,
                 detail=g.detail,
             )
-            for g in (checker.gates if active else ())
+            for g in (controller.gates if active else ())
         ],
-        verdict=checker.last_verdict,
+        verdict=controller.last_verdict,
         message=r.message,
         baseline_error_rate=r.baseline.error_rate,
         baseline_p50_seconds=r.baseline.p50_s,
@@ -166,12 +173,12 @@ class ControlServicer:
         auth: Authenticator,
         served: Callable[[], Mapping[str, int]],
         insights: Insights,
-        checker: HealthChecker,
+        controller: RolloutController,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.service = service
-        self.checker = checker
+        self.controller = controller
         self._clock = clock
         self.auth = auth
         self._served = served
@@ -182,7 +189,7 @@ class ControlServicer:
 
     def _state(self, snapshot: Snapshot) -> cpb.State:
         message = state_message(snapshot, self.config, self._served())
-        message.warnings.extend(self.checker.warnings(snapshot.state, self._clock()))
+        message.warnings.extend(self.controller.warnings(snapshot.state, self._clock()))
         message.warnings.extend(self.insights.warnings())
         return message
 
@@ -199,12 +206,12 @@ class ControlServicer:
         except Exception as exc:
             await abort(context, exc)
             raise
-        return rollout_message(snapshot, self.checker, self._clock())
+        return rollout_message(snapshot, self.controller, self._clock())
 
     async def StartRollout(self, request: cpb.StartRolloutRequest, context: Context) -> cpb.Rollout:
         async def start(who: str) -> Snapshot:
             stages = stages_from_proto(request.plan)
-            return await self.checker.start(
+            return await self.service.start_rollout(
                 who, request.reason, request.expected_revision, stages, request.force
             )
 
@@ -214,7 +221,7 @@ class ControlServicer:
         return await self._rollout_write(
             context,
             "PauseRollout",
-            lambda who: self.checker.pause(who, request.reason, request.expected_revision),
+            lambda who: self.service.pause_rollout(who, request.reason, request.expected_revision),
         )
 
     async def ResumeRollout(
@@ -223,14 +230,14 @@ class ControlServicer:
         return await self._rollout_write(
             context,
             "ResumeRollout",
-            lambda who: self.checker.resume(who, request.reason, request.expected_revision),
+            lambda who: self.service.resume_rollout(who, request.reason, request.expected_revision),
         )
 
     async def AbortRollout(self, request: cpb.AbortRolloutRequest, context: Context) -> cpb.Rollout:
         return await self._rollout_write(
             context,
             "AbortRollout",
-            lambda who: self.checker.abort(who, request.reason, request.expected_revision),
+            lambda who: self.service.abort_rollout(who, request.reason, request.expected_revision),
         )
 
     async def GetRollout(self, request: cpb.GetRolloutRequest, context: Context) -> cpb.Rollout:
@@ -238,12 +245,12 @@ class ControlServicer:
             self._principal(context, VIEWER, "GetRollout")
         except Exception as exc:
             await abort(context, exc)
-        return rollout_message(self.service.snapshot(), self.checker, self._clock())
+        return rollout_message(self.service.snapshot(), self.controller, self._clock())
 
     async def RunDrill(self, request: cpb.RunDrillRequest, context: Context) -> cpb.DrillReport:
         try:
             principal = self._principal(context, OPERATOR, "RunDrill")
-            result = await run_drill(self.checker, principal.name, request.reason)
+            result = await run_drill(self.controller, principal.name, request.reason)
         except Exception as exc:
             await abort(context, exc)
             raise

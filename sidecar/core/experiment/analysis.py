@@ -25,6 +25,7 @@ from typing import Any
 
 from scipy import special
 
+from sidecar.core.gates import GateStatus
 from sidecar.core.stats import (
     SequentialLook,
     SequentialState,
@@ -349,7 +350,7 @@ class LookEvents:
 
 @dataclass(frozen=True, slots=True)
 class GateReading:
-    status: str  # "PASS" | "FAIL" | "WAIT"
+    status: GateStatus
     value: float  # the gate metric's always-valid p-value (1.0 when there is none)
     detail: str
 
@@ -872,15 +873,15 @@ class ExperimentTracker:
     def gate(self) -> GateReading:
         """The A/B gate from the last look's verdict of the gate metric."""
         if not self._specs:
-            return GateReading("WAIT", 1.0, "no metric configured")
+            return GateReading(GateStatus.WAIT, 1.0, "no metric configured")
         name = self.settings.gate_metric or self.settings.metrics[0].name
         d = self._decide(name)
         if d.verdict in (ExperimentVerdict.SHIP_B, ExperimentVerdict.EQUIVALENT):
-            status = "PASS"
+            status = GateStatus.PASS
         elif d.verdict is ExperimentVerdict.KEEP_A:
-            status = "FAIL"
+            status = GateStatus.FAIL
         else:
-            status = "WAIT"
+            status = GateStatus.WAIT
         return GateReading(status, d.p_value, f"{name}: {d.verdict.value}: {d.reason}")
 
     # ------------------------------------------------------------------ report
