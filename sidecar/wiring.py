@@ -45,11 +45,14 @@ from sidecar.app.drift import DriftMonitor
 from sidecar.app.experiment import ExperimentService, FileCheckpoint, Insights
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, AuditLog, StateFileError, StateStore
-from sidecar.app.rollout import JudgeEvaluator, RolloutController, stable_baseline
+from sidecar.app.rollout import (
+    JudgeEvaluator,
+    RolloutController,
+    canary_analysis_config,
+    stable_baseline,
+)
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.config import Config
-from sidecar.core.canary.analysis import CanaryAnalysisConfig
-from sidecar.core.canary.judge import JudgeConfig
 from sidecar.core.canary.window import RollingWindows
 from sidecar.core.experiment import OutcomeLedger
 from sidecar.core.experiment.analysis import ExperimentSettings, ExperimentTracker, MetricSpec
@@ -333,20 +336,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
             baseline=stable_baseline(windows, a.lookback),
         ),
     )
-    analysis_config = CanaryAnalysisConfig(
-        planned_checks=a.planned_checks,
-        false_rollback_rate=a.false_rollback_rate,
-        failure_limit=a.failure_limit,
-        judge=JudgeConfig(
-            max_error_ratio=a.max_error_ratio,
-            max_timeout_ratio=a.max_timeout_ratio,
-            max_p50_ratio=a.max_p50_ratio,
-            max_p95_ratio=a.max_p95_ratio,
-            min_requests=a.min_requests,
-            min_latency_samples=a.min_latency_samples,
-        ),
-    )
-
+    analysis_config = canary_analysis_config(a)
     checker = RolloutController(
         control=control,
         windows=windows,

@@ -28,6 +28,7 @@ from sidecar.app.control import ControlService
 from sidecar.app.state import Snapshot
 from sidecar.config import AnalysisConfigSection
 from sidecar.core.canary.analysis import CanaryAnalysis, CanaryAnalysisConfig, Decision
+from sidecar.core.canary.judge import JudgeConfig
 from sidecar.core.canary.window import CumulativeWindows, RollingWindows, VariantWindow
 from sidecar.core.gates import (
     Evaluation,
@@ -59,6 +60,7 @@ __all__ = [
     "Evaluator",
     "JudgeEvaluator",
     "RolloutController",
+    "canary_analysis_config",
     "run_drill",
     "stable_baseline",
 ]
@@ -96,6 +98,23 @@ def stable_baseline(windows: RollingWindows, lookback: float) -> Callable[[str, 
         )
 
     return baseline
+
+
+def canary_analysis_config(analysis: AnalysisConfigSection) -> CanaryAnalysisConfig:
+    """The canary judge and its repeated-check analysis, from the `analysis:` section."""
+    return CanaryAnalysisConfig(
+        planned_checks=analysis.planned_checks,
+        false_rollback_rate=analysis.false_rollback_rate,
+        failure_limit=analysis.failure_limit,
+        judge=JudgeConfig(
+            max_error_ratio=analysis.max_error_ratio,
+            max_timeout_ratio=analysis.max_timeout_ratio,
+            max_p50_ratio=analysis.max_p50_ratio,
+            max_p95_ratio=analysis.max_p95_ratio,
+            min_requests=analysis.min_requests,
+            min_latency_samples=analysis.min_latency_samples,
+        ),
+    )
 
 
 class RolloutController:
