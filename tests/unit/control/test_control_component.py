@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -281,11 +281,17 @@ async def test_no_request_after_kill_ack_reaches_canary(sidecar: Sidecar) -> Non
             records.append((started, await variant_of(infer, f"c{n}-{i}")))
             i += 1
 
+    async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = loop.time() + timeout
+        while not condition():
+            assert loop.time() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.01)  # poll: the clients run meanwhile
+
     async def operator() -> None:
-        await asyncio.sleep(0.3)
+        await until(lambda: sum(v == "canary" for _, v in records) >= 10)
         await stub.SetKillSwitch(cpb.SetKillSwitchRequest(reason="drill", on=True), metadata=OPS)
         acked_at.append(loop.time())
-        await asyncio.sleep(0.3)
+        await until(lambda: sum(t > acked_at[0] for t, _ in records) >= 100)
         stop.set()
 
     await asyncio.gather(operator(), *(client(n) for n in range(4)))

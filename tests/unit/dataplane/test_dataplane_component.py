@@ -7,12 +7,18 @@ integration tests run the same paths against MLServer.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 import pytest
 from conftest import infer_request, stub
 
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2, predict_pb2_grpc
+from sidecar.app.mirror import ShadowMirror
+from sidecar.config import ShadowConfig
+from sidecar.core.shadow import Comparison
+from sidecar.errors import UpstreamError
+from sidecar.testing.clock import FakeClock
 from sidecar.testing.credentials import VIEWER_TOKEN, bearer
 from sidecar.testing.fault_upstream import Fault, FaultInjectingUpstream
 from sidecar.testing.inprocess import config_dict, running_sidecar
@@ -341,36 +347,68 @@ async def test_graceful_stop_drains_in_flight_requests(
         pending = asyncio.ensure_future(
             stub(sc.predict_port).ModelInfer(infer_request(), timeout=5)
         )
-        await asyncio.sleep(0.2)
+        await wait_for(lambda: model_server.calls.get("ModelInfer", 0) >= 1)  # in flight
         await sc.stop(grace=3.0)
         reply = await pending
         assert reply.outputs[0].contents.int64_contents[0] in (1, 2)
 
 
-async def test_dead_shadow_trips_the_breaker(
-    model_server: FaultInjectingUpstream, shadow_server: FaultInjectingUpstream
-) -> None:
+class ScriptedShadow:
+    """An `Upstream` for the mirror: answers `{}` or fails with `status` while `down`."""
+
+    name = "shadow"
+
+    def __init__(self) -> None:
+        self.down = False
+        self.calls = 0
+
+    async def infer(self, request: object, *, timeout: float, metadata: object) -> object:
+        self.calls += 1
+        if self.down:
+            raise UpstreamError("down", status="UNAVAILABLE", variant=self.name)
+        return object()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `condition` (yielding to the event loop) until it holds, within `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_dead_shadow_trips_the_breaker() -> None:
     """After breaker_failures consecutive shadow failures, copies are dropped (counted)
-    instead of sent, until a probe after the cool-down succeeds."""
-    raw = two_variants(
-        model_server,
-        shadow={"variant": "shadow", "breaker_failures": 3, "breaker_cooldown": 0.3},
+    instead of sent, until a probe after the cool-down succeeds (fake clock)."""
+    clock = FakeClock(start=0.0)
+    shadow = ScriptedShadow()
+    mirror: ShadowMirror[object, object] = ShadowMirror(
+        ShadowConfig("shadow", breaker_failures=3, breaker_cooldown=0.3),
+        shadow,
+        lambda _: {},
+        salt="s",
+        comparator=lambda primary, candidate: Comparison(True, ""),
+        clock=clock,
+        wall_clock=clock,
     )
-    raw["variants"]["shadow"] = {  # type: ignore[index]
-        "address": shadow_server.address, "model_name": "classifier", "model_version": "shadow",
-    }  # fmt: skip
-    async with running_sidecar(raw) as sc:
-        client = stub(sc.predict_port)
-        shadow_server.inject(Fault(status=grpc.StatusCode.UNAVAILABLE, message="down"))
-        for i in range(20):
-            await client.ModelInfer(infer_request(), metadata=(("x-user-id", f"u{i}"),))
-            await asyncio.sleep(0.01)
-        tripped = await wait_shadow_settled(sc.control_port, 3)
-        shadow_server.heal()
-        await asyncio.sleep(0.4)  # cool-down over: the next copy is a probe
-        for i in range(5):
-            await client.ModelInfer(infer_request(), metadata=(("x-user-id", f"v{i}"),))
-        healed = await wait_shadow_settled(sc.control_port, tripped.sent + 5)
+
+    async def offer(key: str) -> None:
+        mirror.offer(
+            object(), object(), primary_latency=0.01, primary_variant="stable",
+            bucketing_key=key, targeting_key=key, request_id=key,
+        )  # fmt: skip
+        await wait_for(lambda: mirror.in_flight == 0)  # the shadow call has finished
+
+    shadow.down = True
+    for i in range(20):
+        clock.advance(0.01)
+        await offer(f"u{i}")
+    tripped = mirror.recorder.summary()
+    shadow.down = False
+    clock.advance(0.3)  # cool-down over: the next copy is a probe
+    for i in range(5):
+        await offer(f"v{i}")
+    healed = mirror.recorder.summary()
     assert tripped.errors_by_status.get("UNAVAILABLE") == 3
     assert tripped.dropped >= 15 and tripped.sent == 3
     assert healed.compared >= 4  # the probe succeeded and mirroring resumed
