@@ -295,8 +295,7 @@ class RolloutController:
             return read(*args)
         except Exception as exc:
             log.exception("health.gate_unreadable", gate=name)
-            threshold = args[0] if args else 0.0
-            return GateReading(GateStatus.WAIT, 0.0, threshold, f"{name} unreadable: {exc}")
+            return GateReading(GateStatus.WAIT, 0.0, 0.0, f"{name} unreadable: {exc}")
 
     # ---- acting (always through ControlService) --------------------------------------
 
