@@ -87,7 +87,9 @@ def build(
         variants,
         weights=weights,
         shadow={"variant": "shadow"} if shadow else None,
-        analysis={**FAST_ANALYSIS, **analysis},
+        # The shadow shares the scripted stable server: on a busy machine its p95 jitters
+        # past 1.5x; these tests are about gates and plan mechanics, so the guard is wide.
+        analysis={**FAST_ANALYSIS, "shadow_max_p95_ratio": 5.0, **analysis},
     )
     return raw
 
