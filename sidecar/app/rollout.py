@@ -118,6 +118,12 @@ def canary_analysis_config(analysis: AnalysisConfigSection) -> CanaryAnalysisCon
 
 
 class RolloutController:
+    """Drives a rollout plan and watches a canary with no plan: `tick(now)` measures,
+    assesses with `sidecar.core.gates`, and acts through `ControlService` (principals
+    `rollout-controller` for stage moves, `health-checker` for rollbacks). `gates`,
+    `stage_samples`, `last_verdict` and `verdicts` are what GetRollout and the metrics
+    show."""
+
     def __init__(
         self,
         *,
@@ -249,38 +255,51 @@ class RolloutController:
         self, stage: Stage, snap: Snapshot, elapsed: float, now: float
     ) -> tuple[GateResult, ...]:
         """Measure the stage's readings, then assess them with the core's gate functions."""
-        assert self._cumulative is not None
-        stable = self._cumulative.window(snap.flag.stable)
         if stage.kind is StageKind.SHADOW:
-            reading = self._shadow()
-            if reading is not None:
-                self.stage_samples = reading.compared
-            return shadow_gates(
-                stage,
-                elapsed,
-                reading=reading,
-                stable_error_rate=stable.error_rate or 0.0,
-                thresholds=self.shadow_thresholds,
-            )
-        canary_name = snap.flag.canary
-        assert canary_name is not None
+            return self._assess_shadow(stage, snap, elapsed)
+        return self._assess_canary(stage, snap, elapsed, now)
+
+    def _assess_shadow(
+        self, stage: Stage, snap: Snapshot, elapsed: float
+    ) -> tuple[GateResult, ...]:
+        assert self._cumulative is not None
+        reading = self._shadow()
+        if reading is not None:
+            self.stage_samples = reading.compared
+        stable = self._cumulative.window(snap.flag.stable)
+        return shadow_gates(
+            stage,
+            elapsed,
+            reading=reading,
+            stable_error_rate=stable.error_rate or 0.0,
+            thresholds=self.shadow_thresholds,
+        )
+
+    def _assess_canary(
+        self, stage: Stage, snap: Snapshot, elapsed: float, now: float
+    ) -> tuple[GateResult, ...]:
+        assert self._cumulative is not None and snap.flag.canary is not None
+        canary_name, stable_name = snap.flag.canary, snap.flag.stable
         canary = self._cumulative.window(canary_name)
+        stable = self._cumulative.window(stable_name)
         self.stage_samples = canary.requests
         recent = None
         if self._cumulative.last - self._cumulative.start > RECENT_SPAN:
             recent = (
                 self.windows.window(canary_name, now, RECENT_SPAN),
-                self.windows.window(snap.flag.stable, now, RECENT_SPAN),
+                self.windows.window(stable_name, now, RECENT_SPAN),
             )
+        ab = self._read("ab_test", self._ab_gate) if stage.ab_gate else None
+        drift = None
+        if stage.max_drift_psi > 0:
+            drift = self._read("drift", self._drift_gate, stage.max_drift_psi)
         return canary_gates(
             stage,
             elapsed,
             health=self._evaluate(canary, stable, recent),
             canary_requests=canary.requests,
-            ab=self._read("ab_test", self._ab_gate) if stage.ab_gate else None,
-            drift=self._read("drift", self._drift_gate, stage.max_drift_psi)
-            if stage.max_drift_psi > 0
-            else None,
+            ab=ab,
+            drift=drift,
         )
 
     @staticmethod
