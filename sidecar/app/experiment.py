@@ -287,9 +287,7 @@ class Insights:
     def ab_gate(self) -> GateReading:
         """The A/B gate: a fresh look, then the gate metric's verdict (threshold: alpha)."""
         self.experiment.look()
-        tracker = self.experiment.tracker
-        r = tracker.gate()
-        return GateReading(r.status, r.value, tracker.settings.alpha, r.detail)
+        return self.experiment.tracker.gate()
 
     def drift_gate(self, threshold: float) -> GateReading:
         """The drift gate: the largest PSI over the input features and the canary's

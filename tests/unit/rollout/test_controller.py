@@ -44,7 +44,14 @@ class RecordingAlerts:
 class Harness:
     """A controller over a real ControlService with in-memory stores and a fake clock."""
 
-    def __init__(self, weights: dict[str, int], *, shadow: bool = False, **analysis: Any) -> None:
+    def __init__(
+        self,
+        weights: dict[str, int],
+        *,
+        shadow: bool = False,
+        experiment: bool = False,
+        **analysis: Any,
+    ) -> None:
         variants: dict[str, Any] = {"stable": ADDRESS, "canary": ADDRESS}
         if shadow:
             variants["shadow"] = (ADDRESS, "shadow")
@@ -63,7 +70,8 @@ class Harness:
         self.ready: dict[str, bool] = {"stable": True, "canary": True}
         self.served: dict[str, int] = {}
         self.shadow_reading: ShadowReading | None = None
-        self.ab: GateReading | None = None
+        self.ab: GateReading | Exception = GateReading(GateStatus.WAIT, 1.0, 0.05, "no look yet")
+        self.experiment = experiment
         state = DesiredState.from_flag(config.flag, unix_time=self.clock())
         self.control = ControlService(
             holder=StateHolder(config.flag, state),
@@ -75,7 +83,7 @@ class Harness:
             clock=self.clock,
             rollouts=RolloutSetup(
                 has_shadow=shadow,
-                has_experiment=False,
+                has_experiment=experiment,
                 baseline=stable_baseline(self.windows, a.lookback),
             ),
         )
@@ -91,8 +99,14 @@ class Harness:
             shadow_thresholds=ShadowThresholds(),
             alerts=self.alerts,
             shadow=lambda: self.shadow_reading,
+            ab_gate=self._ab if self.experiment else None,
             clock=self.clock,
         )
+
+    def _ab(self) -> GateReading:
+        if isinstance(self.ab, Exception):
+            raise self.ab
+        return self.ab
 
     async def _ready(self, variant: str) -> bool:
         return self.ready.get(variant, False)
@@ -344,3 +358,29 @@ async def test_variant_held_at_full_traffic_is_reported() -> None:
     await h.controller.tick(h.clock())
     warnings = h.controller.warnings(h.state, h.clock())
     assert any("canary" in w and "100%" in w for w in warnings)
+
+
+async def test_ab_gate_holds_while_undecided_and_rolls_back_on_keep_a() -> None:
+    """A stage waiting for the A/B test holds while the test waits or cannot be read, and
+    rolls back (audited with the gate's detail) once it says Keep A."""
+    h = Harness({"stable": 10_000, "canary": 0}, experiment=True)
+    plan = (
+        Stage("c50", StageKind.CANARY, 5000, min_samples=10, ab_gate=True),
+        Stage("promote", StageKind.PROMOTE),
+    )
+    await h.control.start_rollout("ops", "A/B", 0, plan, force=True)
+    for _ in range(20):
+        await h.tick(stable=50, canary=50)
+    gates = {g.name: g for g in h.controller.gates}
+    assert gates["ab_test"].status is GateStatus.WAIT and gates["health"].status is GateStatus.PASS
+    h.ab = RuntimeError("tracker busy")
+    await h.tick(stable=50, canary=50)
+    gates = {g.name: g for g in h.controller.gates}
+    assert gates["ab_test"].status is GateStatus.WAIT
+    assert "ab_test unreadable: tracker busy" in gates["ab_test"].detail
+    h.ab = GateReading(GateStatus.FAIL, 0.001, 0.05, "correct: KEEP_A: B is worse")
+    await h.tick(stable=50, canary=50)
+    rollout = h.state.rollout
+    assert rollout is not None and rollout.phase is Phase.ROLLED_BACK
+    rollback = h.audit.entries[-1]
+    assert rollback.principal == "health-checker" and "ab_test: correct: KEEP_A" in rollback.reason
