@@ -1,7 +1,8 @@
 """The request path in one process: routing, metadata, deadlines, errors, shadow bounds.
 
 Upstreams here are fault-injecting scripted servers (real gRPC on 127.0.0.1:0); the
-integration tests run the same paths against MLServer.
+integration tests run the same paths against MLServer. Time-dependent behaviour (the
+shadow breaker, latency, the outcome TTL) is driven directly on a fake clock.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import pytest
 from conftest import infer_request, stub
 
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2, predict_pb2_grpc
+from sidecar.app.dataplane import DataPlane, Served
 from sidecar.app.mirror import ShadowMirror
-from sidecar.config import ShadowConfig
+from sidecar.app.state import StateHolder
+from sidecar.config import ShadowConfig, UpstreamConfig, VariantSpec, parse_config
+from sidecar.core.experiment import OutcomeLedger
 from sidecar.core.shadow import Comparison
-from sidecar.errors import UpstreamError
+from sidecar.errors import NotFound, UpstreamError
 from sidecar.testing.clock import FakeClock
 from sidecar.testing.credentials import VIEWER_TOKEN, bearer
 from sidecar.testing.fault_upstream import Fault, FaultInjectingUpstream
@@ -431,3 +435,50 @@ async def test_front_door_request_id_takes_outcomes(model_server: FaultInjecting
             )
         )
     assert outcome.variant == trailers["x-variant"] and outcome.segment == "beta"
+
+
+class ClockedUpstream:
+    """An `Upstream` whose answer takes `latency` seconds of the fake clock."""
+
+    def __init__(self, name: str, clock: FakeClock, latency: float) -> None:
+        self.name = name
+        self._clock = clock
+        self._latency = latency
+
+    async def infer(self, request: object, *, timeout: float, metadata: object) -> str:
+        self._clock.advance(self._latency)
+        return self.name
+
+
+async def test_latency_and_outcome_ttl_follow_the_data_plane_clock() -> None:
+    """DataPlane driven directly on a fake clock: the latency is the upstream call's time
+    on the clock, and an outcome is attributed within the ledger's TTL but NOT_FOUND
+    after it."""
+    clock = FakeClock(start=0.0)
+    flag = parse_config(
+        config_dict({"stable": "127.0.0.1:1"}, weights={"stable": 10_000}), "<test>"
+    ).flag
+    plane: DataPlane[object, str] = DataPlane(
+        model="classifier",
+        state=StateHolder(flag),
+        variants={"stable": VariantSpec("stable", "127.0.0.1:1", "classifier")},
+        upstreams={"stable": ClockedUpstream("stable", clock, 0.25)},
+        upstream_config=UpstreamConfig(),
+        outcomes=OutcomeLedger(ttl_seconds=60.0),
+        clock=clock,
+    )
+
+    async def serve(key: str) -> Served[str]:
+        return await plane.infer(
+            object(), targeting_key=key, segment="", time_remaining=None, metadata=()
+        )
+
+    first = await serve("u1")
+    assert first.response == "stable" and first.latency == 0.25
+    clock.advance(59.0)
+    assert plane.report_outcome(first.request_id, "revenue", 1.0).variant == "stable"
+    second = await serve("u2")
+    clock.advance(60.5)
+    with pytest.raises(NotFound):
+        plane.report_outcome(second.request_id, "revenue", 1.0)
+    assert plane.served == {"stable": 2}
