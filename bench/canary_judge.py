@@ -59,8 +59,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from sidecar.core.canary import (  # noqa: E402
-    AnalysisConfig,
     CanaryAnalysis,
+    CanaryAnalysisConfig,
     CumulativeWindows,
     Decision,
     RollingWindows,
@@ -238,7 +238,7 @@ class JudgeRule(Rule):
     ``recent_s`` seconds once the stage is older than that (splitting the look's level)."""
 
     def __init__(
-        self, name: str, config: AnalysisConfig, span_s: float | None, recent_s: float | None
+        self, name: str, config: CanaryAnalysisConfig, span_s: float | None, recent_s: float | None
     ) -> None:
         super().__init__()
         self.name = name
@@ -279,16 +279,16 @@ class NaiveRule(Rule):
 
 
 def default_rules() -> list[Rule]:
-    return [JudgeRule("judge", AnalysisConfig(), None, RECENT_SPAN_S), NaiveRule()]
+    return [JudgeRule("judge", CanaryAnalysisConfig(), None, RECENT_SPAN_S), NaiveRule()]
 
 
 def design_rules() -> list[Rule]:
-    two_in_a_row = AnalysisConfig(consecutive_failure_limit=1, failure_limit=10**6)
+    two_in_a_row = CanaryAnalysisConfig(consecutive_failure_limit=1, failure_limit=10**6)
     return [
-        JudgeRule("judge", AnalysisConfig(), None, RECENT_SPAN_S),
-        JudgeRule("cumulative_only", AnalysisConfig(), None, None),
-        JudgeRule("flat_spending", AnalysisConfig(spending="flat"), None, RECENT_SPAN_S),
-        JudgeRule("sliding_5min_only", AnalysisConfig(), NAIVE_SPAN_S, None),
+        JudgeRule("judge", CanaryAnalysisConfig(), None, RECENT_SPAN_S),
+        JudgeRule("cumulative_only", CanaryAnalysisConfig(), None, None),
+        JudgeRule("flat_spending", CanaryAnalysisConfig(spending="flat"), None, RECENT_SPAN_S),
+        JudgeRule("sliding_5min_only", CanaryAnalysisConfig(), NAIVE_SPAN_S, None),
         JudgeRule("two_fails_in_a_row", two_in_a_row, None, RECENT_SPAN_S),
     ]
 
@@ -493,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{rule:20s}" + "".join(f"{c:>12s}" for c in cells))
     print(f"\nelapsed {elapsed:.1f} s with {args.workers} workers")
 
-    config = AnalysisConfig()
+    config = CanaryAnalysisConfig()
     result = {
         "seed": SEED,
         "elapsed_s": elapsed,

@@ -415,9 +415,9 @@ class AnalysisConfig(_Section):
             raise ValueError("horizon: must exceed lookback by at least one bucket")
         return self
 
-    def judge(self) -> canary.AnalysisConfig:
+    def judge(self) -> canary.CanaryAnalysisConfig:
         """The judge's thresholds and the alpha spending of repeated checks."""
-        return canary.AnalysisConfig(
+        return canary.CanaryAnalysisConfig(
             planned_checks=self.planned_checks,
             false_rollback_rate=self.false_rollback_rate,
             failure_limit=self.failure_limit,

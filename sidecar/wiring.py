@@ -39,16 +39,16 @@ from sidecar.adapters.telemetry.metrics import Readings, SidecarMetrics
 from sidecar.adapters.telemetry.processor import VariantStatsProcessor
 from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
 from sidecar.adapters.upstream.oip import UpstreamPool
-from sidecar.app.control import ControlService, describe
+from sidecar.app.control import ControlService, RolloutSetup, describe
 from sidecar.app.dataplane import DataPlane
 from sidecar.app.drift import DriftMonitor
 from sidecar.app.experiment import DriftLevels, ExperimentService, FileCheckpoint, Insights
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, AuditLog, StateFileError, StateStore
 from sidecar.app.rollout import (
-    AnalysisSettings,
-    HealthChecker,
     JudgeEvaluator,
+    RolloutController,
+    stable_baseline,
 )
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.config import Config
@@ -80,7 +80,7 @@ class Sidecar:
     tracer_provider: TracerProvider
     stats: VariantStatsProcessor
     metrics: SidecarMetrics
-    checker: HealthChecker
+    controller: RolloutController
     alerts: Alerts
     experiment: ExperimentService
     insights: Insights
@@ -96,7 +96,7 @@ class Sidecar:
         )
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._watch_readiness()))
-        self._tasks.append(asyncio.create_task(self.checker.run()))
+        self._tasks.append(asyncio.create_task(self.controller.run()))
         self._tasks.append(asyncio.create_task(self.experiment.run()))
         if self.insights.drift is not None:
             self._tasks.append(asyncio.create_task(self.insights.drift.run(DRIFT_INTERVAL)))
@@ -282,10 +282,15 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
             variant, config.upstream.connect_timeout or 1.0
         ),
         served=lambda: dataplane.served,
+        rollouts=RolloutSetup(
+            has_shadow=mirrors.shadow is not None,
+            has_experiment=bool(config.experiment.metrics),
+            baseline=stable_baseline(telemetry.windows, a.lookback),
+        ),
     )
-    checker = _checker(config, control, telemetry.windows, dataplane, alerts, insights, mirrors)
-    telemetry.metrics.bind(_readings(control, checker, experiment, insights, mirrors))
-    servers = _servers(config, dataplane, pool, telemetry.tracer, control, insights, checker)
+    controller = _controller(config, control, telemetry.windows, alerts, insights, mirrors)
+    telemetry.metrics.bind(_readings(control, controller, experiment, insights, mirrors))
+    servers = _servers(config, dataplane, pool, telemetry.tracer, control, insights, controller)
     return Sidecar(
         config=config,
         pool=pool,
@@ -297,7 +302,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         tracer_provider=telemetry.provider,
         stats=telemetry.stats,
         metrics=telemetry.metrics,
-        checker=checker,
+        controller=controller,
         alerts=alerts,
         experiment=experiment,
         insights=insights,
@@ -393,44 +398,34 @@ def _dataplane(
     )
 
 
-def _checker(
+def _controller(
     config: Config,
     control: ControlService,
     windows: RollingWindows,
-    dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse],
     alerts: Alerts,
     insights: Insights,
     mirrors: _Mirrors,
-) -> HealthChecker:
+) -> RolloutController:
     a = config.analysis
-    e = config.experiment
     mirror = mirrors.shadow
-    analysis_config = a.judge()
-
-    checker = HealthChecker(
+    judge = a.judge()
+    return RolloutController(
         control=control,
         windows=windows,
-        evaluator_factory=lambda: JudgeEvaluator(analysis_config),
-        settings=AnalysisSettings(
-            interval=a.interval,
-            lookback=a.lookback,
-            stale_after=a.stale_after_hours * 3600,
-            shadow=insights.shadow_thresholds,
-        ),
-        stable_ready=lambda: dataplane.stable_ready(config.upstream.connect_timeout or 1.0),
+        evaluator_factory=lambda: JudgeEvaluator(judge),
+        analysis=a,
+        shadow_thresholds=insights.shadow_thresholds,
         alerts=alerts,
         shadow=insights.shadow_reading,
         reset_shadow=lambda: mirror.recorder.reset() if mirror else None,
-        has_shadow=mirror is not None,
-        ab_gate=insights.ab_gate if e.metrics else None,
+        ab_gate=insights.ab_gate if config.experiment.metrics else None,
         drift_gate=insights.drift_gate,
     )
-    return checker
 
 
 def _readings(
     control: ControlService,
-    checker: HealthChecker,
+    controller: RolloutController,
     experiment: ExperimentService,
     insights: Insights,
     mirrors: _Mirrors,
@@ -440,7 +435,7 @@ def _readings(
     return Readings(
         shadow=lambda: mirror.recorder.summary() if mirror else None,
         state=lambda: describe(control.snapshot()),
-        verdicts=lambda: dict(checker.verdicts),
+        verdicts=lambda: dict(controller.verdicts),
         rollout=lambda: _rollout_reading(control.snapshot()),
         experiment=lambda: experiment.readings,
         drift=insights.drift_levels.current,
@@ -454,7 +449,7 @@ def _servers(
     tracer: Tracer,
     control: ControlService,
     insights: Insights,
-    checker: HealthChecker,
+    controller: RolloutController,
 ) -> _Servers:
     """The predict server (front door, Predict, health, reflection) and the Control
     server, bound to their addresses."""
@@ -485,7 +480,7 @@ def _servers(
             control,
             served=lambda: dataplane.served,
             insights=insights,
-            checker=checker,
+            controller=controller,
         ),
         control_server,
     )

@@ -16,13 +16,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
 from sidecar.app.ports import AuditEntry, AuditLog, StateStore
 from sidecar.app.state import Snapshot, StateHolder
-from sidecar.core.rollout import Phase
+from sidecar.core.rollout import (
+    DEFAULT_PLAN,
+    Baseline,
+    Phase,
+    PlanError,
+    RolloutProgress,
+    Stage,
+    StageKind,
+    validate_plan,
+)
 from sidecar.core.routing import BASIS_POINTS, Flag, FlagError, SegmentRule
 from sidecar.core.state import DesiredState, Promotion, diff
 from sidecar.errors import (
@@ -50,6 +60,7 @@ class ControlService:
         ready: Readiness,
         served: Callable[[], Mapping[str, int]],
         clock: Callable[[], float] = time.time,
+        rollouts: RolloutSetup | None = None,
     ) -> None:
         self.holder = holder
         self.template = template
@@ -59,6 +70,7 @@ class ControlService:
         self._served = served
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._rollouts = rollouts or RolloutSetup()
 
     # ---- reads -----------------------------------------------------------------------
 
@@ -312,6 +324,136 @@ class ControlService:
             expected_revision=expected_revision,
             mutate=mutate,
         )
+
+    # ---- rollout verbs (the plan is driven by sidecar.app.rollout.RolloutController) ---
+
+    async def start_rollout(
+        self,
+        principal: str,
+        reason: str,
+        expected_revision: int,
+        stages: tuple[Stage, ...],
+        force: bool,
+    ) -> Snapshot:
+        """Start a plan (the default ladder when `stages` is empty): refused when it is
+        malformed, skips stages without `force`, or the stable, canary, kill switch or a
+        running plan forbid it. Records the stable's baseline; all traffic to stable."""
+        setup = self._rollouts
+        stages, skips = self._plan(stages, force)
+        if not await self._ready(self.snapshot().flag.stable):
+            raise FailedPrecondition("stable: the stable variant is not ready; no rollout starts")
+        snap = self.snapshot()
+        if snap.flag.canary is None:
+            raise FailedPrecondition("canary: no canary variant configured")
+        if snap.state.kill_switch:
+            raise FailedPrecondition("kill_switch: is on; turn it off before a rollout")
+        if snap.state.rollout is not None and snap.state.rollout.phase.active:
+            raise FailedPrecondition("rollout: one is already running; abort it first")
+        now = self._clock()
+        baseline = setup.baseline(snap.flag.stable, now)
+        progress = RolloutProgress(
+            stages=stages,
+            phase=Phase.RUNNING,
+            stage_index=0,
+            started_unix=now,
+            stage_started_unix=now,
+            baseline=baseline,
+            message="started",
+            forced=tuple(skips),
+        )
+        weights = all_traffic_to(snap.state.weights, snap.flag.stable)
+        log.info("rollout.baseline", requests=baseline.requests, error_rate=baseline.error_rate)
+        return await self.apply(
+            principal=principal,
+            method="StartRollout",
+            reason=reason + (f" [FORCED, skips: {'; '.join(skips)}]" if skips else ""),
+            expected_revision=expected_revision,
+            mutate=lambda s: s.evolve(rollout=progress, weights=weights),
+        )
+
+    def _plan(self, stages: tuple[Stage, ...], force: bool) -> tuple[tuple[Stage, ...], list[str]]:
+        """The plan to run (the default ladder fitted to the setup when none is given)
+        and the stages it skips; InvalidRequest / FailedPrecondition when refused."""
+        setup = self._rollouts
+        stages = stages or tuple(
+            replace(s, ab_gate=s.ab_gate and setup.has_experiment)
+            for s in DEFAULT_PLAN
+            if setup.has_shadow or s.kind is not StageKind.SHADOW
+        )
+        try:
+            skips = validate_plan(
+                stages, has_shadow=setup.has_shadow, has_experiment=setup.has_experiment
+            )
+        except PlanError as exc:
+            raise InvalidRequest(f"{exc.field}: {exc.message}") from None
+        if skips and not force:
+            raise FailedPrecondition(
+                "plan skips stages: " + "; ".join(skips) + ". Pass force with a reason to do it"
+            )
+        return stages, skips
+
+    async def pause_rollout(self, principal: str, reason: str, expected_revision: int) -> Snapshot:
+        now = self._clock()
+
+        def mutate(s: DesiredState) -> DesiredState:
+            if s.rollout is None or s.rollout.phase is not Phase.RUNNING:
+                raise FailedPrecondition("rollout: none is running")
+            return s.evolve(
+                rollout=s.rollout.evolve(phase=Phase.PAUSED, paused_at=now, message=reason)
+            )
+
+        return await self.apply(
+            principal=principal,
+            method="PauseRollout",
+            reason=reason,
+            expected_revision=expected_revision,
+            mutate=mutate,
+        )
+
+    async def resume_rollout(self, principal: str, reason: str, expected_revision: int) -> Snapshot:
+        now = self._clock()
+
+        def mutate(s: DesiredState) -> DesiredState:
+            r = s.rollout
+            if r is None or r.phase is not Phase.PAUSED:
+                raise FailedPrecondition("rollout: none is paused")
+            return s.evolve(
+                rollout=r.evolve(
+                    phase=Phase.RUNNING,
+                    paused_seconds=r.paused_seconds + (now - r.paused_at),
+                    paused_at=0.0,
+                    message=reason,
+                )
+            )
+
+        return await self.apply(
+            principal=principal,
+            method="ResumeRollout",
+            reason=reason,
+            expected_revision=expected_revision,
+            mutate=mutate,
+        )
+
+    async def abort_rollout(self, principal: str, reason: str, expected_revision: int) -> Snapshot:
+        snap = self.snapshot()
+        if snap.state.rollout is None or not snap.state.rollout.phase.active:
+            raise FailedPrecondition("rollout: none is running or paused")
+        return await self.rollback(principal, reason, expected_revision, end_rollout=Phase.ABORTED)
+
+
+def _no_baseline(variant: str, now: float) -> Baseline:
+    return Baseline()
+
+
+@dataclass(frozen=True)
+class RolloutSetup:
+    """What starting a rollout needs besides the state, from the composition root: is a
+    shadow variant configured, are outcome metrics (the A/B gate), and the stable's
+    baseline at a time (`sidecar.app.rollout.stable_baseline`)."""
+
+    has_shadow: bool = False
+    has_experiment: bool = False
+    baseline: Callable[[str, float], Baseline] = _no_baseline
 
 
 def all_traffic_to(weights: Mapping[str, int], variant: str) -> dict[str, int]:

@@ -72,7 +72,8 @@ class DataPlane(Generic[Req, Resp]):
         self._clock = clock
         self._request_ids = request_ids
         self.served: dict[str, int] = dict.fromkeys(variants, 0)
-        self.outcomes = outcomes or OutcomeLedger()
+        # `is not None`: an empty ledger is falsy (it has a length), and must be kept
+        self.outcomes = outcomes if outcomes is not None else OutcomeLedger()
         self.experiment = experiment
         self.drift = drift
         self.noise = noise

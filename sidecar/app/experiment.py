@@ -20,9 +20,9 @@ from typing import Any, Protocol
 import structlog
 
 from sidecar.app.drift import DriftMonitor, DriftMonitorReport
-from sidecar.app.rollout import GateReading, ShadowReading
 from sidecar.app.state import Snapshot
 from sidecar.core.experiment.analysis import ExperimentResult, ExperimentTracker
+from sidecar.core.gates import GateReading, GateStatus, ShadowReading
 from sidecar.core.shadow import ShadowRecorder, ShadowSummary
 from sidecar.core.shadow.report import ShadowAnalysis, ShadowThresholds, analyse_shadow
 
@@ -291,32 +291,25 @@ class Insights:
         read = self.shadow_analysis()
         if read is None:
             return None
-        summary, analysis = read
-        return ShadowReading(
-            summary.compared, summary.agreed, summary.sent, summary.errors,
-            summary.primary_p95, summary.shadow_p95,
-            analysis.effective_agreement if analysis.noise is not None else None,
-        )  # fmt: skip
+        return ShadowReading.from_analysis(read[1])
 
     def ab_gate(self) -> GateReading:
         """The A/B gate: a fresh look, then the gate metric's verdict (threshold: alpha)."""
         self.experiment.look()
-        tracker = self.experiment.tracker
-        r = tracker.gate()
-        return GateReading(r.status, r.value, tracker.settings.alpha, r.detail)
+        return self.experiment.tracker.gate()
 
     def drift_gate(self, threshold: float) -> GateReading:
         """The drift gate: the largest PSI over the input features and the canary's
         predictions in the current window."""
         if self.drift is None:
-            return GateReading("WAIT", 0.0, threshold, "drift monitoring is off")
+            return GateReading(GateStatus.WAIT, 0.0, threshold, "drift monitoring is off")
         canary = self.experiment.snapshot().flag.canary
         worst = self.drift.max_psi("all", variant=canary or None)
         if worst is None:
             return GateReading(
-                "WAIT", 0.0, threshold, "not enough values in the current window yet"
+                GateStatus.WAIT, 0.0, threshold, "not enough values in the current window yet"
             )
         psi, series = worst
-        status = "FAIL" if psi >= threshold else "PASS"
+        status = GateStatus.FAIL if psi >= threshold else GateStatus.PASS
         detail = f"largest PSI {psi:.3f} ({series}); limit {threshold:g}"
         return GateReading(status, psi, threshold, detail)

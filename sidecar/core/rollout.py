@@ -104,37 +104,14 @@ def validate_plan(
         raise PlanError("plan.stages", "a plan needs at least one stage")
     names: set[str] = set()
     last_bp = 0
-    seen_canary = False
     for i, stage in enumerate(stages):
         where = f"plan.stages[{i}]"
-        if not stage.name.strip():
-            raise PlanError(f"{where}.name", "must not be empty")
-        if stage.name in names:
-            raise PlanError(f"{where}.name", f"duplicate stage name {stage.name!r}")
+        _check_common(stage, where, names, has_experiment=has_experiment)
         names.add(stage.name)
-        if stage.min_duration_s < 0 or stage.min_samples < 0:
-            raise PlanError(where, "min_duration_seconds and min_samples must be >= 0")
-        if stage.ab_gate and stage.kind is not StageKind.CANARY:
-            raise PlanError(f"{where}.ab_gate", "only canary stages can wait for the A/B test")
-        if stage.ab_gate and not has_experiment:
-            raise PlanError(
-                f"{where}.ab_gate", "no outcome metric is configured (experiment.metrics)"
-            )
-        if not 0.0 <= stage.max_drift_psi <= 10.0:
-            raise PlanError(f"{where}.max_drift_psi", "must be within 0..10 (0: no drift gate)")
         if stage.kind is StageKind.SHADOW:
-            if seen_canary:
-                raise PlanError(f"{where}.kind", "shadow stages come before canary stages")
-            if stage.canary_bp:
-                raise PlanError(f"{where}.canary_bp", "a shadow stage serves 0%")
-            if not has_shadow:
-                raise PlanError(f"{where}.kind", "no shadow variant is configured")
+            _check_shadow(stage, where, seen_canary=last_bp > 0, has_shadow=has_shadow)
         elif stage.kind is StageKind.CANARY:
-            if not 0 < stage.canary_bp <= BASIS_POINTS:
-                raise PlanError(f"{where}.canary_bp", f"must be within 1..{BASIS_POINTS}")
-            if stage.canary_bp <= last_bp:
-                raise PlanError(f"{where}.canary_bp", "canary weights must increase")
-            seen_canary = True
+            _check_canary(stage, where, last_bp)
             last_bp = stage.canary_bp
         elif stage.kind is StageKind.PROMOTE:
             if i != len(stages) - 1:
@@ -142,6 +119,38 @@ def validate_plan(
         else:  # pragma: no cover - enum exhausted
             raise PlanError(f"{where}.kind", "unknown stage kind")
     return skipped_steps(stages, has_shadow=has_shadow)
+
+
+def _check_common(stage: Stage, where: str, names: set[str], *, has_experiment: bool) -> None:
+    """What every stage kind must satisfy: name, minimums, A/B gate, drift threshold."""
+    if not stage.name.strip():
+        raise PlanError(f"{where}.name", "must not be empty")
+    if stage.name in names:
+        raise PlanError(f"{where}.name", f"duplicate stage name {stage.name!r}")
+    if stage.min_duration_s < 0 or stage.min_samples < 0:
+        raise PlanError(where, "min_duration_seconds and min_samples must be >= 0")
+    if stage.ab_gate and stage.kind is not StageKind.CANARY:
+        raise PlanError(f"{where}.ab_gate", "only canary stages can wait for the A/B test")
+    if stage.ab_gate and not has_experiment:
+        raise PlanError(f"{where}.ab_gate", "no outcome metric is configured (experiment.metrics)")
+    if not 0.0 <= stage.max_drift_psi <= 10.0:
+        raise PlanError(f"{where}.max_drift_psi", "must be within 0..10 (0: no drift gate)")
+
+
+def _check_shadow(stage: Stage, where: str, *, seen_canary: bool, has_shadow: bool) -> None:
+    if seen_canary:
+        raise PlanError(f"{where}.kind", "shadow stages come before canary stages")
+    if stage.canary_bp:
+        raise PlanError(f"{where}.canary_bp", "a shadow stage serves 0%")
+    if not has_shadow:
+        raise PlanError(f"{where}.kind", "no shadow variant is configured")
+
+
+def _check_canary(stage: Stage, where: str, last_bp: int) -> None:
+    if not 0 < stage.canary_bp <= BASIS_POINTS:
+        raise PlanError(f"{where}.canary_bp", f"must be within 1..{BASIS_POINTS}")
+    if stage.canary_bp <= last_bp:
+        raise PlanError(f"{where}.canary_bp", "canary weights must increase")
 
 
 def skipped_steps(stages: Sequence[Stage], *, has_shadow: bool) -> list[str]:

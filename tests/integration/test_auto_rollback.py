@@ -117,7 +117,13 @@ def test_failing_canary_rolls_back_by_itself(
             threads = [threading.Thread(target=traffic, args=(n,)) for n in range(3)]
             for t in threads:
                 t.start()
-            time.sleep(4.0)  # healthy stage
+            # healthy stage: wait (bounded) until the controller has judged the canary PASS
+            judged = time.monotonic() + 30
+            while not control.GetRollout(
+                control_pb2.GetRolloutRequest(), metadata=bearer(VIEWER_TOKEN)
+            ).verdict.startswith("PASS"):
+                assert time.monotonic() < judged, "the canary was never judged"
+                time.sleep(0.1)
             early = [s.update_reason for s in states if s.updated_by == "health-checker"]
             assert not early, early
             canary_proxy.inject(
@@ -130,7 +136,9 @@ def test_failing_canary_rolls_back_by_itself(
             ):
                 time.sleep(0.1)
             detected_after = time.monotonic() - failing_since
-            time.sleep(1.0)
+            served = len(outcomes)  # traffic goes on after the rollback, all to stable
+            while len(outcomes) < served + 50 and time.monotonic() < deadline + 10:
+                time.sleep(0.05)
             stop.set()
             for t in threads:
                 t.join(10)

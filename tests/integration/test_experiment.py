@@ -65,6 +65,19 @@ def experiment_config(
     return config
 
 
+def wait_for_saves(path: Path, saves: int, timeout: float = 20.0) -> None:
+    """Poll the checkpoint file until it has been rewritten `saves` times (bounded)."""
+    deadline = time.monotonic() + timeout
+    last = path.stat().st_mtime_ns if path.exists() else 0
+    seen = 0
+    while seen < saves:
+        assert time.monotonic() < deadline, f"{path} not rewritten {saves} times in time"
+        stamp = path.stat().st_mtime_ns if path.exists() else 0
+        if stamp != last:
+            seen, last = seen + 1, stamp
+        time.sleep(0.02)
+
+
 def drive(
     sc: SidecarProcess,
     rows: npt.NDArray[np.float64],
@@ -237,7 +250,9 @@ def test_experiment_survives_sigkill(
     with SidecarProcess(config, run_dir=run_dir) as sc:
         drive(sc, iris_x, iris_y, range(300))
         before = report(sc)
-        time.sleep(1.5)  # at least one look and checkpoint after the last outcome
+        # at least one look and checkpoint after the last outcome: two more saves (the
+        # first may have started before the report)
+        wait_for_saves(run_dir / "var" / "experiment.json", 2)
         sc.kill()
     with SidecarProcess(config, run_dir=run_dir) as sc:
         after = report(sc)

@@ -372,7 +372,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(
 
     thread = threading.Thread(target=worker)
     thread.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while len(results) < 5 and time.monotonic() < deadline:  # requests are flowing
+        time.sleep(0.01)
     assert proc._proc is not None
     proc._proc.send_signal(signal.SIGTERM)
     code = proc.stop()

@@ -19,9 +19,10 @@ from sidecar.adapters.grpc.flag_converters import flag_state, segment_rule_from_
 from sidecar.adapters.grpc.report import drift_report, experiment_report, shadow_report
 from sidecar.app.control import ControlService
 from sidecar.app.experiment import Insights
-from sidecar.app.rollout import HealthChecker, run_drill
+from sidecar.app.rollout import RolloutController, run_drill
 from sidecar.app.state import Snapshot
 from sidecar.config import Config
+from sidecar.core.gates import GateStatus
 from sidecar.core.rollout import Stage, StageKind
 from sidecar.errors import InvalidRequest
 
@@ -79,7 +80,11 @@ _KINDS = {
     StageKind.PROMOTE: cpb.STAGE_KIND_PROMOTE,
 }
 _KINDS_BACK = {v: k for k, v in _KINDS.items()}
-_GATES = {"PASS": cpb.GATE_PASS, "FAIL": cpb.GATE_FAIL, "WAIT": cpb.GATE_WAIT}
+_GATES = {
+    GateStatus.PASS: cpb.GATE_PASS,
+    GateStatus.FAIL: cpb.GATE_FAIL,
+    GateStatus.WAIT: cpb.GATE_WAIT,
+}
 
 
 def stages_from_proto(plan: cpb.RolloutPlan) -> tuple[Stage, ...]:
@@ -102,10 +107,12 @@ def stages_from_proto(plan: cpb.RolloutPlan) -> tuple[Stage, ...]:
     return tuple(out)
 
 
-def rollout_message(snapshot: Snapshot, checker: HealthChecker, now: float) -> cpb.Rollout:
+def rollout_message(snapshot: Snapshot, controller: RolloutController, now: float) -> cpb.Rollout:
     r = snapshot.state.rollout
     if r is None:
-        return cpb.Rollout(phase="NONE", revision=snapshot.revision, verdict=checker.last_verdict)
+        return cpb.Rollout(
+            phase="NONE", revision=snapshot.revision, verdict=controller.last_verdict
+        )
     stage = r.stage
     active = r.phase.active
     return cpb.Rollout(
@@ -129,7 +136,7 @@ def rollout_message(snapshot: Snapshot, checker: HealthChecker, now: float) -> c
         started_unix_time=r.started_unix,
         stage_started_unix_time=r.stage_started_unix,
         stage_elapsed_seconds=r.elapsed(now) if active else 0.0,
-        stage_samples=checker.stage_samples if active else 0,
+        stage_samples=controller.stage_samples if active else 0,
         gates=[
             cpb.Gate(
                 name=g.name,
@@ -138,9 +145,9 @@ def rollout_message(snapshot: Snapshot, checker: HealthChecker, now: float) -> c
                 threshold=g.threshold,
                 detail=g.detail,
             )
-            for g in (checker.gates if active else ())
+            for g in (controller.gates if active else ())
         ],
-        verdict=checker.last_verdict,
+        verdict=controller.last_verdict,
         message=r.message,
         baseline_error_rate=r.baseline.error_rate,
         baseline_p50_seconds=r.baseline.p50_s,
@@ -157,19 +164,19 @@ class ControlServicer:
         service: ControlService,
         served: Callable[[], Mapping[str, int]],
         insights: Insights,
-        checker: HealthChecker,
+        controller: RolloutController,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.service = service
-        self.checker = checker
+        self.controller = controller
         self._clock = clock
         self._served = served
         self.insights = insights
 
     def _state(self, snapshot: Snapshot) -> cpb.State:
         message = state_message(snapshot, self.config, self._served())
-        message.warnings.extend(self.checker.warnings(snapshot.state, self._clock()))
+        message.warnings.extend(self.controller.warnings(snapshot.state, self._clock()))
         message.warnings.extend(self.insights.warnings())
         return message
 
@@ -178,31 +185,29 @@ class ControlServicer:
         return shadow_report(*read) if read is not None else cpb.ShadowReport()
 
     async def _rollout_write(
-        self, context: Context, method: str, call: Callable[[str], Awaitable[Snapshot]]
+        self, context: Context, call: Callable[[str], Awaitable[Snapshot]]
     ) -> cpb.Rollout:
-        # `method` is no longer used (auth is the interceptor's); kept so that the rollout
-        # RPC bodies stay as they are while they are being reworked.
+        """Run `call` with the caller's name; errors become the call's status."""
         try:
             snapshot = await call(current_principal().name)
         except Exception as exc:
             await abort(context, exc)
             raise
-        return rollout_message(snapshot, self.checker, self._clock())
+        return rollout_message(snapshot, self.controller, self._clock())
 
     async def StartRollout(self, request: cpb.StartRolloutRequest, context: Context) -> cpb.Rollout:
         async def start(who: str) -> Snapshot:
             stages = stages_from_proto(request.plan)
-            return await self.checker.start(
+            return await self.service.start_rollout(
                 who, request.reason, request.expected_revision, stages, request.force
             )
 
-        return await self._rollout_write(context, "StartRollout", start)
+        return await self._rollout_write(context, start)
 
     async def PauseRollout(self, request: cpb.PauseRolloutRequest, context: Context) -> cpb.Rollout:
         return await self._rollout_write(
             context,
-            "PauseRollout",
-            lambda who: self.checker.pause(who, request.reason, request.expected_revision),
+            lambda who: self.service.pause_rollout(who, request.reason, request.expected_revision),
         )
 
     async def ResumeRollout(
@@ -210,23 +215,21 @@ class ControlServicer:
     ) -> cpb.Rollout:
         return await self._rollout_write(
             context,
-            "ResumeRollout",
-            lambda who: self.checker.resume(who, request.reason, request.expected_revision),
+            lambda who: self.service.resume_rollout(who, request.reason, request.expected_revision),
         )
 
     async def AbortRollout(self, request: cpb.AbortRolloutRequest, context: Context) -> cpb.Rollout:
         return await self._rollout_write(
             context,
-            "AbortRollout",
-            lambda who: self.checker.abort(who, request.reason, request.expected_revision),
+            lambda who: self.service.abort_rollout(who, request.reason, request.expected_revision),
         )
 
     async def GetRollout(self, request: cpb.GetRolloutRequest, context: Context) -> cpb.Rollout:
-        return rollout_message(self.service.snapshot(), self.checker, self._clock())
+        return rollout_message(self.service.snapshot(), self.controller, self._clock())
 
     async def RunDrill(self, request: cpb.RunDrillRequest, context: Context) -> cpb.DrillReport:
         try:
-            result = await run_drill(self.checker, current_principal().name, request.reason)
+            result = await run_drill(self.controller, current_principal().name, request.reason)
         except Exception as exc:
             await abort(context, exc)
             raise

@@ -6,7 +6,7 @@ Pure: standard library, numpy, scipy and ddsketch only; callers pass ``now``. Se
 
 from __future__ import annotations
 
-from .analysis import AnalysisConfig, AnalysisDecision, CanaryAnalysis, Decision, check_alpha
+from .analysis import AnalysisDecision, CanaryAnalysis, CanaryAnalysisConfig, Decision, check_alpha
 from .judge import (
     METRICS,
     Classification,
@@ -46,9 +46,9 @@ __all__ = [
     "OK",
     "SKETCH_BIN_LIMIT",
     "TIMEOUT",
-    "AnalysisConfig",
     "AnalysisDecision",
     "CanaryAnalysis",
+    "CanaryAnalysisConfig",
     "Classification",
     "CumulativeWindows",
     "Decision",

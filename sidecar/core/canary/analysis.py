@@ -4,7 +4,7 @@ A health checker judges the canary once per evaluation interval, e.g. every minu
 2-hour stage: 120 looks at the same stage. Testing each look at ``alpha`` would roll back
 a healthy canary with probability up to ``120 x alpha x metrics``. This layer keeps the
 family-wise false-rollback rate of a healthy stage at or below
-``AnalysisConfig.false_rollback_rate`` (1% by default) by **alpha spending**:
+``CanaryAnalysisConfig.false_rollback_rate`` (1% by default) by **alpha spending**:
 
 * the budget is split evenly across the judge's metrics (Bonferroni over metrics);
 * each metric's share is spread over the planned looks. ``spending="harmonic"`` (default)
@@ -51,9 +51,9 @@ from sidecar.core.canary.judge import METRICS, JudgeConfig, Judgement, Verdict, 
 from sidecar.core.canary.window import VariantWindow
 
 __all__ = [
-    "AnalysisConfig",
     "AnalysisDecision",
     "CanaryAnalysis",
+    "CanaryAnalysisConfig",
     "Decision",
     "check_alpha",
 ]
@@ -75,7 +75,7 @@ class Decision(StrEnum):
 
 
 @dataclass(frozen=True)
-class AnalysisConfig:
+class CanaryAnalysisConfig:
     """Plan of one stage's repeated checks; validated on construction (``ValueError``)."""
 
     planned_checks: int = 120
@@ -122,7 +122,7 @@ class AnalysisConfig:
             raise ValueError(f"judge must be a JudgeConfig, got {self.judge!r}")
 
 
-def check_alpha(check: int, config: AnalysisConfig) -> float:
+def check_alpha(check: int, config: CanaryAnalysisConfig) -> float:
     """Per-metric significance level of look ``check`` (1-based, at most
     ``planned_checks``) under ``config``'s spending plan."""
     k, total = check, config.planned_checks
@@ -164,17 +164,17 @@ class CanaryAnalysis:
     a judgement made with ``judge(..., alpha=analysis.next_alpha)``.
     """
 
-    def __init__(self, config: AnalysisConfig | None = None) -> None:
-        self._config = AnalysisConfig() if config is None else config
-        if not isinstance(self._config, AnalysisConfig):
-            raise ValueError(f"config must be an AnalysisConfig, got {config!r}")
+    def __init__(self, config: CanaryAnalysisConfig | None = None) -> None:
+        self._config = CanaryAnalysisConfig() if config is None else config
+        if not isinstance(self._config, CanaryAnalysisConfig):
+            raise ValueError(f"config must be an CanaryAnalysisConfig, got {config!r}")
         self._checks = 0
         self._failures = 0
         self._consecutive = 0
         self._last: AnalysisDecision | None = None
 
     @property
-    def config(self) -> AnalysisConfig:
+    def config(self) -> CanaryAnalysisConfig:
         return self._config
 
     @property

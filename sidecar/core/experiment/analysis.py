@@ -26,6 +26,7 @@ from typing import Any
 from scipy import special
 
 from sidecar.core.duration import Duration
+from sidecar.core.gates import GateReading, GateStatus
 from sidecar.core.stats import (
     SequentialLook,
     SequentialState,
@@ -392,13 +393,6 @@ class LookEvents:
     # metrics whose outcome counts started / stopped failing their sample ratio check
     outcome_srm_started: tuple[str, ...] = ()
     outcome_srm_cleared: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class GateReading:
-    status: str  # "PASS" | "FAIL" | "WAIT"
-    value: float  # the gate metric's always-valid p-value (1.0 when there is none)
-    detail: str
 
 
 # --------------------------------------------------------------------------- internals
@@ -917,18 +911,21 @@ class ExperimentTracker:
         return max(need, 1)
 
     def gate(self) -> GateReading:
-        """The A/B gate from the last look's verdict of the gate metric."""
+        """The A/B gate from the last look's verdict of the gate metric: value is its
+        always-valid p-value (1.0 when there is none), threshold alpha."""
         if not self._specs:
-            return GateReading("WAIT", 1.0, "no metric configured")
+            return GateReading(GateStatus.WAIT, 1.0, self.settings.alpha, "no metric configured")
         name = self.settings.gate_metric or self.settings.metrics[0].name
         d = self._decide(name)
         if d.verdict in (ExperimentVerdict.SHIP_B, ExperimentVerdict.EQUIVALENT):
-            status = "PASS"
+            status = GateStatus.PASS
         elif d.verdict is ExperimentVerdict.KEEP_A:
-            status = "FAIL"
+            status = GateStatus.FAIL
         else:
-            status = "WAIT"
-        return GateReading(status, d.p_value, f"{name}: {d.verdict.value}: {d.reason}")
+            status = GateStatus.WAIT
+        return GateReading(
+            status, d.p_value, self.settings.alpha, f"{name}: {d.verdict.value}: {d.reason}"
+        )
 
     # ------------------------------------------------------------------ report
 

@@ -420,24 +420,39 @@ def load_comparator(spec: str, rtol: float, atol: float) -> Comparator:
     if not isinstance(spec, str):
         raise ValueError(f"comparator spec must be a string, got {spec!r}")
     name = spec.strip()
-    expected = f"expected one of {', '.join(BUILTIN_COMPARATORS)} or 'package.module:function'"
     try:
-        if name == "exact":
-            return exact()
-        if name == "top1":
-            return top1()
-        if name == "tolerance":
-            return tolerance(rtol, atol)
-        if name == "auto":
-            return auto(rtol, atol)
+        builtin = _builtin(name, rtol, atol)
     except ValueError as exc:
         raise ValueError(f"comparator {spec!r}: {exc}") from None
+    if builtin is not None:
+        return builtin
+    return _wrap_plugin(name, _import_plugin(spec, name))
+
+
+_EXPECTED = f"expected one of {', '.join(BUILTIN_COMPARATORS)} or 'package.module:function'"
+
+
+def _builtin(name: str, rtol: float, atol: float) -> Comparator | None:
+    """A built-in comparator by name; None when ``name`` is not one."""
+    if name == "exact":
+        return exact()
+    if name == "top1":
+        return top1()
+    if name == "tolerance":
+        return tolerance(rtol, atol)
+    if name == "auto":
+        return auto(rtol, atol)
+    return None
+
+
+def _import_plugin(spec: str, name: str) -> Any:
+    """The callable a ``package.module:attr.path`` spec names (ValueError otherwise)."""
     if ":" not in name:
-        raise ValueError(f"unknown comparator {spec!r}; {expected}")
+        raise ValueError(f"unknown comparator {spec!r}; {_EXPECTED}")
     module_name, _, attr_path = name.partition(":")
     module_name, attr_path = module_name.strip(), attr_path.strip()
     if not module_name or not attr_path:
-        raise ValueError(f"comparator {spec!r}: malformed plug-in spec; {expected}")
+        raise ValueError(f"comparator {spec!r}: malformed plug-in spec; {_EXPECTED}")
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or anything the module raises on import
@@ -455,4 +470,4 @@ def load_comparator(spec: str, rtol: float, atol: float) -> Comparator:
         raise ValueError(
             f"comparator {spec!r}: {attr_path!r} is not callable (it is a {type(target).__name__})"
         )
-    return _wrap_plugin(name, target)
+    return target

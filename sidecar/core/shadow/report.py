@@ -50,6 +50,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sidecar.core.shadow.record import ShadowSummary
 from sidecar.core.stats.intervals import Estimate, Interval
@@ -62,6 +63,7 @@ __all__ = [
     "ShadowAnalysis",
     "ShadowThresholds",
     "analyse_shadow",
+    "shadow_error_rate",
 ]
 
 
@@ -206,6 +208,22 @@ def _noise_adjustment(
     return adjustment, ""
 
 
+class _Check(NamedTuple):
+    """One check of the report: its reason line and whether it failed."""
+
+    line: str
+    failed: bool
+
+
+def shadow_error_rate(summary: ShadowSummary) -> float | None:
+    """The shadow error rate: ``errors / max(sent, errors + compared)`` (None when no call
+    was sent). Normally ``errors / sent``; the max keeps it in [0, 1] after a reset, when
+    calls started before the reset finish (and are counted) after it. The rollout's shadow
+    gate reads this figure through :func:`analyse_shadow`."""
+    calls = max(summary.sent, summary.errors + summary.compared)
+    return summary.errors / calls if calls else None
+
+
 def analyse_shadow(
     candidate: ShadowSummary,
     *,
@@ -217,11 +235,8 @@ def analyse_shadow(
 
     ``primary_error_rate`` is the primary's error rate over the same period (None when
     unknown: the error limit is then the floor). ``noise`` is the summary of a mirror that
-    sends copies to the primary model itself.
-
-    The shadow error rate is ``errors / max(sent, errors + compared)``: normally
-    ``errors / sent``; the max keeps it in [0, 1] after a reset, when calls started
-    before the reset finish (and are counted) after it.
+    sends copies to the primary model itself. The error rate is
+    :func:`shadow_error_rate`.
 
     Raises ValueError when ``primary_error_rate`` is not None nor a rate in [0, 1].
     """
@@ -232,135 +247,25 @@ def analyse_shadow(
             raise ValueError(f"primary_error_rate must be in [0, 1], got {primary_error_rate!r}")
         primary_error_rate = rate
 
-    compared, agreed = candidate.compared, candidate.agreed
+    compared = candidate.compared
     enough = compared >= t.min_comparisons
     provisional = "" if enough else f"; provisional: {compared} of {t.min_comparisons} comparisons"
+    error_rate = shadow_error_rate(candidate)
+    errors = _error_check(candidate, error_rate, primary_error_rate, t)
+    agreement, adjustment, effective, agrees = _agreement_check(candidate, noise, t)
+    latency = _latency_check(candidate, t)
+    if compared:
+        agrees = agrees._replace(line=agrees.line + provisional)
+    if latency.line != _NO_LATENCY:
+        latency = latency._replace(line=latency.line + provisional)
 
-    # -- errors (judged on calls) ---------------------------------------------------------
-    errors = candidate.errors
-    calls = max(candidate.sent, errors + compared)
-    error_rate = errors / calls if calls else None
-    limit = max(t.max_error_ratio * (primary_error_rate or 0.0), t.error_rate_floor)
-    errors_failed = error_rate is not None and calls >= t.min_comparisons and error_rate > limit
-    if error_rate is None:
-        error_line = "errors: no shadow calls sent yet: not checked"
-    else:
-        primary_text = (
-            _pct(primary_error_rate) if primary_error_rate is not None else "unknown (0 assumed)"
-        )
-        statuses = sorted(candidate.errors_by_status.items(), key=lambda kv: (-kv[1], kv[0]))
-        by_status = ", ".join(f"{name} {count}" for name, count in statuses[:3])
-        if len(statuses) > 3:
-            by_status += ", …"
-        if error_rate > limit:
-            verdict = (
-                "too high"
-                if calls >= t.min_comparisons
-                else f"too high (provisional: {calls} of {t.min_comparisons} calls)"
-            )
-        else:
-            verdict = "ok"
-        error_line = (
-            f"errors: shadow error rate {_pct(error_rate)} ({errors} of {calls} calls"
-            + (f": {by_status}" if by_status else "")
-            + f") vs primary {primary_text}; limit {_pct(limit)} = max({t.max_error_ratio:g} "
-            f"x primary, floor {_pct(t.error_rate_floor)}): {verdict}"
-        )
-
-    # -- data -----------------------------------------------------------------------------
-    if enough:
-        data_line = f"data: {compared} comparisons (needs >= {t.min_comparisons}): ok"
-    else:
-        data_line = (
-            f"insufficient data: {compared} of {t.min_comparisons} comparisons; "
-            f"{t.min_comparisons - compared} more needed"
-        )
-
-    # -- agreement ------------------------------------------------------------------------
-    agreement: Estimate | None = None
-    adjustment: NoiseAdjustment | None = None
-    effective: float | None = None
-    agreement_failed = False
-    if compared == 0:
-        agreement_line = "agreement: no comparisons yet: not checked"
-    else:
-        wilson = wilson_interval(agreed, compared, t.alpha)
-        agreement = _estimate(agreed / compared, wilson)
-        level = _level(wilson.confidence)
-        agreement_line = (
-            f"agreement: {_pct(agreement.value)} ({agreed} of {compared}; {level} Wilson "
-            f"{_pct(wilson.lower)} to {_pct(wilson.upper)})"
-        )
-        note = ""
-        if noise is not None:
-            adjustment, note = _noise_adjustment(candidate, noise, t)
-        if adjustment is not None:
-            adj = adjustment.adjusted_disagreement
-            effective = 1.0 - max(0.0, adj.value)
-            low, high = 1.0 - max(0.0, adj.upper), 1.0 - max(0.0, adj.lower)
-            nd = adjustment.compared - adjustment.agreed
-            agreement_line += (
-                f"; noise mirror disagreement {_pct(adjustment.noise_disagreement.value)} "
-                f"({nd} of {adjustment.compared}); adjusted disagreement {_pct(adj.value)} "
-                f"({_level(adj.level)} Newcombe {_pct(adj.lower)} to {_pct(adj.upper)}); "
-                f"effective agreement {_pct(effective)}"
-            )
-        else:
-            effective = agreement.value
-            low, high = wilson.lower, wilson.upper
-            if note:
-                agreement_line += f"; {note}"
-        agreement_failed = effective < t.min_agreement
-        if agreement_failed:
-            how = (
-                f"confidently (upper bound {_pct(high)})"
-                if high < t.min_agreement
-                else f"not yet conclusive (upper bound {_pct(high)})"
-            )
-            agreement_line += f": below the minimum {_pct(t.min_agreement)}, {how}"
-        elif low < t.min_agreement:
-            agreement_line += (
-                f": ok (>= {_pct(t.min_agreement)}; lower bound {_pct(low)} still below)"
-            )
-        else:
-            agreement_line += f": ok (>= {_pct(t.min_agreement)})"
-        agreement_line += provisional
-
-    # -- latency --------------------------------------------------------------------------
-    s95, p95 = candidate.shadow_p95, candidate.primary_p95
-    ratio: float | None
-    # The same measure as the rollout's shadow gate: the ratio of the two p95s. The p95 of
-    # per-pair ratios carries both calls' jitter and is shown for reading only.
-    if s95 is not None and p95:
-        ratio, source = s95 / p95, "shadow p95 / primary p95"
-    elif candidate.ratio_p95 is not None:
-        ratio, source = candidate.ratio_p95, "p95 of per-pair shadow/primary"
-    else:
-        ratio, source = None, ""
-    latency_failed = ratio is not None and ratio > t.max_p95_ratio
-    if ratio is None:
-        latency_line = "latency: no latency ratio recorded: not checked"
-    else:
-        pair = (
-            f"; shadow p95 {_ms(s95)}, primary p95 {_ms(p95)}"
-            if s95 is not None and p95 is not None
-            else ""
-        )
-        if candidate.ratio_p95 is not None and source.startswith("shadow p95"):
-            pair += f"; p95 of per-pair ratios {candidate.ratio_p95:.2f}"
-        latency_line = (
-            f"latency: p95 ratio {ratio:.2f} ({source}{pair}) vs max {t.max_p95_ratio:g}: "
-            + ("too slow" if latency_failed else "ok")
-            + provisional
-        )
-
-    if errors_failed:
+    if errors.failed:
         recommendation = Recommendation.FIX_ERRORS
     elif not enough:
         recommendation = Recommendation.INSUFFICIENT_DATA
-    elif agreement_failed:
+    elif agrees.failed:
         recommendation = Recommendation.INVESTIGATE_DISAGREEMENT
-    elif latency_failed:
+    elif latency.failed:
         recommendation = Recommendation.OPTIMISE_LATENCY
     else:
         recommendation = Recommendation.PROMOTE_TO_CANARY
@@ -371,7 +276,129 @@ def analyse_shadow(
         error_rate=error_rate,
         primary_error_rate=primary_error_rate,
         recommendation=recommendation,
-        reasons=(data_line, error_line, agreement_line, latency_line),
+        reasons=(_data_line(compared, t), errors.line, agrees.line, latency.line),
         noise=adjustment,
         effective_agreement=effective,
     )
+
+
+def _error_check(
+    candidate: ShadowSummary,
+    error_rate: float | None,
+    primary_error_rate: float | None,
+    t: ShadowThresholds,
+) -> _Check:
+    """Errors, judged on calls (so a shadow whose calls all fail is told so)."""
+    if error_rate is None:
+        return _Check("errors: no shadow calls sent yet: not checked", False)
+    errors = candidate.errors
+    calls = max(candidate.sent, errors + candidate.compared)
+    limit = max(t.max_error_ratio * (primary_error_rate or 0.0), t.error_rate_floor)
+    primary_text = (
+        _pct(primary_error_rate) if primary_error_rate is not None else "unknown (0 assumed)"
+    )
+    statuses = sorted(candidate.errors_by_status.items(), key=lambda kv: (-kv[1], kv[0]))
+    by_status = ", ".join(f"{name} {count}" for name, count in statuses[:3])
+    if len(statuses) > 3:
+        by_status += ", …"
+    if error_rate > limit:
+        verdict = (
+            "too high"
+            if calls >= t.min_comparisons
+            else f"too high (provisional: {calls} of {t.min_comparisons} calls)"
+        )
+    else:
+        verdict = "ok"
+    line = (
+        f"errors: shadow error rate {_pct(error_rate)} ({errors} of {calls} calls"
+        + (f": {by_status}" if by_status else "")
+        + f") vs primary {primary_text}; limit {_pct(limit)} = max({t.max_error_ratio:g} "
+        f"x primary, floor {_pct(t.error_rate_floor)}): {verdict}"
+    )
+    return _Check(line, calls >= t.min_comparisons and error_rate > limit)
+
+
+def _data_line(compared: int, t: ShadowThresholds) -> str:
+    if compared >= t.min_comparisons:
+        return f"data: {compared} comparisons (needs >= {t.min_comparisons}): ok"
+    return (
+        f"insufficient data: {compared} of {t.min_comparisons} comparisons; "
+        f"{t.min_comparisons - compared} more needed"
+    )
+
+
+def _agreement_check(
+    candidate: ShadowSummary, noise: ShadowSummary | None, t: ShadowThresholds
+) -> tuple[Estimate | None, NoiseAdjustment | None, float | None, _Check]:
+    """The agreement, the noise adjustment, the effective agreement and the check (the
+    caller appends the provisional note)."""
+    compared, agreed = candidate.compared, candidate.agreed
+    if compared == 0:
+        return None, None, None, _Check("agreement: no comparisons yet: not checked", False)
+    wilson = wilson_interval(agreed, compared, t.alpha)
+    agreement = _estimate(agreed / compared, wilson)
+    line = (
+        f"agreement: {_pct(agreement.value)} ({agreed} of {compared}; "
+        f"{_level(wilson.confidence)} Wilson {_pct(wilson.lower)} to {_pct(wilson.upper)})"
+    )
+    adjustment, note = _noise_adjustment(candidate, noise, t) if noise is not None else (None, "")
+    if adjustment is not None:
+        adj = adjustment.adjusted_disagreement
+        effective = 1.0 - max(0.0, adj.value)
+        low, high = 1.0 - max(0.0, adj.upper), 1.0 - max(0.0, adj.lower)
+        nd = adjustment.compared - adjustment.agreed
+        line += (
+            f"; noise mirror disagreement {_pct(adjustment.noise_disagreement.value)} "
+            f"({nd} of {adjustment.compared}); adjusted disagreement {_pct(adj.value)} "
+            f"({_level(adj.level)} Newcombe {_pct(adj.lower)} to {_pct(adj.upper)}); "
+            f"effective agreement {_pct(effective)}"
+        )
+    else:
+        effective = agreement.value
+        low, high = wilson.lower, wilson.upper
+        if note:
+            line += f"; {note}"
+    failed = effective < t.min_agreement
+    line += _agreement_verdict(failed, low, high, t.min_agreement)
+    return agreement, adjustment, effective, _Check(line, failed)
+
+
+def _agreement_verdict(failed: bool, low: float, high: float, minimum: float) -> str:
+    if failed:
+        how = (
+            f"confidently (upper bound {_pct(high)})"
+            if high < minimum
+            else f"not yet conclusive (upper bound {_pct(high)})"
+        )
+        return f": below the minimum {_pct(minimum)}, {how}"
+    if low < minimum:
+        return f": ok (>= {_pct(minimum)}; lower bound {_pct(low)} still below)"
+    return f": ok (>= {_pct(minimum)})"
+
+
+_NO_LATENCY = "latency: no latency ratio recorded: not checked"
+
+
+def _latency_check(candidate: ShadowSummary, t: ShadowThresholds) -> _Check:
+    """The same measure as the rollout's shadow gate: the ratio of the two p95s. The p95
+    of per-pair ratios carries both calls' jitter and is shown for reading only (used
+    only when the p95s are missing). The caller appends the provisional note."""
+    s95, p95 = candidate.shadow_p95, candidate.primary_p95
+    if s95 is not None and p95:
+        ratio, source = s95 / p95, "shadow p95 / primary p95"
+    elif candidate.ratio_p95 is not None:
+        ratio, source = candidate.ratio_p95, "p95 of per-pair shadow/primary"
+    else:
+        return _Check(_NO_LATENCY, False)
+    failed = ratio > t.max_p95_ratio
+    pair = (
+        f"; shadow p95 {_ms(s95)}, primary p95 {_ms(p95)}"
+        if s95 is not None and p95 is not None
+        else ""
+    )
+    if candidate.ratio_p95 is not None and source.startswith("shadow p95"):
+        pair += f"; p95 of per-pair ratios {candidate.ratio_p95:.2f}"
+    line = f"latency: p95 ratio {ratio:.2f} ({source}{pair}) vs max {t.max_p95_ratio:g}: " + (
+        "too slow" if failed else "ok"
+    )
+    return _Check(line, failed)

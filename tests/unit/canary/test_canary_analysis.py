@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sidecar.core.canary import (
-    AnalysisConfig,
     CanaryAnalysis,
+    CanaryAnalysisConfig,
     Decision,
     Judgement,
     VariantWindow,
@@ -44,7 +44,7 @@ def window(requests: int, errors: int = 0) -> VariantWindow:
 def test_per_check_levels_spend_exactly_the_budget(spending: str) -> None:
     """Summed over the planned checks and the metrics, the levels equal the budget, so
     the union bound caps the false-rollback rate of a healthy stage at it."""
-    config = AnalysisConfig(spending=spending)  # type: ignore[arg-type]
+    config = CanaryAnalysisConfig(spending=spending)  # type: ignore[arg-type]
     levels = [check_alpha(k, config) for k in range(1, config.planned_checks + 1)]
     assert math.isclose(math.fsum(levels) * config.metrics_per_check, 0.01, rel_tol=1e-12)
     assert all(a > 0 for a in levels)
@@ -52,13 +52,13 @@ def test_per_check_levels_spend_exactly_the_budget(spending: str) -> None:
 
 def test_harmonic_spending_front_loads_the_early_checks() -> None:
     """Check k of 120 gets 1% / (3 H_120 k): 6.2e-4 at the first check, 5.2e-6 at the last."""
-    config = AnalysisConfig()
+    config = CanaryAnalysisConfig()
     h = sum(1.0 / i for i in range(1, 121))
     assert check_alpha(1, config) == pytest.approx(0.01 / 3 / h)
     assert check_alpha(1, config) == pytest.approx(6.21e-4, rel=1e-3)
     assert check_alpha(5, config) == pytest.approx(check_alpha(1, config) / 5)
     assert check_alpha(120, config) == pytest.approx(5.17e-6, rel=1e-3)
-    assert check_alpha(7, AnalysisConfig(spending="flat")) == pytest.approx(0.01 / 3 / 120)
+    assert check_alpha(7, CanaryAnalysisConfig(spending="flat")) == pytest.approx(0.01 / 3 / 120)
     for bad in (0, 121, 1.0):
         with pytest.raises(ValueError):
             check_alpha(bad, config)  # type: ignore[arg-type]
@@ -84,7 +84,7 @@ def test_first_fail_rolls_back_by_default_with_the_reason() -> None:
 def test_failure_limit_tolerates_that_many_fails_in_total() -> None:
     """failure_limit 2: FAILs one and two continue (even with a PASS between), the third
     rolls back."""
-    analysis = CanaryAnalysis(AnalysisConfig(failure_limit=2))
+    analysis = CanaryAnalysis(CanaryAnalysisConfig(failure_limit=2))
     outcomes = [FAIL, PASS, FAIL, HOLD, FAIL]
     decisions = [analysis.observe(judgement(v)).decision for v in outcomes]
     assert decisions == [Decision.CONTINUE] * 4 + [Decision.ROLLBACK]
@@ -94,7 +94,7 @@ def test_failure_limit_tolerates_that_many_fails_in_total() -> None:
 def test_consecutive_failure_limit_is_reset_by_a_non_fail() -> None:
     """consecutive_failure_limit 1: two FAILs in a row roll back; a PASS or a hold in
     between resets the run."""
-    config = AnalysisConfig(failure_limit=100, consecutive_failure_limit=1)
+    config = CanaryAnalysisConfig(failure_limit=100, consecutive_failure_limit=1)
     analysis = CanaryAnalysis(config)
     outcomes = [FAIL, PASS, FAIL, HOLD, FAIL, FAIL]
     decisions = [analysis.observe(judgement(v)) for v in outcomes]
@@ -108,12 +108,12 @@ def test_stage_passes_only_when_the_last_planned_check_passes() -> None:
     """After the planned checks: PASSED on a final PASS; INCONCLUSIVE on a final hold or a
     tolerated FAIL (no data is never a pass)."""
     for last, expected in [(PASS, Decision.PASSED), (HOLD, Decision.INCONCLUSIVE)]:
-        analysis = CanaryAnalysis(AnalysisConfig(planned_checks=3))
+        analysis = CanaryAnalysis(CanaryAnalysisConfig(planned_checks=3))
         analysis.observe(judgement(HOLD))
         analysis.observe(judgement(PASS))
         d = analysis.observe(judgement(last))
         assert d.decision is expected and analysis.done
-    analysis = CanaryAnalysis(AnalysisConfig(planned_checks=2, failure_limit=1))
+    analysis = CanaryAnalysis(CanaryAnalysisConfig(planned_checks=2, failure_limit=1))
     analysis.observe(judgement(PASS))
     d = analysis.observe(judgement(FAIL))
     assert d.decision is Decision.INCONCLUSIVE
@@ -122,7 +122,7 @@ def test_stage_passes_only_when_the_last_planned_check_passes() -> None:
 
 def test_a_finished_analysis_keeps_its_decision() -> None:
     """Once decided, further judgements (or checks) return the same decision."""
-    analysis = CanaryAnalysis(AnalysisConfig(planned_checks=1))
+    analysis = CanaryAnalysis(CanaryAnalysisConfig(planned_checks=1))
     final = analysis.observe(judgement(PASS))
     assert analysis.observe(judgement(FAIL)) is final
     assert analysis.check(window(3000, 300), window(57_000)) is final
@@ -160,7 +160,7 @@ def test_check_judges_at_this_checks_level() -> None:
 def test_recent_windows_split_the_level_and_can_only_add_a_fail() -> None:
     """With recent windows, each judgement gets its share of the level; a FAIL in the
     recent windows rolls back; a hold there does not stop the main windows' PASS."""
-    config = AnalysisConfig(planned_checks=2)
+    config = CanaryAnalysisConfig(planned_checks=2)
     analysis = CanaryAnalysis(config)
     healthy = (window(30_000, 30), window(570_000, 570))
     d = analysis.check(*healthy, recent=(VariantWindow(), VariantWindow()))
@@ -176,7 +176,7 @@ def test_recent_windows_split_the_level_and_can_only_add_a_fail() -> None:
 
 def test_recent_window_does_not_turn_a_final_hold_into_a_pass() -> None:
     """The main windows decide PASS: recent PASS with main INCONCLUSIVE stays a hold."""
-    analysis = CanaryAnalysis(AnalysisConfig(planned_checks=1))
+    analysis = CanaryAnalysis(CanaryAnalysisConfig(planned_checks=1))
     d = analysis.check(VariantWindow(), VariantWindow(), recent=(window(3000), window(57_000)))
     assert d.decision is Decision.INCONCLUSIVE
 
@@ -198,7 +198,7 @@ def test_recent_window_does_not_turn_a_final_hold_into_a_pass() -> None:
 def test_analysis_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     """The plan is validated when it is built."""
     with pytest.raises(ValueError):
-        AnalysisConfig(**kwargs)  # type: ignore[arg-type]
+        CanaryAnalysisConfig(**kwargs)  # type: ignore[arg-type]
 
 
 def test_decisions_are_frozen() -> None:

@@ -1,11 +1,12 @@
 """Control through a real gRPC server in process: validation, revisions, auth, effect on
-the next request, watch, audit. Upstreams are scripted fault-injection servers."""
+the next request, watch, audit. Upstreams are scripted fault-injection servers. Time
+stamps: the service alone, on a fake clock."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -16,6 +17,12 @@ from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
+from sidecar.adapters.store.memory import MemoryAuditLog, MemoryStateStore
+from sidecar.app.control import ControlService
+from sidecar.app.state import StateHolder
+from sidecar.config import parse_config
+from sidecar.core.state import DesiredState
+from sidecar.testing.clock import FakeClock
 from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, bearer
 from sidecar.testing.fault_upstream import FaultInjectingUpstream
 from sidecar.testing.inprocess import config_dict, running_sidecar, scripted_model
@@ -293,11 +300,17 @@ async def test_no_request_after_kill_ack_reaches_canary(sidecar: Sidecar) -> Non
             records.append((started, await variant_of(infer, f"c{n}-{i}")))
             i += 1
 
+    async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = loop.time() + timeout
+        while not condition():
+            assert loop.time() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.01)  # poll: the clients run meanwhile
+
     async def operator() -> None:
-        await asyncio.sleep(0.3)
+        await until(lambda: sum(v == "canary" for _, v in records) >= 10)
         await stub.SetKillSwitch(cpb.SetKillSwitchRequest(reason="drill", on=True), metadata=OPS)
         acked_at.append(loop.time())
-        await asyncio.sleep(0.3)
+        await until(lambda: sum(t > acked_at[0] for t, _ in records) >= 100)
         stop.set()
 
     await asyncio.gather(operator(), *(client(n) for n in range(4)))
@@ -305,3 +318,49 @@ async def test_no_request_after_kill_ack_reaches_canary(sidecar: Sidecar) -> Non
     after = [v for t, v in records if t > acked_at[0]]
     assert "canary" in before, "the canary was serving before the flip"
     assert after and set(after) == {"stable"}
+
+
+def service_on(clock: FakeClock) -> tuple[ControlService, MemoryAuditLog]:
+    """A ControlService over in-memory stores, on `clock`, with no server around it."""
+    config = parse_config(
+        config_dict(
+            {"stable": "127.0.0.1:1", "canary": "127.0.0.1:1"},
+            weights={"stable": 9500, "canary": 500},
+        ),
+        "<test>",
+    )
+    audit = MemoryAuditLog()
+
+    async def ready(variant: str) -> bool:
+        return True
+
+    service = ControlService(
+        holder=StateHolder(config.flag, DesiredState.from_flag(config.flag, unix_time=clock())),
+        template=config.flag,
+        store=MemoryStateStore(),
+        audit=audit,
+        ready=ready,
+        served=lambda: {"canary": 1},
+        clock=clock,
+    )
+    return service, audit
+
+
+async def test_writes_are_stamped_with_the_service_clock() -> None:
+    """Each write carries the clock's time (state and audit); a variant held at 100% keeps
+    the time it got there across later writes, and loses it when promoted."""
+    clock = FakeClock()
+    service, audit = service_on(clock)
+    clock.advance(60.0)
+    full = await service.set_weights("ops", "all in", 0, {"stable": 0, "canary": 10_000})
+    assert full.state.updated_unix_time == audit.entries[-1].unix_time == clock()
+    assert full.state.held_full_since == {"canary": clock()}
+    since = clock()
+    clock.advance(3600.0)
+    later = await service.set_kill_switch("ops", "pause traffic checks", 0, False)
+    assert later.state.updated_unix_time == clock() and later.state.held_full_since == {
+        "canary": since
+    }
+    promoted = await service.promote("ops", "ship", 0)
+    assert promoted.state.stable == "canary" and promoted.state.held_full_since == {}
+    assert promoted.state.promotions[-1].unix_time == clock()

@@ -1,18 +1,28 @@
 """The request path in one process: routing, metadata, deadlines, errors, shadow bounds.
 
 Upstreams here are fault-injecting scripted servers (real gRPC on 127.0.0.1:0); the
-integration tests run the same paths against MLServer.
+integration tests run the same paths against MLServer. Time-dependent behaviour (the
+shadow breaker, latency, the outcome TTL) is driven directly on a fake clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 import pytest
 from conftest import infer_request, stub
 
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2, predict_pb2_grpc
+from sidecar.app.dataplane import DataPlane, Served
+from sidecar.app.mirror import ShadowMirror
+from sidecar.app.state import StateHolder
+from sidecar.config import ShadowConfig, UpstreamConfig, VariantSpec, parse_config
+from sidecar.core.experiment import OutcomeLedger
+from sidecar.core.shadow import Comparison
+from sidecar.errors import NotFound, UpstreamError
+from sidecar.testing.clock import FakeClock
 from sidecar.testing.credentials import VIEWER_TOKEN, bearer
 from sidecar.testing.fault_upstream import Fault, FaultInjectingUpstream
 from sidecar.testing.inprocess import config_dict, running_sidecar
@@ -341,36 +351,68 @@ async def test_graceful_stop_drains_in_flight_requests(
         pending = asyncio.ensure_future(
             stub(sc.predict_port).ModelInfer(infer_request(), timeout=5)
         )
-        await asyncio.sleep(0.2)
+        await wait_for(lambda: model_server.calls.get("ModelInfer", 0) >= 1)  # in flight
         await sc.stop(grace=3.0)
         reply = await pending
         assert reply.outputs[0].contents.int64_contents[0] in (1, 2)
 
 
-async def test_dead_shadow_trips_the_breaker(
-    model_server: FaultInjectingUpstream, shadow_server: FaultInjectingUpstream
-) -> None:
+class ScriptedShadow:
+    """An `Upstream` for the mirror: answers `{}` or fails with `status` while `down`."""
+
+    name = "shadow"
+
+    def __init__(self) -> None:
+        self.down = False
+        self.calls = 0
+
+    async def infer(self, request: object, *, timeout: float, metadata: object) -> object:
+        self.calls += 1
+        if self.down:
+            raise UpstreamError("down", status="UNAVAILABLE", variant=self.name)
+        return object()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `condition` (yielding to the event loop) until it holds, within `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_dead_shadow_trips_the_breaker() -> None:
     """After breaker_failures consecutive shadow failures, copies are dropped (counted)
-    instead of sent, until a probe after the cool-down succeeds."""
-    raw = two_variants(
-        model_server,
-        shadow={"variant": "shadow", "breaker_failures": 3, "breaker_cooldown": 0.3},
+    instead of sent, until a probe after the cool-down succeeds (fake clock)."""
+    clock = FakeClock(start=0.0)
+    shadow = ScriptedShadow()
+    mirror: ShadowMirror[object, object] = ShadowMirror(
+        ShadowConfig("shadow", breaker_failures=3, breaker_cooldown=0.3),
+        shadow,
+        lambda _: {},
+        salt="s",
+        comparator=lambda primary, candidate: Comparison(True, ""),
+        clock=clock,
+        wall_clock=clock,
     )
-    raw["variants"]["shadow"] = {  # type: ignore[index]
-        "address": shadow_server.address, "model_name": "classifier", "model_version": "shadow",
-    }  # fmt: skip
-    async with running_sidecar(raw) as sc:
-        client = stub(sc.predict_port)
-        shadow_server.inject(Fault(status=grpc.StatusCode.UNAVAILABLE, message="down"))
-        for i in range(20):
-            await client.ModelInfer(infer_request(), metadata=(("x-user-id", f"u{i}"),))
-            await asyncio.sleep(0.01)
-        tripped = await wait_shadow_settled(sc.control_port, 3)
-        shadow_server.heal()
-        await asyncio.sleep(0.4)  # cool-down over: the next copy is a probe
-        for i in range(5):
-            await client.ModelInfer(infer_request(), metadata=(("x-user-id", f"v{i}"),))
-        healed = await wait_shadow_settled(sc.control_port, tripped.sent + 5)
+
+    async def offer(key: str) -> None:
+        mirror.offer(
+            object(), object(), primary_latency=0.01, primary_variant="stable",
+            bucketing_key=key, targeting_key=key, request_id=key,
+        )  # fmt: skip
+        await wait_for(lambda: mirror.in_flight == 0)  # the shadow call has finished
+
+    shadow.down = True
+    for i in range(20):
+        clock.advance(0.01)
+        await offer(f"u{i}")
+    tripped = mirror.recorder.summary()
+    shadow.down = False
+    clock.advance(0.3)  # cool-down over: the next copy is a probe
+    for i in range(5):
+        await offer(f"v{i}")
+    healed = mirror.recorder.summary()
     assert tripped.errors_by_status.get("UNAVAILABLE") == 3
     assert tripped.dropped >= 15 and tripped.sent == 3
     assert healed.compared >= 4  # the probe succeeded and mirroring resumed
@@ -393,3 +435,50 @@ async def test_front_door_request_id_takes_outcomes(model_server: FaultInjecting
             )
         )
     assert outcome.variant == trailers["x-variant"] and outcome.segment == "beta"
+
+
+class ClockedUpstream:
+    """An `Upstream` whose answer takes `latency` seconds of the fake clock."""
+
+    def __init__(self, name: str, clock: FakeClock, latency: float) -> None:
+        self.name = name
+        self._clock = clock
+        self._latency = latency
+
+    async def infer(self, request: object, *, timeout: float, metadata: object) -> str:
+        self._clock.advance(self._latency)
+        return self.name
+
+
+async def test_latency_and_outcome_ttl_follow_the_data_plane_clock() -> None:
+    """DataPlane driven directly on a fake clock: the latency is the upstream call's time
+    on the clock, and an outcome is attributed within the ledger's TTL but NOT_FOUND
+    after it."""
+    clock = FakeClock(start=0.0)
+    flag = parse_config(
+        config_dict({"stable": "127.0.0.1:1"}, weights={"stable": 10_000}), "<test>"
+    ).flag
+    plane: DataPlane[object, str] = DataPlane(
+        model="classifier",
+        state=StateHolder(flag),
+        variants={"stable": VariantSpec("stable", "127.0.0.1:1", "classifier")},
+        upstreams={"stable": ClockedUpstream("stable", clock, 0.25)},
+        upstream_config=UpstreamConfig(),
+        outcomes=OutcomeLedger(ttl_seconds=60.0),
+        clock=clock,
+    )
+
+    async def serve(key: str) -> Served[str]:
+        return await plane.infer(
+            object(), targeting_key=key, segment="", time_remaining=None, metadata=()
+        )
+
+    first = await serve("u1")
+    assert first.response == "stable" and first.latency == 0.25
+    clock.advance(59.0)
+    assert plane.report_outcome(first.request_id, "revenue", 1.0).variant == "stable"
+    second = await serve("u2")
+    clock.advance(60.5)
+    with pytest.raises(NotFound):
+        plane.report_outcome(second.request_id, "revenue", 1.0)
+    assert plane.served == {"stable": 2}

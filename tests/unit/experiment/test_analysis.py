@@ -27,6 +27,7 @@ from sidecar.core.experiment import (
     MetricSpec,
     default_tau_squared,
 )
+from sidecar.core.gates import GateStatus
 from sidecar.core.stats import boundary_z, optimal_mixing_ratio, plan_sequential
 
 TOL = 1e-9
@@ -305,7 +306,7 @@ def test_no_canary_serving_continues() -> None:
     assert report.treatment == "" and m.treatment.n == 0 and math.isnan(m.treatment.value.value)
     assert any("no canary serving" in w for w in report.warnings)
     assert not report.srm.mismatch and "nothing to compare" in report.srm.detail
-    assert tracker.gate().status == "WAIT"
+    assert tracker.gate().status is GateStatus.WAIT
 
 
 # --------------------------------------------------------------------------- SRM
@@ -342,7 +343,7 @@ def test_sample_ratio_mismatch_blocks_and_clears() -> None:
     assert any("sample ratio mismatch" in w for w in report.warnings)
     assert report.metrics[0].p_value < 0.05  # the state keeps updating underneath
     gate = tracker.gate()
-    assert gate.status == "WAIT" and "BLOCKED" in gate.detail
+    assert gate.status is GateStatus.WAIT and "BLOCKED" in gate.detail
 
     assign(tracker, {A: 1200, B: 1000})
     events = tracker.look(3.0)
@@ -712,14 +713,14 @@ def test_gate_pass_fail_wait() -> None:
     keep, _ = run_bool(2, 0.10, 0.07, 20_000, 2000)
     equal, _ = run_bool(3, 0.10, 0.10, 60_000, 10_000, minimum_effect=0.02)
     wait, _ = run_bool(4, 0.10, 0.11, 600, 300)
-    assert ship.gate().status == "PASS" and "SHIP_B" in ship.gate().detail
-    assert equal.gate().status == "PASS" and "EQUIVALENT" in equal.gate().detail
+    assert ship.gate().status is GateStatus.PASS and "SHIP_B" in ship.gate().detail
+    assert equal.gate().status is GateStatus.PASS and "EQUIVALENT" in equal.gate().detail
     fail = keep.gate()
-    assert fail.status == "FAIL" and fail.value == keep.report(0.0).metrics[0].p_value
-    assert wait.gate().status == "WAIT" and "more outcomes per arm" in wait.gate().detail
-    assert ExperimentTracker(ExperimentSettings()).gate().status == "WAIT"
+    assert fail.status is GateStatus.FAIL and fail.value == keep.report(0.0).metrics[0].p_value
+    assert wait.gate().status is GateStatus.WAIT and "more outcomes per arm" in wait.gate().detail
+    assert ExperimentTracker(ExperimentSettings()).gate().status is GateStatus.WAIT
     fresh, _ = tracker_for(MetricSpec("click", "bool", 0.01))
-    assert fresh.gate().status == "WAIT" and "no look yet" in fresh.gate().detail
+    assert fresh.gate().status is GateStatus.WAIT and "no look yet" in fresh.gate().detail
 
 
 def test_gate_metric_selects_the_metric() -> None:
@@ -732,7 +733,7 @@ def test_gate_metric_selects_the_metric() -> None:
     assign(tracker, {A: 5000, B: 5000})
     tracker.look(1.0)
     gate = tracker.gate()
-    assert gate.status == "FAIL" and gate.detail.startswith("spend: KEEP_A")
+    assert gate.status is GateStatus.FAIL and gate.detail.startswith("spend: KEEP_A")
 
 
 def test_report_warns_before_data() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
 from sidecar._proto.sidecar.v1 import predict_pb2, predict_pb2_grpc
+from sidecar.app.drift import DriftMonitorReport
 from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, bearer
 from sidecar.testing.fault_upstream import FaultInjectingUpstream
 from sidecar.testing.inprocess import FAST_ANALYSIS, config_dict, running_sidecar, scripted_model
@@ -275,19 +276,45 @@ async def test_noise_mirror_compares_the_stable_model_with_itself_only(
     )
     async with running_sidecar(raw) as sc:
         served = await traffic(sc, range(60), converted={"stable": 0.5, "canary": 0.5})
-        await asyncio.sleep(0.3)
         noise = sc.dataplane.noise
         assert noise is not None
+        await until(lambda: noise.in_flight == 0)  # every noise copy compared
         first = noise.recorder.summary()
         await control(sc).Promote(cpb.PromoteRequest(reason="ship"), metadata=OPS)
         await traffic(sc, range(60, 120), converted={"stable": 0.5, "canary": 0.5})
-        await asyncio.sleep(0.3)
+        await until(lambda: noise.in_flight == 0)
         second = noise.recorder.summary()
         shadow = (await report(sc)).shadow
     assert first.compared == served["stable"] and first.agreed == first.compared
     assert second.compared == first.compared  # nothing served by the old stable since
     assert shadow.noise.compared == first.compared
     assert shadow.noise.noise_disagreement.value == 0.0
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll `condition` until it holds, within `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def next_tick(sc: Sidecar) -> None:
+    """Wait (bounded) until the rollout controller has judged the canary once more, or
+    the plan has ended."""
+    judged = sum(sc.controller.verdicts.values())
+
+    def ticked() -> bool:
+        rollout = sc.control.snapshot().state.rollout
+        ended = rollout is None or not rollout.phase.active
+        return ended or sum(sc.controller.verdicts.values()) > judged
+
+    await until(ticked)
+
+
+def _reference_full(report: DriftMonitorReport, size: int) -> bool:
+    features = report.drift.features
+    return bool(features) and all(f.reference_n >= size for f in features)
 
 
 def ab_stage(**fields: Any) -> cpb.RolloutPlan:
@@ -313,7 +340,7 @@ async def run_plan(sc: Sidecar, converted: dict[str, float], budget: int = 4000)
     )
     for start in range(0, budget, 100):
         await traffic(sc, range(start, start + 100), converted=converted)
-        await asyncio.sleep(0.15)
+        await next_tick(sc)
         rollout: cpb.Rollout = await ctl.GetRollout(cpb.GetRolloutRequest(), metadata=VIEW)
         if rollout.phase not in ("RUNNING", "PAUSED"):
             return rollout
@@ -368,7 +395,9 @@ async def test_drift_gate_rolls_back_when_inputs_shift(model: FaultInjectingUpst
         client = predict_stub(sc)
         for i in range(150):  # the reference: user names of 6-8 characters
             await client.Predict(request(f"user-{i}", "ios"))
-        await asyncio.sleep(1.2)
+        drift = sc.insights.drift
+        assert drift is not None
+        await until(lambda: drift.pending == 0 and _reference_full(drift.report(), 100))
         ctl = control(sc)
         await ctl.StartRollout(
             cpb.StartRolloutRequest(reason="drift", plan=ab_stage(max_drift_psi=0.25), force=True),
@@ -378,7 +407,8 @@ async def test_drift_gate_rolls_back_when_inputs_shift(model: FaultInjectingUpst
         for i in range(40):
             for j in range(50):  # now names of 30+ characters: feature x[0] shifts
                 await client.Predict(request(f"a-much-longer-user-name-{i}-{j:04d}", "ios"))
-            await asyncio.sleep(0.3)
+            await until(lambda: drift.pending == 0)
+            await next_tick(sc)
             rollout = await ctl.GetRollout(cpb.GetRolloutRequest(), metadata=VIEW)
             if rollout.phase != "RUNNING":
                 break

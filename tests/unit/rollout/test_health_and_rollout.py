@@ -1,6 +1,8 @@
-"""Health checker and rollout plans in process: automatic rollback with audit, alert and
-webhook; plans advancing through gates; skipped stages; pause/resume/abort; restart
-mid-plan; drills; flag lifecycle. Upstreams are scripted fault-injection servers."""
+"""The rollout controller through a real sidecar in process (gRPC Control, real windows fed
+by spans, scripted fault-injection upstreams): automatic rollback with WatchState, audit
+and webhook; a plan advancing through gates; skipped stages; pause/resume/abort; restart
+mid-plan; drills; a failing shadow. Waiting is polling with a bound. The same behaviour
+on a fake clock, tick by tick, is in test_controller.py."""
 
 from __future__ import annotations
 
@@ -85,7 +87,9 @@ def build(
         variants,
         weights=weights,
         shadow={"variant": "shadow"} if shadow else None,
-        analysis={**FAST_ANALYSIS, **analysis},
+        # The shadow shares the scripted stable server: on a busy machine its p95 jitters
+        # past 1.5x; these tests are about gates and plan mechanics, so the guard is wide.
+        analysis={**FAST_ANALYSIS, "shadow_max_p95_ratio": 5.0, **analysis},
     )
     return raw
 
@@ -123,7 +127,7 @@ class Traffic:
                 key = str(md.get("x-variant", "unrouted"))
                 self.errors[key] = self.errors.get(key, 0) + 1
             i += 1
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0)  # yield to the other clients
 
     async def stop(self) -> None:
         self._stop.set()
@@ -158,13 +162,15 @@ async def test_failing_canary_is_rolled_back_by_the_health_checker(
         watch = control(sc).WatchState(cpb.WatchStateRequest(), metadata=OPS)
         first = await watch.read()
         traffic = Traffic(sc)
-        await asyncio.sleep(1.5)  # healthy: no rollback
+        # healthy: the controller judges the canary PASS a few times, with no rollback
+        await wait_until(lambda: _true(sc.controller.verdicts.get("PASS", 0) >= 3))
         assert sc.control.snapshot().state.weights["canary"] == 2000
         canary_up.inject(Fault(status=grpc.StatusCode.INTERNAL, message="model crashed"))
         failed_at = asyncio.get_running_loop().time()
         rolled = await asyncio.wait_for(watch.read(), timeout=20)
         detected = asyncio.get_running_loop().time() - failed_at
-        await asyncio.sleep(0.3)
+        served = traffic.by_variant.get("stable", 0)
+        await wait_until(lambda: _true(traffic.by_variant.get("stable", 0) > served + 100))
         await traffic.stop()
         watch.cancel()
         entries = await audit(sc)
@@ -226,35 +232,6 @@ async def test_healthy_plan_walks_shadow_to_promote(
     assert methods.count("RolloutAdvance") == 3 and "Promote" in methods
     assert methods.count("RolloutStage") == 2
     assert traffic.errors == {}
-
-
-async def test_plan_rolls_back_when_the_canary_fails_a_stage(
-    stable_up: FaultInjectingUpstream, canary_up: FaultInjectingUpstream
-) -> None:
-    """A canary failing during its stage: the plan ends ROLLED_BACK, traffic on stable."""
-    raw = build(stable_up, canary_up, {"stable": 10_000, "canary": 0})
-    plan = cpb.RolloutPlan(
-        stages=[
-            cpb.RolloutStage(name="canary-5", kind=cpb.STAGE_KIND_CANARY, canary_bp=500, min_samples=10_000, min_duration_seconds=60),
-            cpb.RolloutStage(name="promote", kind=cpb.STAGE_KIND_PROMOTE),
-        ]
-    )  # fmt: skip
-    async with running_sidecar(raw) as sc:
-        traffic = Traffic(sc)
-        await control(sc).StartRollout(
-            cpb.StartRolloutRequest(reason="try", plan=plan), metadata=OPS
-        )
-        await asyncio.sleep(1.0)
-        canary_up.inject(Fault(status=grpc.StatusCode.UNAVAILABLE, message="oom"))
-
-        async def rolled_back() -> bool:
-            r = await control(sc).GetRollout(cpb.GetRolloutRequest(), metadata=OPS)
-            return r.phase == "ROLLED_BACK"
-
-        await wait_until(rolled_back)
-        await traffic.stop()
-        state = await control(sc).GetState(cpb.GetStateRequest(), metadata=OPS)
-    assert dict(state.flag.weights)["canary"] == 0 and state.flag.stable_variant == "stable"
 
 
 async def test_skipping_stages_needs_force_and_is_audited(
@@ -364,7 +341,7 @@ async def test_restart_mid_plan_resumes_the_stage(
 async def test_drill_rehearses_rollback_and_restores_state(
     stable_up: FaultInjectingUpstream, canary_up: FaultInjectingUpstream
 ) -> None:
-    """RunDrill: the checker sees a failing canary, rolls back through Control, reports
+    """RunDrill: the controller sees a failing canary, rolls back through Control, reports
     detection and revert times, then restores the previous state's content."""
     raw = build(stable_up, canary_up, {"stable": 9000, "canary": 1000})
     async with running_sidecar(raw) as sc:
@@ -382,24 +359,6 @@ async def test_drill_rehearses_rollback_and_restores_state(
         ("Rollback", "health-checker"), ("DrillRestore", "ops"),
     ]  # fmt: skip
     assert "DRILL" in entries[-2].reason
-
-
-async def test_variant_held_at_full_traffic_is_reported(
-    stable_up: FaultInjectingUpstream, canary_up: FaultInjectingUpstream
-) -> None:
-    """A canary held at 100% longer than the configured age is reported in the state."""
-    raw = build(stable_up, canary_up, {"stable": 10_000, "canary": 0}, stale_after_hours=0.0001)
-    async with running_sidecar(raw) as sc:
-        c = control(sc)
-        await c.SetWeights(
-            cpb.SetWeightsRequest(reason="all in", weights={"stable": 0, "canary": 10_000}),
-            metadata=OPS,
-        )
-        fresh = await c.GetState(cpb.GetStateRequest(), metadata=OPS)
-        await asyncio.sleep(0.6)
-        stale = await c.GetState(cpb.GetStateRequest(), metadata=OPS)
-    assert not fresh.warnings
-    assert any("canary" in w and "100%" in w for w in stale.warnings)
 
 
 async def test_shadow_stage_fails_when_every_shadow_call_fails(

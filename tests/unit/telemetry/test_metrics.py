@@ -25,6 +25,28 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+REQUESTS = "sidecar_requests_total"
+COMPARISONS = "sidecar_shadow_comparisons_total"
+
+
+async def settled(
+    port: int, *, answered: int, timeout: float = 10.0
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape until `answered` OK requests and as many shadow comparisons are counted
+    (comparisons finish after the answers), within `timeout` seconds; the last scrape
+    either way."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    while True:
+        m = await asyncio.to_thread(scrape, port)
+        ok = sum(v for (n, lb), v in m.items() if n == REQUESTS and ("status", "OK") in lb)
+        compared = sum(v for (n, _), v in m.items() if n == COMPARISONS)
+        if min(ok, compared) >= answered or loop.time() > deadline:
+            return m
+        await asyncio.sleep(0.02)
+
+
 async def test_metrics_endpoint_reports_variants_and_shadow() -> None:
     """After traffic, /metrics has requests and latency per variant, errors by status,
     shadow comparisons, and the kill switch / weights gauges."""
@@ -47,8 +69,7 @@ async def test_metrics_endpoint_reports_variants_and_shadow() -> None:
             for _ in range(3):
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await stub.ModelInfer(bad)
-            await asyncio.sleep(0.3)
-            m = await asyncio.to_thread(scrape, sc.metrics.port)
+            m = await settled(sc.metrics.port, answered=40)
     stable = m[("sidecar_requests_total", (("status", "OK"), ("variant", "stable")))]
     canary = m[("sidecar_requests_total", (("status", "OK"), ("variant", "canary")))]
     assert stable + canary == 40 and stable > 0 and canary > 0
