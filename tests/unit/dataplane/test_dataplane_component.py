@@ -387,7 +387,7 @@ async def test_dead_shadow_trips_the_breaker() -> None:
     clock = FakeClock(start=0.0)
     shadow = ScriptedShadow()
     mirror: ShadowMirror[object, object] = ShadowMirror(
-        ShadowConfig("shadow", breaker_failures=3, breaker_cooldown=0.3),
+        ShadowConfig(variant="shadow", breaker_failures=3, breaker_cooldown=0.3),
         shadow,
         lambda _: {},
         salt="s",
@@ -461,7 +461,9 @@ async def test_latency_and_outcome_ttl_follow_the_data_plane_clock() -> None:
     plane: DataPlane[object, str] = DataPlane(
         model="classifier",
         state=StateHolder(flag),
-        variants={"stable": VariantSpec("stable", "127.0.0.1:1", "classifier")},
+        variants={
+            "stable": VariantSpec(name="stable", address="127.0.0.1:1", model_name="classifier")
+        },
         upstreams={"stable": ClockedUpstream("stable", clock, 0.25)},
         upstream_config=UpstreamConfig(),
         outcomes=OutcomeLedger(ttl_seconds=60.0),
