@@ -1,6 +1,7 @@
 """Pure statistics core for canary and A/B analysis.
 
-Standard library, numpy, scipy and statsmodels only; no I/O, no clock, no global randomness.
+Standard library, numpy and scipy only (statsmodels is the tests' oracle); no I/O, no clock,
+no global randomness.
 Conventions are documented in ``docs/statistics.md``.
 """
 
