@@ -16,7 +16,7 @@ import binascii
 import heapq
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import grpc
 
@@ -148,18 +148,15 @@ def audit_entry_message(entry: AuditEntry, max_bytes: int, text_bytes: int) -> c
     return message
 
 
-def fill_within(
-    messages: Iterable[cpb.AuditEntry] | Iterable[cpb.UserOverride], budget: int
-) -> Iterable[int]:
-    """Yield the running count of `messages` that fit in `budget` bytes together (the
-    first one always counts); stop at the first that would not fit."""
+def fitted_count(messages: Sequence[cpb.UserOverride], budget: int) -> int:
+    """How many of `messages`, from the first, fit in `budget` bytes together (at least
+    one when there is one)."""
     used = 0
-    for n, message in enumerate(messages, start=1):
-        size = message.ByteSize() + _FRAMING
-        if n > 1 and used + size > budget:
-            return
-        used += size
-        yield n
+    for n, message in enumerate(messages):
+        used += message.ByteSize() + _FRAMING
+        if n and used > budget:
+            return n
+    return len(messages)
 
 
 def encode_page_token(key: str) -> str:
@@ -168,9 +165,12 @@ def encode_page_token(key: str) -> str:
 
 def decode_page_token(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
+        key = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
+        if encode_page_token(key.decode("utf-8")) == token:
+            return key.decode("utf-8")
     except (ValueError, binascii.Error, UnicodeError):
-        raise InvalidRequest("page_token: not a token this server gave out") from None
+        pass
+    raise InvalidRequest("page_token: not a token this server gave out")
 
 
 _KINDS = {
@@ -462,12 +462,17 @@ class ControlServicer:
         except Exception as exc:
             await abort(context, exc)
             raise
-        budget = self._budget
-        messages = [audit_entry_message(e, budget, limits.shown_text_bytes) for e in entries]
-        fitted = max(fill_within(messages, budget), default=0)
-        end = start + fitted
+        budget, used = self._budget, 0
+        messages: list[cpb.AuditEntry] = []
+        for entry in entries:  # built one by one: the page stops at the first misfit
+            message = audit_entry_message(entry, budget, limits.shown_text_bytes)
+            used += message.ByteSize() + _FRAMING
+            if messages and used > budget:
+                break
+            messages.append(message)
+        end = start + len(messages)
         return cpb.GetAuditLogResponse(
-            entries=messages[:fitted],
+            entries=messages,
             next_page_token=str(end) if end < total else "",
             total=total,
         )
@@ -491,7 +496,7 @@ class ControlServicer:
             await abort(context, exc)
             raise
         messages = [cpb.UserOverride(targeting_key=k, variant=v) for k, v in page.items]
-        fitted = max(fill_within(messages, self._budget), default=0)
+        fitted = fitted_count(messages, self._budget)
         more = page.more or fitted < len(messages)
         return cpb.ListUserOverridesResponse(
             overrides=messages[:fitted],
