@@ -238,6 +238,9 @@ def _diff_text(diff_json: str) -> str:
     diff = parse_diff(diff_json)
     if not isinstance(diff, dict):
         return str(diff)
+    clipped = diff.get("truncated") if set(diff) == {"truncated"} else None
+    if isinstance(clipped, str):  # too large for one answer: the sidecar sent its start
+        return f"(too large, clipped by the sidecar; --output json for more) {clipped[:300]}…"
     parts = []
     for field, change in diff.items():
         if isinstance(change, list) and len(change) == 2:
