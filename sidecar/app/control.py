@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -84,7 +85,10 @@ class ControlService:
         self._lock = asyncio.Lock()
         self._rollouts = rollouts or RolloutSetup()
         self.limits = limits
-        self._override_keys: tuple[DesiredState | None, list[str]] = (None, [])
+        # The targeting keys in order, for the overrides mapping they were sorted from:
+        # sorted once, then kept up to date by Set/ClearUserOverride (other writes keep
+        # the same mapping), so that State answers and pages stay cheap at 100,000.
+        self._override_keys: tuple[Mapping[str, str] | None, list[str]] = (None, [])
 
     # ---- reads -----------------------------------------------------------------------
 
@@ -95,12 +99,39 @@ class ControlService:
         return self.audit.read(start, limit), self.audit.count()
 
     def sorted_override_keys(self, state: DesiredState) -> list[str]:
-        """The targeting keys of `state`'s user overrides in order (sorted once per state)."""
+        """The targeting keys of `state`'s user overrides in order (sorted once; the state
+        in force keeps them)."""
+        overrides = state.user_overrides
         cached_for, keys = self._override_keys
-        if cached_for is not state:
-            keys = sorted(state.user_overrides)
-            self._override_keys = (state, keys)
+        if cached_for is overrides:
+            return keys
+        keys = sorted(overrides)
+        if state is self.holder.current.state:
+            self._override_keys = (overrides, keys)
         return keys
+
+    def first_override_keys(self, state: DesiredState, count: int) -> list[str]:
+        """The first `count` targeting keys in order: from the sorted keys when they are
+        kept for `state` (or it is the state in force), else by a linear-time selection."""
+        if self._override_keys[0] is state.user_overrides or state is self.holder.current.state:
+            return self.sorted_override_keys(state)[:count]
+        return heapq.nsmallest(count, state.user_overrides)
+
+    def _follow_override(
+        self, before: Mapping[str, str], after: Mapping[str, str], key: str
+    ) -> None:
+        """Keep the sorted keys in step with a change of one key (O(n) copy, no sort)."""
+        cached_for, keys = self._override_keys
+        if cached_for is not before:
+            return
+        keys = list(keys)
+        i = bisect.bisect_left(keys, key)
+        present = i < len(keys) and keys[i] == key
+        if key in after and not present:
+            keys.insert(i, key)
+        elif key not in after and present:
+            del keys[i]
+        self._override_keys = (after, keys)
 
     def override_page(self, prefix: str, after: str, limit: int) -> OverridePage:
         """Up to `limit` user overrides whose key starts with `prefix`, after the key
@@ -259,6 +290,7 @@ class ControlService:
             raise InvalidRequest("targeting_key: must not be empty")
         self._known_variant("variant", variant)
         most = self.limits.user_overrides
+        seen: list[Mapping[str, str]] = []
 
         def mutate(s: DesiredState) -> DesiredState:
             if key not in s.user_overrides and len(s.user_overrides) >= most:
@@ -266,15 +298,18 @@ class ControlService:
                     f"user_overrides: at most {most} overrides; clear some before adding "
                     "another (or use a segment rule)"
                 )
+            seen.append(s.user_overrides)
             return s.evolve(user_overrides={**s.user_overrides, key: variant})
 
-        return await self.apply(
+        snapshot = await self.apply(
             principal=principal,
             method="SetUserOverride",
             reason=reason,
             expected_revision=expected_revision,
             mutate=mutate,
         )
+        self._follow_override(seen[-1], snapshot.state.user_overrides, key)
+        return snapshot
 
     async def clear_user_override(
         self, principal: str, reason: str, expected_revision: int, key: str
@@ -284,18 +319,23 @@ class ControlService:
         if not key.strip():
             raise InvalidRequest("targeting_key: must not be empty")
 
+        seen: list[Mapping[str, str]] = []
+
         def mutate(s: DesiredState) -> DesiredState:
             if key not in s.user_overrides:
                 raise FailedPrecondition(f"targeting_key: no override for {key!r}")
+            seen.append(s.user_overrides)
             return s.evolve(user_overrides={k: v for k, v in s.user_overrides.items() if k != key})
 
-        return await self.apply(
+        snapshot = await self.apply(
             principal=principal,
             method="ClearUserOverride",
             reason=reason,
             expected_revision=expected_revision,
             mutate=mutate,
         )
+        self._follow_override(seen[-1], snapshot.state.user_overrides, key)
+        return snapshot
 
     def _known_segment(self, segment: str) -> str:
         if segment not in self.template.segments:

@@ -60,9 +60,13 @@ def answer_budget(max_message_bytes: int, limits: ControlLimits = CONTROL_LIMITS
     return max(max_message_bytes // 2, max_message_bytes - limits.answer_headroom_bytes)
 
 
-def first_overrides(overrides: Mapping[str, str], shown: int) -> dict[str, str]:
-    """The first `shown` user overrides by targeting key (about 4 ms at 100,000)."""
-    return {k: overrides[k] for k in heapq.nsmallest(shown, overrides)}
+def first_overrides(
+    overrides: Mapping[str, str], shown: int, first_keys: list[str] | None = None
+) -> dict[str, str]:
+    """The first `shown` user overrides by targeting key: `first_keys` when the caller
+    has them in order, else a linear-time selection (about 13 ms at 100,000)."""
+    keys = first_keys[:shown] if first_keys is not None else heapq.nsmallest(shown, overrides)
+    return {k: overrides[k] for k in keys}
 
 
 def state_message(
@@ -70,13 +74,14 @@ def state_message(
     config: Config,
     served: Mapping[str, int],
     limits: ControlLimits = CONTROL_LIMITS,
+    first_keys: list[str] | None = None,
 ) -> cpb.State:
     """The State answer, bounded: the first user overrides, the newest promotions, free
     texts clipped (`limits`); counts say how many there are."""
     flag, s = snapshot.flag, snapshot.state
     shadow = config.shadow
     text = limits.shown_text_bytes
-    shown = first_overrides(s.user_overrides, limits.state_overrides_shown)
+    shown = first_overrides(s.user_overrides, limits.state_overrides_shown, first_keys)
     promotions = s.promotions[-limits.state_promotions_shown :]
     return cpb.State(
         model=config.model,
@@ -276,7 +281,8 @@ class ControlServicer:
         self._budget = answer_budget(config.server.max_message_bytes, self.limits)
 
     def _state(self, snapshot: Snapshot) -> cpb.State:
-        message = state_message(snapshot, self.config, self._served(), self.limits)
+        first = self.service.first_override_keys(snapshot.state, self.limits.state_overrides_shown)
+        message = state_message(snapshot, self.config, self._served(), self.limits, first)
         text = self.limits.shown_text_bytes
         warnings = [
             *self.controller.warnings(snapshot.state, self._clock()),

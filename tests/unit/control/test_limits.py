@@ -160,3 +160,23 @@ def test_reports_are_fitted_by_leaving_out_their_largest_parts() -> None:
     clipped = fit_shadow_report(shadow, 1 << 20)
     assert all(e.detail.endswith(TRUNCATED) for e in clipped.examples)
     assert not fit_shadow_report(clipped, 1000).examples
+
+
+async def test_sorted_override_keys_follow_set_and_clear_without_a_sort() -> None:
+    """The service keeps the ordered keys of the state in force in step with each
+    override write (the cache State answers and pages read), and other writes keep them."""
+    from sidecar.testing.clock import FakeClock
+    from tests.unit.control.test_control_component import service_on
+
+    service, _ = service_on(FakeClock())
+    for key in ("m", "c", "x"):
+        await service.set_user_override("ops", "r", 0, key, "canary")
+    assert service.sorted_override_keys(service.snapshot().state) == ["c", "m", "x"]
+    kept = service._override_keys[1]
+    await service.set_user_override("ops", "r", 0, "a", "canary")
+    await service.clear_user_override("ops", "r", 0, "m")
+    await service.set_user_override("ops", "r", 0, "c", "stable")  # a change, not a new key
+    await service.set_kill_switch("ops", "r", 0, True)
+    state = service.snapshot().state
+    assert service._override_keys[0] is state.user_overrides and kept == ["c", "m", "x"]
+    assert service.first_override_keys(state, 10) == ["a", "c", "x"] == sorted(state.user_overrides)
