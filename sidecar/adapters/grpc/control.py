@@ -125,6 +125,22 @@ def state_message(
     )
 
 
+def fit_state(message: cpb.State, budget: int) -> cpb.State:
+    """`message` within `budget` bytes: a worst-case State (long texts everywhere) is about
+    350 KiB, so only a small `server.max_message_bytes` gets here; then the listed
+    promotions, and if need be the listed overrides, are left out (counts stay)."""
+    if message.ByteSize() <= budget:
+        return message
+    del message.promotions[:]
+    if message.ByteSize() > budget:
+        message.flag.user_overrides.clear()
+    message.warnings.append(
+        "promotions and user overrides are not listed: the answer would exceed the message "
+        "limit (server.max_message_bytes); see ListUserOverrides"
+    )
+    return message
+
+
 def audit_entry_message(entry: AuditEntry, max_bytes: int, text_bytes: int) -> cpb.AuditEntry:
     """One audit entry in at most about `max_bytes`: a longer reason or diff is clipped
     (the diff to `{"truncated": "<its start>…[truncated]"}`) and `truncated` set."""
@@ -289,7 +305,7 @@ class ControlServicer:
             *self.insights.warnings(),
         ]
         message.warnings.extend(clip(w, text) for w in warnings)
-        return message
+        return fit_state(message, self._budget)
 
     def _shadow_report(self) -> cpb.ShadowReport:
         read = self.insights.shadow_analysis()
@@ -469,9 +485,10 @@ class ControlServicer:
             await abort(context, exc)
             raise
         budget, used = self._budget, 0
+        text = min(limits.shown_text_bytes, budget // 4)
         messages: list[cpb.AuditEntry] = []
         for entry in entries:  # built one by one: the page stops at the first misfit
-            message = audit_entry_message(entry, budget, limits.shown_text_bytes)
+            message = audit_entry_message(entry, budget, text)
             used += message.ByteSize() + _FRAMING
             if messages and used > budget:
                 break

@@ -16,6 +16,7 @@ from sidecar.adapters.grpc.control import (
     decode_page_token,
     encode_page_token,
     first_overrides,
+    fit_state,
 )
 from sidecar.adapters.grpc.report import fit_experiment_report, fit_shadow_report
 from sidecar.app.ports import AuditEntry
@@ -180,3 +181,20 @@ async def test_sorted_override_keys_follow_set_and_clear_without_a_sort() -> Non
     state = service.snapshot().state
     assert service._override_keys[0] is state.user_overrides and kept == ["c", "m", "x"]
     assert service.first_override_keys(state, 10) == ["a", "c", "x"] == sorted(state.user_overrides)
+
+
+def test_a_state_over_a_tiny_limit_drops_its_lists_but_keeps_the_counts() -> None:
+    state = cpb.State(
+        flag=cpb.FlagState(
+            user_overrides={f"k{i}": "canary" for i in range(100)}, user_override_count=5000
+        ),
+        promotions=[cpb.Promotion(reason="r" * 4000) for _ in range(50)],
+        promotion_count=50,
+    )
+    small = cpb.State()
+    small.CopyFrom(state)
+    assert fit_state(small, 1 << 20) == state
+    fitted = fit_state(state, 1024)
+    assert fitted.ByteSize() <= 1024 and not fitted.promotions and not fitted.flag.user_overrides
+    assert fitted.flag.user_override_count == 5000 and fitted.promotion_count == 50
+    assert "ListUserOverrides" in fitted.warnings[-1]
