@@ -13,6 +13,10 @@ verdict per metric, segments, shadow, drift); print it with
 `clients.render_text.render_experiment`, or as a self-contained HTML page with plots with
 `clients.report_html.render_html` (needs the `report` extra: matplotlib).
 
+User overrides: a State lists only the first ones (`flag.user_override_count` counts them
+all); `list_user_overrides` pages through them (by targeting key, optionally by prefix),
+`iter_user_overrides` follows the pages to the end.
+
 Rollouts: `start_rollout` (the server's default plan, or a `RolloutPlan`), `pause_rollout`,
 `resume_rollout`, `abort_rollout`, `get_rollout` (print it with `render_rollout`), and
 `run_drill` to rehearse an automatic rollback.
@@ -124,6 +128,8 @@ class ControlClient:
     mTLS, `cert_file` + `key_file` (the client certificate). Any of them switches to a TLS
     channel; with none the channel is plaintext (the control port listens on loopback by
     default). Raises `OSError` if a file cannot be read, `ValueError` for a lone cert/key.
+    `max_receive_bytes` bounds an answer (the sidecar keeps its answers within its own
+    `server.max_message_bytes`; this only needs to be at least that).
     """
 
     def __init__(
@@ -135,6 +141,7 @@ class ControlClient:
         cert_file: str | Path | None = None,
         key_file: str | Path | None = None,
         timeout: float = 5.0,
+        max_receive_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if (cert_file is None) != (key_file is None):
             raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
@@ -143,15 +150,16 @@ class ControlClient:
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
+        options = [("grpc.max_receive_message_length", max_receive_bytes)]
         if ca_file is not None or cert_file is not None:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read(ca_file),
                 private_key=_read(key_file),
                 certificate_chain=_read(cert_file),
             )
-            self._channel = grpc.secure_channel(target, credentials)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
-            self._channel = grpc.insecure_channel(target)
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = cpb_grpc.ControlStub(self._channel)
 
     # -- plumbing -------------------------------------------------------------------------
@@ -188,6 +196,30 @@ class ControlClient:
         while True:
             page = self.audit_log(page_size=page_size, page_token=token)
             yield from page.entries
+            token = page.next_page_token
+            if not token or token in seen:  # a repeated token would loop forever
+                return
+            seen.add(token)
+
+    def list_user_overrides(
+        self, page_size: int = 0, page_token: str = "", prefix: str = ""
+    ) -> cpb.ListUserOverridesResponse:
+        """One page of user overrides in targeting-key order (page_size 0: the server's
+        default, 100); `prefix` keeps only keys starting with it."""
+        request = cpb.ListUserOverridesRequest(
+            page_size=page_size, page_token=page_token, prefix=prefix
+        )
+        return self._unary(self._stub.ListUserOverrides, request, cpb.ListUserOverridesResponse)
+
+    def iter_user_overrides(
+        self, prefix: str = "", page_size: int = 1000
+    ) -> Iterator[cpb.UserOverride]:
+        """Every user override (with `prefix`), in key order, following page tokens."""
+        token = ""
+        seen: set[str] = set()
+        while True:
+            page = self.list_user_overrides(page_size=page_size, page_token=token, prefix=prefix)
+            yield from page.overrides
             token = page.next_page_token
             if not token or token in seen:  # a repeated token would loop forever
                 return

@@ -55,6 +55,7 @@ __all__ = [
     "render_audit",
     "render_drill",
     "render_experiment",
+    "render_overrides",
     "render_rollout",
     "render_shadow",
     "render_state",
@@ -142,7 +143,13 @@ def _variant_table(state: cpb.State) -> str:
 def _rule_lines(flag: cpb.FlagState) -> list[str]:
     """User overrides, segment rules and the known segments."""
     lines = []
-    if flag.user_overrides:
+    count = max(flag.user_override_count, len(flag.user_overrides))
+    if count > len(flag.user_overrides):
+        lines.append(
+            f"user overrides: {count}, the first {len(flag.user_overrides)} by targeting key "
+            "(all: `sidecarctl override list`):"
+        )
+    elif flag.user_overrides:
         lines.append("user overrides (targeting key -> variant):")
         lines.extend(
             f"  {_clean(key)} -> {_clean(variant)}"
@@ -158,6 +165,14 @@ def _rule_lines(flag: cpb.FlagState) -> list[str]:
     if flag.segments:
         lines.append(f"known segments: {', '.join(_clean(s) for s in flag.segments)}")
     return lines
+
+
+def render_overrides(overrides: Iterable[cpb.UserOverride]) -> str:
+    """User overrides as a table (targeting key -> variant), in the order given."""
+    rows = [[_clean(o.targeting_key), _clean(o.variant)] for o in overrides]
+    if not rows:
+        return "user overrides: none"
+    return _table(["TARGETING KEY", "VARIANT"], rows)
 
 
 def _shadow_settings_line(state: cpb.State) -> str:
@@ -223,6 +238,9 @@ def _diff_text(diff_json: str) -> str:
     diff = parse_diff(diff_json)
     if not isinstance(diff, dict):
         return str(diff)
+    clipped = diff.get("truncated") if set(diff) == {"truncated"} else None
+    if isinstance(clipped, str):  # too large for one answer: the sidecar sent its start
+        return f"(too large, clipped by the sidecar; --output json for more) {clipped[:300]}…"
     parts = []
     for field, change in diff.items():
         if isinstance(change, list) and len(change) == 2:

@@ -28,6 +28,7 @@ from clients.render_text import (
     render_audit,
     render_drill,
     render_experiment,
+    render_overrides,
     render_rollout,
     render_shadow,
     render_state,
@@ -225,6 +226,42 @@ class PlanFileError(ValueError):
     """The --plan file cannot be read or is not a well-formed list of stages (exit 2)."""
 
 
+#: The sidecar's bounds on a plan (sidecar/core/limits.py), checked here first.
+MAX_PLAN_STAGES = 32
+MAX_STAGE_NAME_BYTES = 256
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (the last would silently win)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping key given twice (the last would win)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+
 _PLAN_KINDS = {
     "shadow": cpb.STAGE_KIND_SHADOW,
     "canary": cpb.STAGE_KIND_CANARY,
@@ -248,6 +285,7 @@ def _plan_percent(value: object) -> int:
     if isinstance(value, str):
         text = value.strip().removesuffix("%")
     elif _is_number(value):
+        _finite(value)
         text = repr(value)  # the shortest exact spelling: 0.1 -> "0.1"
     else:
         raise ValueError(f"must be a number from 0 to 100, e.g. 5 or 0.5, got {value!r}")
@@ -267,10 +305,17 @@ def _plan_bp(value: object) -> int:
     return value
 
 
+def _finite(value: object) -> None:
+    """NaN and +-inf are refused by name (JSON and YAML both can spell them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+
+
 def _plan_duration(value: object) -> float:
     """min_duration: seconds as a number, or text such as "900", "15m", "1h30m", "90s"."""
     if isinstance(value, bool):
         raise ValueError(f"must be seconds (e.g. 900), got {value!r}")
+    _finite(value)
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and _DURATION.fullmatch(value.strip()):
@@ -298,6 +343,7 @@ def _plan_flag(value: object) -> bool:
 
 
 def _plan_psi(value: object) -> float:
+    _finite(value)
     if not _is_number(value) or not 0 <= float(value) <= 10:  # type: ignore[arg-type]
         raise ValueError(f"must be a PSI from 0 (off) to 10, e.g. 0.25, got {value!r}")
     return float(value)  # type: ignore[arg-type]
@@ -325,6 +371,11 @@ def _stage_name(item: Mapping[Any, Any], where: str) -> str:
     name = item["name"]
     if not (isinstance(name, str) and name.strip()):
         raise PlanFileError(f"{where}: field name: must be non-empty text, got {name!r}")
+    if len(name.encode("utf-8")) > MAX_STAGE_NAME_BYTES:
+        raise PlanFileError(
+            f"{where}: field name: at most {MAX_STAGE_NAME_BYTES} bytes, got "
+            f"{len(name.encode('utf-8'))}"
+        )
     return name
 
 
@@ -359,7 +410,7 @@ def _plan_stage(item: object, where: str) -> cpb.RolloutStage:
         raise PlanFileError(f"{where}: must be a mapping with at least name and kind")
     name = item.get("name")
     if isinstance(name, str) and name.strip():
-        where = f"{where} ({name!r})"
+        where = f"{where} ({name[:64]!r})"
     stage = cpb.RolloutStage(name=_stage_name(item, where), kind=_stage_kind(item, where))
     _set_stage_options(stage, item, where)
     return stage
@@ -379,9 +430,19 @@ def parse_plan(data: object, source: str = "plan") -> cpb.RolloutPlan:
             f"{source}: expected a non-empty list of stages (see `sidecarctl rollout start "
             f"--help`), got {type(data).__name__}"
         )
+    if len(data) > MAX_PLAN_STAGES:
+        raise PlanFileError(f"{source}: at most {MAX_PLAN_STAGES} stages, got {len(data)}")
     return cpb.RolloutPlan(
         stages=[_plan_stage(item, f"{source}: stage {i + 1}") for i, item in enumerate(data)]
     )
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """One line: the problem and where (line, column)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem and exc.problem_mark:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
 
 
 def load_plan(path: str) -> cpb.RolloutPlan:
@@ -392,14 +453,14 @@ def load_plan(path: str) -> cpb.RolloutPlan:
         raise PlanFileError(f"cannot read --plan {path}: {exc}") from None
     if path.lower().endswith(".json"):
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except ValueError as exc:
             raise PlanFileError(f"{path}: not valid JSON: {exc}") from None
     else:
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
         except (yaml.YAMLError, ValueError) as exc:
-            raise PlanFileError(f"{path}: not valid YAML: {exc}") from None
+            raise PlanFileError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     return parse_plan(data, source=path)
 
 
@@ -607,6 +668,23 @@ def _add_rule_commands(c: _CommandFactory) -> None:
         'sidecarctl override set user-42 canary --reason "QA account"',
     )
     override = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = c.add(
+        "list",
+        "list the user overrides (all of them, paged)",
+        "List every user override in targeting-key order (`status` shows only the first\n"
+        "ones), following the server's pages. Read-only.",
+        ["sidecarctl override list", "sidecarctl override list --prefix qa- --output json"],
+        sub=override,
+    )
+    p.add_argument("--prefix", default="", help="only targeting keys starting with PREFIX")
+    p.add_argument(
+        "--limit",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="stop after N overrides (default 0: all)",
+    )
+    p.set_defaults(handler=cmd_override_list)
     p = c.add(
         "set",
         "pin KEY to VARIANT",
@@ -1139,6 +1217,20 @@ def cmd_override_set(client: ControlClient, args: argparse.Namespace, console: C
             args.key, args.variant, reason=args.reason, expected_revision=args.expect_revision
         ),
     )
+
+
+def cmd_override_list(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+    limit: int = args.limit
+    overrides = []
+    for override in client.iter_user_overrides(prefix=args.prefix):
+        overrides.append(override)
+        if limit and len(overrides) >= limit:
+            break
+    if console.json_mode:
+        console.data([{"targeting_key": o.targeting_key, "variant": o.variant} for o in overrides])
+    else:
+        console.out(render_overrides(overrides))
+    return EXIT_OK
 
 
 def cmd_override_clear(client: ControlClient, args: argparse.Namespace, console: Console) -> int:

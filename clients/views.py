@@ -375,10 +375,12 @@ def state_to_dict(state: cpb.State) -> dict[str, Any]:
             for v in state.variants
         ],
         "user_overrides": dict(sorted(flag.user_overrides.items())),
+        "user_override_count": max(flag.user_override_count, len(flag.user_overrides)),
         "segment_rules": [{"segment": r.segment, "variant": r.variant} for r in flag.segment_rules],
         "segments": list(flag.segments),
         "shadow": _shadow_settings_to_dict(state),
         "promotions": [_promotion_to_dict(p) for p in state.promotions],
+        "promotion_count": max(state.promotion_count, len(state.promotions)),
         "warnings": list(state.warnings),
     }
 
@@ -392,7 +394,8 @@ def parse_diff(diff_json: str) -> Any:
 
 
 def audit_entry_to_dict(entry: cpb.AuditEntry) -> dict[str, Any]:
-    """One audit entry as JSON-ready data; `diff` is the parsed {field: [before, after]}."""
+    """One audit entry as JSON-ready data; `diff` is the parsed {field: [before, after]}
+    (`truncated`: the server clipped the reason or the diff to fit its answer)."""
     return {
         "at": iso(entry.unix_time),
         "unix_time": entry.unix_time,
@@ -402,6 +405,7 @@ def audit_entry_to_dict(entry: cpb.AuditEntry) -> dict[str, Any]:
         "revision_before": entry.revision_before,
         "revision_after": entry.revision_after,
         "diff": parse_diff(entry.diff_json),
+        "truncated": entry.truncated,
     }
 
 

@@ -9,11 +9,16 @@ Every write runs under one lock, in this order:
 4. the routing snapshot is swapped: the next request sees it;
 5. the new state is returned (the acknowledgement).
 A failing store leaves the previous state in force and the write unacknowledged.
+
+Before any of it, each verb checks its inputs against `sidecar.core.limits.ControlLimits`
+(`_check_reason`, `_check_name`, ...): INVALID_ARGUMENT naming the field and the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -23,6 +28,13 @@ import structlog
 
 from sidecar.app.ports import AuditEntry, AuditLog, StateStore
 from sidecar.app.state import Snapshot, StateHolder
+from sidecar.core.limits import (
+    CONTROL_LIMITS,
+    ControlLimits,
+    LimitError,
+    check_count,
+    check_text,
+)
 from sidecar.core.rollout import (
     DEFAULT_PLAN,
     Baseline,
@@ -61,6 +73,7 @@ class ControlService:
         served: Callable[[], Mapping[str, int]],
         clock: Callable[[], float] = time.time,
         rollouts: RolloutSetup | None = None,
+        limits: ControlLimits = CONTROL_LIMITS,
     ) -> None:
         self.holder = holder
         self.template = template
@@ -71,6 +84,11 @@ class ControlService:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._rollouts = rollouts or RolloutSetup()
+        self.limits = limits
+        # The targeting keys in order, for the overrides mapping they were sorted from:
+        # sorted once, then kept up to date by Set/ClearUserOverride (other writes keep
+        # the same mapping), so that State answers and pages stay cheap at 100,000.
+        self._override_keys: tuple[Mapping[str, str] | None, list[str]] = (None, [])
 
     # ---- reads -----------------------------------------------------------------------
 
@@ -79,6 +97,84 @@ class ControlService:
 
     def audit_page(self, start: int, limit: int) -> tuple[list[AuditEntry], int]:
         return self.audit.read(start, limit), self.audit.count()
+
+    def sorted_override_keys(self, state: DesiredState) -> list[str]:
+        """The targeting keys of `state`'s user overrides in order (sorted once; the state
+        in force keeps them)."""
+        overrides = state.user_overrides
+        cached_for, keys = self._override_keys
+        if cached_for is overrides:
+            return keys
+        keys = sorted(overrides)
+        if state is self.holder.current.state:
+            self._override_keys = (overrides, keys)
+        return keys
+
+    def first_override_keys(self, state: DesiredState, count: int) -> list[str]:
+        """The first `count` targeting keys in order: from the sorted keys when they are
+        kept for `state` (or it is the state in force), else by a linear-time selection."""
+        if self._override_keys[0] is state.user_overrides or state is self.holder.current.state:
+            return self.sorted_override_keys(state)[:count]
+        return heapq.nsmallest(count, state.user_overrides)
+
+    def _follow_override(
+        self, before: Mapping[str, str], after: Mapping[str, str], key: str
+    ) -> None:
+        """Keep the sorted keys in step with a change of one key (O(n) copy, no sort)."""
+        cached_for, keys = self._override_keys
+        if cached_for is not before:
+            return
+        keys = list(keys)
+        i = bisect.bisect_left(keys, key)
+        present = i < len(keys) and keys[i] == key
+        if key in after and not present:
+            keys.insert(i, key)
+        elif key not in after and present:
+            del keys[i]
+        self._override_keys = (after, keys)
+
+    def override_page(self, prefix: str, after: str, limit: int) -> OverridePage:
+        """Up to `limit` user overrides whose key starts with `prefix`, after the key
+        `after` (empty: from the first), in key order, from the state in force."""
+        self.check_input(lambda: check_text("prefix", prefix, self.limits.key_bytes))
+        snapshot = self.snapshot()
+        overrides = snapshot.state.user_overrides
+        keys = self.sorted_override_keys(snapshot.state)
+        first = bisect.bisect_left(keys, prefix)
+        start = max(first, bisect.bisect_right(keys, after)) if after else first
+        items: list[tuple[str, str]] = []
+        i = start
+        while i < len(keys) and len(items) < limit and keys[i].startswith(prefix):
+            items.append((keys[i], overrides[keys[i]]))
+            i += 1
+        more = i < len(keys) and keys[i].startswith(prefix)
+        if not prefix:
+            total = len(keys)
+        else:
+            end = first
+            while end < len(keys) and keys[end].startswith(prefix):
+                end += 1
+            total = end - first
+        return OverridePage(tuple(items), total, more, snapshot.revision)
+
+    # ---- input bounds (checked before anything changes) -------------------------------
+
+    @staticmethod
+    def check_input(check: Callable[[], object]) -> None:
+        """Run a `sidecar.core.limits` check; its LimitError becomes InvalidRequest."""
+        try:
+            check()
+        except LimitError as exc:
+            raise InvalidRequest(str(exc)) from None
+
+    def check_reason(self, reason: str) -> None:
+        self.check_input(lambda: check_text("reason", reason, self.limits.reason_bytes))
+
+    def _check_name(self, field: str, name: str) -> None:
+        self.check_input(lambda: check_text(field, name, self.limits.name_bytes))
+
+    def _check_key(self, key: str) -> None:
+        self.check_input(lambda: check_text("targeting_key", key, self.limits.key_bytes))
 
     # ---- writes ----------------------------------------------------------------------
 
@@ -151,6 +247,10 @@ class ControlService:
     async def set_weights(
         self, principal: str, reason: str, expected_revision: int, weights: Mapping[str, int]
     ) -> Snapshot:
+        self.check_reason(reason)
+        self.check_input(lambda: check_count("weights", len(weights), self.limits.weights))
+        for name in weights:
+            self._check_name("weights", name)
         if not weights:
             raise InvalidRequest("weights: give at least one variant=basis points")
         return await self.apply(
@@ -164,6 +264,7 @@ class ControlService:
     async def set_kill_switch(
         self, principal: str, reason: str, expected_revision: int, on: bool
     ) -> Snapshot:
+        self.check_reason(reason)
         return await self.apply(
             principal=principal,
             method="SetKillSwitch",
@@ -182,35 +283,59 @@ class ControlService:
     async def set_user_override(
         self, principal: str, reason: str, expected_revision: int, key: str, variant: str
     ) -> Snapshot:
+        self.check_reason(reason)
+        self._check_key(key)
+        self._check_name("variant", variant)
         if not key.strip():
             raise InvalidRequest("targeting_key: must not be empty")
         self._known_variant("variant", variant)
-        return await self.apply(
+        most = self.limits.user_overrides
+        seen: list[Mapping[str, str]] = []
+
+        def mutate(s: DesiredState) -> DesiredState:
+            if key not in s.user_overrides and len(s.user_overrides) >= most:
+                raise FailedPrecondition(
+                    f"user_overrides: at most {most} overrides; clear some before adding "
+                    "another (or use a segment rule)"
+                )
+            seen.append(s.user_overrides)
+            return s.evolve(user_overrides={**s.user_overrides, key: variant})
+
+        snapshot = await self.apply(
             principal=principal,
             method="SetUserOverride",
             reason=reason,
             expected_revision=expected_revision,
-            mutate=lambda s: s.evolve(user_overrides={**s.user_overrides, key: variant}),
+            mutate=mutate,
         )
+        self._follow_override(seen[-1], snapshot.state.user_overrides, key)
+        return snapshot
 
     async def clear_user_override(
         self, principal: str, reason: str, expected_revision: int, key: str
     ) -> Snapshot:
+        self.check_reason(reason)
+        self._check_key(key)
         if not key.strip():
             raise InvalidRequest("targeting_key: must not be empty")
+
+        seen: list[Mapping[str, str]] = []
 
         def mutate(s: DesiredState) -> DesiredState:
             if key not in s.user_overrides:
                 raise FailedPrecondition(f"targeting_key: no override for {key!r}")
+            seen.append(s.user_overrides)
             return s.evolve(user_overrides={k: v for k, v in s.user_overrides.items() if k != key})
 
-        return await self.apply(
+        snapshot = await self.apply(
             principal=principal,
             method="ClearUserOverride",
             reason=reason,
             expected_revision=expected_revision,
             mutate=mutate,
         )
+        self._follow_override(seen[-1], snapshot.state.user_overrides, key)
+        return snapshot
 
     def _known_segment(self, segment: str) -> str:
         if segment not in self.template.segments:
@@ -222,11 +347,17 @@ class ControlService:
     async def set_segment_rule(
         self, principal: str, reason: str, expected_revision: int, rule: SegmentRule
     ) -> Snapshot:
+        self.check_reason(reason)
+        self._check_name("segment", rule.segment)
+        self._check_name("variant", rule.variant)
         self._known_segment(rule.segment)
         self._known_variant("variant", rule.variant)
+        most = self.limits.segment_rules
 
         def mutate(s: DesiredState) -> DesiredState:
             rules = [r for r in s.segment_rules if r.segment != rule.segment] + [rule]
+            if len(rules) > most:
+                raise FailedPrecondition(f"segment_rules: at most {most} rules")
             return s.evolve(segment_rules=tuple(rules))
 
         return await self.apply(
@@ -240,6 +371,8 @@ class ControlService:
     async def clear_segment_rule(
         self, principal: str, reason: str, expected_revision: int, segment: str
     ) -> Snapshot:
+        self.check_reason(reason)
+        self._check_name("segment", segment)
         self._known_segment(segment)
 
         def mutate(s: DesiredState) -> DesiredState:
@@ -257,6 +390,8 @@ class ControlService:
         )
 
     async def promote(self, principal: str, reason: str, expected_revision: int) -> Snapshot:
+        self.check_reason(reason)
+
         async def mutate(s: DesiredState) -> DesiredState:
             canary = s.canary
             if canary is None:
@@ -291,6 +426,7 @@ class ControlService:
     ) -> Snapshot:
         """All traffic to stable (ending a running plan); with no traffic elsewhere and no
         plan running, revert the last promotion."""
+        self.check_reason(reason)
 
         async def mutate(s: DesiredState) -> DesiredState:
             elsewhere = {n: w for n, w in s.weights.items() if n != s.stable and w > 0}
@@ -338,6 +474,7 @@ class ControlService:
         """Start a plan (the default ladder when `stages` is empty): refused when it is
         malformed, skips stages without `force`, or the stable, canary, kill switch or a
         running plan forbid it. Records the stable's baseline; all traffic to stable."""
+        self.check_reason(reason)
         setup = self._rollouts
         stages, skips = self._plan(stages, force)
         if not await self._ready(self.snapshot().flag.stable):
@@ -393,6 +530,7 @@ class ControlService:
         return stages, skips
 
     async def pause_rollout(self, principal: str, reason: str, expected_revision: int) -> Snapshot:
+        self.check_reason(reason)
         now = self._clock()
 
         def mutate(s: DesiredState) -> DesiredState:
@@ -411,6 +549,7 @@ class ControlService:
         )
 
     async def resume_rollout(self, principal: str, reason: str, expected_revision: int) -> Snapshot:
+        self.check_reason(reason)
         now = self._clock()
 
         def mutate(s: DesiredState) -> DesiredState:
@@ -435,10 +574,22 @@ class ControlService:
         )
 
     async def abort_rollout(self, principal: str, reason: str, expected_revision: int) -> Snapshot:
+        self.check_reason(reason)
         snap = self.snapshot()
         if snap.state.rollout is None or not snap.state.rollout.phase.active:
             raise FailedPrecondition("rollout: none is running or paused")
         return await self.rollback(principal, reason, expected_revision, end_rollout=Phase.ABORTED)
+
+
+@dataclass(frozen=True)
+class OverridePage:
+    """One page of user overrides: (targeting key, variant) in key order, how many match
+    the prefix, whether more follow, and the revision it was read from."""
+
+    items: tuple[tuple[str, str], ...]
+    total: int
+    more: bool
+    revision: int
 
 
 def _no_baseline(variant: str, now: float) -> Baseline:

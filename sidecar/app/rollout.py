@@ -40,6 +40,7 @@ from sidecar.core.gates import (
     shadow_gates,
     worst,
 )
+from sidecar.core.limits import CONTROL_LIMITS, clip
 from sidecar.core.rollout import Baseline, Phase, RolloutProgress, Stage, StageKind
 from sidecar.core.routing import BASIS_POINTS
 from sidecar.core.shadow.report import ShadowThresholds
@@ -369,7 +370,8 @@ class RolloutController:
     async def _roll_back(self, reason: str, principal: str) -> None:
         started = self.clock()
         try:
-            await self.control.rollback(principal, reason, 0)
+            # An automatic reason (gate details) is clipped, never refused by the bound.
+            await self.control.rollback(principal, clip(reason, CONTROL_LIMITS.reason_bytes), 0)
         except SidecarError as exc:
             log.error("health.rollback_failed", reason=reason, error=exc.message)
             return
@@ -460,7 +462,8 @@ async def run_drill(controller: RolloutController, principal: str, reason: str) 
     verdict_at = controller.clock()
     rolled_back = False
     if evaluation.rollback:
-        await control.rollback(HEALTH_CHECKER, f"DRILL ({reason}): {evaluation.reason}", 0)
+        why = clip(f"DRILL ({reason}): {evaluation.reason}", CONTROL_LIMITS.reason_bytes)
+        await control.rollback(HEALTH_CHECKER, why, 0)
         rolled_back = True
     reverted_at = controller.clock()
     restored = await control.apply(

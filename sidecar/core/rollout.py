@@ -7,10 +7,12 @@ what a well-formed plan is and how progress is serialised with the desired state
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sidecar.core.limits import CONTROL_LIMITS, utf8_len
 from sidecar.core.routing import BASIS_POINTS
 
 
@@ -93,7 +95,8 @@ def validate_plan(
 ) -> list[str]:
     """Raise PlanError for a malformed plan; return the stages it skips (empty: none).
 
-    Well-formed: at least one stage; names unique and non-empty; shadow stages first (0%),
+    Well-formed: one to `CONTROL_LIMITS.plan_stages` stages; names unique, non-empty and at
+    most `CONTROL_LIMITS.name_bytes` bytes; numbers finite; shadow stages first (0%),
     canary stages with 1..10,000 bp, strictly increasing; at most one promote, last; the
     A/B gate only on canary stages and only with outcome metrics configured; a drift
     threshold in [0, 10] (0: off).
@@ -102,6 +105,10 @@ def validate_plan(
     """
     if not stages:
         raise PlanError("plan.stages", "a plan needs at least one stage")
+    if len(stages) > CONTROL_LIMITS.plan_stages:
+        raise PlanError(
+            "plan.stages", f"at most {CONTROL_LIMITS.plan_stages} stages, got {len(stages)}"
+        )
     names: set[str] = set()
     last_bp = 0
     for i, stage in enumerate(stages):
@@ -125,8 +132,19 @@ def _check_common(stage: Stage, where: str, names: set[str], *, has_experiment: 
     """What every stage kind must satisfy: name, minimums, A/B gate, drift threshold."""
     if not stage.name.strip():
         raise PlanError(f"{where}.name", "must not be empty")
+    if utf8_len(stage.name) > CONTROL_LIMITS.name_bytes:
+        raise PlanError(
+            f"{where}.name",
+            f"at most {CONTROL_LIMITS.name_bytes} bytes (UTF-8), got {utf8_len(stage.name)}",
+        )
     if stage.name in names:
         raise PlanError(f"{where}.name", f"duplicate stage name {stage.name!r}")
+    for field, value in (
+        ("min_duration_seconds", stage.min_duration_s),
+        ("max_drift_psi", stage.max_drift_psi),
+    ):
+        if not math.isfinite(value):
+            raise PlanError(f"{where}.{field}", f"must be a finite number, got {value!r}")
     if stage.min_duration_s < 0 or stage.min_samples < 0:
         raise PlanError(where, "min_duration_seconds and min_samples must be >= 0")
     if stage.ab_gate and stage.kind is not StageKind.CANARY:

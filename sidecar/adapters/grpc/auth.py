@@ -38,6 +38,7 @@ CONTROL_ROLES: Mapping[str, str] = MappingProxyType(
         "GetState": VIEWER,
         "WatchState": VIEWER,
         "GetAuditLog": VIEWER,
+        "ListUserOverrides": VIEWER,
         "GetShadowReport": VIEWER,
         "GetExperimentReport": VIEWER,
         "GetRollout": VIEWER,

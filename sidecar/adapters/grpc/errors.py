@@ -8,6 +8,7 @@ from __future__ import annotations
 import grpc
 import structlog
 
+from sidecar.core.limits import STATUS_MESSAGE_BYTES, clip
 from sidecar.errors import ErrorCode, SidecarError, UpstreamError
 
 log = structlog.get_logger("sidecar.grpc")
@@ -36,6 +37,7 @@ def status_for(error: SidecarError) -> grpc.StatusCode:
 async def abort(context: grpc.aio.ServicerContext[object, object], error: BaseException) -> None:
     """Abort the call with the status for `error` (always raises)."""
     if isinstance(error, SidecarError):
-        await context.abort(status_for(error), error.message)
+        # Bounded: a status message travels in the trailers (a few KiB at most).
+        await context.abort(status_for(error), clip(error.message, STATUS_MESSAGE_BYTES))
     log.error("internal_error", error=repr(error), exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")

@@ -9,6 +9,8 @@ Tested without a server (tests/unit/adapters/test_flag_converters.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar.core.routing import Flag, RoutingState, SegmentRule
 
@@ -35,8 +37,11 @@ def segment_rule_from_proto(message: cpb.SegmentRule | cpb.SetSegmentRuleRequest
 # ---- the routing rules as one message --------------------------------------------------
 
 
-def flag_state(flag: Flag, kill_switch_reason: str = "") -> cpb.FlagState:
-    """The flag in force: its static parts and every routing rule."""
+def flag_state(
+    flag: Flag, kill_switch_reason: str = "", user_overrides: Mapping[str, str] | None = None
+) -> cpb.FlagState:
+    """The flag in force: its static parts and every routing rule; `user_overrides`, when
+    given, is the part of the overrides to list (`user_override_count` counts them all)."""
     routing = flag.routing
     return cpb.FlagState(
         key=flag.key,
@@ -46,7 +51,8 @@ def flag_state(flag: Flag, kill_switch_reason: str = "") -> cpb.FlagState:
         weights=dict(routing.weights),
         kill_switch=routing.kill_switch,
         kill_switch_reason=kill_switch_reason,
-        user_overrides=dict(routing.user_overrides),
+        user_overrides=dict(routing.user_overrides if user_overrides is None else user_overrides),
+        user_override_count=len(routing.user_overrides),
         segment_rules=[segment_rule_to_proto(r) for r in routing.segment_rules],
         segments=sorted(flag.segments),
     )

@@ -1,4 +1,9 @@
-"""Pure translation of the experiment, shadow and drift results into Control messages."""
+"""Pure translation of the experiment, shadow and drift results into Control messages.
+
+Bounded: ids and keys a client chose (request ids, targeting keys, tensor names) are
+clipped; `fit_shadow_report` / `fit_experiment_report` leave out the largest optional
+parts (history, examples, drift bins) when a report would exceed the answer budget.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from sidecar.core.experiment.analysis import (
     SegmentResult,
 )
 from sidecar.core.experiment.drift import DriftResult
+from sidecar.core.limits import CONTROL_LIMITS, ControlLimits, clip
 from sidecar.core.shadow import ShadowSummary
 from sidecar.core.shadow.report import Recommendation, ShadowAnalysis
 from sidecar.core.stats.intervals import Estimate
@@ -90,6 +96,9 @@ def _metric(m: MetricResult) -> cpb.MetricResult:
     )
 
 
+_ID_BYTES = CONTROL_LIMITS.key_bytes
+
+
 def _f(value: float | None) -> float:
     return float(value) if value is not None else 0.0
 
@@ -120,8 +129,8 @@ def shadow_report(
         ),
         examples=[
             cpb.Disagreement(
-                request_id=e.request_id,
-                targeting_key=e.targeting_key,
+                request_id=clip(e.request_id, _ID_BYTES),
+                targeting_key=clip(e.targeting_key, _ID_BYTES),
                 primary_variant=e.primary_variant,
                 detail=e.detail,
                 primary_output=e.primary_output,
@@ -133,8 +142,8 @@ def shadow_report(
         in_flight=summary.in_flight,
         latency_outliers=[
             cpb.LatencyOutlier(
-                request_id=o.request_id,
-                targeting_key=o.targeting_key,
+                request_id=clip(o.request_id, _ID_BYTES),
+                targeting_key=clip(o.targeting_key, _ID_BYTES),
                 primary_seconds=o.primary_seconds,
                 shadow_seconds=o.shadow_seconds,
                 ratio=o.ratio,
@@ -178,7 +187,7 @@ def drift_report(result: DriftResult | None, sampled: int = 0, dropped: int = 0)
         worst_level=result.worst_level,
         features=[
             cpb.DriftFeature(
-                name=f.name,
+                name=clip(f.name, _ID_BYTES),
                 kind=f.kind,
                 variant=f.variant,
                 reference_n=f.reference_n,
@@ -237,3 +246,51 @@ def experiment_report(
         unit=result.unit,
         alpha=result.alpha,
     )
+
+
+def fit_shadow_report(
+    report: cpb.ShadowReport, budget: int, limits: ControlLimits = CONTROL_LIMITS
+) -> cpb.ShadowReport:
+    """`report` within `budget` bytes: free texts clipped; when still too large, the
+    examples and then the latency outliers are left out, and a reason says so."""
+    text = limits.shown_text_bytes
+    for example in report.examples:
+        example.detail = clip(example.detail, text)
+        example.primary_output = clip(example.primary_output, text)
+        example.shadow_output = clip(example.shadow_output, text)
+    for field in ("examples", "latency_outliers"):
+        if report.ByteSize() <= budget:
+            break
+        report.ClearField(field)
+        report.reasons.append(f"{field} left out: the report would exceed the message limit")
+    return report
+
+
+def fit_experiment_report(report: cpb.ExperimentReport, budget: int) -> cpb.ExperimentReport:
+    """`report` within `budget` bytes: when too large, the per-look history, then the
+    shadow examples and outliers, then the drift bins are left out, and a warning says so."""
+
+    def clear_history() -> None:
+        for metric in report.metrics:
+            metric.ClearField("history")
+
+    def clear_shadow_lists() -> None:
+        report.shadow.ClearField("examples")
+        report.shadow.ClearField("latency_outliers")
+
+    def clear_drift_bins() -> None:
+        for feature in report.drift.features:
+            for field in ("edges", "reference_share", "current_share"):
+                feature.ClearField(field)
+
+    steps = (
+        ("the per-look history", clear_history),
+        ("the shadow examples", clear_shadow_lists),
+        ("the drift bins", clear_drift_bins),
+    )
+    for what, leave_out in steps:
+        if report.ByteSize() <= budget:
+            break
+        leave_out()
+        report.warnings.append(f"{what} left out: the report would exceed the message limit")
+    return report

@@ -38,6 +38,7 @@ def test_flag_state_carries_every_rule() -> None:
         kill_switch=True,
         kill_switch_reason="incident 7",
         user_overrides={"qa": "blue"},
+        user_override_count=1,
         segment_rules=[cpb.SegmentRule(segment="beta", variant="canary")],
         segments=["beta", "internal"],
     )

@@ -123,6 +123,8 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
     watch_hold_open: bool = False
     audit: list[cpb.AuditEntry] = field(default_factory=list)
     audit_max_page: int = 1000
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+    overrides_max_page: int = 1000
     shadow: cpb.ShadowReport = field(default_factory=cpb.ShadowReport)
     # GetRollout answers `rollout`; queued `rollout_polls` replace it one per call (the last
     # one stays). Rollout writes answer `rollout` updated with the phase they set.
@@ -263,6 +265,23 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
             entries=self.audit[start:end],
             next_page_token=str(end) if end < len(self.audit) else "",
             total=len(self.audit),
+        )
+
+    def ListUserOverrides(
+        self, request: cpb.ListUserOverridesRequest, context: grpc.ServicerContext
+    ) -> cpb.ListUserOverridesResponse:
+        """Pages of `overrides_max_page` over `overrides` (sorted), the token the index."""
+        self._record("ListUserOverrides", request, context)
+        matching = sorted(o for o in self.overrides if o[0].startswith(request.prefix))
+        start = int(request.page_token or "0")
+        end = start + min(request.page_size or 100, self.overrides_max_page)
+        return cpb.ListUserOverridesResponse(
+            overrides=[
+                cpb.UserOverride(targeting_key=k, variant=v) for k, v in matching[start:end]
+            ],
+            next_page_token=str(end) if end < len(matching) else "",
+            total=len(matching),
+            revision=self.state.revision,
         )
 
     def GetShadowReport(
@@ -746,6 +765,58 @@ def test_audit_limit_keeps_newest_last(
     docs = json.loads(r.out)
     assert [(d["reason"], d["revision_after"]) for d in docs] == [("step 4", 5), ("step 5", 6)]
     assert docs[-1]["diff"] == {"weights.canary": [500, 600]}
+
+
+def test_override_list_follows_pages_with_prefix_and_limit(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`override list` reads every page in key order; --prefix is sent, --limit stops."""
+    fake.overrides = [(f"user-{i:02d}", "canary" if i % 2 else "stable") for i in range(25)]
+    fake.overrides_max_page = 10
+    r = run(capsys, "override", "list", "-o", "json")
+    assert r.code == 0, r.err
+    assert [(d["targeting_key"], d["variant"]) for d in json.loads(r.out)] == fake.overrides
+    assert [c.request.page_token for c in fake.calls] == ["", "10", "20"]  # type: ignore[attr-defined]
+    fake.calls.clear()
+    r = run(capsys, "override", "list", "--prefix", "user-1", "--limit", "3")
+    assert r.code == 0, r.err
+    assert r.out.splitlines()[0].split() == ["TARGETING", "KEY", "VARIANT"]
+    assert [line.split()[0] for line in r.out.splitlines()[1:]] == ["user-10", "user-11", "user-12"]
+    assert {c.request.prefix for c in fake.calls} == {"user-1"}  # type: ignore[attr-defined]
+
+
+def test_status_says_how_many_overrides_and_where_the_rest_are(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A State listing only the first overrides: the table and the JSON give the count."""
+    fake.state.flag.user_override_count = 5000
+    r = run(capsys, "status")
+    assert r.code == 0, r.err
+    assert "user overrides: 5000, the first 1 by targeting key" in r.out
+    assert "sidecarctl override list" in r.out
+    r = run(capsys, "status", "-o", "json")
+    assert json.loads(r.out)["user_override_count"] == 5000
+
+
+def test_truncated_audit_entry_is_shown_and_flagged(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry the server clipped renders its marker; the JSON says `truncated`."""
+    fake.audit = [
+        cpb.AuditEntry(
+            method="SetUserOverride",
+            reason="pin",
+            revision_before=1,
+            revision_after=2,
+            diff_json=json.dumps({"truncated": '{"user_overrides": [{…[truncated]'}),
+            truncated=True,
+        )
+    ]
+    r = run(capsys, "audit")
+    assert r.code == 0, r.err
+    assert 'too large, clipped by the sidecar; --output json for more) {"user_overrides"' in r.out
+    r = run(capsys, "audit", "-o", "json")
+    assert json.loads(r.out)[0]["truncated"] is True
 
 
 def shadow_report() -> cpb.ShadowReport:

@@ -324,6 +324,16 @@ PLAN_ERRORS: list[tuple[str, str, list[str]]] = [
     ("plan.json", '[{"name": "c", "kind": "canary", "canary_bp": "500"}]', ["stage 1 ('c')", "field canary_bp"]),
     ("plan.yaml", "- {name: c, kind: canary, canary_bp: 500, ab_gate: sometimes}\n", ["stage 1 ('c')", "field ab_gate", "true or false"]),
     ("plan.yaml", "- {name: c, kind: canary, canary_bp: 500, max_drift_psi: 11}\n", ["stage 1 ('c')", "field max_drift_psi"]),
+    ("plan.yaml", "- {name: c, kind: canary, canary_bp: 500, min_duration: .nan}\n", ["stage 1 ('c')", "field min_duration", "finite", "nan"]),
+    ("plan.yaml", "- {name: c, kind: canary, canary_bp: 500, min_duration: .inf}\n", ["stage 1 ('c')", "field min_duration", "finite", "inf"]),
+    ("plan.yaml", "- {name: c, kind: canary, canary_bp: 500, max_drift_psi: .nan}\n", ["stage 1 ('c')", "field max_drift_psi", "finite"]),
+    ("plan.yaml", "- {name: c, kind: canary, canary_percent: -.inf}\n", ["stage 1 ('c')", "field canary_percent", "finite"]),
+    ("plan.json", '[{"name": "c", "kind": "canary", "canary_bp": 500, "min_duration": NaN}]', ["stage 1 ('c')", "field min_duration", "finite"]),
+    ("plan.json", '[{"name": "c", "kind": "canary", "canary_bp": 500, "max_drift_psi": Infinity}]', ["stage 1 ('c')", "field max_drift_psi", "finite"]),
+    ("plan.yaml", "- name: c\n  kind: canary\n  canary_bp: 500\n  canary_bp: 5000\n", ["not valid YAML", "duplicate key 'canary_bp'", "line 4"]),
+    ("plan.json", '[{"name": "c", "kind": "canary", "canary_bp": 500, "canary_bp": 5000}]', ["not valid JSON", "duplicate key 'canary_bp'"]),
+    ("plan.yaml", "".join(f"- {{name: c{i}, kind: canary, canary_bp: {i + 1}}}\n" for i in range(33)), ["at most 32 stages, got 33"]),
+    ("plan.yaml", f"- {{name: {'n' * 300}, kind: canary, canary_bp: 500}}\n", ["stage 1", "field name: at most 256 bytes, got 300"]),
 ]  # fmt: skip
 
 

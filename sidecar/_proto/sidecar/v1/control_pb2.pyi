@@ -91,7 +91,7 @@ class SegmentRule(_message.Message):
     def __init__(self, segment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class FlagState(_message.Message):
-    __slots__ = ("key", "stable_variant", "canary_variant", "default_variant", "weights", "kill_switch", "user_overrides", "segment_rules", "segments", "kill_switch_reason")
+    __slots__ = ("key", "stable_variant", "canary_variant", "default_variant", "weights", "kill_switch", "user_overrides", "segment_rules", "segments", "kill_switch_reason", "user_override_count")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class FlagState(_message.Message):
     SEGMENT_RULES_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     KILL_SWITCH_REASON_FIELD_NUMBER: _ClassVar[int]
+    USER_OVERRIDE_COUNT_FIELD_NUMBER: _ClassVar[int]
     key: str
     stable_variant: str
     canary_variant: str
@@ -126,7 +127,8 @@ class FlagState(_message.Message):
     segment_rules: _containers.RepeatedCompositeFieldContainer[SegmentRule]
     segments: _containers.RepeatedScalarFieldContainer[str]
     kill_switch_reason: str
-    def __init__(self, key: _Optional[str] = ..., stable_variant: _Optional[str] = ..., canary_variant: _Optional[str] = ..., default_variant: _Optional[str] = ..., weights: _Optional[_Mapping[str, int]] = ..., kill_switch: _Optional[bool] = ..., user_overrides: _Optional[_Mapping[str, str]] = ..., segment_rules: _Optional[_Iterable[_Union[SegmentRule, _Mapping]]] = ..., segments: _Optional[_Iterable[str]] = ..., kill_switch_reason: _Optional[str] = ...) -> None: ...
+    user_override_count: int
+    def __init__(self, key: _Optional[str] = ..., stable_variant: _Optional[str] = ..., canary_variant: _Optional[str] = ..., default_variant: _Optional[str] = ..., weights: _Optional[_Mapping[str, int]] = ..., kill_switch: _Optional[bool] = ..., user_overrides: _Optional[_Mapping[str, str]] = ..., segment_rules: _Optional[_Iterable[_Union[SegmentRule, _Mapping]]] = ..., segments: _Optional[_Iterable[str]] = ..., kill_switch_reason: _Optional[str] = ..., user_override_count: _Optional[int] = ...) -> None: ...
 
 class ShadowSettings(_message.Message):
     __slots__ = ("variant", "sample_bp", "max_in_flight", "deadline_seconds", "comparator")
@@ -159,7 +161,7 @@ class Promotion(_message.Message):
     def __init__(self, unix_time: _Optional[float] = ..., principal: _Optional[str] = ..., from_variant: _Optional[str] = ..., to_variant: _Optional[str] = ..., reason: _Optional[str] = ..., reverted: _Optional[bool] = ...) -> None: ...
 
 class State(_message.Message):
-    __slots__ = ("model", "variants", "flag", "shadow", "revision", "updated_unix_time", "updated_by", "update_reason", "promotions", "safe_mode", "warnings")
+    __slots__ = ("model", "variants", "flag", "shadow", "revision", "updated_unix_time", "updated_by", "update_reason", "promotions", "safe_mode", "warnings", "promotion_count")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     FLAG_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +173,7 @@ class State(_message.Message):
     PROMOTIONS_FIELD_NUMBER: _ClassVar[int]
     SAFE_MODE_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_COUNT_FIELD_NUMBER: _ClassVar[int]
     model: str
     variants: _containers.RepeatedCompositeFieldContainer[Variant]
     flag: FlagState
@@ -182,7 +185,8 @@ class State(_message.Message):
     promotions: _containers.RepeatedCompositeFieldContainer[Promotion]
     safe_mode: bool
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., flag: _Optional[_Union[FlagState, _Mapping]] = ..., shadow: _Optional[_Union[ShadowSettings, _Mapping]] = ..., revision: _Optional[int] = ..., updated_unix_time: _Optional[float] = ..., updated_by: _Optional[str] = ..., update_reason: _Optional[str] = ..., promotions: _Optional[_Iterable[_Union[Promotion, _Mapping]]] = ..., safe_mode: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    promotion_count: int
+    def __init__(self, model: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., flag: _Optional[_Union[FlagState, _Mapping]] = ..., shadow: _Optional[_Union[ShadowSettings, _Mapping]] = ..., revision: _Optional[int] = ..., updated_unix_time: _Optional[float] = ..., updated_by: _Optional[str] = ..., update_reason: _Optional[str] = ..., promotions: _Optional[_Iterable[_Union[Promotion, _Mapping]]] = ..., safe_mode: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., promotion_count: _Optional[int] = ...) -> None: ...
 
 class SetWeightsRequest(_message.Message):
     __slots__ = ("reason", "expected_revision", "weights")
@@ -280,7 +284,7 @@ class GetAuditLogRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
-    __slots__ = ("unix_time", "principal", "method", "reason", "revision_before", "revision_after", "diff_json")
+    __slots__ = ("unix_time", "principal", "method", "reason", "revision_before", "revision_after", "diff_json", "truncated")
     UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +292,7 @@ class AuditEntry(_message.Message):
     REVISION_BEFORE_FIELD_NUMBER: _ClassVar[int]
     REVISION_AFTER_FIELD_NUMBER: _ClassVar[int]
     DIFF_JSON_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     unix_time: float
     principal: str
     method: str
@@ -295,7 +300,8 @@ class AuditEntry(_message.Message):
     revision_before: int
     revision_after: int
     diff_json: str
-    def __init__(self, unix_time: _Optional[float] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., reason: _Optional[str] = ..., revision_before: _Optional[int] = ..., revision_after: _Optional[int] = ..., diff_json: _Optional[str] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, unix_time: _Optional[float] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., reason: _Optional[str] = ..., revision_before: _Optional[int] = ..., revision_after: _Optional[int] = ..., diff_json: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class GetAuditLogResponse(_message.Message):
     __slots__ = ("entries", "next_page_token", "total")
@@ -306,6 +312,36 @@ class GetAuditLogResponse(_message.Message):
     next_page_token: str
     total: int
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total: _Optional[int] = ...) -> None: ...
+
+class ListUserOverridesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "prefix")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    prefix: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
+
+class UserOverride(_message.Message):
+    __slots__ = ("targeting_key", "variant")
+    TARGETING_KEY_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    targeting_key: str
+    variant: str
+    def __init__(self, targeting_key: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
+
+class ListUserOverridesResponse(_message.Message):
+    __slots__ = ("overrides", "next_page_token", "total", "revision")
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    overrides: _containers.RepeatedCompositeFieldContainer[UserOverride]
+    next_page_token: str
+    total: int
+    revision: int
+    def __init__(self, overrides: _Optional[_Iterable[_Union[UserOverride, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class GetShadowReportRequest(_message.Message):
     __slots__ = ()

@@ -90,6 +90,11 @@ class ControlStub:
                 request_serializer=sidecar_dot_v1_dot_control__pb2.GetAuditLogRequest.SerializeToString,
                 response_deserializer=sidecar_dot_v1_dot_control__pb2.GetAuditLogResponse.FromString,
                 _registered_method=True)
+        self.ListUserOverrides = channel.unary_unary(
+                '/sidecar.v1.Control/ListUserOverrides',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.ListUserOverridesRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.ListUserOverridesResponse.FromString,
+                _registered_method=True)
         self.GetShadowReport = channel.unary_unary(
                 '/sidecar.v1.Control/GetShadowReport',
                 request_serializer=sidecar_dot_v1_dot_control__pb2.GetShadowReportRequest.SerializeToString,
@@ -204,7 +209,14 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAuditLog(self, request, context):
-        """The audit log, oldest first, paged.
+        """The audit log, oldest first, paged (by entries and by bytes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUserOverrides(self, request, context):
+        """Every user override, by targeting key, paged; optionally only keys with a prefix.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -326,6 +338,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetAuditLog,
                     request_deserializer=sidecar_dot_v1_dot_control__pb2.GetAuditLogRequest.FromString,
                     response_serializer=sidecar_dot_v1_dot_control__pb2.GetAuditLogResponse.SerializeToString,
+            ),
+            'ListUserOverrides': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUserOverrides,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.ListUserOverridesRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.ListUserOverridesResponse.SerializeToString,
             ),
             'GetShadowReport': grpc.unary_unary_rpc_method_handler(
                     servicer.GetShadowReport,
@@ -665,6 +682,33 @@ class Control:
             '/sidecar.v1.Control/GetAuditLog',
             sidecar_dot_v1_dot_control__pb2.GetAuditLogRequest.SerializeToString,
             sidecar_dot_v1_dot_control__pb2.GetAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUserOverrides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/ListUserOverrides',
+            sidecar_dot_v1_dot_control__pb2.ListUserOverridesRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.ListUserOverridesResponse.FromString,
             options,
             channel_credentials,
             insecure,
