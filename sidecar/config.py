@@ -387,17 +387,19 @@ class PredictConfig(_Section):
     """`predict:` — what the app port accepts and what it tells.
 
     `max_key_bytes` bounds the targeting key, segment, request id and metric name of every
-    call (longer: INVALID_ARGUMENT, nothing counted). `max_outcomes_per_key` is how many
-    outcomes of one targeting key are counted per metric and experiment epoch (more are
-    answered OK with `counted: false`; 0: no cap), in a table of at most
-    `max_tracked_keys` (targeting key, metric, epoch) entries (the least recently used is
-    forgotten). `expose_reason_detail` adds the bucket and split to Predict answers (for
-    debugging: it tells a client where it stands in the split)."""
+    call (longer: INVALID_ARGUMENT, nothing counted). `max_per_key` is how much one
+    targeting key weighs in an experiment epoch: at most that many of its split-routed
+    requests enter the experiment (later ones are served, not counted), and at most that
+    many of its outcomes are counted per metric (more are answered OK with
+    `counted: false`); 0: no cap. The tallies live in a table of at most
+    `max_tracked_keys` entries (the least recently used is forgotten).
+    `expose_reason_detail` adds the bucket and split to Predict answers (for debugging:
+    it tells a client where it stands in the split)."""
 
     auth: PredictAuthConfig = PredictAuthConfig()
     expose_reason_detail: bool = False
     max_key_bytes: Annotated[int, _Between(16, 65_536)] = 256
-    max_outcomes_per_key: Count = 20
+    max_per_key: Count = 20
     max_tracked_keys: PositiveInt = 100_000
 
 

@@ -396,7 +396,7 @@ def _dataplane(
             e.ttl_seconds,
             kinds={m.name: m.kind for m in e.metrics},
             segments=(*config.flag_config.segments, *e.segments),
-            max_per_key=p.max_outcomes_per_key,
+            max_per_key=p.max_per_key,
             max_keys=p.max_tracked_keys,
         ),
         experiment=experiment,

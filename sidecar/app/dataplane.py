@@ -123,7 +123,10 @@ class DataPlane(Generic[Req, Resp]):
         epoch = -1  # part of the A/B experiment only when the weighted split chose
         if self.experiment is not None and resolution.reason in _SPLIT:
             epoch = self.experiment.on_snapshot(snapshot)
-            self.experiment.tracker.assigned(resolution.variant)
+            if self.outcomes.admit(targeting_key, epoch):
+                self.experiment.tracker.assigned(resolution.variant)
+            else:  # the key's share of this epoch is full: served, not in the experiment
+                epoch = -1
         span = trace.get_current_span()
         if span.is_recording():  # the decision goes on the caller's server span
             span.set_attributes(

@@ -136,6 +136,12 @@ class _ScrapeCollector(Collector):
             if key.startswith("refused_"):
                 reports.add_metric([key], value)
         yield reports
+        assignments = CounterMetricFamily(
+            "sidecar_experiment_assignments_capped",
+            "Split-routed requests left out of the experiment: their key's share was full",
+        )
+        assignments.add_metric([], stats.get("capped_assignments", 0))
+        yield assignments
         held = GaugeMetricFamily(
             "sidecar_outcome_ledger_entries",
             "Entries held: remembered requests, per-key outcome tallies",

@@ -17,13 +17,16 @@ Memory is bounded in bytes, not only in entries, whatever clients send:
 - Only declared segments are kept (`segments`: the flag's and the experiment's); any
   other non-empty segment is remembered as "other", never as the client's string.
 - Counters per (metric, variant, segment), never lists of results.
-- Per-unit caps: at most `max_per_key` outcomes of one targeting key are counted per
-  metric and experiment epoch (0: no cap), so a client that knows its arm and reports
-  selectively weighs as one unit, not as many requests. Further reports are accepted,
+- Per-unit caps: at most `max_per_key` split-routed requests of one targeting key enter
+  the experiment per epoch (`admit`; later ones are served but not part of the
+  experiment: counted in `capped_assignments`), and at most `max_per_key` outcomes of one
+  targeting key are counted per metric and epoch (0: no caps). So one user weighs at
+  most `max_per_key` in the split and in every metric, however many requests a client
+  sends with its key and however selectively it reports. Further reports are accepted,
   not counted, and counted in `capped`. The tally table holds at most `max_keys`
-  (key, epoch, metric) entries; the least recently used is forgotten (`forgotten`).
-  Requests without a targeting key are their own units (one outcome per request and
-  metric already).
+  (key, epoch, metric or assignment) entries; the least recently used is forgotten
+  (`forgotten`). Requests without a targeting key are their own units (one outcome per
+  request and metric already).
 
 Each remembered request also carries the experiment epoch it was served in (-1: not part of
 the experiment, e.g. routed by the kill switch, an override or a segment rule); the
@@ -42,6 +45,7 @@ from sidecar.core.experiment.analysis import OTHER_SEGMENT  # undeclared segment
 
 MAX_METRICS = 64
 KINDS = ("bool", "number")
+_ASSIGNMENTS = -1  # the tally slot of a key's assignments (metrics use their index)
 
 
 class OutcomeError(ValueError):
@@ -138,6 +142,7 @@ class OutcomeLedger:
         self.expired = 0
         self.duplicates = 0
         self.capped = 0
+        self.capped_assignments = 0
         self.forgotten = 0  # tallies forgotten by the max_keys bound
         self.refused: dict[str, int] = dict.fromkeys(
             ("unknown_metric", "wrong_value", "unknown_request"), 0
@@ -179,6 +184,17 @@ class OutcomeLedger:
         if len(self._served) > self.max_requests:
             self._served.popitem(last=False)
             self.evicted += 1
+
+    def admit(self, targeting_key: str, epoch: int) -> bool:
+        """Whether a request the split routed in `epoch` enters the experiment (request
+        path): False once `targeting_key` had `max_per_key` of them in this epoch. Keyless
+        requests are always admitted (each is its own unit)."""
+        if not self.max_per_key or not targeting_key:
+            return True
+        if self._take((hash(targeting_key), epoch, _ASSIGNMENTS)):
+            return True
+        self.capped_assignments += 1
+        return False
 
     def _expire(self, now: float) -> None:
         while self._served:
@@ -265,7 +281,9 @@ class OutcomeLedger:
         """Take one from the unit's allowance for this metric and epoch; False when spent."""
         if not self.max_per_key or served.unit is None:
             return True
-        key = (served.unit, served.epoch, index)
+        return self._take((served.unit, served.epoch, index))
+
+    def _take(self, key: tuple[int, int, int]) -> bool:
         tally = self._tally.get(key, 0)
         if tally >= self.max_per_key:
             self._tally.move_to_end(key)
@@ -284,6 +302,7 @@ class OutcomeLedger:
             "counted": sum(c.n for c in self.counters.values()),
             "duplicates": self.duplicates,
             "capped": self.capped,
+            "capped_assignments": self.capped_assignments,
             "evicted": self.evicted,
             "expired": self.expired,
             "tracked_keys": len(self._tally),

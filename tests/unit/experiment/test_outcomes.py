@@ -229,3 +229,16 @@ def test_the_tally_table_is_bounded() -> None:
     assert ledger.tracked_keys == 100 and ledger.forgotten == 900
     stats = ledger.stats()
     assert (stats["counted"], stats["tracked_keys"], stats["forgotten_keys"]) == (1000, 100, 900)
+
+
+def test_a_key_enters_an_epoch_at_most_n_times() -> None:
+    """`admit`: the first `max_per_key` split-routed requests of a key per epoch enter the
+    experiment, later ones do not (counted); keyless requests and a new epoch always do;
+    without a cap everything does."""
+    ledger = OutcomeLedger(kinds=KINDS, max_per_key=2)
+    assert [ledger.admit("mallory", 1) for _ in range(4)] == [True, True, False, False]
+    assert ledger.admit("alice", 1) and ledger.admit("mallory", 2)
+    assert all(ledger.admit("", 1) for _ in range(10))
+    assert ledger.capped_assignments == 2 and ledger.stats()["capped_assignments"] == 2
+    uncapped = OutcomeLedger(kinds=KINDS)
+    assert all(uncapped.admit("mallory", 1) for _ in range(100))

@@ -61,8 +61,8 @@ class PredictServicer:
         """Report an outcome (click, label, conversion, score) for a request served earlier.
         It is attributed to the variant and segment that served the request, counted once per
         request and metric (a repeat answers OK and changes nothing), and at most
-        `predict.max_outcomes_per_key` times per targeting key, metric and experiment epoch
-        (more answer OK with counted = false). Unknown or expired request ids: NOT_FOUND. A
+        `predict.max_per_key` times per targeting key, metric and experiment epoch (more
+        answer OK with counted = false). Unknown or expired request ids: NOT_FOUND. A
         metric not in `experiment.metrics`, or a value of another type than the configured
         one (boolean or number; numbers finite): INVALID_ARGUMENT. A request id or metric
         longer than `predict.max_key_bytes`: INVALID_ARGUMENT. When `predict.auth.tokens` is
