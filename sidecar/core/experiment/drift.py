@@ -182,12 +182,9 @@ def extract_features(tensors: Mapping[str, np.ndarray], max_features: int) -> Ex
             skipped.append(feature)
 
     for name, tensor in tensors.items():
-        if len(name) > MAX_NAME_CHARS:
+        arr = _monitored(name, tensor)
+        if arr is None:
             skip(bounded_name(name))
-            continue
-        arr = np.asarray(tensor)
-        if arr.dtype.kind not in "biuf" or arr.ndim > 2:
-            skip(name)
             continue
         values = arr.astype(np.float64, copy=False)
         finite = np.isfinite(values)
@@ -216,6 +213,15 @@ def extract_features(tensors: Mapping[str, np.ndarray], max_features: int) -> Ex
             column = column[keep]
         out[name] = column
     return ExtractedFeatures(out, tuple(skipped), dropped)
+
+
+def _monitored(name: str, tensor: np.ndarray) -> np.ndarray | None:
+    """The tensor as an array when it can be monitored: a name of at most
+    `MAX_NAME_CHARS` characters, a numeric datatype, rank 2 at most; else None."""
+    if len(name) > MAX_NAME_CHARS:
+        return None
+    arr = np.asarray(tensor)
+    return arr if arr.dtype.kind in "biuf" and arr.ndim <= 2 else None
 
 
 def bounded_name(name: str) -> str:
