@@ -137,7 +137,8 @@ class OutcomeLedger:
         # declared segment -> the one string object kept for it
         self._declared: dict[str, str] = {s: s for s in segments if s}
         self.counters: dict[tuple[str, str, str], MetricCounters] = {}
-        self._tally: OrderedDict[tuple[int, int, int], int] = OrderedDict()
+        # hash((key hash, epoch, metric index or _ASSIGNMENTS)) -> count; one int per entry
+        self._tally: OrderedDict[int, int] = OrderedDict()
         self.evicted = 0
         self.expired = 0
         self.duplicates = 0
@@ -191,7 +192,7 @@ class OutcomeLedger:
         requests are always admitted (each is its own unit)."""
         if not self.max_per_key or not targeting_key:
             return True
-        if self._take((hash(targeting_key), epoch, _ASSIGNMENTS)):
+        if self._take(hash((hash(targeting_key), epoch, _ASSIGNMENTS))):
             return True
         self.capped_assignments += 1
         return False
@@ -281,9 +282,9 @@ class OutcomeLedger:
         """Take one from the unit's allowance for this metric and epoch; False when spent."""
         if not self.max_per_key or served.unit is None:
             return True
-        return self._take((served.unit, served.epoch, index))
+        return self._take(hash((served.unit, served.epoch, index)))
 
-    def _take(self, key: tuple[int, int, int]) -> bool:
+    def _take(self, key: int) -> bool:
         tally = self._tally.get(key, 0)
         if tally >= self.max_per_key:
             self._tally.move_to_end(key)

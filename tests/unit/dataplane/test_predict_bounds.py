@@ -155,8 +155,8 @@ def ledger_bytes(ledger: OutcomeLedger) -> int:
     for rid, served in ledger._served.items():
         total += sys.getsizeof(rid) + sys.getsizeof(served) + sys.getsizeof(served.segment)
         total += sys.getsizeof(served.unit)
-    for key, _ in ledger._tally.items():
-        total += sys.getsizeof(key) + sum(sys.getsizeof(k) for k in key)
+    for key, tally in ledger._tally.items():
+        total += sys.getsizeof(key) + sys.getsizeof(tally)
     return total
 
 
