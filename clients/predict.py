@@ -8,6 +8,10 @@
 Apps that already speak the Open Inference Protocol (tritonclient, KServe clients) can
 instead point at the sidecar's address unchanged and pass `x-user-id` / `x-segment`
 headers. gRPC errors are raised as `grpc.RpcError` with the sidecar's status and message.
+
+When the sidecar requires app credentials for outcomes (`predict.auth.tokens`), pass the
+app's token: `PredictClient(target, token=os.environ["SIDECAR_APP_TOKEN"])`; it is sent
+as `authorization: Bearer <token>` with `report_outcome` only.
 """
 
 from __future__ import annotations
@@ -77,9 +81,10 @@ def to_prediction(response: pb.PredictResponse) -> Prediction:
 class PredictClient:
     """Blocking client over one channel; safe to share between threads."""
 
-    def __init__(self, target: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, target: str, *, timeout: float = 5.0, token: str | None = None) -> None:
         self.target = target
         self.timeout = timeout
+        self._report_metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.PredictStub(self._channel)
 
@@ -119,15 +124,18 @@ class PredictClient:
         trailer). Returns the (variant, segment) the outcome was attributed to.
 
         A repeated report of the same request and metric is counted once; an unknown or
-        expired id raises NOT_FOUND; a value of the wrong type for the metric raises
-        INVALID_ARGUMENT."""
+        expired id raises NOT_FOUND; a metric that is not configured, or a value of the
+        wrong type for the metric, raises INVALID_ARGUMENT; a missing or unknown app token
+        (when the sidecar requires one) raises UNAUTHENTICATED."""
         request = pb.ReportOutcomeRequest(request_id=request_id, metric=metric)
         if isinstance(value, bool):
             request.bool_value = value
         else:
             request.number_value = float(value)
         response: pb.ReportOutcomeResponse = self._stub.ReportOutcome(
-            request, timeout=timeout if timeout is not None else self.timeout
+            request,
+            timeout=timeout if timeout is not None else self.timeout,
+            metadata=self._report_metadata,
         )
         return response.variant, response.segment
 

@@ -355,6 +355,54 @@ class AuthConfig(_Section):
         return self
 
 
+class AppTokenSpec(TokenSpec):
+    """A credential of an app on the predict port (`predict.auth.tokens[]`): role `app`,
+    which may call `Predict.ReportOutcome` and nothing on Control."""
+
+    role: Literal["app"] = "app"  # type: ignore[assignment]
+
+
+class PredictAuthConfig(_Section):
+    """`predict.auth:` — app credentials for `ReportOutcome` (none: it stays open).
+    Inference calls (Predict, ModelInfer) never need one."""
+
+    tokens: tuple[AppTokenSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PredictAuthConfig:
+        problems = []
+        names: set[str] = set()
+        for i, token in enumerate(self.tokens):
+            if token.name in names:
+                problems.append(f"tokens[{i}].name: duplicate principal {token.name!r}")
+            names.add(token.name)
+        if len({t.sha256 for t in self.tokens}) != len(self.tokens):
+            problems.append("tokens: two entries share one token")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+class PredictConfig(_Section):
+    """`predict:` — what the app port accepts and what it tells.
+
+    `max_key_bytes` bounds the targeting key, segment, request id and metric name of every
+    call (longer: INVALID_ARGUMENT, nothing counted). `max_per_key` is how much one
+    targeting key weighs in an experiment epoch: at most that many of its split-routed
+    requests enter the experiment (later ones are served, not counted), and at most that
+    many of its outcomes are counted per metric (more are answered OK with
+    `counted: false`); 0: no cap. The tallies live in a table of at most
+    `max_tracked_keys` entries (the least recently used is forgotten).
+    `expose_reason_detail` adds the bucket and split to Predict answers (for debugging:
+    it tells a client where it stands in the split)."""
+
+    auth: PredictAuthConfig = PredictAuthConfig()
+    expose_reason_detail: bool = False
+    max_key_bytes: Annotated[int, _Between(16, 65_536)] = 256
+    max_per_key: Count = 20
+    max_tracked_keys: PositiveInt = 100_000
+
+
 class TlsConfig(_Section):
     cert_file: ExistingFile
     key_file: ExistingFile
@@ -481,6 +529,7 @@ class Config(_Section):
     analysis: AnalysisConfig = AnalysisConfig()
     experiment: ExperimentSettings = ExperimentSettings()
     drift: DriftSettings = DriftSettings()
+    predict: PredictConfig = PredictConfig()
 
     _flag: Flag = PrivateAttr()
     _telemetry: TelemetryConfig = PrivateAttr(default_factory=TelemetryConfig)
@@ -520,6 +569,17 @@ class Config(_Section):
             raise ValueError("\n".join(problems))
         self._telemetry = TelemetryConfig.from_environ(context.get("environ", os.environ))
         self._source = str(context.get("source", "<embedded>"))
+        return self
+
+    @model_validator(mode="after")
+    def _app_tokens_are_not_control_tokens(self) -> Config:
+        control = {t.sha256 for t in self.control.auth.tokens}
+        for i, token in enumerate(self.predict.auth.tokens):
+            if token.sha256 in control:
+                raise ValueError(
+                    f"predict.auth.tokens[{i}]: the same token as a control.auth credential; "
+                    "an app token must not open the Control API"
+                )
         return self
 
     @property

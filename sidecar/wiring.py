@@ -12,7 +12,7 @@ import gc
 import json
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,7 +289,9 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         ),
     )
     controller = _controller(config, control, telemetry.windows, alerts, insights, mirrors)
-    telemetry.metrics.bind(_readings(control, controller, experiment, insights, mirrors))
+    telemetry.metrics.bind(
+        _readings(control, controller, experiment, insights, mirrors, dataplane.outcomes.stats)
+    )
     servers = _servers(config, dataplane, pool, telemetry.tracer, control, insights, controller)
     return Sidecar(
         config=config,
@@ -381,7 +383,7 @@ def _dataplane(
     experiment: ExperimentService,
     drift: DriftMonitor[oip.ModelInferRequest, oip.ModelInferResponse] | None,
 ) -> DataPlane[oip.ModelInferRequest, oip.ModelInferResponse]:
-    e = config.experiment
+    e, p = config.experiment, config.predict
     return DataPlane(
         model=config.model,
         state=state,
@@ -390,11 +392,17 @@ def _dataplane(
         upstream_config=config.upstream,
         mirror=mirrors.shadow,
         outcomes=OutcomeLedger(
-            e.max_requests, e.ttl_seconds, kinds={m.name: m.kind for m in e.metrics}
+            e.max_requests,
+            e.ttl_seconds,
+            kinds={m.name: m.kind for m in e.metrics},
+            segments=(*config.flag_config.segments, *e.segments),
+            max_per_key=p.max_per_key,
+            max_keys=p.max_tracked_keys,
         ),
         experiment=experiment,
         drift=drift,
         noise=mirrors.noise,
+        max_key_bytes=p.max_key_bytes,
     )
 
 
@@ -429,6 +437,7 @@ def _readings(
     experiment: ExperimentService,
     insights: Insights,
     mirrors: _Mirrors,
+    outcomes: Callable[[], Mapping[str, int]],
 ) -> Readings:
     """What /metrics reads at scrape time."""
     mirror = mirrors.shadow
@@ -439,6 +448,7 @@ def _readings(
         rollout=lambda: _rollout_reading(control.snapshot()),
         experiment=lambda: experiment.readings,
         drift=insights.drift_levels.current,
+        outcomes=outcomes,
     )
 
 

@@ -22,7 +22,7 @@ from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import Metadata, Req, Resp, Upstream
 from sidecar.app.state import StateHolder
 from sidecar.config import UpstreamConfig, VariantSpec
-from sidecar.core.experiment import Attribution, OutcomeLedger, UnknownRequest, WrongValueType
+from sidecar.core.experiment import Attribution, OutcomeError, OutcomeLedger, UnknownRequest
 from sidecar.core.routing import Flag, Reason, Resolution, RoutingContext, evaluate
 from sidecar.errors import ErrorCode, InvalidRequest, NotFound, SidecarError
 
@@ -43,6 +43,17 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+MAX_KEY_BYTES = 256  # default of `predict.max_key_bytes`
+
+
+def check_key(field: str, value: str, limit: int) -> None:
+    """Raise `InvalidRequest` when `value` is longer than `limit` bytes (UTF-8)."""
+    if len(value) <= limit and (value.isascii() or len(value.encode()) <= limit):
+        return
+    size = len(value.encode(errors="replace"))
+    raise InvalidRequest(f"{field}: {size} bytes; at most {limit} (predict.max_key_bytes)")
+
+
 class DataPlane(Generic[Req, Resp]):
     def __init__(
         self,
@@ -59,6 +70,7 @@ class DataPlane(Generic[Req, Resp]):
         noise: ShadowMirror[Req, Resp] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         request_ids: Callable[[], str] = new_request_id,
+        max_key_bytes: int = MAX_KEY_BYTES,
     ) -> None:
         missing = set(variants) - set(upstreams)
         if missing:
@@ -77,6 +89,7 @@ class DataPlane(Generic[Req, Resp]):
         self.experiment = experiment
         self.drift = drift
         self.noise = noise
+        self.max_key_bytes = max_key_bytes
 
     def timeout_for(self, time_remaining: float | None) -> float:
         """The caller's deadline, capped by the configured maximum (default when unset)."""
@@ -95,8 +108,14 @@ class DataPlane(Generic[Req, Resp]):
     ) -> Served[Resp]:
         """Route one request and return the chosen variant's answer.
 
-        Raises `UpstreamError` (the upstream's status passes through) or `SidecarError`.
+        Raises `UpstreamError` (the upstream's status passes through) or `SidecarError`
+        (`InvalidRequest` for a key or segment over `max_key_bytes`, before anything is
+        counted).
         """
+        check_key(
+            "targeting key (context.targeting_key, x-user-id)", targeting_key, self.max_key_bytes
+        )
+        check_key("segment (context.segment, x-segment)", segment, self.max_key_bytes)
         request_id = self._request_ids()
         snapshot = self.state.current
         flag = snapshot.flag
@@ -104,7 +123,10 @@ class DataPlane(Generic[Req, Resp]):
         epoch = -1  # part of the A/B experiment only when the weighted split chose
         if self.experiment is not None and resolution.reason in _SPLIT:
             epoch = self.experiment.on_snapshot(snapshot)
-            self.experiment.tracker.assigned(resolution.variant)
+            if self.outcomes.admit(targeting_key, epoch):
+                self.experiment.tracker.assigned(resolution.variant)
+            else:  # the key's share of this epoch is full: served, not in the experiment
+                epoch = -1
         span = trace.get_current_span()
         if span.is_recording():  # the decision goes on the caller's server span
             span.set_attributes(
@@ -129,7 +151,7 @@ class DataPlane(Generic[Req, Resp]):
         done = self._clock()
         latency = done - started
         self.served[resolution.variant] += 1
-        self.outcomes.remember(request_id, resolution.variant, segment, done, epoch)
+        self.outcomes.remember(request_id, resolution.variant, segment, done, epoch, targeting_key)
         for mirror in (self.mirror, self.noise):
             if mirror is None or (
                 mirror is self.noise and resolution.variant != mirror.settings.variant
@@ -152,12 +174,15 @@ class DataPlane(Generic[Req, Resp]):
 
     def report_outcome(self, request_id: str, metric: str, value: bool | float) -> Attribution:
         """Attribute an outcome the app reports to the variant and segment that served
-        `request_id` (counted once per request and metric)."""
+        `request_id` (counted once per request and metric, and at most the ledger's cap
+        per targeting key). Refusals (NotFound, InvalidRequest) count nothing."""
+        check_key("request_id", request_id, self.max_key_bytes)
+        check_key("metric", metric, self.max_key_bytes)
         try:
             attribution = self.outcomes.report(request_id, metric, value, self._clock())
         except UnknownRequest as exc:
             raise NotFound(str(exc)) from None
-        except WrongValueType as exc:
+        except OutcomeError as exc:
             raise InvalidRequest(str(exc)) from None
         if self.experiment is not None and attribution.counted and attribution.epoch >= 0:
             self.experiment.tracker.outcome(

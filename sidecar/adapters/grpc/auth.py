@@ -1,4 +1,6 @@
 """Control authentication and authorization: a gRPC server interceptor and one table.
+The predict port reuses `Authenticator` for app credentials on `ReportOutcome` (role
+`app`, checked by the servicer; inference calls stay open).
 
 `CONTROL_ROLES` names every method of `sidecar.v1.Control` once with the role it needs
 (viewer reads, operator writes; an operator may also read). `AuthInterceptor` wraps each
@@ -30,6 +32,16 @@ from sidecar.errors import PermissionDenied, Unauthenticated
 
 VIEWER = "viewer"
 OPERATOR = "operator"
+APP = "app"  # predict port: may report outcomes (`predict.auth.tokens`), nothing on Control
+
+ALLOWED: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        VIEWER: frozenset({VIEWER, OPERATOR}),
+        OPERATOR: frozenset({OPERATOR}),
+        APP: frozenset({APP}),
+    }
+)
+"""Role a method needs -> the principal roles that may call it."""
 
 CONTROL_SERVICE = "sidecar.v1.Control"
 CONTROL_ROLES: Mapping[str, str] = MappingProxyType(
@@ -115,9 +127,9 @@ class Authenticator:
         principal = self.authenticate(metadata)
         if role is None:
             raise PermissionDenied(f"{method}: no role may call this method")
-        if role == OPERATOR and principal.role != OPERATOR:
+        if principal.role not in ALLOWED.get(role, frozenset()):
             raise PermissionDenied(
-                f"principal {principal.name!r} has role {principal.role}; {method} needs operator"
+                f"principal {principal.name!r} has role {principal.role}; {method} needs {role}"
             )
         return principal
 

@@ -1,8 +1,8 @@
 """Pure converters between wire messages and the sidecar's values. No server needed.
 
 - `check_infer_request`: structural validation of an Open Inference Protocol request
-  (datatypes, shapes against element counts, raw vs typed contents) with messages that
-  name the input and what is wrong.
+  (datatypes, shapes against element counts, raw vs typed contents, tensor names of at
+  most `MAX_TENSOR_NAME_BYTES`) with messages that name the input and what is wrong.
 - `decode_outputs` (from `sidecar.core.tensors`): output tensors -> numpy arrays.
 - Predict <-> Open Inference Protocol: the sidecar.v1 payload messages are
   wire-identical to the `inference` ones, so conversion is a re-parse of the bytes.
@@ -21,7 +21,17 @@ from sidecar.core.tensors import (
 )
 from sidecar.errors import InvalidRequest
 
-__all__ = ["check_infer_request", "decode_outputs", "oip_to_predict", "predict_to_oip"]
+__all__ = [
+    "MAX_TENSOR_NAME_BYTES",
+    "check_infer_request",
+    "decode_outputs",
+    "oip_to_predict",
+    "predict_to_oip",
+    "shown",
+]
+
+MAX_TENSOR_NAME_BYTES = 256  # input and requested output names (drift keeps input names)
+MAX_RANK = 32  # dimensions of an input's shape (numpy's classic limit)
 
 
 def check_infer_request(request: oip.ModelInferRequest) -> None:
@@ -35,6 +45,12 @@ def check_infer_request(request: oip.ModelInferRequest) -> None:
             f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs; "
             "with raw contents every input takes its data from there"
         )
+    for index, wanted in enumerate(request.outputs):
+        if _too_long(wanted.name):
+            raise InvalidRequest(
+                f"outputs[{index}]: name is {len(wanted.name.encode())} bytes; at most "
+                f"{MAX_TENSOR_NAME_BYTES}"
+            )
     seen: set[str] = set()
     for index, tensor in enumerate(inputs):
         label = _check_name(tensor, index, seen)
@@ -55,6 +71,10 @@ Tensor = oip.ModelInferRequest.InferInputTensor
 def _check_name(tensor: Tensor, index: int, seen: set[str]) -> str:
     """The input's label for messages; its name must be set and unique (added to `seen`)."""
     name = tensor.name
+    if _too_long(name):
+        raise InvalidRequest(
+            f"input #{index}: name is {len(name.encode())} bytes; at most {MAX_TENSOR_NAME_BYTES}"
+        )
     label = f"input {name!r}" if name else f"input #{index}"
     if not name:
         raise InvalidRequest(f"{label}: name is empty")
@@ -64,12 +84,25 @@ def _check_name(tensor: Tensor, index: int, seen: set[str]) -> str:
     return label
 
 
+def shown(text: str, limit: int = 64) -> str:
+    """`text` quoted for an error message, cut to `limit` characters (answers stay small
+    whatever a client sends)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} chars)"
+
+
+def _too_long(name: str) -> bool:
+    return len(name) > MAX_TENSOR_NAME_BYTES or (
+        not name.isascii() and len(name.encode()) > MAX_TENSOR_NAME_BYTES
+    )
+
+
 def _check_datatype(tensor: Tensor, label: str) -> tuple[str | None, int]:
     """(typed contents field or None for raw-only, element size in bytes)."""
     spec = DATATYPES.get(tensor.datatype)
     if spec is None:
         raise InvalidRequest(
-            f"{label}: unknown datatype {tensor.datatype!r}; expected one of {', '.join(DATATYPES)}"
+            f"{label}: unknown datatype {shown(tensor.datatype)}; "
+            f"expected one of {', '.join(DATATYPES)}"
         )
     field, _, size = spec
     return field, size
@@ -77,6 +110,10 @@ def _check_datatype(tensor: Tensor, label: str) -> tuple[str | None, int]:
 
 def _check_shape(tensor: Tensor, label: str) -> int:
     """The element count the shape needs."""
+    if len(tensor.shape) > MAX_RANK:
+        raise InvalidRequest(
+            f"{label}: shape has {len(tensor.shape)} dimensions; at most {MAX_RANK}"
+        )
     shape = list(tensor.shape)
     if any(d < 0 for d in shape):
         raise InvalidRequest(f"{label}: shape {shape} has a negative dimension")

@@ -12,7 +12,13 @@ from opentelemetry.trace import Span, Tracer
 from sidecar import __version__
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.sidecar.v1 import predict_pb2 as pb
-from sidecar.adapters.grpc.converters import check_infer_request, oip_to_predict, predict_to_oip
+from sidecar.adapters.grpc.auth import APP, Authenticator
+from sidecar.adapters.grpc.converters import (
+    check_infer_request,
+    oip_to_predict,
+    predict_to_oip,
+    shown,
+)
 from sidecar.adapters.grpc.errors import abort, status_for
 from sidecar.adapters.telemetry import spans
 from sidecar.adapters.upstream.oip import OipUpstream
@@ -82,7 +88,7 @@ class InferenceServicer:
     def _check_model(self, name: str) -> None:
         if name != self.model:
             raise ModelNotFound(
-                f"model {name!r} is not served here; this sidecar routes {self.model!r}"
+                f"model {shown(name)} is not served here; this sidecar routes {self.model!r}"
             )
 
     async def ModelInfer(
@@ -153,7 +159,11 @@ class InferenceServicer:
 
 
 class PredictServicer:
-    """sidecar.v1.Predict: explicit routing context, routing decision in the answer."""
+    """sidecar.v1.Predict: explicit routing context, routing decision in the answer.
+
+    `ReportOutcome` needs an app credential when `predict.auth.tokens` is configured;
+    `Predict` never does. The reason's detail (bucket, split) is answered only with
+    `predict.expose_reason_detail`."""
 
     def __init__(
         self,
@@ -164,6 +174,9 @@ class PredictServicer:
         self.model = config.model
         self.dataplane = dataplane
         self.tracer = tracer
+        self.expose_reason_detail = config.predict.expose_reason_detail
+        tokens = config.predict.auth.tokens
+        self.reporters = Authenticator(tokens) if tokens else None
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         metadata = context.invocation_metadata() or ()
@@ -172,8 +185,8 @@ class PredictServicer:
                 payload = predict_to_oip(request.inference)
                 if payload.model_name not in ("", self.model):
                     raise ModelNotFound(
-                        f"model {payload.model_name!r} is not served here; this sidecar routes "
-                        f"{self.model!r}"
+                        f"model {shown(payload.model_name)} is not served here; "
+                        f"this sidecar routes {self.model!r}"
                     )
                 check_infer_request(payload)
                 served = await self.dataplane.infer(
@@ -198,13 +211,17 @@ class PredictServicer:
             model_version=upstream_version,
             request_id=served.request_id,
             reason=_REASONS[served.resolution.reason],
-            reason_detail=served.resolution.detail(served.flag),
+            reason_detail=(
+                served.resolution.detail(served.flag) if self.expose_reason_detail else ""
+            ),
         )
 
     async def ReportOutcome(
         self, request: pb.ReportOutcomeRequest, context: Context
     ) -> pb.ReportOutcomeResponse:
         try:
+            if self.reporters is not None:
+                self.reporters.authorize(context.invocation_metadata() or (), APP, "ReportOutcome")
             which = request.WhichOneof("value")
             if which is None:
                 raise InvalidRequest("value: give bool_value or number_value")
@@ -218,7 +235,12 @@ class PredictServicer:
         except Exception as exc:
             await abort(context, exc)
             raise
-        return pb.ReportOutcomeResponse(variant=attribution.variant, segment=attribution.segment)
+        return pb.ReportOutcomeResponse(
+            variant=attribution.variant,
+            segment=attribution.segment,
+            counted=attribution.counted,
+            capped=attribution.capped,
+        )
 
 
 def service_names() -> Sequence[str]:

@@ -30,6 +30,7 @@ class Readings:
     verdicts: Callable[[], Mapping[str, int]] = lambda: {}
     experiment: Callable[[], Mapping[str, Any]] = lambda: {}
     drift: Callable[[], Mapping[str, str]] = lambda: {}  # drifted series -> level
+    outcomes: Callable[[], Mapping[str, int]] = lambda: {}  # OutcomeLedger.stats()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,6 +119,37 @@ class _ScrapeCollector(Collector):
         for series, level in self.readings.drift().items():
             drifted.add_metric([series, level], 1)
         yield drifted
+        yield from self._outcomes()
+
+    def _outcomes(self) -> Iterator[Metric]:
+        stats = self.readings.outcomes()
+        if not stats:
+            return
+        reports = CounterMetricFamily(
+            "sidecar_outcome_reports",
+            "ReportOutcome calls by result (capped: over the targeting key's cap, not counted)",
+            labels=["result"],
+        )
+        for result in ("counted", "duplicates", "capped"):
+            reports.add_metric([result], stats.get(result, 0))
+        for key, value in stats.items():
+            if key.startswith("refused_"):
+                reports.add_metric([key], value)
+        yield reports
+        assignments = CounterMetricFamily(
+            "sidecar_experiment_assignments_capped",
+            "Split-routed requests left out of the experiment: their key's share was full",
+        )
+        assignments.add_metric([], stats.get("capped_assignments", 0))
+        yield assignments
+        held = GaugeMetricFamily(
+            "sidecar_outcome_ledger_entries",
+            "Entries held: remembered requests, per-key outcome tallies",
+            labels=["table"],
+        )
+        held.add_metric(["requests"], stats.get("remembered", 0))
+        held.add_metric(["key_tallies"], stats.get("tracked_keys", 0))
+        yield held
 
 
 class SidecarMetrics:

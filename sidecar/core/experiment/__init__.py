@@ -24,6 +24,7 @@ from sidecar.core.experiment.outcomes import (
     MetricCounters,
     OutcomeError,
     OutcomeLedger,
+    UnknownMetric,
     UnknownRequest,
     WrongValueType,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "OutcomeLedger",
     "SegmentResult",
     "SrmCheck",
+    "UnknownMetric",
     "UnknownRequest",
     "WrongValueType",
     "default_tau_squared",

@@ -64,6 +64,7 @@ _FROM_PSI_LEVEL = {
 }
 MAX_CATEGORIES = 20  # a reference of integers with at most this many values is categorical
 _MAX_SKIPPED_NAMES = 1024  # distinct skipped names remembered (the count saturates here)
+MAX_NAME_CHARS = 256  # longer tensor names are never monitored (skipped, counted, not kept)
 _STAGE_VALUES = 512  # small adds are staged and binned together (see SeriesDrift.add)
 _STAGE_CHUNKS = 128
 
@@ -156,8 +157,9 @@ class ExtractedFeatures:
     """Numeric features of one request or response.
 
     ``skipped`` names what was not extracted: non-numeric tensors (BYTES, strings,
-    undecodable ones), tensors of rank > 2, and features beyond ``max_features`` (at
-    most 1024 names per call).
+    undecodable ones), tensors of rank > 2, tensors named with more than
+    ``MAX_NAME_CHARS`` characters (their label is cut, see :func:`bounded_name`), and
+    features beyond ``max_features`` (at most 1024 names per call).
     ``dropped_values`` counts NaN and infinite values removed from extracted features.
     """
 
@@ -180,9 +182,9 @@ def extract_features(tensors: Mapping[str, np.ndarray], max_features: int) -> Ex
             skipped.append(feature)
 
     for name, tensor in tensors.items():
-        arr = np.asarray(tensor)
-        if arr.dtype.kind not in "biuf" or arr.ndim > 2:
-            skip(name)
+        arr = _monitored(name, tensor)
+        if arr is None:
+            skip(bounded_name(name))
             continue
         values = arr.astype(np.float64, copy=False)
         finite = np.isfinite(values)
@@ -211,6 +213,23 @@ def extract_features(tensors: Mapping[str, np.ndarray], max_features: int) -> Ex
             column = column[keep]
         out[name] = column
     return ExtractedFeatures(out, tuple(skipped), dropped)
+
+
+def _monitored(name: str, tensor: np.ndarray) -> np.ndarray | None:
+    """The tensor as an array when it can be monitored: a name of at most
+    `MAX_NAME_CHARS` characters, a numeric datatype, rank 2 at most; else None."""
+    if len(name) > MAX_NAME_CHARS:
+        return None
+    arr = np.asarray(tensor)
+    return arr if arr.dtype.kind in "biuf" and arr.ndim <= 2 else None
+
+
+def bounded_name(name: str) -> str:
+    """`name` when at most `MAX_NAME_CHARS` characters; else its first 64 characters and
+    a hash of the whole (a label of bounded size)."""
+    if len(name) <= MAX_NAME_CHARS:
+        return name
+    return f"{name[:64]}...#{hash(name) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def features_from_tensors(
@@ -733,8 +752,9 @@ class DriftTracker:
         self._variants: set[str] = set()
         self._configured: dict[str, FrozenReference] = {}
         self._reference_variant: str | None = None
-        self._skipped_names: set[str] = set()
-        self._skipped_variants: set[str] = set()
+        # hashes of skipped names (at most _MAX_SKIPPED_NAMES): counted, never kept
+        self._skipped_names: set[int] = set()
+        self._skipped_variants: set[int] = set()
         self.dropped_values = 0
         self._levels: dict[str, str] = {}
 
@@ -835,10 +855,12 @@ class DriftTracker:
                 self._adopt_one(name, series, flush=False)
             series.add(column, finite=True)  # extract_features dropped the rest
 
-    def _skip(self, names: Iterable[str], into: set[str]) -> None:
+    def _skip(self, names: Iterable[str], into: set[int]) -> None:
+        """Count distinct skipped names: a hash of each is kept (a fixed size whatever the
+        name's length), at most _MAX_SKIPPED_NAMES of them."""
         for name in names:
             if len(into) < _MAX_SKIPPED_NAMES:
-                into.add(name)
+                into.add(hash(name))
 
     def _new_series(self, name: str, kind: Kind, variant: str) -> SeriesDrift:
         configured = self._configured.get(name)

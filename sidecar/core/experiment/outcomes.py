@@ -3,23 +3,49 @@ later reported about it.
 
 `OutcomeLedger.remember` is called on the request path (one dict insert; the oldest
 entry is evicted when `max_requests` is reached); `report` attributes a metric value to
-the remembered variant and segment. Memory is bounded: at most `max_requests` remembered
-requests, each expiring after `ttl_seconds` (expired and evicted ones are counted), and
-counters per (metric, variant, segment), never lists of results. The caller passes `now`.
+the remembered variant and segment. The caller passes `now`.
+
+Memory is bounded in bytes, not only in entries, whatever clients send:
+
+- at most `max_requests` remembered requests, each expiring after `ttl_seconds` (expired
+  and evicted ones are counted). An entry holds the sidecar's own request id, the variant
+  and segment as shared strings, the epoch, a hash of the targeting key and a bit mask of
+  the reported metrics: its size does not depend on the request.
+- Only configured metrics are accepted (`kinds`, from `experiment.metrics`; their kinds
+  are fixed there); any other name is refused with `UnknownMetric` naming the configured
+  ones, and counted in `refused`. With no configured metric every report is refused.
+- Only declared segments are kept (`segments`: the flag's and the experiment's); any
+  other non-empty segment is remembered as "other", never as the client's string.
+- Counters per (metric, variant, segment), never lists of results.
+- Per-unit caps: at most `max_per_key` split-routed requests of one targeting key enter
+  the experiment per epoch (`admit`; later ones are served but not part of the
+  experiment: counted in `capped_assignments`), and at most `max_per_key` outcomes of one
+  targeting key are counted per metric and epoch (0: no caps). So one user weighs at
+  most `max_per_key` in the split and in every metric, however many requests a client
+  sends with its key and however selectively it reports. Further reports are accepted,
+  not counted, and counted in `capped`. The tally table holds at most `max_keys`
+  (key, epoch, metric or assignment) entries; the least recently used is forgotten
+  (`forgotten`). Requests without a targeting key are their own units (one outcome per
+  request and metric already).
 
 Each remembered request also carries the experiment epoch it was served in (-1: not part of
 the experiment, e.g. routed by the kill switch, an override or a segment rule); the
 `Attribution` returns it so the caller can hand the outcome to the `ExperimentTracker`.
-Metric kinds ("bool" | "number") can be preset from configuration; otherwise a metric's
-first report fixes its kind. Numeric values must be finite.
+Numeric values must be finite.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from sidecar.core.experiment.analysis import OTHER_SEGMENT  # undeclared segments
+
+MAX_METRICS = 64
+KINDS = ("bool", "number")
+_ASSIGNMENTS = -1  # the tally slot of a key's assignments (metrics use their index)
 
 
 class OutcomeError(ValueError):
@@ -32,6 +58,10 @@ class UnknownRequest(OutcomeError):
 
 class WrongValueType(OutcomeError):
     pass
+
+
+class UnknownMetric(OutcomeError):
+    """The metric is not configured (`experiment.metrics`)."""
 
 
 @dataclass
@@ -49,8 +79,9 @@ class Attribution:
     request_id: str
     variant: str
     segment: str
-    counted: bool  # False for a repeated report of the same (request, metric)
+    counted: bool  # False for a repeated report of the same (request, metric), or capped
     epoch: int = -1  # experiment epoch the request was served in; -1: not in the experiment
+    capped: bool = False  # not counted: the targeting key reached its cap for this metric
 
 
 @dataclass(slots=True)
@@ -59,12 +90,13 @@ class _Served:
     segment: str
     at: float
     epoch: int = -1
-    reported: set[str] | None = None
+    unit: int | None = None  # hash of the targeting key; None: no key (its own unit)
+    reported: int = 0  # bit i: metric i was reported
 
 
-MAX_METRICS = 64
-MAX_SEGMENTS = 64
-KINDS = ("bool", "number")
+def _short(text: str, limit: int = 64) -> str:
+    """`text` for a message: at most `limit` characters."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} chars)"
 
 
 class OutcomeLedger:
@@ -73,11 +105,19 @@ class OutcomeLedger:
         max_requests: int = 200_000,
         ttl_seconds: float = 3600.0,
         kinds: Mapping[str, str] | None = None,
+        *,
+        segments: Iterable[str] = (),
+        max_per_key: int = 0,
+        max_keys: int = 100_000,
     ) -> None:
-        """`kinds` presets metric kinds ("bool" | "number") from configuration, so a value of
-        the wrong type is refused even on a metric's first report."""
+        """`kinds`: the configured metrics and their kinds ("bool" | "number"); reports of
+        any other metric are refused. `segments`: the declared segments (others are kept as
+        "other"). `max_per_key`: outcomes counted per targeting key, metric and epoch (0: no
+        cap), in a table of at most `max_keys` entries."""
         if max_requests < 1 or ttl_seconds <= 0:
             raise ValueError("max_requests must be >= 1 and ttl_seconds > 0")
+        if max_per_key < 0 or max_keys < 1:
+            raise ValueError("max_per_key must be >= 0 and max_keys >= 1")
         preset = dict(kinds or {})
         for name, kind in preset.items():
             if not isinstance(name, str) or not name.strip():
@@ -88,28 +128,74 @@ class OutcomeLedger:
             raise ValueError(f"kinds: at most {MAX_METRICS} metrics are tracked")
         self.max_requests = max_requests
         self.ttl = ttl_seconds
+        self.max_per_key = max_per_key
+        self.max_keys = max_keys
         self._served: OrderedDict[str, _Served] = OrderedDict()
-        self.kinds: dict[str, str] = preset  # metric -> "bool" | "number"
+        self.kinds: Mapping[str, str] = preset  # metric -> "bool" | "number"; fixed
+        self._names = tuple(preset)
+        self._index = {name: i for i, name in enumerate(self._names)}
+        # declared segment -> the one string object kept for it
+        self._declared: dict[str, str] = {s: s for s in segments if s}
         self.counters: dict[tuple[str, str, str], MetricCounters] = {}
-        self._segments: set[str] = set()
+        # hash((key hash, epoch, metric index or _ASSIGNMENTS)) -> count; one int per entry
+        self._tally: OrderedDict[int, int] = OrderedDict()
         self.evicted = 0
         self.expired = 0
         self.duplicates = 0
+        self.capped = 0
+        self.capped_assignments = 0
+        self.forgotten = 0  # tallies forgotten by the max_keys bound
+        self.refused: dict[str, int] = dict.fromkeys(
+            ("unknown_metric", "wrong_value", "unknown_request"), 0
+        )
 
     def __len__(self) -> int:
         return len(self._served)
 
+    @property
+    def tracked_keys(self) -> int:
+        return len(self._tally)
+
+    def segment_of(self, segment: str) -> str:
+        """The segment as remembered: declared ones and "" as they are, others "other"."""
+        if not segment:
+            return ""
+        return self._declared.get(segment, OTHER_SEGMENT)
+
     def remember(
-        self, request_id: str, variant: str, segment: str, now: float, epoch: int = -1
+        self,
+        request_id: str,
+        variant: str,
+        segment: str,
+        now: float,
+        epoch: int = -1,
+        targeting_key: str = "",
     ) -> None:
         """Remember what served `request_id` (request path: one insert, maybe one eviction).
 
         `epoch` is the experiment epoch of the weighted split that routed it; -1 when the
-        request is not part of the experiment."""
-        self._served[request_id] = _Served(variant, segment, now, epoch)
+        request is not part of the experiment. Only a hash of `targeting_key` is kept."""
+        self._served[request_id] = _Served(
+            variant,
+            self.segment_of(segment),
+            now,
+            epoch,
+            hash(targeting_key) if targeting_key else None,
+        )
         if len(self._served) > self.max_requests:
             self._served.popitem(last=False)
             self.evicted += 1
+
+    def admit(self, targeting_key: str, epoch: int) -> bool:
+        """Whether a request the split routed in `epoch` enters the experiment (request
+        path): False once `targeting_key` had `max_per_key` of them in this epoch. Keyless
+        requests are always admitted (each is its own unit)."""
+        if not self.max_per_key or not targeting_key:
+            return True
+        if self._take(hash((hash(targeting_key), epoch, _ASSIGNMENTS))):
+            return True
+        self.capped_assignments += 1
+        return False
 
     def _expire(self, now: float) -> None:
         while self._served:
@@ -119,47 +205,68 @@ class OutcomeLedger:
             self._served.popitem(last=False)
             self.expired += 1
 
-    def report(self, request_id: str, metric: str, value: bool | float, now: float) -> Attribution:
-        """Count `value` for the request's variant and segment, once per (request, metric).
-
-        Raises UnknownRequest (never seen, expired or evicted) and WrongValueType (a metric
-        is boolean or numeric, preset from configuration or fixed by its first report; a
-        numeric value must be finite). A repeated report returns `counted=False` and
-        changes nothing."""
-        if not metric.strip():
-            raise WrongValueType("metric: must not be empty")
-        self._expire(now)
-        served = self._served.get(request_id)
-        if served is None:
-            raise UnknownRequest(
-                f"request_id: {request_id!r} is unknown or expired (kept {self.ttl:g} s, "
-                f"at most {self.max_requests} requests)"
+    def _check(self, metric: str, value: bool | float) -> tuple[int, str]:
+        """(metric index, kind); raises UnknownMetric or WrongValueType."""
+        index = self._index.get(metric)
+        if index is None:
+            self.refused["unknown_metric"] += 1
+            if not self._index:
+                raise UnknownMetric(
+                    f"metric: {_short(metric)} is not configured; no outcome metrics are "
+                    "configured (experiment.metrics is empty), so no outcome is recorded"
+                )
+            raise UnknownMetric(
+                f"metric: {_short(metric)} is not configured; configured metrics: "
+                f"{', '.join(self._index)}"
             )
         kind = "bool" if isinstance(value, bool) else "number"
         if kind == "number" and not math.isfinite(value):
+            self.refused["wrong_value"] += 1
             raise WrongValueType(f"value: metric {metric!r} needs a finite number, got {value!r}")
-        known = self.kinds.get(metric)
-        if known is None:
-            if len(self.kinds) >= MAX_METRICS:
-                raise WrongValueType(f"metric: at most {MAX_METRICS} metrics are tracked")
-            self.kinds[metric] = kind
-        elif known != kind:
+        known = self.kinds[metric]
+        if known != kind:
+            self.refused["wrong_value"] += 1
             raise WrongValueType(f"value: metric {metric!r} is {known}, got a {kind} value")
-        if served.reported is None:
-            served.reported = set()
-        elif metric in served.reported:
+        return index, kind
+
+    def report(self, request_id: str, metric: str, value: bool | float, now: float) -> Attribution:
+        """Count `value` for the request's variant and segment, once per (request, metric),
+        at most `max_per_key` times per targeting key, metric and epoch.
+
+        Raises UnknownMetric (not configured), WrongValueType (not the configured kind; a
+        numeric value must be finite) and UnknownRequest (never seen, expired or evicted);
+        a refusal changes no counter but `refused`. A repeated or capped report returns
+        `counted=False` and changes nothing else."""
+        index, kind = self._check(metric, value)
+        self._expire(now)
+        served = self._served.get(request_id)
+        if served is None:
+            self.refused["unknown_request"] += 1
+            raise UnknownRequest(
+                f"request_id: {_short(request_id)} is unknown or expired (kept {self.ttl:g} s, "
+                f"at most {self.max_requests} requests)"
+            )
+        bit = 1 << index
+        if served.reported & bit:
             self.duplicates += 1
             return Attribution(
                 request_id, served.variant, served.segment, counted=False, epoch=served.epoch
             )
-        served.reported.add(metric)
-        segment = served.segment
-        if segment not in self._segments:
-            if len(self._segments) >= MAX_SEGMENTS:
-                segment = "*"
-            else:
-                self._segments.add(segment)
-        c = self.counters.setdefault((metric, served.variant, segment), MetricCounters())
+        served.reported |= bit
+        if not self._within_cap(served, index):
+            self.capped += 1
+            return Attribution(
+                request_id,
+                served.variant,
+                served.segment,
+                counted=False,
+                epoch=served.epoch,
+                capped=True,
+            )
+        key = (self._names[index], served.variant, served.segment)  # configured strings
+        c = self.counters.get(key)
+        if c is None:
+            c = self.counters[key] = MetricCounters()
         c.n += 1
         if kind == "bool":
             c.successes += int(value)
@@ -170,3 +277,36 @@ class OutcomeLedger:
         return Attribution(
             request_id, served.variant, served.segment, counted=True, epoch=served.epoch
         )
+
+    def _within_cap(self, served: _Served, index: int) -> bool:
+        """Take one from the unit's allowance for this metric and epoch; False when spent."""
+        if not self.max_per_key or served.unit is None:
+            return True
+        return self._take(hash((served.unit, served.epoch, index)))
+
+    def _take(self, key: int) -> bool:
+        tally = self._tally.get(key, 0)
+        if tally >= self.max_per_key:
+            self._tally.move_to_end(key)
+            return False
+        self._tally[key] = tally + 1
+        self._tally.move_to_end(key)
+        if len(self._tally) > self.max_keys:
+            self._tally.popitem(last=False)
+            self.forgotten += 1
+        return True
+
+    def stats(self) -> dict[str, int]:
+        """Plain counts for metrics and reports."""
+        return {
+            "remembered": len(self._served),
+            "counted": sum(c.n for c in self.counters.values()),
+            "duplicates": self.duplicates,
+            "capped": self.capped,
+            "capped_assignments": self.capped_assignments,
+            "evicted": self.evicted,
+            "expired": self.expired,
+            "tracked_keys": len(self._tally),
+            "forgotten_keys": self.forgotten,
+            **{f"refused_{reason}": n for reason, n in self.refused.items()},
+        }

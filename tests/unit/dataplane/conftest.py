@@ -11,6 +11,7 @@ from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar.testing.fault_upstream import FaultInjectingUpstream
 from sidecar.testing.inprocess import scripted_model
+from sidecar.wiring import Sidecar
 
 
 @pytest.fixture
@@ -38,3 +39,21 @@ def infer_request(rows: int = 1, model: str = "classifier") -> oip.ModelInferReq
 
 def stub(port: int) -> oip_grpc.GRPCInferenceServiceStub:
     return oip_grpc.GRPCInferenceServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+
+
+def counted(sc: Sidecar) -> tuple[object, ...]:
+    """Everything a request or an outcome report can count: served per variant, the
+    ledger's entries, counters and tallies, the experiment's assignments and cells."""
+    dp = sc.dataplane
+    ledger = dp.outcomes
+    tracker = sc.experiment.tracker
+    return (
+        dict(dp.served),
+        len(ledger),
+        {k: (c.n, c.successes, c.total, c.total_sq) for k, c in ledger.counters.items()},
+        ledger.duplicates,
+        ledger.capped,
+        ledger.tracked_keys,
+        dict(tracker._assigned),  # private: the tracker has no public raw counts
+        {k: (c.n, c.successes, c.mean) for k, c in tracker._cells.items()},
+    )

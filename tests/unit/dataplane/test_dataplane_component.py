@@ -68,9 +68,20 @@ async def test_same_user_always_gets_the_same_variant(model_server: FaultInjecti
             assert len(variants) == 1
 
 
+OUTCOME_METRICS = {
+    "metrics": [
+        {"name": "click", "kind": "bool", "minimum_effect": 0.05},
+        {"name": "revenue", "kind": "number", "minimum_effect": 1.0},
+    ]
+}
+
+
 async def test_predict_returns_routing_decision(model_server: FaultInjectingUpstream) -> None:
-    """Predict answers with outputs, variant, model version, request id and reason."""
-    raw = two_variants(model_server)
+    """Predict answers with outputs, variant, model version, request id and reason (and
+    the reason's detail when `predict.expose_reason_detail` is on)."""
+    raw = two_variants(
+        model_server, experiment=OUTCOME_METRICS, predict={"expose_reason_detail": True}
+    )
     raw["flag"]["user_overrides"] = {"vip": "canary"}  # type: ignore[index]
     async with running_sidecar(raw) as sc:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{sc.predict_port}")
@@ -420,7 +431,8 @@ async def test_dead_shadow_trips_the_breaker() -> None:
 
 async def test_front_door_request_id_takes_outcomes(model_server: FaultInjectingUpstream) -> None:
     """The x-request-id trailer of a ModelInfer answer is the key for ReportOutcome."""
-    async with running_sidecar(two_variants(model_server)) as sc:
+    raw = two_variants(model_server, experiment={**OUTCOME_METRICS, "segments": ["beta"]})
+    async with running_sidecar(raw) as sc:
         call = stub(sc.predict_port).ModelInfer(
             infer_request(), metadata=(("x-user-id", "u7"), ("x-segment", "beta"))
         )
@@ -466,7 +478,7 @@ async def test_latency_and_outcome_ttl_follow_the_data_plane_clock() -> None:
         },
         upstreams={"stable": ClockedUpstream("stable", clock, 0.25)},
         upstream_config=UpstreamConfig(),
-        outcomes=OutcomeLedger(ttl_seconds=60.0),
+        outcomes=OutcomeLedger(ttl_seconds=60.0, kinds={"revenue": "number"}),
         clock=clock,
     )
 

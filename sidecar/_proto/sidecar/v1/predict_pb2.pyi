@@ -83,12 +83,16 @@ class ReportOutcomeRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., metric: _Optional[str] = ..., bool_value: _Optional[bool] = ..., number_value: _Optional[float] = ...) -> None: ...
 
 class ReportOutcomeResponse(_message.Message):
-    __slots__ = ("variant", "segment")
+    __slots__ = ("variant", "segment", "counted", "capped")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
+    CAPPED_FIELD_NUMBER: _ClassVar[int]
     variant: str
     segment: str
-    def __init__(self, variant: _Optional[str] = ..., segment: _Optional[str] = ...) -> None: ...
+    counted: bool
+    capped: bool
+    def __init__(self, variant: _Optional[str] = ..., segment: _Optional[str] = ..., counted: _Optional[bool] = ..., capped: _Optional[bool] = ...) -> None: ...
 
 class InferParameter(_message.Message):
     __slots__ = ("bool_param", "int64_param", "string_param", "double_param", "uint64_param")

@@ -60,9 +60,13 @@ class PredictServicer:
     def ReportOutcome(self, request, context):
         """Report an outcome (click, label, conversion, score) for a request served earlier.
         It is attributed to the variant and segment that served the request, counted once per
-        request and metric (a repeat answers OK and changes nothing). Unknown or expired
-        request ids: NOT_FOUND. A metric's value type (boolean or number) is fixed by its
-        first report; another type: INVALID_ARGUMENT.
+        request and metric (a repeat answers OK and changes nothing), and at most
+        `predict.max_per_key` times per targeting key, metric and experiment epoch (more
+        answer OK with counted = false). Unknown or expired request ids: NOT_FOUND. A
+        metric not in `experiment.metrics`, or a value of another type than the configured
+        one (boolean or number; numbers finite): INVALID_ARGUMENT. A request id or metric
+        longer than `predict.max_key_bytes`: INVALID_ARGUMENT. When `predict.auth.tokens` is
+        configured the call needs `authorization: Bearer <app token>` (else UNAUTHENTICATED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
