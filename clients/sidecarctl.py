@@ -384,6 +384,36 @@ def parse_plan(data: object, source: str = "plan") -> cpb.RolloutPlan:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                line = first.setdefault(key, key_node.start_mark.line)
+            except TypeError:
+                continue
+            if line != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {line + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
+        return super().construct_mapping(node, deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"duplicate key {key!r}")
+        data[key] = value
+    return data
+
+
 def load_plan(path: str) -> cpb.RolloutPlan:
     """Read a plan file: JSON when the name ends in .json, YAML otherwise."""
     try:
@@ -392,13 +422,13 @@ def load_plan(path: str) -> cpb.RolloutPlan:
         raise PlanFileError(f"cannot read --plan {path}: {exc}") from None
     if path.lower().endswith(".json"):
         try:
-            data = json.loads(text)
-        except ValueError as exc:
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
+        except (ValueError, RecursionError) as exc:
             raise PlanFileError(f"{path}: not valid JSON: {exc}") from None
     else:
         try:
-            data = yaml.safe_load(text)
-        except (yaml.YAMLError, ValueError) as exc:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
             raise PlanFileError(f"{path}: not valid YAML: {exc}") from None
     return parse_plan(data, source=path)
 
