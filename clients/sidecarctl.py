@@ -388,20 +388,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """The safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[Any, int] = {}
+        first: dict[Any, int] = {}  # key -> its line
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
+                continue  # `<<: *defaults`: keys given here override the merged ones
             key = self.construct_object(key_node, deep=True)
             try:
-                line = first.setdefault(key, key_node.start_mark.line)
-            except TypeError:
+                seen = key in first
+            except TypeError:  # an unhashable key: the base class says so
                 continue
-            if line != key_node.start_mark.line:
+            if seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {line + 1})",
+                    None, None, f"duplicate key {key!r} (first at line {first[key] + 1})",
                     key_node.start_mark,
                 )  # fmt: skip
+            first[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
 
