@@ -13,8 +13,8 @@ Caps and when they are full (the sidecar's configuration below):
 - drift: reference and window of DRIFT_WINDOW sampled requests (`sample_every` 10);
 - shadow: KEEP_EXAMPLES examples and the latency outliers, full within seconds;
 - sketches and variant windows: bounded by construction (buckets, the analysis horizon).
-`rss_mib_at_caps_filled` is the RSS once CAPS_FILLED_AT requests were answered (twice
-the largest cap), `rss_mib_end` the RSS at the end (both: median of the samples around
+`rss_mib_at_caps_filled` is the RSS once twice the ledger's cap of requests were answered
+(at least 20,000: four drift windows), `rss_mib_end` the RSS at the end (both: median of the samples around
 that point), `rss_growth_after_caps_mib` their difference (goal <= 5).
 
 Bounded in count (``--requests``, default 300,000) and time (``--max-seconds``, default
@@ -56,7 +56,9 @@ RESULTS = BENCH_DIR / "results" / "soak.json"
 LEDGER_CAP = 10_000
 DRIFT_WINDOW = 500
 KEEP_EXAMPLES = 5
-CAPS_FILLED_AT = 2 * LEDGER_CAP  # requests answered; every cap is full by then
+# Requests answered when every cap is full: twice the ledger's, and enough for several
+# drift windows (DRIFT_WINDOW sampled requests, one in 10 sampled).
+CAPS_FILLED_AT_LEAST = 4 * 10 * DRIFT_WINDOW
 SEGMENTS = ("a", "b", "")
 PREDICT = "/sidecar.v1.Predict/Predict"
 REPORT = "/sidecar.v1.Predict/ReportOutcome"
@@ -65,7 +67,7 @@ TOKEN_SHA256 = "ca5a8c47549ab82ffc5ec4a1c6ccbc49aa442a359d2a37a5e58c55ba04a0e2e0
 TRACE_SIGNAL = signal.SIGUSR1
 
 
-def sidecar_config(upstream: str) -> dict[str, Any]:
+def sidecar_config(upstream: str, ledger_cap: int = LEDGER_CAP) -> dict[str, Any]:
     def variant(version: str) -> dict[str, str]:
         return {"address": upstream, "model_name": "soak", "model_version": version}
 
@@ -93,7 +95,7 @@ def sidecar_config(upstream: str) -> dict[str, Any]:
             ],
             "segments": ["a", "b"],
             "look_interval": 2,
-            "max_requests": LEDGER_CAP,
+            "max_requests": ledger_cap,
             "ttl_seconds": 3600,
         },
         "drift": {
@@ -339,8 +341,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     upstream, upstream_address = start_upstream()
     sidecar = None
     try:
-        (run_dir / "sidecar.yaml").write_text(yaml.safe_dump(sidecar_config(upstream_address)))
+        config = sidecar_config(upstream_address, args.ledger_cap)
+        (run_dir / "sidecar.yaml").write_text(yaml.safe_dump(config))
         sidecar, target = start_sidecar(run_dir, args.tracemalloc)
+        caps_filled_at = max(2 * args.ledger_cap, CAPS_FILLED_AT_LEAST)
         ctx = mp.get_context("spawn")
         done = ctx.Value("q", 0)
         t0 = time.monotonic()
@@ -358,7 +362,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         traces: list[Path] = []
         while any(w.is_alive() for w in workers):
             samples.append((time.monotonic() - t0, done.value, rss_mib(sidecar.pid)))
-            if args.tracemalloc and not traces and done.value >= CAPS_FILLED_AT:
+            if args.tracemalloc and not traces and done.value >= caps_filled_at:
                 traces.append(take_trace(sidecar, run_dir, 1))
             time.sleep(1.0)
         for w in workers:
@@ -378,10 +382,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "clients": args.clients,
             "concurrency_per_client": args.concurrency,
             "caps": {
-                "ledger_ids": LEDGER_CAP,
+                "ledger_ids": args.ledger_cap,
                 "drift_reference_and_window": DRIFT_WINDOW,
                 "shadow_examples": KEEP_EXAMPLES,
-                "caps_filled_at_requests": CAPS_FILLED_AT,
+                "caps_filled_at_requests": caps_filled_at,
             },
             "rss_mib_start": round(samples[0][2], 1),
             "rss_mib_at_caps_filled": None,
@@ -393,12 +397,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for s in samples[:: max(1, len(samples) // 40)]
             ],
         }
-        if requests >= 2 * CAPS_FILLED_AT:
-            at_caps = median_rss_near(samples, CAPS_FILLED_AT)
+        if requests >= 2 * caps_filled_at:
+            at_caps = median_rss_near(samples, caps_filled_at)
             result["rss_mib_at_caps_filled"] = round(at_caps, 1)
             result["rss_growth_after_caps_mib"] = round(result["rss_mib_end"] - at_caps, 1)
         else:
-            result["note"] = f"fewer than {2 * CAPS_FILLED_AT} requests: no growth figure"
+            result["note"] = f"fewer than {2 * caps_filled_at} requests: no growth figure"
         if len(traces) == 2:
             result["tracemalloc_top_growth"] = top_growth(*traces)
         return result
@@ -414,6 +418,7 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=240.0)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--ledger-cap", type=int, default=LEDGER_CAP)
     parser.add_argument("--tracemalloc", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--serve-traced", type=Path, help=argparse.SUPPRESS)

@@ -241,3 +241,14 @@ def test_a_valid_reference_file_loads(tmp_path: Path) -> None:
     raw = example()
     raw["drift"]["reference_file"] = "ref.json"
     assert load_config(write(tmp_path, raw)).drift.reference_file == str(tmp_path / "ref.json")
+
+
+@pytest.mark.parametrize("field", ["minimum_effect", "baseline", "tau_squared"])
+def test_metric_numbers_are_finite(tmp_path: Path, field: str) -> None:
+    """Numbers inside lists (experiment.metrics[i]) are refused as NaN too, with the index."""
+    raw = example()
+    raw["experiment"]["metrics"][1][field] = "@@"
+    path = tmp_path / "nan.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False).replace("'@@'", ".nan"))
+    (problem,) = problems_of(path)
+    assert problem == f"experiment.metrics[1].{field}: must be a finite number, got nan"
