@@ -14,8 +14,8 @@ Caps and when they are full (the sidecar's configuration below):
 - shadow: KEEP_EXAMPLES examples and the latency outliers, full within seconds;
 - sketches and variant windows: bounded by construction (buckets, the analysis horizon).
 `rss_mib_at_caps_filled` is the RSS once twice the ledger's cap of requests were answered
-(at least 20,000: four drift windows), `rss_mib_end` the RSS at the end (both: median of the samples around
-that point), `rss_growth_after_caps_mib` their difference (goal <= 5).
+(at least 20,000: four drift windows), `rss_mib_end` the RSS at the end (both: median of
+the samples around that point), `rss_growth_after_caps_mib` their difference (goal <= 5).
 
 Bounded in count (``--requests``, default 300,000) and time (``--max-seconds``, default
 240 s of load): a slow machine answers fewer requests, and `requests` says how many.
