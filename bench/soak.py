@@ -18,7 +18,8 @@ Caps and when they are full (the sidecar's configuration below):
 the samples around that point), `rss_growth_after_caps_mib` their difference (goal <= 5).
 
 Bounded in count (``--requests``, default 300,000) and time (``--max-seconds``, default
-240 s of load): a slow machine answers fewer requests, and `requests` says how many.
+300 s of load): a slow or busy machine answers fewer requests, and `requests` says how
+many (`load_average` gives the machine's 1-minute load at the start and the end).
 
 The two override figures come from `bench/overrides.py` (`measure_override_writes`), when
 it exists; otherwise they are null and `override_figures_note` says why.
@@ -344,6 +345,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         config = sidecar_config(upstream_address, args.ledger_cap)
         (run_dir / "sidecar.yaml").write_text(yaml.safe_dump(config))
         sidecar, target = start_sidecar(run_dir, args.tracemalloc)
+        load_start = os.getloadavg()[0]
         caps_filled_at = max(2 * args.ledger_cap, CAPS_FILLED_AT_LEAST)
         ctx = mp.get_context("spawn")
         done = ctx.Value("q", 0)
@@ -379,6 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "outcomes_reported": requests,
             "seconds": round(elapsed, 1),
             "requests_per_second": round(requests / elapsed, 1),
+            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
             "clients": args.clients,
             "concurrency_per_client": args.concurrency,
             "caps": {
@@ -415,7 +418,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300_000)
-    parser.add_argument("--max-seconds", type=float, default=240.0)
+    parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--ledger-cap", type=int, default=LEDGER_CAP)
