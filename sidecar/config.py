@@ -9,7 +9,11 @@ pure). Models forbid unknown keys, are frozen, and are strict: ``"64"`` is not a
 
 `load_config(path)` parses and validates everything at start-up and raises `ConfigError`
 listing every problem, each naming its field (``flag.weights: must sum to 10000 ...``);
-`_problems` turns pydantic's error locations into these paths. `sidecar check-config FILE`
+`_problems` turns pydantic's error locations into these paths. A key repeated in one YAML
+mapping is refused (`UniqueKeyLoader`). Everything `serve` would fail on before listening
+is checked here too: message sizes, TLS files that do not parse (`ssl`), state paths that
+are folders or in folders that cannot be written, drift reference files that are not
+JSON (`read_drift_reference`); only binding the listen addresses is left to `serve`. `sidecar check-config FILE`
 runs exactly this without serving; `sidecar config-schema` prints `config_schema()`.
 """
 
@@ -713,7 +717,7 @@ def _prepared(raw: Any) -> Any:
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key repeated in one mapping (PyYAML keeps the last
-    one silently): ``duplicate key 'x' at line 9 (first at line 4)``."""
+    one silently): ``line 9, column 1: duplicate key 'x' (first at line 4)``."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first: dict[Any, int] = {}  # key -> its line
