@@ -230,7 +230,7 @@ def start_sidecar(run_dir: Path, traced: bool) -> tuple[subprocess.Popen[str], s
         command, cwd=run_dir, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     assert proc.stdout is not None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + (180 if traced else 60)
     for line in proc.stdout:
         try:
             event = json.loads(line)

@@ -13,8 +13,9 @@ listing every problem, each naming its field (``flag.weights: must sum to 10000 
 mapping is refused (`UniqueKeyLoader`). Everything `serve` would fail on before listening
 is checked here too: message sizes, TLS files that do not parse (`ssl`), state paths that
 are folders or in folders that cannot be written, drift reference files that are not
-JSON (`read_drift_reference`); only binding the listen addresses is left to `serve`. `sidecar check-config FILE`
-runs exactly this without serving; `sidecar config-schema` prints `config_schema()`.
+JSON (`read_drift_reference`); only binding the listen addresses is left to `serve`.
+`sidecar check-config FILE` runs exactly this without serving; `sidecar config-schema`
+prints `config_schema()`.
 """
 
 from __future__ import annotations

@@ -89,6 +89,14 @@ class Sidecar:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
+        """Start serving; on any failure, stop what was started and raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._abort_start()
+            raise
+
+    async def _start(self) -> None:
         await self.predict_server.start()
         await self.control_server.start()
         metrics_port = None
@@ -96,7 +104,6 @@ class Sidecar:
             try:
                 metrics_port = self.metrics.serve(self.config.metrics_address)
             except OSError as exc:
-                await self._abort_start()
                 raise StartupError(
                     f"listen.metrics: cannot listen on {self.config.metrics_address}: "
                     f"{exc.strerror or exc}"
@@ -122,8 +129,12 @@ class Sidecar:
         )
 
     async def _abort_start(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(self.predict_server.stop(None), self.control_server.stop(None))
         await self.pool.close()
+        self.metrics.close()
 
     async def _watch_readiness(self) -> None:
         """Keep grpc.health.v1 for the routed services in step with the stable variant."""
