@@ -40,6 +40,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -413,6 +414,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if sidecar is not None:
             stop(sidecar)
         stop(upstream)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def main() -> int:
