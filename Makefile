@@ -44,12 +44,13 @@ test: venv venv-mlserver check-generated lint ## Lint, type check and run every 
 test-unit: venv ## Unit and component tests only (no MLServer)
 	$(VENV)/bin/pytest tests/unit -q
 
-bench: venv ## Benchmarks: data plane, kill-switch propagation, canary judge, A/B validity, start-up
+bench: venv ## Benchmarks: data plane, kill-switch propagation, canary judge, A/B validity, start-up, soak
 	$(PY) bench/dataplane.py
 	$(PY) bench/control_flip.py
 	$(PY) bench/canary_judge.py
 	$(PY) bench/ab_validity.py
 	$(PY) bench/startup.py
+	$(PY) bench/soak.py
 
 demo: venv venv-mlserver ## Real rollout demo: MLServer + sidecar; split, shadow, kill switch, A/B report, gated rollout
 	$(PY) examples/demo.py

@@ -231,37 +231,6 @@ MAX_PLAN_STAGES = 32
 MAX_STAGE_NAME_BYTES = 256
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object, refusing a key given twice (the last would silently win)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a mapping key given twice (the last would win)."""
-
-
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
-
-
 _PLAN_KINDS = {
     "shadow": cpb.STAGE_KIND_SHADOW,
     "canary": cpb.STAGE_KIND_CANARY,
@@ -445,6 +414,37 @@ def _yaml_problem(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}  # key -> its line
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults`: keys given here override the merged ones
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = key in first
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first[key] + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"duplicate key {key!r}")
+        data[key] = value
+    return data
+
+
 def load_plan(path: str) -> cpb.RolloutPlan:
     """Read a plan file: JSON when the name ends in .json, YAML otherwise."""
     try:
@@ -453,13 +453,13 @@ def load_plan(path: str) -> cpb.RolloutPlan:
         raise PlanFileError(f"cannot read --plan {path}: {exc}") from None
     if path.lower().endswith(".json"):
         try:
-            data = json.loads(text, object_pairs_hook=_unique_keys)
-        except ValueError as exc:
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
+        except (ValueError, RecursionError) as exc:
             raise PlanFileError(f"{path}: not valid JSON: {exc}") from None
     else:
         try:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
-        except (yaml.YAMLError, ValueError) as exc:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
             raise PlanFileError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     return parse_plan(data, source=path)
 

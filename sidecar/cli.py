@@ -1,14 +1,32 @@
-"""`sidecar` command: serve, check-config, config-schema."""
+"""`sidecar` command: serve, check-config, config-schema.
+
+`serve` takes SIGTERM and SIGINT from its first line of code: a signal that arrives while
+the process is still importing, reading its configuration or building (before the event
+loop's handlers exist) is remembered, and the sidecar then stops cleanly (exit 0) instead
+of dying. Start-up never prints a traceback: every failure is one line on stderr naming
+the file, the field or the phase, exit 1 (the traceback follows only with
+``SIDECAR_DEBUG=1``). Only the sidecar's modules are imported lazily, after the handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
+import os
+import signal
 import sys
+from types import FrameType
+from typing import TYPE_CHECKING
 
-from sidecar.config import Config, ConfigError, config_schema, env_log_format, load_config
-from sidecar.logging import configure_logging
+if TYPE_CHECKING:
+    from sidecar.config import Config
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+DEBUG_ENV = "SIDECAR_DEBUG"  # "1": a start-up failure also prints its traceback
+_early_signals: list[int] = []  # received before the event loop's handlers were installed
+
+
+def _remember(signum: int, frame: FrameType | None) -> None:
+    _early_signals.append(signum)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check-config",
         help="validate a configuration file without serving",
-        description="Validate FILE; print every problem with its field; exit 1 if any.",
+        description="Validate FILE; print every problem with its field; exit 1 if any. "
+        "Checks everything `serve` checks before listening (fields, files, certificates, "
+        "state paths); whether the listen addresses can be bound is known only to `serve`.",
     )
     check.add_argument("file", help="YAML configuration file")
     sub.add_parser(
@@ -47,6 +67,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _remember)
+    try:
+        return _run(args)
+    except Exception as exc:  # one line, never a traceback (SIDECAR_DEBUG=1 adds it)
+        _fail(f"unexpected error in {args.command}", f"{type(exc).__name__}: {exc}", exc)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from sidecar.config import ConfigError, config_schema, env_log_format, load_config
+    from sidecar.logging import configure_logging
+
     if args.command == "config-schema":
         print(json.dumps(config_schema(), indent=2))
         return 0
@@ -60,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{path}: ok (model {config.model!r}, variants {', '.join(config.variants)}, "
             f"weights {dict(config.flag.weights)}, shadow "
-            f"{config.shadow.variant if config.shadow else 'off'})"
+            f"{config.shadow.variant if config.shadow else 'off'}; "
+            "listen addresses are bound by serve only)"
         )
         return 0
     configure_logging(config.server.log_level, env_log_format())
@@ -69,20 +106,31 @@ def main(argv: list[str] | None = None) -> int:
 
         return uvloop.run(_serve(config, args.safe_mode))
     except ImportError:  # pragma: no cover - uvloop is a dependency
+        import asyncio
+
         return asyncio.run(_serve(config, args.safe_mode))
 
 
 async def _serve(config: Config, safe_mode: bool) -> int:
+    import structlog
+
     from sidecar.wiring import StartupError, serve  # grpc servers are imported only to serve
 
     try:
-        return await serve(config, safe_mode=safe_mode)
+        return await serve(config, safe_mode=safe_mode, stop_requested=lambda: bool(_early_signals))
     except StartupError as exc:
-        import structlog
-
         structlog.get_logger("sidecar").error("sidecar.startup_failed", error=str(exc))
-        print(f"sidecar: {exc}", file=sys.stderr)
+        _fail("cannot start", str(exc), exc)
         return 1
+
+
+def _fail(what: str, message: str, exc: BaseException) -> None:
+    """`sidecar: <what>: <message>` on one line; the traceback only with SIDECAR_DEBUG=1."""
+    print(f"sidecar: {what}: {' '.join(message.split())}", file=sys.stderr)
+    if os.environ.get(DEBUG_ENV) == "1":
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
 
 
 if __name__ == "__main__":

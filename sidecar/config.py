@@ -9,8 +9,13 @@ pure). Models forbid unknown keys, are frozen, and are strict: ``"64"`` is not a
 
 `load_config(path)` parses and validates everything at start-up and raises `ConfigError`
 listing every problem, each naming its field (``flag.weights: must sum to 10000 ...``);
-`_problems` turns pydantic's error locations into these paths. `sidecar check-config FILE`
-runs exactly this without serving; `sidecar config-schema` prints `config_schema()`.
+`_problems` turns pydantic's error locations into these paths. A key repeated in one YAML
+mapping is refused (`UniqueKeyLoader`). Everything `serve` would fail on before listening
+is checked here too: message sizes, TLS files that do not parse (`ssl`), state paths that
+are folders or in folders that cannot be written, drift reference files that are not
+JSON (`read_drift_reference`); only binding the listen addresses is left to `serve`.
+`sidecar check-config FILE` runs exactly this without serving; `sidecar config-schema`
+prints `config_schema()`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,7 +51,7 @@ from sidecar.core.canary import analysis as canary
 from sidecar.core.canary.judge import JudgeConfig
 from sidecar.core.duration import Duration
 from sidecar.core.experiment.analysis import ExperimentSettings
-from sidecar.core.experiment.drift import DriftSettings
+from sidecar.core.experiment.drift import DriftSettings, DriftTracker
 from sidecar.core.routing import BASIS_POINTS, Flag, FlagError, SegmentRule
 from sidecar.core.shadow.report import ShadowThresholds
 
@@ -61,6 +67,9 @@ class ConfigError(ValueError):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems
+        if len(problems) == 1:  # one line naming the file and the field
+            super().__init__(f"invalid configuration {source}: {problems[0]}")
+            return
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"invalid configuration {source}:\n{lines}")
 
@@ -270,10 +279,13 @@ class UpstreamConfig(_Section):
         return self
 
 
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # gRPC's own limit is 2 GiB; larger ones fail at bind
+
+
 class ServerConfig(_Section):
     """`server:` — limits and process behaviour."""
 
-    max_message_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    max_message_bytes: Annotated[int, Field(ge=1024, le=MAX_MESSAGE_BYTES)] = 4 * 1024 * 1024
     shutdown_grace: NonNegativeDuration = 10.0
     log_level: LogLevel = "info"
     log_requests: bool = False
@@ -407,6 +419,37 @@ class TlsConfig(_Section):
     cert_file: ExistingFile
     key_file: ExistingFile
     client_ca_file: ExistingFile = ""  # set: clients must present a certificate signed by it
+
+    @model_validator(mode="after")
+    def _files_parse(self) -> TlsConfig:
+        """What `serve` hands to gRPC must parse: the certificate chain with its key, and
+        the client CA bundle (the ssl module reads the same PEM files gRPC does)."""
+        problems = []
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            problems.append(
+                f"cert_file: {self.cert_file} with key_file {self.key_file} is not a PEM "
+                f"certificate chain and its private key: {_ssl_reason(exc)}"
+            )
+        if self.client_ca_file:
+            try:
+                context.load_verify_locations(cafile=self.client_ca_file)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                problems.append(
+                    f"client_ca_file: {self.client_ca_file} is not a PEM CA certificate: "
+                    f"{_ssl_reason(exc)}"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def _ssl_reason(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).lower().replace("_", " ")
+    return str(getattr(exc, "strerror", None) or exc)
 
 
 class ControlConfig(_Section):
@@ -548,9 +591,11 @@ class Config(_Section):
         if not drift.reference_file:
             return drift
         try:
-            return replace(drift, reference_file=_existing_file(drift.reference_file, info))
+            drift = replace(drift, reference_file=_existing_file(drift.reference_file, info))
+            read_drift_reference(drift)  # what `serve` reads: it must parse and fit
         except ValueError as exc:
             raise ValueError(f"reference_file: {exc}") from None
+        return drift
 
     @model_validator(mode="after")
     def _cross_sections(self, info: ValidationInfo) -> Config:
@@ -605,6 +650,42 @@ class Config(_Section):
     @property
     def metrics_address(self) -> str:
         return self.listen.metrics
+
+
+MAX_REFERENCE_BYTES = 64 * 1024 * 1024
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number this file may hold")
+
+
+def read_drift_reference(settings: DriftSettings) -> dict[str, Any]:
+    """The drift reference file (JSON ``{series name: [values]}``), checked the way the
+    drift tracker will use it; raises ValueError naming the problem (never RecursionError
+    or UnicodeDecodeError). At most `MAX_REFERENCE_BYTES`; NaN and infinity refused."""
+    path = Path(settings.reference_file)
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_REFERENCE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_REFERENCE_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_REFERENCE_BYTES} bytes")
+    try:
+        values = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    try:
+        DriftTracker(settings).set_configured_reference(values)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if not isinstance(values, dict):  # pragma: no cover - refused just above
+        raise ValueError(f"{path}: not a JSON object")
+    return values
 
 
 # --------------------------------------------------------------------------- errors
@@ -695,30 +776,103 @@ def _prepared(raw: Any) -> Any:
     return doc
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in one mapping (PyYAML keeps the last
+    one silently): ``line 9, column 1: duplicate key 'x' (first at line 4)``."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}  # key -> its line
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults`: keys given here override the merged ones
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = key in first
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first[key] + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def yaml_error(exc: yaml.YAMLError) -> str:
+    """One line: where (line, column) and what."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{' '.join(str(problem).split())}"
+
+
 def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None) -> Config:
     """Validate a parsed YAML document; raise `ConfigError` listing every problem.
 
     Validated as JSON (YAML's data model), which is what strictness means for a file:
-    lists are arrays, mappings objects, ``"64"`` a string."""
-    text = json.dumps(_prepared(raw), default=str)
+    lists are arrays, mappings objects, ``"64"`` a string. Then the files `serve` will
+    write are checked (`_state_file_problems`)."""
+    try:
+        text = json.dumps(_prepared(raw), default=str)
+    except (RecursionError, ValueError) as exc:
+        raise ConfigError(source, [f"<file>: cannot be read as data: {exc}"]) from None
     context = {"base": base, "source": source, "environ": os.environ}
     try:
-        return Config.model_validate_json(text, context=context)
+        config = Config.model_validate_json(text, context=context)
     except ValidationError as exc:
         raise ConfigError(source, _problems(exc)) from None
+    problems = _state_file_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def _state_file_problems(config: Config) -> list[str]:
+    """Every `state.*path` must be a file `serve` can create or replace: not a folder, in
+    a folder that exists (or can be made) and is writable. Whether the process may write
+    there can differ at run time (another user, a full disk): `serve` reports that too."""
+    if getattr(config.state, "backend", "file") == "memory":
+        return []
+    problems = []
+    for name, value in config.state:
+        if name.endswith("path") and isinstance(value, str) and value:
+            problem = _writable_file_problem(Path(value))
+            if problem:
+                problems.append(f"state.{name}: {problem}")
+    return problems
+
+
+def _writable_file_problem(path: Path) -> str | None:
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # serve creates the missing folders under this one
+    if not folder.is_dir():
+        return f"{folder} is not a folder (needed for {path})"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder {folder} is not writable (needed for {path})"
+    return None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a YAML configuration file."""
+    """Read and validate a YAML configuration file (duplicate keys refused)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(source, [f"<file>: cannot read: {exc.strerror or exc}"]) from exc
+        raise ConfigError(source, [f"<file>: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"<file>: not UTF-8 text (byte {exc.start})"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"<file>: not valid YAML: {exc}"]) from exc
+        raise ConfigError(source, [f"<file>: not valid YAML: {yaml_error(exc)}"]) from None
+    except RecursionError:
+        raise ConfigError(source, ["<file>: not valid YAML: nested too deeply"]) from None
     return parse_config(raw, source, Path(path).resolve().parent)
 
 

@@ -54,7 +54,12 @@ class FileCheckpoint:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ValueError(f"{self.path}: not valid JSON: nested too deeply") from None
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{self.path}: not a JSON object")
         return data
@@ -116,7 +121,7 @@ class ExperimentService:
         try:
             data = checkpoint.load()
             tracker = make(data)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             # Start a fresh experiment, but never overwrite what could not be read.
             try:
                 aside = checkpoint.quarantine()
