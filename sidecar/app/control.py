@@ -5,10 +5,12 @@ Every write runs under one lock, in this order:
    write is refused (ABORTED) with nothing changed;
 2. the new desired state is computed and validated against the static flag parts
    (INVALID_ARGUMENT / FAILED_PRECONDITION naming the field, nothing changed);
-3. it is saved durably (file store: fsync + atomic rename) and audited;
+3. the new state and its audit entry are committed together (`StateStore.commit`: one
+   SQLite transaction, in a worker thread): both are durable or neither is;
 4. the routing snapshot is swapped: the next request sees it;
 5. the new state is returned (the acknowledgement).
-A failing store leaves the previous state in force and the write unacknowledged.
+A failing commit leaves the previous state in force, stored and served, and the write is
+answered UNAVAILABLE: a write answered with an error has changed nothing, after any crash.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from sidecar.app.ports import AuditEntry, AuditLog, StateStore
+from sidecar.app.ports import AuditEntry, StateStore
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.core.rollout import (
     DEFAULT_PLAN,
@@ -45,6 +47,10 @@ from sidecar.errors import (
 
 log = structlog.get_logger("sidecar.control")
 
+AUDIT_PAGE_BYTES = 1 << 20
+"""Default bound on the serialised entries of one audit page (the servicer passes its own,
+below the message limit)."""
+
 Readiness = Callable[[str], Awaitable[bool]]
 Mutation = Callable[[DesiredState], DesiredState]
 
@@ -56,7 +62,6 @@ class ControlService:
         holder: StateHolder,
         template: Flag,
         store: StateStore,
-        audit: AuditLog,
         ready: Readiness,
         served: Callable[[], Mapping[str, int]],
         clock: Callable[[], float] = time.time,
@@ -65,7 +70,6 @@ class ControlService:
         self.holder = holder
         self.template = template
         self.store = store
-        self.audit = audit
         self._ready = ready
         self._served = served
         self._clock = clock
@@ -77,8 +81,12 @@ class ControlService:
     def snapshot(self) -> Snapshot:
         return self.holder.current
 
-    def audit_page(self, start: int, limit: int) -> tuple[list[AuditEntry], int]:
-        return self.audit.read(start, limit), self.audit.count()
+    def audit_page(
+        self, start: int, limit: int, max_bytes: int = AUDIT_PAGE_BYTES
+    ) -> tuple[list[AuditEntry], int]:
+        """Entries from `start`: at most `limit`, and at most `max_bytes` of serialised
+        entries (at least one), with the total count."""
+        return self.store.read_audit(start, limit, max_bytes), self.store.audit_count()
 
     # ---- writes ----------------------------------------------------------------------
 
@@ -117,20 +125,17 @@ class ControlService:
             except FlagError as exc:
                 raise InvalidRequest(f"{exc.field}: {exc.message}") from None
             changes = diff(current.state, new_state)
+            entry = AuditEntry(
+                unix_time=now,
+                principal=principal,
+                method=method,
+                reason=reason,
+                revision_before=current.revision,
+                revision_after=new_state.revision,
+                diff=changes,
+            )
             try:
-                await asyncio.to_thread(self.store.save, new_state)
-                await asyncio.to_thread(
-                    self.audit.append,
-                    AuditEntry(
-                        unix_time=now,
-                        principal=principal,
-                        method=method,
-                        reason=reason,
-                        revision_before=current.revision,
-                        revision_after=new_state.revision,
-                        diff=changes,
-                    ),
-                )
+                await asyncio.to_thread(self.store.commit, new_state, entry)
             except OSError as exc:
                 log.error("control.persist_failed", method=method, error=str(exc))
                 raise SidecarError(
@@ -190,7 +195,7 @@ class ControlService:
             method="SetUserOverride",
             reason=reason,
             expected_revision=expected_revision,
-            mutate=lambda s: s.evolve(user_overrides={**s.user_overrides, key: variant}),
+            mutate=lambda s: s.with_override(key, variant),
         )
 
     async def clear_user_override(
@@ -202,7 +207,7 @@ class ControlService:
         def mutate(s: DesiredState) -> DesiredState:
             if key not in s.user_overrides:
                 raise FailedPrecondition(f"targeting_key: no override for {key!r}")
-            return s.evolve(user_overrides={k: v for k, v in s.user_overrides.items() if k != key})
+            return s.with_override(key, None)
 
         return await self.apply(
             principal=principal,

@@ -20,7 +20,8 @@ in `_check_routing`, a `Flag.build` keyword if configuration sets it, and its st
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -50,6 +51,78 @@ class FlagError(ValueError):
         self.message = message
 
 
+_serials = itertools.count(1)
+
+
+class Overrides(Mapping[str, str]):
+    """Read-only targeting key -> variant map that changes one key at a time.
+
+    `set` / `clear` return a new map (a copy of the dict, a memcpy) recording the change:
+    `changes` (key -> [before, after], None for absent) relative to the map whose `serial`
+    is `base_serial`, so the audit diff and the store touch only the changed keys. The
+    validation is cached: entries checked against a set of variants are not checked again,
+    only the keys changed since (`_check_overrides`); at 100,000 overrides a write checks one.
+    """
+
+    __slots__ = ("_data", "_pending", "base_serial", "changes", "checked_against", "get", "serial")
+
+    def __init__(self, data: Mapping[str, str] = MappingProxyType({})) -> None:
+        self._data: dict[str, str] = dict(data)
+        self.get = self._data.get  # type: ignore[method-assign]  # the request path's lookup
+        self.serial = next(_serials)
+        self.base_serial = 0
+        self.changes: Mapping[str, list[str | None]] = MappingProxyType({})
+        self.checked_against: frozenset[str] | None = None  # every value is one of these ...
+        self._pending: frozenset[str] = frozenset()  # ... except these keys'
+
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Overrides):
+            return self._data == other._data
+        if isinstance(other, Mapping):
+            return self._data == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Overrides({len(self._data)} keys)"
+
+    def set(self, key: str, variant: str | None) -> Overrides:
+        """A new map with `key` sent to `variant` (None: the override removed)."""
+        data = self._data.copy()
+        before = data.get(key)
+        if variant is None:
+            data.pop(key, None)
+        else:
+            data[key] = variant
+        out = Overrides.__new__(Overrides)
+        out._data = data
+        out.get = data.get  # type: ignore[method-assign]
+        out.serial = next(_serials)
+        out.base_serial = self.serial
+        out.changes = MappingProxyType({key: [before, variant]} if before != variant else {})
+        out.checked_against = self.checked_against
+        out._pending = self._pending | {key} if variant is not None else self._pending - {key}
+        return out
+
+    @staticmethod
+    def of(overrides: Mapping[str, str]) -> Overrides:
+        """`overrides` as an `Overrides` (itself when it is one)."""
+        return overrides if isinstance(overrides, Overrides) else Overrides(overrides)
+
+
 @dataclass(frozen=True)
 class SegmentRule:
     """Requests of `segment` go to `variant`."""
@@ -72,6 +145,10 @@ class RoutingState:
     kill_switch: bool = False
     user_overrides: Mapping[str, str] = field(default_factory=dict)
     segment_rules: tuple[SegmentRule, ...] = ()
+
+    def __post_init__(self) -> None:
+        # One `Overrides` per state, so that changes to it are tracked (see `Overrides`).
+        object.__setattr__(self, "user_overrides", Overrides.of(self.user_overrides))
 
     def evolve(self, **changes: Any) -> RoutingState:
         return replace(self, **changes)
@@ -289,7 +366,7 @@ def _check_routing(r: RoutingState, known: set[str], segments: frozenset[str]) -
         default=default,
         weights=MappingProxyType(_check_weights(r.weights, known)),
         kill_switch=r.kill_switch,
-        user_overrides=MappingProxyType(_check_overrides(r.user_overrides, known)),
+        user_overrides=_check_overrides(r.user_overrides, known),
         segment_rules=_check_segment_rules(r.segment_rules, known, segments),
     )
 
@@ -314,13 +391,22 @@ def _check_weights(weights: Mapping[str, int], known: set[str]) -> dict[str, int
     return out
 
 
-def _check_overrides(overrides: Mapping[str, str], known: set[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for user, variant in overrides.items():
+def _check_overrides(overrides: Mapping[str, str], known: set[str]) -> Overrides:
+    """The overrides checked against the variants: only the keys changed since the last
+    check when the map was checked against a subset of `known`, every key otherwise. The
+    result is `overrides` itself when it is an `Overrides` (its check is cached on it)."""
+    checked = Overrides.of(overrides)
+    if checked.checked_against is not None and checked.checked_against <= known:
+        keys: Iterable[str] = checked._pending
+    else:
+        keys = checked
+    for user in keys:
         if not isinstance(user, str) or not user.strip():
             raise FlagError("user_overrides", "targeting key must be a non-empty string")
-        out[user] = _need_variant(f"user_overrides[{user}]", variant, known)
-    return out
+        _need_variant(f"user_overrides[{user}]", checked[user], known)
+    checked.checked_against = frozenset(known)
+    checked._pending = frozenset()
+    return checked
 
 
 def _check_segment_rules(
