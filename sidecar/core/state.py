@@ -226,15 +226,16 @@ def override_changes(
     """{key: [before, after]} for each override that differs (None: absent)."""
     if after is before:
         return {}
-    if isinstance(after, Overrides) and isinstance(before, Overrides):
-        if after.base_serial == before.serial:
-            return {k: list(v) for k, v in after.changes.items()}
+    if (
+        isinstance(after, Overrides)
+        and isinstance(before, Overrides)
+        and after.base_serial == before.serial
+    ):
+        return {k: list(v) for k, v in after.changes.items()}
     return _changed_keys(before, after)
 
 
-def _changed_keys(
-    before: Mapping[str, Any], after: Mapping[str, Any]
-) -> dict[str, list[Any]]:
+def _changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, list[Any]]:
     keys = [k for k in before if after.get(k) != before[k]]
     keys += [k for k in after if k not in before]
     return {k: [before.get(k), after.get(k)] for k in sorted(keys)}

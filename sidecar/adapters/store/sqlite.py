@@ -92,9 +92,7 @@ class SqliteStore:
                 with open(self.path, "rb") as handle:
                     header = handle.read(len(SQLITE_HEADER))
                 if header != SQLITE_HEADER:
-                    raise self._fail(
-                        f"not an SQLite database (offset 0: header {header[:16]!r})"
-                    )
+                    raise self._fail(f"not an SQLite database (offset 0: header {header[:16]!r})")
         except OSError as exc:
             raise self._fail(f"cannot open: {exc.strerror or exc}") from None
 

@@ -86,7 +86,9 @@ def test_override_writes_touch_only_the_changed_rows(tmp_path: Path) -> None:
     store.commit(base, entry(7))
     states = [base.evolve(revision=8).with_override("u5", "canary")]
     states.append(states[-1].evolve(revision=9).with_override("u6", None))
-    states.append(states[-1].evolve(revision=10).with_override("vip", "x").with_override("u7", None))
+    states.append(
+        states[-1].evolve(revision=10).with_override("vip", "x").with_override("u7", None)
+    )
     written = []
     for state in states:
         before = store._conn.total_changes if store._conn else 0
