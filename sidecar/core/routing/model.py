@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -54,63 +54,48 @@ class FlagError(ValueError):
 _serials = itertools.count(1)
 
 
-class Overrides(Mapping[str, str]):
+class Overrides(dict[str, str]):
     """Read-only targeting key -> variant map that changes one key at a time.
 
-    `set` / `clear` return a new map (a copy of the dict, a memcpy) recording the change:
-    `changes` (key -> [before, after], None for absent) relative to the map whose `serial`
-    is `base_serial`, so the audit diff and the store touch only the changed keys. The
-    validation is cached: entries checked against a set of variants are not checked again,
-    only the keys changed since (`_check_overrides`); at 100,000 overrides a write checks one.
+    A `dict` subclass (the request path's `get` and a copy run at C speed) whose mutating
+    methods raise. `set` returns a new map (a copy of the dict, a memcpy) recording the
+    change: `changes` (key -> [before, after], None for absent) relative to the map whose
+    `serial` is `base_serial`, so the audit diff and the store touch only the changed keys.
+    The validation is cached: entries checked against a set of variants are not checked
+    again, only the keys changed since (`_check_overrides`); at 100,000 overrides a write
+    checks one.
     """
 
-    __slots__ = ("_data", "_pending", "base_serial", "changes", "checked_against", "get", "serial")
+    __slots__ = ("_pending", "base_serial", "changes", "checked_against", "serial")
 
-    def __init__(self, data: Mapping[str, str] = MappingProxyType({})) -> None:
-        self._data: dict[str, str] = dict(data)
-        self.get = self._data.get  # type: ignore[method-assign]  # the request path's lookup
+    def __init__(self, data: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(data)
         self.serial = next(_serials)
         self.base_serial = 0
         self.changes: Mapping[str, list[str | None]] = MappingProxyType({})
         self.checked_against: frozenset[str] | None = None  # every value is one of these ...
         self._pending: frozenset[str] = frozenset()  # ... except these keys'
 
-    def __getitem__(self, key: str) -> str:
-        return self._data[key]
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("Overrides is read-only: use .set(key, variant) for a changed copy")
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Overrides):
-            return self._data == other._data
-        if isinstance(other, Mapping):
-            return self._data == dict(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only
+    __ior__ = _read_only
 
     def __repr__(self) -> str:
-        return f"Overrides({len(self._data)} keys)"
+        return f"Overrides({len(self)} keys)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Overrides, (dict(self),))
 
     def set(self, key: str, variant: str | None) -> Overrides:
         """A new map with `key` sent to `variant` (None: the override removed)."""
-        data = self._data.copy()
-        before = data.get(key)
+        out = Overrides(self)
+        before = self.get(key)
         if variant is None:
-            data.pop(key, None)
+            dict.pop(out, key, None)
         else:
-            data[key] = variant
-        out = Overrides.__new__(Overrides)
-        out._data = data
-        out.get = data.get  # type: ignore[method-assign]
-        out.serial = next(_serials)
+            dict.__setitem__(out, key, variant)
         out.base_serial = self.serial
         out.changes = MappingProxyType({key: [before, variant]} if before != variant else {})
         out.checked_against = self.checked_against
