@@ -14,7 +14,7 @@ import pytest
 from sidecar.adapters.store.memory import MemoryStateStore
 from sidecar.adapters.store.sqlite import SqliteStore
 from sidecar.app.ports import AuditEntry, StateFileError
-from sidecar.config import parse_config
+from sidecar.config import ConfigError, parse_config
 from sidecar.core.routing import Flag, RoutingState, SegmentRule
 from sidecar.core.state import DesiredState, Promotion, StateFormatError, diff
 from sidecar.testing.credentials import control_section
@@ -346,3 +346,22 @@ def test_safe_mode_continues_the_revisions(tmp_path: Path) -> None:
     assert snap.safe_mode and snap.revision == 13
     again = store_at(tmp_path)
     assert again.load() == snap.state and again.read_audit(0, 5, 1 << 20)[0].revision_after == 13
+
+
+@pytest.mark.parametrize(
+    "state", [{"backend": "file"}, {"path": "var/state.json", "audit_path": "var/audit.jsonl"}]
+)
+def test_old_file_backend_config_is_refused_saying_what_to_use(state: dict[str, str]) -> None:
+    """A configuration written for the file store is refused naming `state` and the
+    settings to use instead (no silent fallback)."""
+    cfg: dict[str, Any] = {
+        "model": "m",
+        "variants": {"stable": {"address": "127.0.0.1:1", "model_name": "m"}},
+        "flag": {"key": "k", "stable": "stable", "weights": {"stable": 10_000}},
+        "control": control_section(),
+        "state": state,
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(cfg)
+    text = str(info.value)
+    assert "state" in text and "backend: sqlite" in text and "remove `audit_path`" in text
