@@ -136,7 +136,9 @@ async def _grpc_phase(
             started = loop.time()
             try:
                 await infer.ModelInfer(
-                    request, metadata=(("x-user-id", f"user-{(n * 7919 + i) % 200_000}"),), timeout=5
+                    request,
+                    metadata=(("x-user-id", f"user-{(n * 7919 + i) % 200_000}"),),
+                    timeout=5,
                 )
                 latencies[phase].append(loop.time() - started)
             except grpc.aio.AioRpcError:

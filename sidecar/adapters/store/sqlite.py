@@ -51,14 +51,17 @@ CREATE TABLE IF NOT EXISTS audit (
 class SqliteStore:
     """The `StateStore` port on one SQLite file (opened and checked on first use).
 
-    Thread-safe (one connection behind a lock): commits run in a worker thread so the
-    event loop keeps serving while SQLite fsyncs.
+    Thread-safe: commits run in a worker thread (one writing connection behind a lock) so
+    the event loop keeps serving while SQLite fsyncs; audit reads use a second connection
+    (WAL lets it read while a commit is under way), so they never wait for a commit.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
         self._committed_overrides = 0  # serial of the `Overrides` the rows hold (0: unknown)
 
     # ---- opening ---------------------------------------------------------------------
@@ -102,7 +105,8 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=FULL")
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
-                raise self._fail("damaged: " + "; ".join(str(p) for p in problems))
+                found = "; ".join(" ".join(str(p).split()) for p in problems)
+                raise self._fail(f"damaged: {found}")
             conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -112,14 +116,28 @@ class SqliteStore:
                 "SELECT value FROM meta WHERE key = 'schema_version'"
             ).fetchone()
         except sqlite3.Error as exc:
-            raise self._fail(f"damaged or unreadable: {exc}") from None
+            raise self._fail(f"damaged or unreadable (SQLite: {exc})") from None
         if version != str(SCHEMA_VERSION):
             raise self._fail(
                 f"schema_version {version!r} is not supported (expected {SCHEMA_VERSION})",
                 " (table meta)",
             )
 
+    def _read_connection(self) -> sqlite3.Connection:
+        """The connection audit reads use (call with `_read_lock` held)."""
+        if self._reader is None:
+            with self._lock:
+                self._connect()  # checked and prepared once, by the writing connection
+            self._reader = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+        return self._reader
+
     def close(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -137,7 +155,7 @@ class SqliteStore:
                 revision, doc = row
                 overrides = dict(conn.execute("SELECT key, variant FROM overrides"))
             except sqlite3.Error as exc:
-                raise self._fail(f"damaged or unreadable: {exc}") from None
+                raise self._fail(f"damaged or unreadable (SQLite: {exc})") from None
             state = self._decode(revision, doc, overrides)
             self._committed_overrides = Overrides.of(state.user_overrides).serial
             return state
@@ -201,13 +219,14 @@ class SqliteStore:
         conn.executemany("INSERT INTO overrides (key, variant) VALUES (?, ?)", overrides.items())
 
     def audit_count(self) -> int:
-        with self._lock:
-            row = self._connect().execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()
+        with self._read_lock:
+            conn = self._read_connection()
+            row = conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()
         return int(row[0])
 
     def read_audit(self, start: int, limit: int, max_bytes: int) -> list[AuditEntry]:
-        with self._lock:
-            rows = self._connect().execute(
+        with self._read_lock:
+            rows = self._read_connection().execute(
                 "SELECT seq, bytes, entry FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
                 (start, limit),
             )

@@ -221,14 +221,20 @@ def test_deeply_nested_state_is_a_format_error_not_a_recursion_error(tmp_path: P
         SqliteStore(path).load()
 
 
-def damage_page(path: Path) -> None:
-    """Overwrite the second page of the database (a table's b-tree) with junk."""
+def damage_page(path: Path, from_end: int | None = None) -> None:
+    """Overwrite the second page of the database (a table's b-tree root) with junk, or
+    part of the page `from_end` pages before the last (quick_check then names it)."""
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
     with open(path, "r+b") as handle:
-        handle.seek(page_size)
-        handle.write(b"\xff" * page_size)
+        if from_end is None:
+            handle.seek(page_size)
+            handle.write(b"\xff" * page_size)
+        else:
+            handle.seek((pages - 1 - from_end) * page_size + 100)
+            handle.write(b"\x07" * 200)
 
 
 def test_damaged_storage_is_reported_naming_the_file(tmp_path: Path) -> None:
@@ -243,15 +249,18 @@ def test_damaged_storage_is_reported_naming_the_file(tmp_path: Path) -> None:
     folder.mkdir()
     with pytest.raises(StateFileError, match="not a regular file"):
         SqliteStore(folder).load()
-    damaged = tmp_path / "damaged.db"
-    store = SqliteStore(damaged)
-    store.commit(a_state(), entry(7))
-    store.close()
-    damage_page(damaged)
-    with pytest.raises(StateFileError) as info:
-        SqliteStore(damaged).load()
-    assert info.value.where == str(damaged)
-    assert "damaged" in info.value.reason
+    many = a_state().evolve(user_overrides={f"u{i}": "canary" for i in range(3000)})
+    for from_end in (None, 2):
+        damaged = tmp_path / f"damaged-{from_end}.db"
+        store = SqliteStore(damaged)
+        store.commit(many, entry(7))
+        store.close()
+        damage_page(damaged, from_end)
+        with pytest.raises(StateFileError) as info:
+            SqliteStore(damaged).load()
+        assert info.value.where == str(damaged) and "\n" not in str(info.value)
+        assert "damaged" in info.value.reason
+    assert "page" in info.value.reason  # quick_check names the page
 
 
 def config(tmp_path: Path) -> Any:
