@@ -230,7 +230,10 @@ class SqliteStore:
                 "SELECT seq, bytes, entry FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
                 (start, limit),
             )
-            return take_page(self._entries(rows), limit, max_bytes)
+            try:
+                return take_page(self._entries(rows), limit, max_bytes)
+            finally:
+                rows.close()  # ends the read transaction, so checkpoints can reset the WAL
 
     def _entries(self, rows: Iterator[tuple[int, int, str]]) -> Iterator[tuple[int, AuditEntry]]:
         for seq, size, text in rows:
