@@ -3,6 +3,8 @@ bounded by bytes, and override writes whose cost follows the change, not the map
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import Any
 
 import pytest
@@ -132,3 +134,17 @@ def test_a_map_checked_against_other_variants_is_checked_again() -> None:
     assert isinstance(both.user_overrides, Overrides)
     with pytest.raises(FlagError, match=r"user_overrides\[x\]"):
         Flag.compile(key="k", variants=["a"], routing=both.routing.evolve(weights={"a": 10_000}))
+
+
+def test_overrides_are_read_only_and_copy_like_a_dict() -> None:
+    """The map in a state cannot be changed in place; `set` returns a changed copy that
+    records the change; copies and JSON see plain entries."""
+    base = Overrides({"a": "stable"})
+    with pytest.raises(TypeError, match="read-only"):
+        base["b"] = "canary"
+    with pytest.raises(TypeError, match="read-only"):
+        base.pop("a")
+    changed = base.set("b", "canary")
+    assert base == {"a": "stable"} and changed == {"a": "stable", "b": "canary"}
+    assert changed.base_serial == base.serial and changed.changes == {"b": [None, "canary"]}
+    assert copy.deepcopy(changed) == changed and json.loads(json.dumps(changed)) == changed
