@@ -10,9 +10,12 @@ Two measurements, both on a SQLite state store seeded with `--overrides` user ov
   SetUserOverride / ClearUserOverride writes (operator token, one at a time). Reported:
   write latency (client side, p50 / p99 / max) and the largest ModelInfer latency during
   the writes (`predict_stall_ms_max_during_writes`) next to the baseline's.
-- `service`: `ControlService` in this process over the same store, with a probe task that
-  measures how late the event loop wakes it (sleep 1 ms; the lateness is how long any
-  Predict would have waited): the cost of a write itself, without the gRPC answer.
+- `service`: `ControlService` in this process over the same store, the cost of a write
+  itself without the gRPC answer: `write_loop_cpu_ms`, the CPU time each write spends on
+  the event-loop thread (the commit's fsync runs in a worker thread), the longest a
+  Predict could wait for a write on an otherwise idle machine; then `loop_stall_ms_max`,
+  how late a probe task (sleep 1 ms) woke up during the writes, next to
+  `loop_stall_ms_max_idle`, the same probe on an idle loop (the machine's own noise).
 
 Prints JSON and writes bench/results/overrides.json. `measure_override_writes(...)` is the
 importable core (bench/soak.py may call it).
@@ -212,34 +215,54 @@ async def _service_phase(db: Path, config: dict[str, Any], writes: int) -> dict[
         ready=ready,
         served=lambda: {},
     )
-    lateness: list[float] = []
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    async def probe() -> None:
+    async def probe(stop: asyncio.Event, lateness: list[float]) -> None:
         while not stop.is_set():
             started = loop.time()
             await asyncio.sleep(0.001)
             lateness.append(loop.time() - started - 0.001)
 
-    probing = asyncio.create_task(probe())
-    latency: list[float] = []
-    for k in range(writes):
-        key = f"svc-{k // 2}"
-        started = time.perf_counter()
-        if k % 2 == 0:
-            await service.set_user_override("bench", f"svc {k}", 0, key, "canary")
-        else:
-            await service.clear_user_override("bench", f"svc {k}", 0, key)
-        latency.append(time.perf_counter() - started)
+    async def writes_from(first: int) -> tuple[list[float], list[float]]:
+        """Wall time and event-loop-thread CPU time of each write."""
+        wall: list[float] = []
+        cpu: list[float] = []
+        for k in range(first, first + writes):
+            key = f"svc-{k // 2}"
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            if k % 2 == 0:
+                await service.set_user_override("bench", f"svc {k}", 0, key, "canary")
+            else:
+                await service.clear_user_override("bench", f"svc {k}", 0, key)
+            wall.append(time.perf_counter() - started)
+            cpu.append(time.thread_time() - cpu_started)
+        return wall, cpu
+
+    # 1. the writes alone: CPU time each spends on the event-loop thread (the commit runs
+    # in a worker thread), what a Predict waits at most, whatever else runs on the machine
+    wall_started = time.perf_counter()
+    _, cpu_only = await writes_from(10 * writes)
+    alone_s = time.perf_counter() - wall_started
+    # 2. the writes with the probe: how late the loop woke up (includes the machine's noise)
+    stop, during = asyncio.Event(), []
+    probing = asyncio.create_task(probe(stop, during))
+    latency, _ = await writes_from(0)
+    stop.set()
+    await probing
+    # 3. the probe alone as long: the machine's noise on an idle loop
+    stop, idle = asyncio.Event(), []
+    probing = asyncio.create_task(probe(stop, idle))
+    await asyncio.sleep(alone_s)
     stop.set()
     await probing
     store.close()
     return {
         "load_and_compile_s": round(load_s, 3),
         "write_ms": _ms(latency),
-        "loop_stall_ms_max": round(max(lateness, default=0.0) * 1000.0, 2),
-        "loop_stall_ms_median": round(statistics.median(lateness or [0.0]) * 1000.0, 3),
+        "write_loop_cpu_ms": _ms(cpu_only),
+        "loop_stall_ms_max": round(max(during, default=0.0) * 1000.0, 2),
+        "loop_stall_ms_max_idle": round(max(idle, default=0.0) * 1000.0, 2),
+        "loop_stall_ms_median": round(statistics.median(during or [0.0]) * 1000.0, 3),
     }
 
 
