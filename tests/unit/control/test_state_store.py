@@ -44,7 +44,7 @@ def entry(after: int, reason: str = "r", diff: dict[str, Any] | None = None) -> 
 
 def test_sqlite_store_round_trip(tmp_path: Path) -> None:
     """A committed state loads back equal (also from a new store on the same file), with
-    its audit entry; the database is in WAL mode."""
+    its audit entry; the database is in WAL mode with synchronous=FULL."""
     store = SqliteStore(tmp_path / "var" / "sidecar.db")
     assert store.load() is None and store.audit_count() == 0
     store.commit(a_state(), entry(7))
@@ -55,6 +55,8 @@ def test_sqlite_store_round_trip(tmp_path: Path) -> None:
     assert reopened.last_revision() == 7
     with sqlite3.connect(tmp_path / "var" / "sidecar.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert store._conn is not None
+    assert store._conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
 
 
 def test_a_failed_commit_changes_neither_state_nor_audit(tmp_path: Path) -> None:
