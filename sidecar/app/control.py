@@ -134,8 +134,9 @@ class ControlService:
                 revision_after=new_state.revision,
                 diff=changes,
             )
+            commit = asyncio.ensure_future(asyncio.to_thread(self.store.commit, new_state, entry))
             try:
-                await asyncio.to_thread(self.store.commit, new_state, entry)
+                cancelled = await _outlive_cancellation(commit)
             except OSError as exc:
                 log.error("control.persist_failed", method=method, error=str(exc))
                 raise SidecarError(
@@ -143,6 +144,8 @@ class ControlService:
                 ) from None
             snapshot = Snapshot(flag, new_state, safe_mode=False)
             self.holder.swap(snapshot)
+        if cancelled:  # committed and in force; the caller just did not wait for the answer
+            raise asyncio.CancelledError
         log.info(
             "control.changed",
             principal=principal,
@@ -444,6 +447,21 @@ class ControlService:
         if snap.state.rollout is None or not snap.state.rollout.phase.active:
             raise FailedPrecondition("rollout: none is running or paused")
         return await self.rollback(principal, reason, expected_revision, end_rollout=Phase.ABORTED)
+
+
+async def _outlive_cancellation(commit: asyncio.Future[None]) -> bool:
+    """Wait for `commit` to end even when the caller is cancelled meanwhile (a client that
+    goes away mid-write), so that what is served always follows what is stored: a commit
+    under way is never abandoned. Returns whether the caller was cancelled; raises the
+    commit's error."""
+    cancelled = False
+    while not commit.done():
+        try:
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            cancelled = True
+    commit.result()
+    return cancelled
 
 
 def _no_baseline(variant: str, now: float) -> Baseline:

@@ -3,8 +3,10 @@ bounded by bytes, and override writes whose cost follows the change, not the map
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -160,3 +162,34 @@ def test_overrides_are_read_only_and_copy_like_a_dict() -> None:
         assert current.changes == ({key: [before, variant]} if before != variant else {})
         assert len(current) == len(model_map) and current.get(key) == model_map.get(key)
     assert current == model_map and sorted(current) == sorted(model_map)
+
+
+class SlowStore(MemoryStateStore):
+    """Commits wait until `release` is set (a slow disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def commit(self, state: DesiredState, entry: AuditEntry) -> None:
+        self.entered.set()
+        assert self.release.wait(10.0)
+        super().commit(state, entry)
+
+
+async def test_a_caller_cancelled_mid_commit_leaves_served_and_stored_state_equal() -> None:
+    """A client that goes away while its write is being committed: the commit finishes,
+    the committed state is the one served, and the next write continues the revisions."""
+    store = SlowStore()
+    svc = service(store)
+    write = asyncio.create_task(svc.set_kill_switch("ops", "incident", 0, True))
+    assert await asyncio.to_thread(store.entered.wait, 10.0)
+    write.cancel()
+    store.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    assert store.state is not None and svc.snapshot().state == store.state
+    assert svc.snapshot().state.kill_switch and svc.snapshot().revision == 2
+    after = await svc.set_kill_switch("ops", "over", 0, False)
+    assert [e.revision_after for e in store.entries] == [2, after.revision] == [2, 3]
