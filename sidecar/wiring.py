@@ -186,8 +186,9 @@ def initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> S
     try:
         return _initial_snapshot(config, store, safe_mode=safe_mode)
     except OSError as exc:
-        where = getattr(store, "path", "store")
-        raise StartupError(f"cannot start: state {where}: {exc}") from None
+        where = str(getattr(store, "path", "store"))
+        named = str(exc) if where in str(exc) else f"state {where}: {exc}"
+        raise StartupError(f"cannot start: {named}") from None
 
 
 def _initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> Snapshot:
