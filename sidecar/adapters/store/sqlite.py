@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -243,24 +244,29 @@ class SqliteStore:
                 raise OSError(f"{self.path} (table audit, seq {seq}): unreadable: {exc}") from None
 
     def last_revision(self) -> int:
-        """Best effort, also on a damaged file: the highest revision readable (0: none)."""
+        """Best effort, also on a damaged file: the highest revision readable through SQLite,
+        or found in the raw bytes of the file and its WAL (the audit rows' JSON) when the
+        file is too damaged to open (0: none)."""
         with self._lock:
-            try:
-                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            except sqlite3.Error:
-                return 0
-            try:
-                found = [0]
-                for sql in ("SELECT max(revision_after) FROM audit", "SELECT revision FROM state"):
-                    try:
-                        row = conn.execute(sql).fetchone()
-                    except sqlite3.Error:
-                        continue
-                    if row and isinstance(row[0], int):
-                        found.append(row[0])
-                return max(found)
-            finally:
-                conn.close()
+            return max(self._queried_revision(), _scanned_revision(self.path))
+
+    def _queried_revision(self) -> int:
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return 0
+        try:
+            found = [0]
+            for sql in ("SELECT max(revision_after) FROM audit", "SELECT revision FROM state"):
+                try:
+                    row = conn.execute(sql).fetchone()
+                except sqlite3.Error:
+                    continue
+                if row and isinstance(row[0], int):
+                    found.append(row[0])
+            return max(found)
+        finally:
+            conn.close()
 
     def quarantine(self) -> str | None:
         """Move the database (and its WAL) aside as `<name>.corrupt-<unix time>`."""
@@ -275,6 +281,27 @@ class SqliteStore:
                     os.replace(source, f"{target}{suffix}")
             self._committed_overrides = 0
             return str(target)
+
+
+_REVISION = re.compile(rb'"revision(?:_after)?": ?(\d{1,18})')
+_SCAN_CHUNK = 1 << 20
+
+
+def _scanned_revision(path: Path) -> int:
+    """The highest `"revision": N` / `"revision_after": N` in the bytes of the database and
+    its WAL (read in 1 MiB chunks; 0 when unreadable)."""
+    best = 0
+    for name in (str(path), f"{path}-wal"):
+        try:
+            with open(name, "rb") as handle:
+                tail = b""
+                while chunk := handle.read(_SCAN_CHUNK):
+                    data = tail + chunk
+                    best = max([best, *(int(m) for m in _REVISION.findall(data))])
+                    tail = data[-40:]
+        except OSError:
+            continue
+    return best
 
 
 def _apply_changes(conn: sqlite3.Connection, changes: Mapping[str, list[str | None]]) -> None:

@@ -376,3 +376,20 @@ def test_old_file_backend_config_is_refused_saying_what_to_use(state: dict[str, 
         parse_config(cfg)
     text = str(info.value)
     assert "state" in text and "backend: sqlite" in text and "remove `audit_path`" in text
+
+
+def test_safe_mode_continues_the_revisions_of_a_file_sqlite_cannot_open(tmp_path: Path) -> None:
+    """Even when the header is destroyed (not an SQLite database any more), safe mode
+    starts above the highest revision found in the file's audit rows."""
+    store = store_at(tmp_path)
+    for revision in range(1, 41):
+        store.commit(a_state().evolve(revision=revision), entry(revision))
+    store.close()
+    with sqlite3.connect(tmp_path / "sidecar.db") as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(tmp_path / "sidecar.db", "r+b") as handle:
+        handle.write(b"\x00" * 100)
+    with pytest.raises(StartupError, match="not an SQLite database"):
+        initial_snapshot(config(tmp_path), store_at(tmp_path), safe_mode=False)
+    snap = initial_snapshot(config(tmp_path), store_at(tmp_path), safe_mode=True)
+    assert snap.safe_mode and snap.revision == 41
