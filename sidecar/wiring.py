@@ -212,6 +212,9 @@ def _initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> 
                 "(stable only, kill switch on)"
             ) from None
         return _safe_mode(config, store, exc, now)
+    migrated = _migrate_file_state(config, store, now)
+    if migrated is not None:
+        return migrated
     initial = DesiredState.from_flag(config.flag, unix_time=now)
     store.commit(
         initial,
@@ -219,6 +222,33 @@ def _initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> 
     )
     log.info("state.initialised", source=config.source)
     return Snapshot(config.flag, initial)
+
+
+def _migrate_file_state(config: Config, store: StateStore, now: float) -> Snapshot | None:
+    """Once, on the first start with the SQLite store: the state of the old file store
+    (`state.json` in the database's folder) is committed as it was, so an upgrade keeps
+    the kill switch, weights and overrides in force. Its audit log (`audit.jsonl`) is left
+    where it is, named in the `Migrate` entry; leftover temporary files are removed."""
+    if config.state.backend != "sqlite":
+        return None
+    folder = Path(config.state.path).parent
+    old = folder / "state.json"
+    for leftover in folder.glob(".state.json.*.tmp"):
+        leftover.unlink(missing_ok=True)
+    if not old.is_file():
+        return None
+    try:
+        state = DesiredState.from_json(old.read_text(encoding="utf-8"))
+        flag = state.to_flag(config.flag)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StartupError(
+            f"cannot start: old state file {old} (to migrate into {config.state.path}): {exc}. "
+            "Fix it, or move it away to start from the configuration"
+        ) from None
+    reason = f"migrated from the file store {old} (its audit log stays in {folder / 'audit.jsonl'})"
+    store.commit(state, AuditEntry(now, "sidecar", "Migrate", reason, 0, state.revision, {}))
+    log.warning("state.migrated", source=str(old), revision=state.revision)
+    return Snapshot(flag, state)
 
 
 def _safe_mode(config: Config, store: StateStore, exc: StateFileError, now: float) -> Snapshot:

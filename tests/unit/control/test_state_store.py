@@ -393,3 +393,24 @@ def test_safe_mode_continues_the_revisions_of_a_file_sqlite_cannot_open(tmp_path
         initial_snapshot(config(tmp_path), store_at(tmp_path), safe_mode=False)
     snap = initial_snapshot(config(tmp_path), store_at(tmp_path), safe_mode=True)
     assert snap.safe_mode and snap.revision == 41
+
+
+def test_first_start_migrates_the_old_file_store_state_once(tmp_path: Path) -> None:
+    """An old `state.json` next to the new database is committed as it was (kill switch,
+    overrides and revision kept) with a Migrate entry; temporary files are removed; a
+    damaged one stops start-up naming it."""
+    old = a_state().evolve(revision=9, segment_rules=())
+    (tmp_path / "state.json").write_text(old.to_json())
+    (tmp_path / ".state.json.123.tmp").write_text("{")
+    snap = initial_snapshot(config(tmp_path), store_at(tmp_path), safe_mode=False)
+    assert snap.state == old and snap.flag.kill_switch and snap.revision == 9
+    assert not (tmp_path / ".state.json.123.tmp").exists()
+    store = store_at(tmp_path)
+    assert [e.method for e in store.read_audit(0, 5, 1 << 20)] == ["Migrate"]
+    (tmp_path / "state.json").write_text("{garbage")  # read once only: the database wins
+    assert initial_snapshot(config(tmp_path), store_at(tmp_path), safe_mode=False) == snap
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "state.json").write_text("{garbage")
+    with pytest.raises(StartupError, match=r"old state file .*state\.json"):
+        initial_snapshot(config(other), store_at(other), safe_mode=False)
