@@ -384,7 +384,8 @@ class StateConfig(_Section):
             raise ValueError(
                 "the file backend (state.json + audit_path) was replaced by one SQLite "
                 "database holding the state and its audit log: set `backend: sqlite` and "
-                "`path: var/sidecar.db`, and remove `audit_path`"
+                "`path: var/sidecar.db`, and remove `audit_path` (a state.json in that "
+                "folder is migrated on the first start)"
             )
         return data
 
