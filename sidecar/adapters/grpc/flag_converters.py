@@ -10,7 +10,7 @@ Tested without a server (tests/unit/adapters/test_flag_converters.py).
 from __future__ import annotations
 
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
-from sidecar.core.routing import Flag, RoutingState, SegmentRule
+from sidecar.core.routing import Flag, Overrides, RoutingState, SegmentRule
 
 __all__ = [
     "flag_state",
@@ -46,7 +46,7 @@ def flag_state(flag: Flag, kill_switch_reason: str = "") -> cpb.FlagState:
         weights=dict(routing.weights),
         kill_switch=routing.kill_switch,
         kill_switch_reason=kill_switch_reason,
-        user_overrides=dict(routing.user_overrides),
+        user_overrides=Overrides.of(routing.user_overrides).as_dict(),  # C-speed copy
         segment_rules=[segment_rule_to_proto(r) for r in routing.segment_rules],
         segments=sorted(flag.segments),
     )
