@@ -460,13 +460,25 @@ class ControlConfig(_Section):
 
 
 class StateConfig(_Section):
-    """`state:` — where the desired state, the audit log and the experiment checkpoint
-    live (relative paths: the configuration file's folder)."""
+    """`state:` — where the desired state with its audit log (one SQLite database: a
+    change and its audit entry are committed together) and the experiment checkpoint live
+    (relative paths: the configuration file's folder)."""
 
-    backend: Literal["file", "memory"] = "file"
-    path: FilePath = Field("var/state.json", validate_default=True)
-    audit_path: FilePath = Field("var/audit.jsonl", validate_default=True)
+    backend: Literal["sqlite", "memory"] = "sqlite"
+    path: FilePath = Field("var/sidecar.db", validate_default=True)
     experiment_path: FilePath = Field("var/experiment.json", validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_file_backend(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and (data.get("backend") == "file" or "audit_path" in data):
+            raise ValueError(
+                "the file backend (state.json + audit_path) was replaced by one SQLite "
+                "database holding the state and its audit log: set `backend: sqlite` and "
+                "`path: var/sidecar.db`, and remove `audit_path` (a state.json in that "
+                "folder is migrated on the first start)"
+            )
+        return data
 
 
 def _webhook(value: str) -> str:

@@ -33,8 +33,8 @@ from sidecar.adapters.grpc.auth import Authenticator, AuthInterceptor
 from sidecar.adapters.grpc.control import ControlServicer
 from sidecar.adapters.grpc.converters import decode_outputs
 from sidecar.adapters.grpc.servicers import InferenceServicer, PredictServicer, service_names
-from sidecar.adapters.store.file import FileAuditLog, FileStateStore
-from sidecar.adapters.store.memory import MemoryAuditLog, MemoryStateStore
+from sidecar.adapters.store.memory import MemoryStateStore
+from sidecar.adapters.store.sqlite import SqliteStore
 from sidecar.adapters.telemetry.metrics import Readings, SidecarMetrics
 from sidecar.adapters.telemetry.processor import VariantStatsProcessor
 from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
@@ -44,7 +44,7 @@ from sidecar.app.dataplane import DataPlane
 from sidecar.app.drift import DriftMonitor
 from sidecar.app.experiment import DriftLevels, ExperimentService, FileCheckpoint, Insights
 from sidecar.app.mirror import ShadowMirror
-from sidecar.app.ports import AuditEntry, AuditLog, StateFileError, StateStore
+from sidecar.app.ports import AuditEntry, StateFileError, StateStore
 from sidecar.app.rollout import (
     JudgeEvaluator,
     RolloutController,
@@ -194,18 +194,26 @@ class StartupError(Exception):
     """The sidecar cannot start safely; the message says why and what to do."""
 
 
-def _stores(config: Config) -> tuple[StateStore, AuditLog]:
+def _stores(config: Config) -> StateStore:
     if config.state.backend == "memory":
-        return MemoryStateStore(), MemoryAuditLog()
-    return FileStateStore(config.state.path), FileAuditLog(config.state.audit_path)
+        return MemoryStateStore()
+    return SqliteStore(config.state.path)
 
 
-def initial_snapshot(
-    config: Config, store: StateStore, audit: AuditLog, *, safe_mode: bool
-) -> Snapshot:
+def initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> Snapshot:
     """The state to start with: the stored one; the configuration's on first start; in
     safe mode (explicit option) stable only with the kill switch on when the stored state
-    is unreadable. A stored kill switch is never reset."""
+    is unreadable (its revision continues from the highest one the store had seen). A
+    stored kill switch is never reset. Storage that cannot be written is a StartupError."""
+    try:
+        return _initial_snapshot(config, store, safe_mode=safe_mode)
+    except OSError as exc:
+        where = str(getattr(store, "path", "store"))
+        named = str(exc) if where in str(exc) else f"state {where}: {exc}"
+        raise StartupError(f"cannot start: {named}") from None
+
+
+def _initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> Snapshot:
     now = time.time()
     try:
         stored = store.load()
@@ -225,31 +233,72 @@ def initial_snapshot(
                 f"cannot start: {exc}. Fix or remove the file, or start with --safe-mode "
                 "(stable only, kill switch on)"
             ) from None
-        kept = store.quarantine() if isinstance(store, FileStateStore) else None
-        reason = f"safe mode: state unreadable ({exc.reason}); kept as {kept}"
-        flag = config.flag.replace(kill_switch=True)
-        safe = DesiredState.from_flag(flag, revision=1, unix_time=now).evolve(
-            kill_switch_reason=reason, updated_by="sidecar", update_reason=reason
-        )
-        store.save(safe)
-        audit.append(
-            AuditEntry(now, "sidecar", "SafeMode", reason, 0, 1, {"kill_switch": [None, True]})
-        )
-        log.error(
-            "state.SAFE_MODE",
-            message="STARTED IN SAFE MODE: all traffic to stable, kill switch ON",
-            file=exc.where,
-            error=exc.reason,
-            quarantined=str(kept),
-        )
-        return Snapshot(flag, safe, safe_mode=True)
+        return _safe_mode(config, store, exc, now)
+    migrated = _migrate_file_state(config, store, now)
+    if migrated is not None:
+        return migrated
     initial = DesiredState.from_flag(config.flag, unix_time=now)
-    store.save(initial)
-    audit.append(
-        AuditEntry(now, "config", "Initialize", "initial state from configuration", 0, 1, {})
+    store.commit(
+        initial,
+        AuditEntry(now, "config", "Initialize", "initial state from configuration", 0, 1, {}),
     )
     log.info("state.initialised", source=config.source)
     return Snapshot(config.flag, initial)
+
+
+def _migrate_file_state(config: Config, store: StateStore, now: float) -> Snapshot | None:
+    """Once, on the first start with the SQLite store: the state of the old file store
+    (`state.json` in the database's folder) is committed as it was, so an upgrade keeps
+    the kill switch, weights and overrides in force. Its audit log (`audit.jsonl`) is left
+    where it is, named in the `Migrate` entry; leftover temporary files are removed."""
+    if config.state.backend != "sqlite":
+        return None
+    folder = Path(config.state.path).parent
+    old = folder / "state.json"
+    for leftover in folder.glob(".state.json.*.tmp"):
+        leftover.unlink(missing_ok=True)
+    if not old.is_file():
+        return None
+    try:
+        state = DesiredState.from_json(old.read_text(encoding="utf-8"))
+        flag = state.to_flag(config.flag)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StartupError(
+            f"cannot start: old state file {old} (to migrate into {config.state.path}): {exc}. "
+            "Fix it, or move it away to start from the configuration"
+        ) from None
+    reason = f"migrated from the file store {old} (its audit log stays in {folder / 'audit.jsonl'})"
+    store.commit(state, AuditEntry(now, "sidecar", "Migrate", reason, 0, state.revision, {}))
+    log.warning("state.migrated", source=str(old), revision=state.revision)
+    return Snapshot(flag, state)
+
+
+def _safe_mode(config: Config, store: StateStore, exc: StateFileError, now: float) -> Snapshot:
+    """Stable only, kill switch on, persisted and audited, at a revision above any the
+    damaged store had (so an old `expected_revision` cannot match again)."""
+    last = store.last_revision()
+    kept = store.quarantine()
+    reason = f"safe mode: state unreadable ({exc.reason}); kept as {kept}"
+    flag = config.flag.replace(kill_switch=True)
+    revision = last + 1
+    safe = DesiredState.from_flag(flag, revision=revision, unix_time=now).evolve(
+        kill_switch_reason=reason, updated_by="sidecar", update_reason=reason
+    )
+    store.commit(
+        safe,
+        AuditEntry(
+            now, "sidecar", "SafeMode", reason, last, revision, {"kill_switch": [None, True]}
+        ),
+    )
+    log.error(
+        "state.SAFE_MODE",
+        message="STARTED IN SAFE MODE: all traffic to stable, kill switch ON",
+        file=exc.where,
+        error=exc.reason,
+        quarantined=str(kept),
+        revision=revision,
+    )
+    return Snapshot(flag, safe, safe_mode=True)
 
 
 @dataclass(frozen=True)
@@ -281,9 +330,9 @@ class _Servers:
 
 def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     """Wire every part from `config` and bind the listen addresses (port 0 allowed)."""
-    with _phase("loading the state (state.path, state.audit_path)"):
-        store, audit = _stores(config)
-        snapshot = initial_snapshot(config, store, audit, safe_mode=safe_mode)
+    with _phase("loading the state (state.path)"):
+        store = _stores(config)
+        snapshot = initial_snapshot(config, store, safe_mode=safe_mode)
     state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
     telemetry = _telemetry(config)
     pool = UpstreamPool(
@@ -301,7 +350,6 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         holder=state,
         template=config.flag,
         store=store,
-        audit=audit,
         ready=lambda variant: dataplane.variant_ready(
             variant, config.upstream.connect_timeout or 1.0
         ),
@@ -585,7 +633,7 @@ def _bind_control(server: grpc.aio.Server, config: Config) -> int:
 def _experiment(config: Config, state: StateHolder, alerts: Alerts) -> ExperimentService:
     settings = config.experiment
     checkpoint = (
-        FileCheckpoint(config.state.experiment_path) if config.state.backend == "file" else None
+        FileCheckpoint(config.state.experiment_path) if config.state.backend != "memory" else None
     )
 
     def make(data: dict[str, object] | None) -> ExperimentTracker:

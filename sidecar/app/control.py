@@ -5,10 +5,12 @@ Every write runs under one lock, in this order:
    write is refused (ABORTED) with nothing changed;
 2. the new desired state is computed and validated against the static flag parts
    (INVALID_ARGUMENT / FAILED_PRECONDITION naming the field, nothing changed);
-3. it is saved durably (file store: fsync + atomic rename) and audited;
+3. the new state and its audit entry are committed together (`StateStore.commit`: one
+   SQLite transaction, in a worker thread): both are durable or neither is;
 4. the routing snapshot is swapped: the next request sees it;
 5. the new state is returned (the acknowledgement).
-A failing store leaves the previous state in force and the write unacknowledged.
+A failing commit leaves the previous state in force, stored and served, and the write is
+answered UNAVAILABLE: a write answered with an error has changed nothing, after any crash.
 
 Before any of it, each verb checks its inputs against `sidecar.core.limits.ControlLimits`
 (`_check_reason`, `_check_name`, ...): INVALID_ARGUMENT naming the field and the limit.
@@ -26,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from sidecar.app.ports import AuditEntry, AuditLog, StateStore
+from sidecar.app.ports import AuditEntry, StateStore
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.core.limits import (
     CONTROL_LIMITS,
@@ -57,6 +59,10 @@ from sidecar.errors import (
 
 log = structlog.get_logger("sidecar.control")
 
+AUDIT_PAGE_BYTES = 1 << 20
+"""Default bound on the serialised entries of one audit page (the servicer passes its own,
+below the message limit)."""
+
 Readiness = Callable[[str], Awaitable[bool]]
 Mutation = Callable[[DesiredState], DesiredState]
 
@@ -68,7 +74,6 @@ class ControlService:
         holder: StateHolder,
         template: Flag,
         store: StateStore,
-        audit: AuditLog,
         ready: Readiness,
         served: Callable[[], Mapping[str, int]],
         clock: Callable[[], float] = time.time,
@@ -78,7 +83,6 @@ class ControlService:
         self.holder = holder
         self.template = template
         self.store = store
-        self.audit = audit
         self._ready = ready
         self._served = served
         self._clock = clock
@@ -95,8 +99,12 @@ class ControlService:
     def snapshot(self) -> Snapshot:
         return self.holder.current
 
-    def audit_page(self, start: int, limit: int) -> tuple[list[AuditEntry], int]:
-        return self.audit.read(start, limit), self.audit.count()
+    def audit_page(
+        self, start: int, limit: int, max_bytes: int = AUDIT_PAGE_BYTES
+    ) -> tuple[list[AuditEntry], int]:
+        """Entries from `start`: at most `limit`, and at most `max_bytes` of serialised
+        entries (at least one), with the total count."""
+        return self.store.read_audit(start, limit, max_bytes), self.store.audit_count()
 
     def sorted_override_keys(self, state: DesiredState) -> list[str]:
         """The targeting keys of `state`'s user overrides in order (sorted once; the state
@@ -213,20 +221,18 @@ class ControlService:
             except FlagError as exc:
                 raise InvalidRequest(f"{exc.field}: {exc.message}") from None
             changes = diff(current.state, new_state)
+            entry = AuditEntry(
+                unix_time=now,
+                principal=principal,
+                method=method,
+                reason=reason,
+                revision_before=current.revision,
+                revision_after=new_state.revision,
+                diff=changes,
+            )
+            commit = asyncio.ensure_future(asyncio.to_thread(self.store.commit, new_state, entry))
             try:
-                await asyncio.to_thread(self.store.save, new_state)
-                await asyncio.to_thread(
-                    self.audit.append,
-                    AuditEntry(
-                        unix_time=now,
-                        principal=principal,
-                        method=method,
-                        reason=reason,
-                        revision_before=current.revision,
-                        revision_after=new_state.revision,
-                        diff=changes,
-                    ),
-                )
+                cancelled = await _outlive_cancellation(commit)
             except OSError as exc:
                 log.error("control.persist_failed", method=method, error=str(exc))
                 raise SidecarError(
@@ -234,6 +240,8 @@ class ControlService:
                 ) from None
             snapshot = Snapshot(flag, new_state, safe_mode=False)
             self.holder.swap(snapshot)
+        if cancelled:  # committed and in force; the caller just did not wait for the answer
+            raise asyncio.CancelledError
         log.info(
             "control.changed",
             principal=principal,
@@ -299,7 +307,7 @@ class ControlService:
                     "another (or use a segment rule)"
                 )
             seen.append(s.user_overrides)
-            return s.evolve(user_overrides={**s.user_overrides, key: variant})
+            return s.with_override(key, variant)
 
         snapshot = await self.apply(
             principal=principal,
@@ -325,7 +333,7 @@ class ControlService:
             if key not in s.user_overrides:
                 raise FailedPrecondition(f"targeting_key: no override for {key!r}")
             seen.append(s.user_overrides)
-            return s.evolve(user_overrides={k: v for k, v in s.user_overrides.items() if k != key})
+            return s.with_override(key, None)
 
         snapshot = await self.apply(
             principal=principal,
@@ -590,6 +598,21 @@ class OverridePage:
     total: int
     more: bool
     revision: int
+
+
+async def _outlive_cancellation(commit: asyncio.Future[None]) -> bool:
+    """Wait for `commit` to end even when the caller is cancelled meanwhile (a client that
+    goes away mid-write), so that what is served always follows what is stored: a commit
+    under way is never abandoned. Returns whether the caller was cancelled; raises the
+    commit's error."""
+    cancelled = False
+    while not commit.done():
+        try:
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            cancelled = True
+    commit.result()
+    return cancelled
 
 
 def _no_baseline(variant: str, now: float) -> Baseline:

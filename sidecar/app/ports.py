@@ -6,6 +6,7 @@ in-memory ones. The application layer never imports an adapter or generated code
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +63,15 @@ class AuditEntry:
     revision_after: int
     diff: Mapping[str, Any]
 
+    def to_json(self) -> str:
+        """The stored form (one line, keys sorted)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def size(self) -> int:
+        """Bytes of the stored form: what audit pages are bounded by."""
+        return len(self.to_json().encode())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "time": datetime.fromtimestamp(self.unix_time, UTC).isoformat(),
@@ -88,18 +98,37 @@ class AuditEntry:
 
 
 class StateStore(Protocol):
-    """Where the desired state lives (file by default; Redis for a fleet)."""
+    """Where the desired state and its audit log live, committed together.
 
-    def load(self) -> DesiredState | None: ...
+    The commit rule: `commit(state, entry)` makes the new state and its audit entry
+    durable in one step, or raises and changes neither (SQLite: one transaction; a Redis
+    fleet store: one MULTI/Lua script). Keep this port small: a fleet store implements
+    exactly these methods. Implementations: `sidecar.adapters.store.sqlite.SqliteStore`
+    (default), `sidecar.adapters.store.memory.MemoryStateStore`.
+    """
 
-    def save(self, state: DesiredState) -> None: ...
+    def load(self) -> DesiredState | None:
+        """The committed state; None when nothing was ever committed; `StateFileError`
+        naming the storage (and where in it) when it is damaged."""
+        ...
 
+    def commit(self, state: DesiredState, entry: AuditEntry) -> None:
+        """Durably store `state` and append `entry`, both or neither (raises OSError)."""
+        ...
 
-class AuditLog(Protocol):
-    """Append-only record of every change, readable in pages (oldest first)."""
+    def audit_count(self) -> int: ...
 
-    def append(self, entry: AuditEntry) -> None: ...
+    def read_audit(self, start: int, limit: int, max_bytes: int) -> list[AuditEntry]:
+        """Entries `start`.. (oldest first), at most `limit` of them and at most `max_bytes`
+        of serialised entries (`AuditEntry.size`), but at least one when any is left."""
+        ...
 
-    def count(self) -> int: ...
+    def last_revision(self) -> int:
+        """The highest revision the store has seen (state or audit; 0 when none), so that
+        safe mode continues from it instead of restarting at 1."""
+        ...
 
-    def read(self, start: int, limit: int) -> list[AuditEntry]: ...
+    def quarantine(self) -> str | None:
+        """Move damaged storage aside (kept for inspection) and start empty; returns where
+        it went (None when there was nothing to move)."""
+        ...

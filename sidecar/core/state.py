@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sidecar.core.rollout import RolloutProgress
-from sidecar.core.routing import ROUTING_FIELDS, Flag, FlagError, RoutingState, SegmentRule
+from sidecar.core.routing import (
+    ROUTING_FIELDS,
+    Flag,
+    FlagError,
+    Overrides,
+    RoutingState,
+    SegmentRule,
+)
 
 SCHEMA_VERSION = 1
 
@@ -99,11 +106,19 @@ class DesiredState:
             changes["routing"] = changes.get("routing", self.routing).evolve(**rules)
         return replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the routing rules flat beside the other fields (the file's shape)."""
+    def with_override(self, key: str, variant: str | None) -> DesiredState:
+        """A copy with one user override set (None: removed), in time proportional to the
+        change: the new map records it, so validation, diff and store touch one key."""
+        overrides = Overrides.of(self.routing.user_overrides).set(key, variant)
+        return replace(self, routing=self.routing.evolve(user_overrides=overrides))
+
+    def to_dict(self, *, overrides: bool = True) -> dict[str, Any]:
+        """JSON-ready: the routing rules flat beside the other fields (the file's shape).
+        `overrides=False` leaves out `user_overrides` (a store keeping them as rows)."""
+        routing = self.routing.to_dict() if overrides else self._rules_without_overrides()
         return {
             "revision": self.revision,
-            **self.routing.to_dict(),
+            **routing,
             "kill_switch_reason": self.kill_switch_reason,
             "promotions": [asdict(p) for p in self.promotions],
             "updated_unix_time": self.updated_unix_time,
@@ -112,6 +127,11 @@ class DesiredState:
             "rollout": self.rollout.to_dict() if self.rollout else None,
             "held_full_since": dict(self.held_full_since),
         }
+
+    def _rules_without_overrides(self) -> dict[str, Any]:
+        empty = self.routing.evolve(user_overrides={}).to_dict()
+        del empty["user_overrides"]
+        return empty
 
     def to_json(self) -> str:
         return json.dumps(
@@ -122,8 +142,8 @@ class DesiredState:
     def from_json(text: str) -> DesiredState:
         try:
             doc = json.loads(text)
-        except ValueError as exc:
-            raise StateFormatError(f"not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:
+            raise StateFormatError(f"not valid JSON: {type(exc).__name__}: {exc}") from None
         if not isinstance(doc, dict):
             raise StateFormatError("top level must be an object")
         version = doc.get("schema_version")
@@ -134,6 +154,11 @@ class DesiredState:
         data = doc.get("state")
         if not isinstance(data, dict):
             raise StateFormatError("missing 'state' object")
+        return DesiredState.from_dict(data)
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> DesiredState:
+        """The state of a `to_dict` document (StateFormatError naming what is wrong)."""
         try:
             state = DesiredState._from_dict(data)
         except FlagError as exc:
@@ -175,7 +200,42 @@ def _str(value: Any, name: str) -> str:
 
 
 def diff(before: DesiredState, after: DesiredState, ignore: Iterable[str] = ()) -> dict[str, Any]:
-    """Fields that changed, as {field: [before, after]} (JSON-ready)."""
+    """Fields that changed, as {field: [before, after]} (JSON-ready); the override map and
+    the segment rules per key: {"user_overrides": {"qa-user": [None, "canary"]}} (None:
+    absent). Proportional to the change when `after`'s overrides derive from `before`'s."""
     skip = {"revision", "updated_unix_time", "updated_by", "update_reason", *ignore}
-    a, b = json.loads(before.to_json())["state"], json.loads(after.to_json())["state"]
-    return {k: [a[k], b[k]] for k in a if k not in skip and a[k] != b[k]}
+    a, b = before.to_dict(overrides=False), after.to_dict(overrides=False)
+    out: dict[str, Any] = {}
+    for k in a:
+        if k in skip or a[k] == b[k]:
+            continue
+        if k == "segment_rules":
+            out[k] = _changed_keys(dict(a[k]), dict(b[k]))
+        else:
+            out[k] = [a[k], b[k]]
+    if "user_overrides" not in skip:
+        changed = override_changes(before.user_overrides, after.user_overrides)
+        if changed:
+            out["user_overrides"] = changed
+    return out
+
+
+def override_changes(
+    before: Mapping[str, str], after: Mapping[str, str]
+) -> dict[str, list[str | None]]:
+    """{key: [before, after]} for each override that differs (None: absent)."""
+    if after is before:
+        return {}
+    if (
+        isinstance(after, Overrides)
+        and isinstance(before, Overrides)
+        and after.base_serial == before.serial
+    ):
+        return {k: list(v) for k, v in after.changes.items()}
+    return _changed_keys(before, after)
+
+
+def _changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, list[Any]]:
+    keys = [k for k in before if after.get(k) != before[k]]
+    keys += [k for k in after if k not in before]
+    return {k: [before.get(k), after.get(k)] for k in sorted(keys)}

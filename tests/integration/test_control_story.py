@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -138,14 +139,15 @@ def test_operator_story_ramp_kill_restart_promote_rollback(
         assert "ramp to 25%" in text and "regression reported" in text
     finally:
         sc.stop()
-    lines = (run_dir / "var" / "audit.jsonl").read_text().splitlines()
+    with sqlite3.connect(run_dir / "var" / "sidecar.db") as db:
+        lines = [row[0] for row in db.execute("SELECT entry FROM audit ORDER BY seq")]
     entries = [json.loads(line) for line in lines]
     assert [e["method"] for e in entries] == [
         "Initialize", "SetWeights", "SetWeights", "SetKillSwitch", "SetKillSwitch", "Promote",
         "Rollback",
     ]  # fmt: skip
     assert all(e["principal"] == "ops" for e in entries[1:])
-    assert OPERATOR_TOKEN not in (run_dir / "var" / "audit.jsonl").read_text()
+    assert OPERATOR_TOKEN.encode() not in (run_dir / "var" / "sidecar.db").read_bytes()
     assert not any(OPERATOR_TOKEN in line for line in sc.lines)
 
 
@@ -214,11 +216,11 @@ def test_corrupt_state_file_stops_startup_unless_safe_mode(
     config = story_config(mlserver.grpc_address)
     config["flag"]["weights"] = {"stable": 0, "canary": 10_000}
     (tmp_path / "var").mkdir()
-    (tmp_path / "var" / "state.json").write_text('{"schema_version": 1, "state": {"rev')
+    (tmp_path / "var" / "sidecar.db").write_text('{"schema_version": 1, "state": {"rev')
     refused = SidecarProcess(config, run_dir=tmp_path, startup_timeout=15)
     with pytest.raises(RuntimeError) as info:
         refused.start()
-    assert "state.json" in str(info.value) and "--safe-mode" in str(info.value)
+    assert "sidecar.db" in str(info.value) and "--safe-mode" in str(info.value)
     assert refused.returncode == 1
     with SidecarProcess(config, run_dir=tmp_path, extra_args=["--safe-mode"]) as sc:
         st = state(sc)

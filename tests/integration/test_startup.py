@@ -33,7 +33,7 @@ def config(**sections: Any) -> dict[str, Any]:
         "variants": {"stable": {"address": "127.0.0.1:9", "model_name": "m"}},
         "flag": {"key": "k", "stable": "stable", "weights": {"stable": 10000}},
         "control": {"auth": {"tokens": [{"name": "a", "role": "operator", "token_sha256": TOKEN_SHA256}]}},
-        "state": {"path": "var/state.json", "audit_path": "var/audit.jsonl", "experiment_path": "var/experiment.json"},
+        "state": {"path": "var/sidecar.db", "experiment_path": "var/experiment.json"},
     }  # fmt: skip
     raw.update(sections)
     return raw

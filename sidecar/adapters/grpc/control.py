@@ -480,7 +480,7 @@ class ControlServicer:
             if len(token) > 20 or not token.isdigit():
                 raise InvalidRequest("page_token: not a token this server gave out")
             start = int(token)
-            entries, total = self.service.audit_page(start, size)
+            entries, total = self.service.audit_page(start, size, self._budget)
         except Exception as exc:
             await abort(context, exc)
             raise

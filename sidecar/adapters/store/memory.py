@@ -1,33 +1,42 @@
-"""In-memory state store and audit log (tests, and a sidecar that must not persist)."""
+"""In-memory state store with its audit log (tests, and a sidecar that must not persist)."""
 
 from __future__ import annotations
 
+from sidecar.adapters.store import take_page
 from sidecar.app.ports import AuditEntry
 from sidecar.core.state import DesiredState
 
 
 class MemoryStateStore:
+    """The `StateStore` port in memory. Set `fail` to an exception to make commits fail
+    (nothing is kept when they do)."""
+
     def __init__(self, state: DesiredState | None = None) -> None:
         self.state = state
-        self.saves = 0
+        self.entries: list[AuditEntry] = []
+        self.commits = 0
+        self.fail: Exception | None = None
 
     def load(self) -> DesiredState | None:
         return self.state
 
-    def save(self, state: DesiredState) -> None:
+    def commit(self, state: DesiredState, entry: AuditEntry) -> None:
+        if self.fail is not None:
+            raise self.fail
         self.state = state
-        self.saves += 1
-
-
-class MemoryAuditLog:
-    def __init__(self) -> None:
-        self.entries: list[AuditEntry] = []
-
-    def append(self, entry: AuditEntry) -> None:
         self.entries.append(entry)
+        self.commits += 1
 
-    def count(self) -> int:
+    def audit_count(self) -> int:
         return len(self.entries)
 
-    def read(self, start: int, limit: int) -> list[AuditEntry]:
-        return self.entries[start : start + limit]
+    def read_audit(self, start: int, limit: int, max_bytes: int) -> list[AuditEntry]:
+        return take_page(((e.size, e) for e in self.entries[start:]), limit, max_bytes)
+
+    def last_revision(self) -> int:
+        revisions = [e.revision_after for e in self.entries[-1:]]
+        return max([self.state.revision if self.state else 0, *revisions])
+
+    def quarantine(self) -> str | None:
+        self.state = None
+        return None

@@ -20,7 +20,8 @@ in `_check_routing`, a `Flag.build` keyword if configuration sets it, and its st
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -50,6 +51,133 @@ class FlagError(ValueError):
         self.message = message
 
 
+_serials = itertools.count(1)
+_ABSENT: Any = object()
+
+
+class Overrides(Mapping[str, str]):
+    """Read-only targeting key -> variant map that changes one key at a time, in time
+    proportional to the change.
+
+    A shared `base` dict plus a small `delta` (key -> variant, None for removed): `set`
+    returns a new map sharing the base and copying only the delta; when the delta grows
+    past `compact_at` (1/64 of the map, at least 256 keys) the next `set` folds it into
+    a new base (one dict copy, a memcpy, every few thousand writes at 100,000 keys).
+    Each map records its change: `changes` (key -> [before, after], None for absent)
+    relative to the map whose `serial` is `base_serial`, so the audit diff and the store
+    touch only the changed keys. The validation is cached: entries checked against a set
+    of variants are not checked again, only the keys changed since (`_check_overrides`).
+    """
+
+    __slots__ = (
+        "_base",
+        "_delta",
+        "_len",
+        "_merged",
+        "_pending",
+        "base_serial",
+        "changes",
+        "checked_against",
+        "serial",
+    )
+
+    def __init__(self, data: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        self._base: dict[str, str] = dict(data)
+        self._delta: dict[str, str | None] = {}
+        self._len = len(self._base)
+        self._merged: dict[str, str] | None = self._base
+        self.serial = next(_serials)
+        self.base_serial = 0
+        self.changes: Mapping[str, list[str | None]] = MappingProxyType({})
+        self.checked_against: frozenset[str] | None = None  # every value is one of these ...
+        self._pending: frozenset[str] = frozenset()  # ... except these keys'
+
+    def get(self, key: str, default: Any = None) -> Any:  # the request path's lookup
+        value = self._delta.get(key, _ABSENT)
+        if value is _ABSENT:
+            return self._base.get(key, default)
+        return default if value is None else value
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key, _ABSENT)
+        if value is _ABSENT:
+            raise KeyError(key)
+        return str(value)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, _ABSENT) is not _ABSENT
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_dict())
+
+    def as_dict(self) -> dict[str, str]:
+        """Every entry as a plain dict (built once per map, then shared: do not modify)."""
+        if self._merged is None:
+            merged = self._base.copy()
+            for key, value in self._delta.items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            self._merged = merged
+        return self._merged
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Overrides):
+            return self.as_dict() == other.as_dict()
+        if isinstance(other, Mapping):
+            return self.as_dict() == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Overrides({self._len} keys)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Overrides, (self.as_dict(),))
+
+    @property
+    def compact_at(self) -> int:
+        return max(256, self._len // 64)
+
+    def set(self, key: str, variant: str | None) -> Overrides:
+        """A new map with `key` sent to `variant` (None: the override removed)."""
+        before = self.get(key)
+        out = Overrides.__new__(Overrides)
+        if len(self._delta) >= self.compact_at:
+            out._base, out._delta = self.as_dict(), {}  # bases are never modified
+        else:
+            out._base, out._delta = self._base, self._delta.copy()
+        if variant is None:
+            if key in out._base:
+                out._delta[key] = None
+            else:
+                out._delta.pop(key, None)
+        else:
+            out._delta[key] = variant
+        out._len = (
+            self._len
+            + (before is None and variant is not None)
+            - (before is not None and variant is None)
+        )
+        out._merged = None
+        out.serial = next(_serials)
+        out.base_serial = self.serial
+        out.changes = MappingProxyType({key: [before, variant]} if before != variant else {})
+        out.checked_against = self.checked_against
+        out._pending = self._pending | {key} if variant is not None else self._pending - {key}
+        return out
+
+    @staticmethod
+    def of(overrides: Mapping[str, str]) -> Overrides:
+        """`overrides` as an `Overrides` (itself when it is one)."""
+        return overrides if isinstance(overrides, Overrides) else Overrides(overrides)
+
+
 @dataclass(frozen=True)
 class SegmentRule:
     """Requests of `segment` go to `variant`."""
@@ -73,6 +201,10 @@ class RoutingState:
     user_overrides: Mapping[str, str] = field(default_factory=dict)
     segment_rules: tuple[SegmentRule, ...] = ()
 
+    def __post_init__(self) -> None:
+        # One `Overrides` per state, so that changes to it are tracked (see `Overrides`).
+        object.__setattr__(self, "user_overrides", Overrides.of(self.user_overrides))
+
     def evolve(self, **changes: Any) -> RoutingState:
         return replace(self, **changes)
 
@@ -84,7 +216,7 @@ class RoutingState:
             "default": self.default,
             "weights": dict(self.weights),
             "kill_switch": self.kill_switch,
-            "user_overrides": dict(self.user_overrides),
+            "user_overrides": dict(Overrides.of(self.user_overrides).as_dict()),
             "segment_rules": [[r.segment, r.variant] for r in self.segment_rules],
         }
 
@@ -289,7 +421,7 @@ def _check_routing(r: RoutingState, known: set[str], segments: frozenset[str]) -
         default=default,
         weights=MappingProxyType(_check_weights(r.weights, known)),
         kill_switch=r.kill_switch,
-        user_overrides=MappingProxyType(_check_overrides(r.user_overrides, known)),
+        user_overrides=_check_overrides(r.user_overrides, known),
         segment_rules=_check_segment_rules(r.segment_rules, known, segments),
     )
 
@@ -314,13 +446,22 @@ def _check_weights(weights: Mapping[str, int], known: set[str]) -> dict[str, int
     return out
 
 
-def _check_overrides(overrides: Mapping[str, str], known: set[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for user, variant in overrides.items():
+def _check_overrides(overrides: Mapping[str, str], known: set[str]) -> Overrides:
+    """The overrides checked against the variants: only the keys changed since the last
+    check when the map was checked against a subset of `known`, every key otherwise. The
+    result is `overrides` itself when it is an `Overrides` (its check is cached on it)."""
+    checked = Overrides.of(overrides)
+    if checked.checked_against is not None and checked.checked_against <= known:
+        keys: Iterable[str] = checked._pending
+    else:
+        keys = checked
+    for user in keys:
         if not isinstance(user, str) or not user.strip():
             raise FlagError("user_overrides", "targeting key must be a non-empty string")
-        out[user] = _need_variant(f"user_overrides[{user}]", variant, known)
-    return out
+        _need_variant(f"user_overrides[{user}]", checked[user], known)
+    checked.checked_against = frozenset(known)
+    checked._pending = frozenset()
+    return checked
 
 
 def _check_segment_rules(

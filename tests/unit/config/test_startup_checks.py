@@ -154,14 +154,17 @@ def test_state_paths_must_be_writable_files(tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder")
     cases = {
-        "path": (str(tmp_path), "is a folder, not a file"),
-        "audit_path": (str(blocker / "audit.jsonl"), f"{blocker} is not a folder"),
+        "path": (str(blocker / "sidecar.db"), f"{blocker} is not a folder"),
         "experiment_path": ("/proc/1/experiment.json", "folder /proc/1 is not writable"),
     }
     raw = example()
     raw["state"] = {**raw["state"], **{k: v for k, (v, _) in cases.items()}}
     problems = problems_of(write(tmp_path, raw))
-    for field, (_, message) in cases.items():
+    raw["state"] = {**raw["state"], "path": str(tmp_path)}
+    problems += problems_of(write(tmp_path, raw))
+    cases["path (folder)"] = (str(tmp_path), "is a folder, not a file")
+    for name, (_, message) in cases.items():
+        field = name.split(" ")[0]
         assert any(p.startswith(f"state.{field}: ") and message in p for p in problems), problems
     raw["state"]["backend"] = "memory"
     assert load_config(write(tmp_path, raw)).state.backend == "memory"

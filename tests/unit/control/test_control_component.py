@@ -17,7 +17,7 @@ from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
-from sidecar.adapters.store.memory import MemoryAuditLog, MemoryStateStore
+from sidecar.adapters.store.memory import MemoryStateStore
 from sidecar.app.control import ControlService
 from sidecar.app.state import StateHolder
 from sidecar.config import parse_config
@@ -320,7 +320,7 @@ async def test_no_request_after_kill_ack_reaches_canary(sidecar: Sidecar) -> Non
     assert after and set(after) == {"stable"}
 
 
-def service_on(clock: FakeClock) -> tuple[ControlService, MemoryAuditLog]:
+def service_on(clock: FakeClock) -> tuple[ControlService, MemoryStateStore]:
     """A ControlService over in-memory stores, on `clock`, with no server around it."""
     config = parse_config(
         config_dict(
@@ -329,7 +329,7 @@ def service_on(clock: FakeClock) -> tuple[ControlService, MemoryAuditLog]:
         ),
         "<test>",
     )
-    audit = MemoryAuditLog()
+    audit = MemoryStateStore()  # the store keeps the audit entries
 
     async def ready(variant: str) -> bool:
         return True
@@ -337,8 +337,7 @@ def service_on(clock: FakeClock) -> tuple[ControlService, MemoryAuditLog]:
     service = ControlService(
         holder=StateHolder(config.flag, DesiredState.from_flag(config.flag, unix_time=clock())),
         template=config.flag,
-        store=MemoryStateStore(),
-        audit=audit,
+        store=audit,
         ready=ready,
         served=lambda: {"canary": 1},
         clock=clock,

@@ -51,9 +51,8 @@ def config(
     )
     if tmp is not None:
         raw["state"] = {
-            "backend": "file",
-            "path": str(tmp / "state.json"),
-            "audit_path": str(tmp / "audit.jsonl"),
+            "backend": "sqlite",
+            "path": str(tmp / "sidecar.db"),
             "experiment_path": str(tmp / "experiment.json"),
         }
     return raw

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.adapters.store.memory import MemoryAuditLog, MemoryStateStore
+from sidecar.adapters.store.memory import MemoryStateStore
 from sidecar.app.control import ControlService, RolloutSetup
 from sidecar.app.rollout import (
     JudgeEvaluator,
@@ -64,7 +64,7 @@ class Harness:
         self.analysis = a = config.analysis
         self.clock = FakeClock()
         self.windows = RollingWindows(a.bucket, a.horizon)
-        self.audit = MemoryAuditLog()
+        self.audit = MemoryStateStore()  # the store keeps the audit entries
         self.alerts = RecordingAlerts()
         self.ready: dict[str, bool] = {"stable": True, "canary": True}
         self.served: dict[str, int] = {}
@@ -75,8 +75,7 @@ class Harness:
         self.control = ControlService(
             holder=StateHolder(config.flag, state),
             template=config.flag,
-            store=MemoryStateStore(),
-            audit=self.audit,
+            store=self.audit,
             ready=self._ready,
             served=lambda: self.served,
             clock=self.clock,

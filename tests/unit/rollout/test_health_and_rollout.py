@@ -316,9 +316,8 @@ async def test_restart_mid_plan_resumes_the_stage(
     logs that it resumed."""
     raw = build(stable_up, canary_up, {"stable": 10_000, "canary": 0})
     raw["state"] = {
-        "backend": "file",
-        "path": str(tmp_path / "s.json"),
-        "audit_path": str(tmp_path / "a.jsonl"),
+        "backend": "sqlite",
+        "path": str(tmp_path / "s.db"),
     }
     plan = cpb.RolloutPlan(
         stages=[
