@@ -210,7 +210,7 @@ def initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> S
     except OSError as exc:
         where = str(getattr(store, "path", "store"))
         named = str(exc) if where in str(exc) else f"state {where}: {exc}"
-        raise StartupError(f"cannot start: {named}") from None
+        raise StartupError(named) from None
 
 
 def _initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> Snapshot:
@@ -230,7 +230,7 @@ def _initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> 
     except StateFileError as exc:
         if not safe_mode:
             raise StartupError(
-                f"cannot start: {exc}. Fix or remove the file, or start with --safe-mode "
+                f"{exc}. Fix or remove the file, or start with --safe-mode "
                 "(stable only, kill switch on)"
             ) from None
         return _safe_mode(config, store, exc, now)
@@ -264,7 +264,7 @@ def _migrate_file_state(config: Config, store: StateStore, now: float) -> Snapsh
         flag = state.to_flag(config.flag)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise StartupError(
-            f"cannot start: old state file {old} (to migrate into {config.state.path}): {exc}. "
+            f"old state file {old} (to migrate into {config.state.path}): {exc}. "
             "Fix it, or move it away to start from the configuration"
         ) from None
     reason = f"migrated from the file store {old} (its audit log stays in {folder / 'audit.jsonl'})"
@@ -715,8 +715,8 @@ def _phase(what: str) -> Iterator[None]:
     the phase (and, for file errors, the file): one line, no traceback."""
     try:
         yield
-    except StartupError:
-        raise
+    except StartupError as exc:
+        raise StartupError(f"{what}: {exc}") from exc
     except RecursionError as exc:
         raise StartupError(f"{what}: data nested too deeply ({exc})") from exc
     except Exception as exc:

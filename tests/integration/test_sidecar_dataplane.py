@@ -381,7 +381,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(
     thread.join(10)
     assert code == 0
     assert results, "requests before SIGTERM were served"
-    # Calls after shutdown are refused (UNAVAILABLE), never answered wrongly.
+    # Calls after shutdown are refused, never answered wrongly: UNAVAILABLE, or CANCELLED
+    # for a call whose stream opened just as the server closed the connection (a gRPC
+    # transport race seen about once in 20 runs; the process still drained and exited 0).
     statuses = [(str(e.status()), e.message()) for e in errors]  # type: ignore[attr-defined]
-    assert all("UNAVAILABLE" in status for status, _ in statuses), statuses
+    assert all("UNAVAILABLE" in status or "CANCELLED" in status for status, _ in statuses), statuses
     assert any(e.get("event") == "sidecar.stopped" for e in proc.events)
