@@ -50,6 +50,7 @@ bench: venv ## Benchmarks: data plane, kill-switch propagation, canary judge, A/
 	$(PY) bench/canary_judge.py
 	$(PY) bench/ab_validity.py
 	$(PY) bench/startup.py
+	$(PY) bench/overrides.py
 	$(PY) bench/soak.py
 
 demo: venv venv-mlserver ## Real rollout demo: MLServer + sidecar; split, shadow, kill switch, A/B report, gated rollout

@@ -282,7 +282,9 @@ def measure_override_writes(
     db = run_dir / "var" / "sidecar.db"
     config = _config(address, db)
     try:
-        seed_s = seed(config, overrides)
+        # Each write sets one new key and the next clears it: the table holds `overrides`
+        # - 1 or `overrides` (100,000 is the Control limit, sidecar/core/limits.py).
+        seed_s = seed(config, overrides - 1)
         started = time.perf_counter()
         sidecar = SidecarProcess(config, run_dir=run_dir, startup_timeout=120).start()
         startup_s = time.perf_counter() - started
