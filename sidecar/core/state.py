@@ -21,7 +21,7 @@ from sidecar.core.routing import (
     FlagError,
     Overrides,
     RoutingState,
-    SegmentRule,
+    RoutingView,
 )
 
 SCHEMA_VERSION = 1
@@ -42,7 +42,7 @@ class Promotion:
 
 
 @dataclass(frozen=True)
-class DesiredState:
+class DesiredState(RoutingView):
     """The routing rules in force (`routing`) and the record of how they got there.
 
     The rules are readable as attributes (`state.weights`, `state.stable`, ...) and
@@ -59,34 +59,6 @@ class DesiredState:
     rollout: RolloutProgress | None = None
     # Non-stable variant -> since when it has held 100% of the traffic (flag lifecycle).
     held_full_since: Mapping[str, float] = field(default_factory=dict)
-
-    @property
-    def stable(self) -> str:
-        return self.routing.stable
-
-    @property
-    def canary(self) -> str | None:
-        return self.routing.canary
-
-    @property
-    def default(self) -> str:
-        return self.routing.default
-
-    @property
-    def weights(self) -> Mapping[str, int]:
-        return self.routing.weights
-
-    @property
-    def kill_switch(self) -> bool:
-        return self.routing.kill_switch
-
-    @property
-    def user_overrides(self) -> Mapping[str, str]:
-        return self.routing.user_overrides
-
-    @property
-    def segment_rules(self) -> tuple[SegmentRule, ...]:
-        return self.routing.segment_rules
 
     @staticmethod
     def from_flag(flag: Flag, *, revision: int = 1, unix_time: float = 0.0) -> DesiredState:

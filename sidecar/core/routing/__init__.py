@@ -10,6 +10,7 @@ from sidecar.core.routing.model import (
     Overrides,
     Reason,
     RoutingState,
+    RoutingView,
     SegmentRule,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "Resolution",
     "RoutingContext",
     "RoutingState",
+    "RoutingView",
     "SegmentRule",
     "bucket",
     "evaluate",

@@ -258,18 +258,11 @@ def _json(kind: type[_T], value: object, name: str) -> _T:
     raise FlagError(name, f"expected {_EXPECTED[kind]}, got {value!r}")
 
 
-@dataclass(frozen=True)
-class Flag:
-    """A validated routing flag. Build it with `Flag.build` or `Flag.compile`."""
+class RoutingView:
+    """The run-time rules read through `self.routing`: what `Flag` (routing) and
+    `DesiredState` (the persisted state) both expose, declared once."""
 
-    key: str
-    salt: str
-    variants: tuple[str, ...]
-    segments: frozenset[str]
     routing: RoutingState
-    # Derived: (exclusive upper bucket, variant) in bucket order; see `bucket_order`.
-    split: tuple[tuple[int, str], ...] = ()
-    rule_by_segment: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def stable(self) -> str:
@@ -298,6 +291,20 @@ class Flag:
     @property
     def segment_rules(self) -> tuple[SegmentRule, ...]:
         return self.routing.segment_rules
+
+
+@dataclass(frozen=True)
+class Flag(RoutingView):
+    """A validated routing flag. Build it with `Flag.build` or `Flag.compile`."""
+
+    key: str
+    salt: str
+    variants: tuple[str, ...]
+    segments: frozenset[str]
+    routing: RoutingState
+    # Derived: (exclusive upper bucket, variant) in bucket order; see `bucket_order`.
+    split: tuple[tuple[int, str], ...] = ()
+    rule_by_segment: Mapping[str, str] = field(default_factory=dict)
 
     @staticmethod
     def build(
