@@ -354,17 +354,22 @@ class AuthConfig(_Section):
                 "tokens: at least one token is required (Control requires credentials): "
                 "[{name, role: operator|viewer, token_env|token_file|token_sha256}]"
             )
-        problems = []
-        names: set[str] = set()
-        for i, token in enumerate(self.tokens):
-            if token.name in names:
-                problems.append(f"tokens[{i}].name: duplicate principal {token.name!r}")
-            names.add(token.name)
-        if len({t.sha256 for t in self.tokens}) != len(self.tokens):
-            problems.append("tokens: two entries share one token")
-        if problems:
-            raise ValueError("\n".join(problems))
+        _distinct_tokens(self.tokens)
         return self
+
+
+def _distinct_tokens(tokens: tuple[TokenSpec, ...]) -> None:
+    """Each principal named once, each token used once (the audit must say who)."""
+    problems = []
+    names: set[str] = set()
+    for i, token in enumerate(tokens):
+        if token.name in names:
+            problems.append(f"tokens[{i}].name: duplicate principal {token.name!r}")
+        names.add(token.name)
+    if len({t.sha256 for t in tokens}) != len(tokens):
+        problems.append("tokens: two entries share one token")
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 class AppTokenSpec(TokenSpec):
@@ -382,16 +387,7 @@ class PredictAuthConfig(_Section):
 
     @model_validator(mode="after")
     def _distinct(self) -> PredictAuthConfig:
-        problems = []
-        names: set[str] = set()
-        for i, token in enumerate(self.tokens):
-            if token.name in names:
-                problems.append(f"tokens[{i}].name: duplicate principal {token.name!r}")
-            names.add(token.name)
-        if len({t.sha256 for t in self.tokens}) != len(self.tokens):
-            problems.append("tokens: two entries share one token")
-        if problems:
-            raise ValueError("\n".join(problems))
+        _distinct_tokens(self.tokens)
         return self
 
 
