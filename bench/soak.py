@@ -10,6 +10,8 @@ requests answered so far.
 
 Caps and when they are full (the sidecar's configuration below):
 - outcome ledger: `experiment.max_requests` ids (LEDGER_CAP), full after that many requests;
+- per-key counts of the experiment cap: `predict.max_tracked_keys` keys (LEDGER_CAP: one
+  new key a request, so full after that many requests);
 - drift: reference and window of DRIFT_WINDOW sampled requests (`sample_every` 10);
 - shadow: KEEP_EXAMPLES examples and the latency outliers, full within seconds;
 - sketches and variant windows: bounded by construction (buckets, the analysis horizon).
@@ -90,6 +92,7 @@ def sidecar_config(upstream: str, ledger_cap: int = LEDGER_CAP) -> dict[str, Any
             {"name": "soak", "role": "operator", "token_sha256": TOKEN_SHA256},
         ]}},
         "state": {"backend": "memory"},
+        "predict": {"max_tracked_keys": ledger_cap},
         "analysis": {"interval": 5},
         "experiment": {
             "metrics": [
