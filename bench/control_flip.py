@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from upstream_server import spawn as spawn_upstream  # noqa: E402  (bench/, the script folder)
+
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip  # noqa: E402
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc  # noqa: E402
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb  # noqa: E402
@@ -47,22 +48,8 @@ from sidecar.testing.process import SidecarProcess  # noqa: E402
 CLIENTS = 4
 
 
-def start_upstream() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "upstream_server.py"), "--port", "0",
-         "--delay-ms", "0", "--mode", "answer"],
-        stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    first = proc.stdout.readline().split()
-    if len(first) != 2 or first[0] != "PORT":
-        proc.kill()
-        raise RuntimeError(f"upstream did not start: {first}")
-    return proc, f"127.0.0.1:{first[1]}"
-
-
 async def run(flips: int, run_dir: Path) -> dict[str, Any]:
-    upstream, address = start_upstream()
+    upstream, address = spawn_upstream()
     config = {
         "listen": {"predict": "127.0.0.1:0", "control": "127.0.0.1:0"},
         "model": "classifier",

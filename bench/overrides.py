@@ -30,7 +30,6 @@ import asyncio
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from upstream_server import spawn as spawn_upstream  # noqa: E402  (bench/, the script folder)
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip  # noqa: E402
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc  # noqa: E402
@@ -57,20 +58,6 @@ from sidecar.testing.credentials import OPERATOR_TOKEN, bearer, control_section 
 from sidecar.testing.process import SidecarProcess  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "overrides.json"
-
-
-def _start_upstream() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "upstream_server.py"), "--port", "0",
-         "--delay-ms", "0", "--mode", "answer"],
-        stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    first = proc.stdout.readline().split()
-    if len(first) != 2 or first[0] != "PORT":
-        proc.kill()
-        raise RuntimeError(f"upstream did not start: {first}")
-    return proc, f"127.0.0.1:{first[1]}"
 
 
 def _config(address: str, db: Path) -> dict[str, Any]:
@@ -278,7 +265,7 @@ def measure_override_writes(
     largest Predict latency during the writes (real sidecar), then the same writes in
     process with an event-loop probe. Returns the figures (JSON-ready)."""
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="bench-overrides-"))
-    upstream, address = _start_upstream()
+    upstream, address = spawn_upstream()
     db = run_dir / "var" / "sidecar.db"
     config = _config(address, db)
     try:

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from upstream_server import spawn as spawn_upstream
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -211,18 +212,6 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def start_upstream() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(BENCH_DIR / "upstream_server.py"), "--port", "0"],
-        stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline().split()
-    if len(line) != 2 or line[0] != "PORT":
-        raise RuntimeError(f"upstream did not start: {line}")
-    return proc, f"127.0.0.1:{line[1]}"
-
-
 def start_sidecar(run_dir: Path, traced: bool) -> tuple[subprocess.Popen[str], str]:
     """`sidecar serve` (under tracemalloc when `traced`); the predict address."""
     command = [sys.executable, "-m", "sidecar.cli", "serve", "--config", "sidecar.yaml"]
@@ -343,7 +332,7 @@ def override_figures() -> tuple[dict[str, Any], str]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix="sidecar-soak-"))
-    upstream, upstream_address = start_upstream()
+    upstream, upstream_address = spawn_upstream()
     sidecar = None
     try:
         config = sidecar_config(upstream_address, args.ledger_cap)

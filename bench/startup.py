@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _procstat import process_cpu_s  # noqa: E402
+from upstream_server import spawn as spawn_upstream  # noqa: E402  (bench/, the script folder)
 
 from sidecar.testing.credentials import control_section  # noqa: E402
 from sidecar.testing.process import SidecarProcess  # noqa: E402
@@ -47,20 +48,6 @@ from sidecar.testing.process import SidecarProcess  # noqa: E402
 SERVICE = "inference.GRPCInferenceService"
 GOAL_SECONDS = 2.0
 SERVER_MODULES = "import sidecar.cli, sidecar.wiring"
-
-
-def start_upstream() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "upstream_server.py"), "--port", "0",
-         "--delay-ms", "0", "--mode", "answer"],
-        stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    first = proc.stdout.readline().split()
-    if len(first) != 2 or first[0] != "PORT":
-        proc.kill()
-        raise RuntimeError(f"upstream did not start: {first}")
-    return proc, f"127.0.0.1:{first[1]}"
 
 
 def sidecar_config(upstream: str) -> dict[str, Any]:
@@ -164,7 +151,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="sidecar starts (default 7)")
     args = parser.parse_args()
 
-    upstream, address = start_upstream()
+    upstream, address = spawn_upstream()
     starts = []
     try:
         config = sidecar_config(address)

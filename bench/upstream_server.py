@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -97,6 +99,21 @@ async def serve(port: int, delay_ms: float, mode: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(grace=0.2)
+
+
+def spawn(delay_ms: float = 0.0, mode: str = "answer") -> tuple[subprocess.Popen[str], str]:
+    """Start this server in its own process (own session); the process and its address."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--port", "0",
+         "--delay-ms", str(delay_ms), "--mode", mode],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    first = proc.stdout.readline().split()
+    if len(first) != 2 or first[0] != "PORT":
+        proc.kill()
+        raise RuntimeError(f"upstream did not start: {first}")
+    return proc, f"127.0.0.1:{first[1]}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from test_control_component import raw_config  # this folder is on sys.path (pytest prepend)
 
 from clients.sidecarctl import main as sidecarctl
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
@@ -26,7 +27,6 @@ from sidecar.testing.credentials import OPERATOR_TOKEN, bearer
 from sidecar.testing.fault_upstream import FaultInjectingUpstream
 from sidecar.testing.inprocess import running_sidecar, scripted_model
 from sidecar.wiring import Sidecar
-from tests.unit.control.test_control_component import raw_config
 
 OPS = bearer(OPERATOR_TOKEN)
 MIB = 1024 * 1024
@@ -125,9 +125,10 @@ async def test_a_full_override_table_refuses_new_keys_but_not_changes() -> None:
     the limit); changing or clearing an existing key still works."""
     from dataclasses import replace
 
+    from test_control_component import service_on
+
     from sidecar.errors import FailedPrecondition
     from sidecar.testing.clock import FakeClock
-    from tests.unit.control.test_control_component import service_on
 
     service, audit = service_on(FakeClock())
     service.limits = replace(CONTROL_LIMITS, user_overrides=3)

@@ -26,13 +26,13 @@ import pytest
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_control_component import raw_config  # this folder is on sys.path (pytest prepend)
 
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
 from sidecar.testing.credentials import OPERATOR_TOKEN, bearer
 from sidecar.testing.fault_upstream import FaultInjectingUpstream
 from sidecar.testing.inprocess import running_sidecar, scripted_model
-from tests.unit.control.test_control_component import raw_config
 
 OPS = bearer(OPERATOR_TOKEN)
 REFUSALS = {

@@ -166,8 +166,9 @@ def test_reports_are_fitted_by_leaving_out_their_largest_parts() -> None:
 async def test_sorted_override_keys_follow_set_and_clear_without_a_sort() -> None:
     """The service keeps the ordered keys of the state in force in step with each
     override write (the cache State answers and pages read), and other writes keep them."""
+    from test_control_component import service_on
+
     from sidecar.testing.clock import FakeClock
-    from tests.unit.control.test_control_component import service_on
 
     service, _ = service_on(FakeClock())
     for key in ("m", "c", "x"):
