@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import itertools
 import math
-import time
 import tracemalloc
 
 import numpy as np
@@ -354,7 +353,6 @@ def test_memory_stays_flat_over_a_million_records() -> None:
         strict=False,
     )
     record = r.record
-    started = time.perf_counter()
     gc.collect()
     tracemalloc.start()
     try:
@@ -372,7 +370,6 @@ def test_memory_stays_flat_over_a_million_records() -> None:
     assert r.window("stable", 10_000.0, 1800.0).requests == 171_000
     assert end - middle < 64 * 1024, f"memory grew by {end - middle} bytes"
     assert middle < 16 * 1024 * 1024, f"{middle} bytes for a full ring"
-    assert time.perf_counter() - started < 20.0
 
 
 # ------------------------------------------------------------------ CumulativeWindows

@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -656,9 +655,7 @@ def test_report_html_writes_the_page_and_prints_its_path(
     """`report --html PATH` prints the tables, writes the page and prints where, exit 0."""
     fake.experiment = ship_report()
     path = tmp_path / "experiment.html"
-    started = time.perf_counter()
     r = run(capsys, "--token", TOKEN, "report", "--html", str(path))
-    elapsed = time.perf_counter() - started
     assert r.code == 0, r.err
     assert r.out.startswith(f"WARNING: {DRIFT_WARNING}\n")
     assert "verdict: SHIP B (canary)" in r.out
@@ -668,7 +665,6 @@ def test_report_html_writes_the_page_and_prints_its_path(
     assert section(page, "metric-1").count("<svg") == 3
     assert [p.name for p in tmp_path.iterdir()] == ["experiment.html"]  # no temporary left
     assert fake.calls[0].request == cpb.GetExperimentReportRequest()
-    assert elapsed < 30  # a generous bound: rendering the sample takes well under a second
 
 
 def test_report_html_with_json_keeps_stdout_one_document(
