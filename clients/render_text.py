@@ -359,11 +359,7 @@ def render_shadow(
         outliers = outliers[:max_outliers]
     if outliers:
         lines.append("")
-        shown = (
-            f"{len(outliers)} of {len(report.latency_outliers)}"
-            if len(outliers) < len(report.latency_outliers)
-            else str(len(outliers))
-        )
+        shown = _some_of(len(outliers), len(report.latency_outliers))
         lines.append(f"slowest shadow calls relative to the primary ({shown}):")
         lines.append(_outlier_table(outliers))
     examples = list(report.examples)
@@ -371,11 +367,7 @@ def render_shadow(
         examples = examples[-max_examples:] if max_examples > 0 else []
     if examples:
         lines.append("")
-        shown = (
-            f"{len(examples)} of {len(report.examples)}"
-            if len(examples) < len(report.examples)
-            else str(len(examples))
-        )
+        shown = _some_of(len(examples), len(report.examples))
         lines.append(f"recent disagreements ({shown}, newest last):")
         rows = [row[:5] for row in example_rows(examples)]  # the outputs: in the JSON
         lines.append(_table(["TIME", "REQUEST", "KEY", "PRIMARY", "DETAIL"], rows))
@@ -757,3 +749,8 @@ def render_experiment(report: cpb.ExperimentReport) -> str:
     lines.append("== drift ==")
     lines.extend(_drift_lines(report))
     return "\n".join(lines)
+
+
+def _some_of(shown: int, total: int) -> str:
+    """`3 of 20` when only some are shown, else `20`."""
+    return f"{shown} of {total}" if shown < total else str(total)

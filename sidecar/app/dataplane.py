@@ -23,6 +23,7 @@ from sidecar.app.ports import Metadata, Req, Resp, Upstream
 from sidecar.app.state import StateHolder
 from sidecar.config import UpstreamConfig, VariantSpec
 from sidecar.core.experiment import Attribution, OutcomeError, OutcomeLedger, UnknownRequest
+from sidecar.core.limits import fits, utf8_len
 from sidecar.core.routing import Flag, Reason, Resolution, RoutingContext, evaluate
 from sidecar.errors import ErrorCode, InvalidRequest, NotFound, SidecarError
 
@@ -48,10 +49,10 @@ MAX_KEY_BYTES = 256  # default of `predict.max_key_bytes`
 
 def check_key(field: str, value: str, limit: int) -> None:
     """Raise `InvalidRequest` when `value` is longer than `limit` bytes (UTF-8)."""
-    if len(value) <= limit and (value.isascii() or len(value.encode()) <= limit):
-        return
-    size = len(value.encode(errors="replace"))
-    raise InvalidRequest(f"{field}: {size} bytes; at most {limit} (predict.max_key_bytes)")
+    if not fits(value, limit):
+        raise InvalidRequest(
+            f"{field}: {utf8_len(value)} bytes; at most {limit} (predict.max_key_bytes)"
+        )
 
 
 class DataPlane(Generic[Req, Resp]):

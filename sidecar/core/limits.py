@@ -79,14 +79,26 @@ def utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+def fits(text: str, max_bytes: int) -> bool:
+    """Whether `text` is at most `max_bytes` UTF-8 bytes (encoded only when it might not
+    be: a character is at most 4 bytes)."""
+    return len(text) * 4 <= max_bytes or utf8_len(text) <= max_bytes
+
+
 def clip(text: str, max_bytes: int) -> str:
     """`text` if it fits in `max_bytes` UTF-8 bytes, else its longest prefix that fits with
     the `TRUNCATED` marker (whole characters only)."""
-    if len(text) * 4 <= max_bytes or utf8_len(text) <= max_bytes:
+    if fits(text, max_bytes):
         return text
     room = max(0, max_bytes - utf8_len(TRUNCATED))
     head = text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
     return head + TRUNCATED
+
+
+def shown(text: str, limit: int = 64) -> str:
+    """`text` quoted for an error message on the predict port, cut to `limit` characters
+    (answers stay small whatever a client sends)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} chars)"
 
 
 def excerpt(text: str, max_chars: int = 64) -> str:
@@ -98,10 +110,8 @@ def excerpt(text: str, max_chars: int = 64) -> str:
 
 def check_text(field: str, text: str, max_bytes: int) -> str:
     """`text` when it is at most `max_bytes` UTF-8 bytes, else LimitError."""
-    if len(text) * 4 > max_bytes:  # the exact count only when it might be over
-        size = utf8_len(text)
-        if size > max_bytes:
-            raise LimitError(field, f"at most {max_bytes} bytes (UTF-8), got {size}")
+    if not fits(text, max_bytes):
+        raise LimitError(field, f"at most {max_bytes} bytes (UTF-8), got {utf8_len(text)}")
     return text
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.sidecar.v1 import predict_pb2 as pb
+from sidecar.core.limits import fits, shown
 from sidecar.core.tensors import (
     CONTENT_FIELDS,
     DATATYPES,
@@ -84,16 +85,8 @@ def _check_name(tensor: Tensor, index: int, seen: set[str]) -> str:
     return label
 
 
-def shown(text: str, limit: int = 64) -> str:
-    """`text` quoted for an error message, cut to `limit` characters (answers stay small
-    whatever a client sends)."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} chars)"
-
-
 def _too_long(name: str) -> bool:
-    return len(name) > MAX_TENSOR_NAME_BYTES or (
-        not name.isascii() and len(name.encode()) > MAX_TENSOR_NAME_BYTES
-    )
+    return not fits(name, MAX_TENSOR_NAME_BYTES)
 
 
 def _check_datatype(tensor: Tensor, label: str) -> tuple[str | None, int]:

@@ -42,6 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sidecar.core.experiment.analysis import OTHER_SEGMENT  # undeclared segments
+from sidecar.core.limits import shown
 
 MAX_METRICS = 64
 KINDS = ("bool", "number")
@@ -92,11 +93,6 @@ class _Served:
     epoch: int = -1
     unit: int | None = None  # hash of the targeting key; None: no key (its own unit)
     reported: int = 0  # bit i: metric i was reported
-
-
-def _short(text: str, limit: int = 64) -> str:
-    """`text` for a message: at most `limit` characters."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} chars)"
 
 
 class OutcomeLedger:
@@ -212,11 +208,11 @@ class OutcomeLedger:
             self.refused["unknown_metric"] += 1
             if not self._index:
                 raise UnknownMetric(
-                    f"metric: {_short(metric)} is not configured; no outcome metrics are "
+                    f"metric: {shown(metric)} is not configured; no outcome metrics are "
                     "configured (experiment.metrics is empty), so no outcome is recorded"
                 )
             raise UnknownMetric(
-                f"metric: {_short(metric)} is not configured; configured metrics: "
+                f"metric: {shown(metric)} is not configured; configured metrics: "
                 f"{', '.join(self._index)}"
             )
         kind = "bool" if isinstance(value, bool) else "number"
@@ -243,7 +239,7 @@ class OutcomeLedger:
         if served is None:
             self.refused["unknown_request"] += 1
             raise UnknownRequest(
-                f"request_id: {_short(request_id)} is unknown or expired (kept {self.ttl:g} s, "
+                f"request_id: {shown(request_id)} is unknown or expired (kept {self.ttl:g} s, "
                 f"at most {self.max_requests} requests)"
             )
         bit = 1 << index
