@@ -455,14 +455,71 @@ class ControlConfig(_Section):
     tls: TlsConfig | None = None
 
 
+def _redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://")):
+        raise ValueError("must be a redis:// or rediss:// (TLS) URL, e.g. redis://redis:6379/0")
+    if "@" in value:
+        raise ValueError("must not carry a password: use password_env or password_file")
+    return value
+
+
+_FLEET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class RedisConfig(_Section):
+    """`state.redis:` — the fleet's shared store, with `state.backend: redis`. Every key
+    starts with `fleet` (the fleet's name: the sidecars of one model's replicas share it)."""
+
+    url: Annotated[str, AfterValidator(_redis_url)] = "redis://127.0.0.1:6379/0"
+    fleet: Annotated[str, Field(pattern=_FLEET_NAME)] = "default"
+    password_env: str | None = None  # name of an environment variable holding the password
+    password_file: FilePath | None = None  # a file holding the password (one line)
+    tls_ca_file: ExistingFile = ""  # with rediss://: the CA that signed Redis's certificate
+    member_id: str = ""  # empty: $SIDECAR_MEMBER_ID, else $POD_NAME / $HOSTNAME, plus the pid
+    connect_timeout: PositiveDuration = 2.0
+    heartbeat_interval: PositiveDuration = 1.0  # membership heartbeat period
+    member_ttl: PositiveDuration = 5.0  # a member not seen for this long is not live
+    resync_interval: PositiveDuration = 5.0  # re-read the state even without a notice
+    lease_ttl: PositiveDuration = 5.0  # the rollout leader's lease
+    stats_interval: PositiveDuration = 2.0  # publish mergeable statistics this often
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> RedisConfig:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give at most one of password_env, password_file")
+        return self
+
+    def password(self) -> str | None:
+        """The password from the environment or the file (None when neither is set);
+        ValueError naming the setting when it cannot be read."""
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ValueError(
+                    f"state.redis.password_env: environment variable {self.password_env} is not set"
+                )
+            return value
+        if self.password_file is not None:
+            try:
+                return Path(self.password_file).read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"state.redis.password_file: cannot read {self.password_file}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+        return None
+
+
 class StateConfig(_Section):
     """`state:` — where the desired state with its audit log (one SQLite database: a
     change and its audit entry are committed together) and the experiment checkpoint live
-    (relative paths: the configuration file's folder)."""
+    (relative paths: the configuration file's folder). `backend: redis` shares one state,
+    one audit log and one set of statistics across a fleet (`redis:`)."""
 
-    backend: Literal["sqlite", "memory"] = "sqlite"
+    backend: Literal["sqlite", "memory", "redis"] = "sqlite"
     path: FilePath = Field("var/sidecar.db", validate_default=True)
     experiment_path: FilePath = Field("var/experiment.json", validate_default=True)
+    redis: RedisConfig = RedisConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,42 @@
+"""The one place that opens a Redis connection from `state.redis`."""
+
+from __future__ import annotations
+
+import ssl
+
+import redis
+import redis.asyncio
+
+from sidecar.config import RedisConfig
+
+
+def _tls_kwargs(config: RedisConfig) -> dict[str, object]:
+    if not config.url.startswith("rediss://"):
+        return {}
+    out: dict[str, object] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if config.tls_ca_file:
+        out["ssl_ca_certs"] = config.tls_ca_file
+    return out
+
+
+def async_client(config: RedisConfig) -> redis.asyncio.Redis:
+    """An asyncio client (a connection pool); no I/O until the first command."""
+    return redis.asyncio.Redis.from_url(
+        config.url,
+        password=config.password(),
+        socket_connect_timeout=config.connect_timeout,
+        socket_timeout=config.connect_timeout,
+        health_check_interval=30,
+        **_tls_kwargs(config),  # type: ignore[arg-type]
+    )
+
+
+def sync_client(config: RedisConfig) -> redis.Redis:
+    """A blocking client, for start-up checks and the store's worker thread."""
+    return redis.Redis.from_url(
+        config.url,
+        password=config.password(),
+        socket_connect_timeout=config.connect_timeout,
+        socket_timeout=config.connect_timeout,
+        **_tls_kwargs(config),
+    )
