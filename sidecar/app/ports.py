@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -40,6 +41,14 @@ class Upstream(Protocol[Req_contra, Resp_co]):
     ) -> Resp_co: ...
 
     async def ready(self, *, timeout: float) -> bool: ...
+
+
+# The fleet leader's fencing token while the rollout driver acts (None otherwise). The
+# leader sets it around each tick; a fleet store's `commit` then checks, inside the same
+# atomic compare-and-set, that the lease still holds this token, so a deposed leader's
+# late write is refused (ABORTED) instead of racing the new leader. Single-sidecar stores
+# ignore it.
+leader_fence: ContextVar[int | None] = ContextVar("leader_fence", default=None)
 
 
 class StateFileError(Exception):
