@@ -27,6 +27,15 @@ from .judge import (
     score,
     verdict,
 )
+from .sequential import (
+    DeploymentAnalysis,
+    DeploymentDecision,
+    IntervalCounts,
+    RecordedBaseline,
+    SequentialConfig,
+    interval_counts,
+    quantile_ratios,
+)
 from .window import (
     MAX_STATUS_NAMES,
     MAX_VARIANTS,
@@ -52,6 +61,11 @@ __all__ = [
     "Classification",
     "CumulativeWindows",
     "Decision",
+    "DeploymentAnalysis",
+    "DeploymentDecision",
+    "IntervalCounts",
+    "RecordedBaseline",
+    "SequentialConfig",
     "JudgeConfig",
     "Judgement",
     "LatencyBuckets",
@@ -70,6 +84,8 @@ __all__ = [
     "judge_measurement",
     "mann_whitney_buckets",
     "measure",
+    "interval_counts",
+    "quantile_ratios",
     "score",
     "verdict",
 ]
