@@ -200,14 +200,20 @@ class SequentialConfig:
             if not math.isfinite(value):
                 raise ValueError(f"{f.name} must be finite, got {value!r}")
         if not 0.0 < self.false_rollback_rate < 1.0:
-            raise ValueError(f"false_rollback_rate must be in (0, 1), got {self.false_rollback_rate}")
+            raise ValueError(
+                f"false_rollback_rate must be in (0, 1), got {self.false_rollback_rate}"
+            )
         shares = (self.error_share, self.timeout_share, self.latency_share, self.baseline_share)
         if any(s <= 0.0 for s in shares) or abs(math.fsum(shares) - 1.0) > 1e-9:
             raise ValueError(f"the four shares must be > 0 and sum to 1, got {shares}")
         ratios = self.rate_ratios
-        if not ratios or len(ratios) > 64 or any(
-            isinstance(r, bool) or not isinstance(r, int | float) or not 1.0 < r < 1e6
-            for r in ratios
+        if (
+            not ratios
+            or len(ratios) > 64
+            or any(
+                isinstance(r, bool) or not isinstance(r, int | float) or not 1.0 < r < 1e6
+                for r in ratios
+            )
         ):
             raise ValueError(f"rate_ratios must be 1..64 numbers in (1, 1e6), got {ratios!r}")
         if self.baseline_drift < 1.0:

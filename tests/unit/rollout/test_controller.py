@@ -92,7 +92,7 @@ class Harness:
         return RolloutController(
             control=self.control,
             windows=self.windows,
-            evaluator_factory=lambda: JudgeEvaluator(self.analysis.judge()),
+            evaluator_factory=lambda: JudgeEvaluator(self.analysis.deployment()),
             analysis=self.analysis,
             shadow_thresholds=ShadowThresholds(),
             alerts=self.alerts,
