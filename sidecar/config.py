@@ -48,8 +48,8 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import core_schema
 
 from sidecar.core.canary import analysis as canary
-from sidecar.core.canary.sequential import SequentialConfig
 from sidecar.core.canary.judge import JudgeConfig
+from sidecar.core.canary.sequential import SequentialConfig
 from sidecar.core.duration import Duration
 from sidecar.core.experiment.analysis import ExperimentSettings
 from sidecar.core.experiment.drift import DriftSettings, DriftTracker

@@ -558,14 +558,20 @@ class JudgeEvaluator:
                 self._last_check = float(data["last_check"])
         except (ValueError, KeyError, TypeError) as exc:
             self.analysis = None
-            log.error("canary.budget_unreadable", error=str(exc),
-                      message="canary budget state unreadable: the next check starts a new budget")  # fmt: skip
+            log.error(
+                "canary.budget_unreadable",
+                error=str(exc),
+                message="canary budget state unreadable: the next check starts a new budget",
+            )
             if self.alerts is not None:
                 self.alerts.alert("canary.budget_unreadable", {"error": str(exc)})
             return
         if self.analysis is not None:
-            log.info("canary.budget_restored", deployment=self.analysis.deployment,
-                     checks=self.analysis.checks)  # fmt: skip
+            log.info(
+                "canary.budget_restored",
+                deployment=self.analysis.deployment,
+                checks=self.analysis.checks,
+            )
 
     def _save(self) -> None:
         if self.checkpoint is None:
@@ -595,11 +601,17 @@ class JudgeEvaluator:
     ) -> Evaluation:
         if self.analysis is None or self.analysis.deployment != deployment:
             if self.analysis is not None:
-                log.info("canary.deployment_ended", deployment=self.analysis.deployment,
-                         why=f"new deployment {deployment}")  # fmt: skip
+                log.info(
+                    "canary.deployment_ended",
+                    deployment=self.analysis.deployment,
+                    why=f"new deployment {deployment}",
+                )
             self.analysis = DeploymentAnalysis(self.config, deployment)
-            log.info("canary.deployment_started", deployment=deployment,
-                     budget=self.config.false_rollback_rate)  # fmt: skip
+            log.info(
+                "canary.deployment_started",
+                deployment=deployment,
+                budget=self.config.false_rollback_rate,
+            )
         recorded = None
         limit = None
         if baseline is not None:

@@ -255,9 +255,13 @@ class Evidence:
         self.thresholds = {t: math.log(1.0 / config.alpha(t)) for t in SEQUENTIAL_TESTS}
 
     def add_two_sample(
-        self, test: str, canary: npt.ArrayLike, canary_n: npt.ArrayLike,
-        stable: npt.ArrayLike, stable_n: npt.ArrayLike,
-    ) -> None:  # fmt: skip
+        self,
+        test: str,
+        canary: npt.ArrayLike,
+        canary_n: npt.ArrayLike,
+        stable: npt.ArrayLike,
+        stable_n: npt.ArrayLike,
+    ) -> None:
         """One interval of a canary-vs-stable test: events and trials per arm."""
         c = np.asarray(canary, dtype=np.float64)
         nc = np.asarray(canary_n, dtype=np.float64)
@@ -352,9 +356,17 @@ class DeploymentAnalysis:
         self.evidence = Evidence(config)
         self.checks = 0
         self.totals: dict[str, int] = dict.fromkeys(
-            ("canary_requests", "stable_requests", "canary_errors", "stable_errors",
-             "canary_timeouts", "stable_timeouts", "baseline_requests"), 0,
-        )  # fmt: skip
+            (
+                "canary_requests",
+                "stable_requests",
+                "canary_errors",
+                "stable_errors",
+                "canary_timeouts",
+                "stable_timeouts",
+                "baseline_requests",
+            ),
+            0,
+        )
         self.rolled_back = False
 
     # -- the check ----------------------------------------------------------------------
@@ -372,22 +384,46 @@ class DeploymentAnalysis:
         (stages without concurrent stable traffic)."""
         e, cfg, t = self.evidence, self.config, self.totals
         self.checks += 1
-        for key in ("canary_requests", "stable_requests", "canary_errors", "stable_errors",
-                    "canary_timeouts", "stable_timeouts"):  # fmt: skip
+        for key in (
+            "canary_requests",
+            "stable_requests",
+            "canary_errors",
+            "stable_errors",
+            "canary_timeouts",
+            "stable_timeouts",
+        ):
             t[key] += int(getattr(counts, key))
-        e.add_two_sample("error_rate", counts.canary_errors, counts.canary_requests,
-                         counts.stable_errors, counts.stable_requests)  # fmt: skip
-        e.add_two_sample("timeout_rate", counts.canary_timeouts, counts.canary_requests,
-                         counts.stable_timeouts, counts.stable_requests)  # fmt: skip
+        e.add_two_sample(
+            "error_rate",
+            counts.canary_errors,
+            counts.canary_requests,
+            counts.stable_errors,
+            counts.stable_requests,
+        )
+        e.add_two_sample(
+            "timeout_rate",
+            counts.canary_timeouts,
+            counts.canary_requests,
+            counts.stable_timeouts,
+            counts.stable_requests,
+        )
         for test, (ca, cn, sa, sn) in (("latency_p50", counts.p50), ("latency_p95", counts.p95)):
             e.add_two_sample(test, ca, cn, sa, sn)
         base_ok = baseline is not None and baseline.requests > 0
         if baseline is not None and base_ok:
             t["baseline_requests"] += counts.canary_requests
-            e.add_one_sample("baseline_error_rate", counts.canary_errors, counts.canary_requests,
-                             self._baseline_rate(baseline))  # fmt: skip
-            e.add_one_sample("baseline_latency", counts.canary_above_baseline, counts.p50[1],
-                             cfg.baseline_latency_share)  # fmt: skip
+            e.add_one_sample(
+                "baseline_error_rate",
+                counts.canary_errors,
+                counts.canary_requests,
+                self._baseline_rate(baseline),
+            )
+            e.add_one_sample(
+                "baseline_latency",
+                counts.canary_above_baseline,
+                counts.p50[1],
+                cfg.baseline_latency_share,
+            )
         log_e = {test: float(e.log_e(test)[0]) for test in SEQUENTIAL_TESTS}
         failed = self._failed(log_e, latency_ratios, baseline if base_ok else None)
         minimum = cfg.judge.min_requests
@@ -398,16 +434,22 @@ class DeploymentAnalysis:
             self.rolled_back = True
             reason = f"FAIL ({budget}): " + "; ".join(failed)
         elif baseline is not None and not base_ok:
-            reason = (f"PASS ({budget}): no stable traffic and no baseline recorded before "
-                      "the rollout: this stage is gate-free (duration and samples only)")  # fmt: skip
+            reason = (
+                f"PASS ({budget}): no stable traffic and no baseline recorded before "
+                "the rollout: this stage is gate-free (duration and samples only)"
+            )
         elif not enough:
-            reason = (f"INCONCLUSIVE ({budget}): canary {t['canary_requests']} and stable "
-                      f"{t['stable_requests']} requests, {minimum} needed per arm")  # fmt: skip
+            reason = (
+                f"INCONCLUSIVE ({budget}): canary {t['canary_requests']} and stable "
+                f"{t['stable_requests']} requests, {minimum} needed per arm"
+            )
         else:
             strongest = max(SEQUENTIAL_TESTS, key=lambda k: log_e[k] - e.thresholds[k])
-            reason = (f"PASS ({budget}): no regression; strongest evidence {strongest} "
-                      f"e={math.exp(min(log_e[strongest], 700.0)):.3g} < "
-                      f"{1.0 / cfg.alpha(strongest):.3g}")  # fmt: skip
+            reason = (
+                f"PASS ({budget}): no regression; strongest evidence {strongest} "
+                f"e={math.exp(min(log_e[strongest], 700.0)):.3g} < "
+                f"{1.0 / cfg.alpha(strongest):.3g}"
+            )
         gate_free = baseline is not None and not base_ok
         return DeploymentDecision(bool(failed), enough or gate_free, reason, self.checks, log_e)
 
@@ -442,28 +484,36 @@ class DeploymentAnalysis:
             s_rate = t[f"stable_{events}"] / s_n if s_n else 0.0
             ratio = c_rate / max(s_rate, floor)
             if ratio > guard:
-                out.append(f"{test} HIGH: canary {c_rate:.2%} vs stable {s_rate:.2%} "
-                           f"(ratio {ratio:.3g} > {guard:g}), {evidence(test)}")  # fmt: skip
+                out.append(
+                    f"{test} HIGH: canary {c_rate:.2%} vs stable {s_rate:.2%} "
+                    f"(ratio {ratio:.3g} > {guard:g}), {evidence(test)}"
+                )
         if latency is not None:
             r50, r95 = latency
             beyond = r50 > j.max_p50_ratio or r95 > j.max_p95_ratio
             for test in ("latency_p50", "latency_p95"):
                 if hit(test) and beyond:
-                    out.append(f"{test} HIGH: canary p50 ratio {r50:.3g} (guard "
-                               f"{j.max_p50_ratio:g}), p95 ratio {r95:.3g} (guard "
-                               f"{j.max_p95_ratio:g}), {evidence(test)}")  # fmt: skip
+                    out.append(
+                        f"{test} HIGH: canary p50 ratio {r50:.3g} (guard "
+                        f"{j.max_p50_ratio:g}), p95 ratio {r95:.3g} (guard "
+                        f"{j.max_p95_ratio:g}), {evidence(test)}"
+                    )
                     break
         if baseline is not None:
             if hit("baseline_error_rate"):
                 rate = self._baseline_rate(baseline)
-                out.append(f"baseline_error_rate HIGH: canary errors above {rate:.2%} "
-                           f"({self.config.baseline_drift:g} x the recorded baseline "
-                           f"{baseline.error_rate:.2%}), {evidence('baseline_error_rate')}")  # fmt: skip
+                out.append(
+                    f"baseline_error_rate HIGH: canary errors above {rate:.2%} "
+                    f"({self.config.baseline_drift:g} x the recorded baseline "
+                    f"{baseline.error_rate:.2%}), {evidence('baseline_error_rate')}"
+                )
             if hit("baseline_latency"):
-                out.append(f"baseline_latency HIGH: more than "
-                           f"{self.config.baseline_latency_share:.0%} of canary requests slower "
-                           f"than {j.max_p95_ratio:g} x the recorded p95 "
-                           f"{baseline.p95_s * 1000:.3g} ms, {evidence('baseline_latency')}")  # fmt: skip
+                out.append(
+                    f"baseline_latency HIGH: more than "
+                    f"{self.config.baseline_latency_share:.0%} of canary requests slower "
+                    f"than {j.max_p95_ratio:g} x the recorded p95 "
+                    f"{baseline.p95_s * 1000:.3g} ms, {evidence('baseline_latency')}"
+                )
         return out
 
     # -- persistence --------------------------------------------------------------------
