@@ -175,9 +175,9 @@ class SequentialConfig:
 
     false_rollback_rate: float = 0.01
     """Chance that a healthy deployment is ever rolled back (all stages, any length)."""
-    error_share: float = 0.6
-    timeout_share: float = 0.1
-    latency_share: float = 0.1
+    error_share: float = 0.7
+    timeout_share: float = 0.05
+    latency_share: float = 0.05
     """Split evenly between ``latency_p50`` and ``latency_p95``."""
     baseline_share: float = 0.2
     """Split evenly between the two tests against the recorded baseline."""
