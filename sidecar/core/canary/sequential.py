@@ -445,8 +445,14 @@ class DeploymentAnalysis:
             )
         else:
             strongest = max(SEQUENTIAL_TESTS, key=lambda k: log_e[k] - e.thresholds[k])
+            alone = ""
+            if base_ok and baseline is not None:
+                alone = (
+                    f" (no concurrent stable: against the baseline recorded before the rollout, "
+                    f"errors <= {self._baseline_rate(baseline):.2%})"
+                )
             reason = (
-                f"PASS ({budget}): no regression; strongest evidence {strongest} "
+                f"PASS ({budget}){alone}: no regression; strongest evidence {strongest} "
                 f"e={math.exp(min(log_e[strongest], 700.0)):.3g} < "
                 f"{1.0 / cfg.alpha(strongest):.3g}"
             )
