@@ -480,23 +480,29 @@ def _p_above(limit_s: float, median_s: float) -> float:
 
 
 class BatchDeployment:
-    """The sidecar's deployment rule over ``runs`` runs at once: ``Evidence`` plus the
-    guards on the running totals. Latency guards are taken as always exceeded (only makes
-    false rollbacks more likely: an upper bound)."""
+    """The sidecar's deployment rule over ``runs`` runs at once: its ``Evidence`` (with
+    the change-point starts) and the rate guards since each test's dominant start.
+    Latency guards are taken as always exceeded (that only makes false rollbacks more
+    likely: an upper bound)."""
 
     def __init__(self, runs: int, config: SequentialConfig) -> None:
         self.config = config
         self.e = Evidence(config, runs)
-        self.totals = {k: np.zeros(runs) for k in ("cn", "sn", "ce", "se", "ct", "st")}
         self.rolled_at = np.full(runs, np.nan)
         self.why = np.full(runs, "", dtype=object)
 
     def check(
-        self, now: float, c: dict[str, npt.NDArray[Any]], baseline_rate: float | None
+        self,
+        now: float,
+        c: dict[str, npt.NDArray[Any]],
+        baseline_rate: npt.NDArray[np.float64] | None = None,
+        alone: npt.NDArray[np.bool_] | None = None,
     ) -> None:
-        e, t, j = self.e, self.totals, self.config.judge
-        for key in ("cn", "sn", "ce", "se", "ct", "st"):
-            t[key] += c[key]
+        """One check. ``baseline_rate``/``alone``: runs in a stage with no concurrent
+        stable traffic are also judged against their recorded baseline."""
+        e, j = self.e, self.config.judge
+        e.begin_check()
+        e.add_totals(**{k: c[k] for k in ("cn", "sn", "ce", "se", "ct", "st")})
         e.add_two_sample("error_rate", c["ce"], c["cn"], c["se"], c["sn"])
         e.add_two_sample("timeout_rate", c["ct"], c["cn"], c["st"], c["sn"])
         e.add_two_sample("latency_p50", c["c50"], c["cok"], c["s50"], c["sok"])
@@ -506,18 +512,21 @@ class BatchDeployment:
             ("error_rate", "e", j.error_rate_floor, j.max_error_ratio),
             ("timeout_rate", "t", j.timeout_rate_floor, j.max_timeout_ratio),
         ):
-            cr = t[f"c{ev}"] / np.maximum(t["cn"], 1)
-            sr = t[f"s{ev}"] / np.maximum(t["sn"], 1)
-            hits.append((test, e.significant(test) & (cr / np.maximum(sr, floor) > guard)))
+            ratio = e.rate_ratio(test, ev, floor)[2]
+            hits.append((test, e.significant(test) & (ratio > guard)))
         hits.append(("latency_p50", e.significant("latency_p50")))
         hits.append(("latency_p95", e.significant("latency_p95")))
-        if baseline_rate is not None:
-            e.add_one_sample("baseline_error_rate", c["ce"], c["cn"], baseline_rate)
+        if baseline_rate is not None and alone is not None:
             e.add_one_sample(
-                "baseline_latency", c["cab"], c["cok"], self.config.baseline_latency_share
-            )
-            hits.append(("baseline_error_rate", e.significant("baseline_error_rate")))
-            hits.append(("baseline_latency", e.significant("baseline_latency")))
+                "baseline_error_rate", np.where(alone, c["ce"], 0), np.where(alone, c["cn"], 0),
+                baseline_rate,
+            )  # fmt: skip
+            e.add_one_sample(
+                "baseline_latency", np.where(alone, c["cab"], 0), np.where(alone, c["cok"], 0),
+                self.config.baseline_latency_share,
+            )  # fmt: skip
+            hits.append(("baseline_error_rate", alone & e.significant("baseline_error_rate")))
+            hits.append(("baseline_latency", alone & e.significant("baseline_latency")))
         fresh = np.isnan(self.rolled_at)
         for test, hit in hits:
             new = fresh & hit
@@ -584,20 +593,7 @@ def deployment_section(scale: float) -> dict[str, Any]:
         s_rps = np.where(active, TOTAL_RPS * (1.0 - share), 0.0)
         counts = interval_traffic(rng, CHECK_S, c_rps, s_rps, BASE_ERROR_RATE, limit_p)
         alone = active & (share >= 1.0)
-        if alone.any():
-            # the 100% stage: one-sample tests against the recorded baseline (only there)
-            masked = {key: np.where(alone, v, 0) for key, v in counts.items()}
-            plan.e.add_one_sample("baseline_error_rate", masked["ce"], masked["cn"], null_rate)
-            plan.e.add_one_sample(
-                "baseline_latency", masked["cab"], masked["cok"], config.baseline_latency_share
-            )
-            hit = alone & (
-                plan.e.significant("baseline_error_rate") | plan.e.significant("baseline_latency")
-            )
-            fresh = np.isnan(plan.rolled_at) & hit
-            plan.rolled_at[fresh] = (k + 1) * CHECK_S
-            plan.why[fresh] = "baseline"
-        plan.check((k + 1) * CHECK_S, counts, None)
+        plan.check((k + 1) * CHECK_S, counts, null_rate, alone)
     plan_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     no_plan = BatchDeployment(runs, config)
@@ -605,7 +601,7 @@ def deployment_section(scale: float) -> dict[str, Any]:
     s_rps = np.full(runs, TOTAL_RPS * (1.0 - CANARY_WEIGHT))
     for k in range(NO_PLAN_S // CHECK_S):
         counts = interval_traffic(rng, CHECK_S, c_rps, s_rps, BASE_ERROR_RATE, limit_p)
-        no_plan.check((k + 1) * CHECK_S, counts, None)
+        no_plan.check((k + 1) * CHECK_S, counts)
     no_plan_s = time.perf_counter() - t0
     out: dict[str, Any] = {}
     for name, batch, extra in (
@@ -677,7 +673,7 @@ def equal_traffic_section(scale: float) -> dict[str, Any]:
     for k in range(30):
         counts = interval_traffic(rng, CHECK_S, rps, rps, 0.01, limit_p)
         history.append(counts)
-        batch.check((k + 1) * CHECK_S, counts, None)
+        batch.check((k + 1) * CHECK_S, counts)
     minutes = np.where(np.isnan(batch.rolled_at), np.inf, batch.rolled_at / 60.0)
     # The sidecar's own DeploymentAnalysis on the first runs' counts: same decisions.
     agree = 0
@@ -718,7 +714,7 @@ def equal_traffic_section(scale: float) -> dict[str, Any]:
         s_cum += s_b
         for name, q in (("50", 0.5), ("95", 0.95)):
             counts[f"c{name}"], counts[f"s{name}"] = _bucket_exceed(c_b, s_b, q)
-        lat.check((k + 1) * CHECK_S, counts, None)
+        lat.check((k + 1) * CHECK_S, counts)
         r50 = _quantile(c_cum, grid.values, 0.5) / _quantile(s_cum, grid.values, 0.5)
         r95 = _quantile(c_cum, grid.values, 0.95) / _quantile(s_cum, grid.values, 0.95)
         guard = (r50 > config.judge.max_p50_ratio) | (r95 > config.judge.max_p95_ratio)
@@ -763,6 +759,58 @@ def equal_traffic_section(scale: float) -> dict[str, Any]:
     }
 
 
+def _detect_errors(
+    rng: np.random.Generator, runs: int, canary_rps: float, stable_rps: float,
+    rate: float, onset_min: int, after_min: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Minutes from the onset of an error regression (``rate`` from minute ``onset_min``)
+    to the deployment rule's rollback; healthy before."""
+    config = SequentialConfig()
+    batch = BatchDeployment(runs, config)
+    c_rps, s_rps = np.full(runs, canary_rps), np.full(runs, stable_rps)
+    for k in range(onset_min + after_min):
+        r = rate if k >= onset_min else BASE_ERROR_RATE
+        batch.check((k + 1) * CHECK_S, interval_traffic(rng, CHECK_S, c_rps, s_rps, r, 0.0))
+    t = batch.rolled_at / 60.0 - onset_min
+    early = int(np.sum(t <= 0))
+    t = np.where(np.isnan(t) | (t <= 0), np.inf, t)
+    return {
+        "runs": runs,
+        "canary_rps": canary_rps,
+        "stable_rps": stable_rps,
+        "canary_error_rate": rate,
+        "onset_minute": onset_min,
+        "median_min": float(np.median(t)),
+        **{f"within_{w}min": float(np.mean(t <= w)) for w in (2, 5, 10, 30, 60)},
+        "rolled_back_before_onset": early / runs,
+    }
+
+
+def late_and_split_section(scale: float) -> dict[str, Any]:
+    """The deployment rule on the 5/95 split of the per-stage scenarios (regression from
+    the start) and on regressions that begin late in a long no-plan deployment."""
+    rng = np.random.default_rng(np.random.SeedSequence(SEED, spawn_key=(15, 3)))
+    runs = max(50, round(500 * scale))
+    c5, s95 = TOTAL_RPS * CANARY_WEIGHT, TOTAL_RPS * (1.0 - CANARY_WEIGHT)
+    t0 = time.perf_counter()
+    out = {
+        "split_5_95_errors_1pct": _detect_errors(rng, runs, c5, s95, 0.01, 0, 60),
+        "split_5_95_errors_0_5pct": _detect_errors(rng, runs, c5, s95, 0.005, 0, 60),
+        "late_5_95_errors_1pct_from_60min": _detect_errors(rng, runs, c5, s95, 0.01, 60, 60),
+        "late_5_95_errors_1pct_from_6h": _detect_errors(rng, runs, c5, s95, 0.01, 360, 60),
+        "late_5_95_errors_1pct_from_24h": _detect_errors(rng, runs, c5, s95, 0.01, 1440, 60),
+        "late_equal_errors_1pct_from_6h": _detect_errors(
+            rng, runs, EQUAL_RPS, EQUAL_RPS, 0.01, 360, 60
+        ),
+    }
+    for name, row in out.items():
+        print(f"  {name:36s} median {row['median_min']:5.1f} min, <=10 min "
+              f"{row['within_10min']:.3f}, <=30 min {row['within_30min']:.3f}",
+              flush=True)  # fmt: skip
+    out["elapsed_s"] = time.perf_counter() - t0
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a tenth of the runs; no JSON")
@@ -777,6 +825,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     deployment = deployment_section(scale)
     equal = equal_traffic_section(scale)
+    deployment["detection"] = late_and_split_section(scale)
     if args.deployment_only:
         if args.quick:
             print("(--quick: results not written)")

@@ -45,7 +45,7 @@ stable traffic (the 100% stage):
 * ``baseline_latency``: one sample, H0: at most ``baseline_latency_share`` (5%) of the
   canary's successful requests are slower than ``max_p95_ratio x`` the baseline's p95.
 
-Every test mixes ``rate_ratios`` (a grid from 1.5 to 32, equal weights): ``E = sum_j w_j
+Every test mixes ``rate_ratios`` (a grid from 2 to 32, equal weights): ``E = sum_j w_j
 prod_i LR_i(theta_j)``. The evidence is kept as one log-likelihood sum per grid point:
 plain sums over checks (a fleet's leader adds the merged windows' counts; nothing else is
 needed).
@@ -73,6 +73,7 @@ from sidecar.core.canary.window import ZERO_KEY, VariantWindow
 __all__ = [
     "DEFAULT_RATE_RATIOS",
     "SEQUENTIAL_TESTS",
+    "TOTALS",
     "DeploymentAnalysis",
     "DeploymentDecision",
     "Evidence",
@@ -86,7 +87,9 @@ __all__ = [
     "rate_log_lr",
 ]
 
-DEFAULT_RATE_RATIOS: Final = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 16.0, 22.0, 32.0)
+DEFAULT_RATE_RATIOS: Final = (2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 16.0, 22.0, 32.0)
+"""The mixture's alternatives: from the guard (2x: a smaller regression is never rolled
+back, so no evidence is spent on it) to 32x, roughly evenly on the log scale."""
 
 SEQUENTIAL_TESTS: Final = (
     "error_rate",
@@ -98,7 +101,7 @@ SEQUENTIAL_TESTS: Final = (
 )
 """The deployment's tests, in order; each has its own share of the budget."""
 
-_SCHEMA: Final = 1
+_SCHEMA: Final = 2
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -175,11 +178,11 @@ class SequentialConfig:
 
     false_rollback_rate: float = 0.01
     """Chance that a healthy deployment is ever rolled back (all stages, any length)."""
-    error_share: float = 0.7
+    error_share: float = 0.8
     timeout_share: float = 0.05
     latency_share: float = 0.05
     """Split evenly between ``latency_p50`` and ``latency_p95``."""
-    baseline_share: float = 0.2
+    baseline_share: float = 0.1
     """Split evenly between the two tests against the recorded baseline."""
     rate_ratios: tuple[float, ...] = DEFAULT_RATE_RATIOS
     """The mixture's alternatives (rate or odds ratios > 1), equal weights."""
@@ -187,18 +190,41 @@ class SequentialConfig:
     """Error rate drift tolerated since the baseline was recorded (100% stage)."""
     baseline_latency_share: float = 0.05
     """Share of requests allowed above ``max_p95_ratio x`` the baseline p95."""
+    late_weight: float = 0.2
+    """Share of each test's evidence given to the tests started later (change points)."""
+    start_every: int = 10
+    """Checks between two later starts (10 minutes at the default interval)."""
+    recent_starts: int = 12
+    """Later starts kept (the latest; 2 hours of starts at the defaults); 0: none."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """Guards, floors and minimum counts (its ``alpha`` is not used)."""
 
     def __post_init__(self) -> None:
+        self._check_types()
+        self._check_ranges()
+
+    def _check_types(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("judge", "rate_ratios"):
+                continue
+            if f.name in ("start_every", "recent_starts"):
+                low = 1 if f.name == "start_every" else 0
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int)
+                    or not low <= value <= 1000
+                ):
+                    raise ValueError(f"{f.name} must be an int in [{low}, 1000], got {value!r}")
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{f.name} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise ValueError(f"{f.name} must be finite, got {value!r}")
+        if not isinstance(self.judge, JudgeConfig):
+            raise ValueError(f"judge must be a JudgeConfig, got {self.judge!r}")
+
+    def _check_ranges(self) -> None:
         if not 0.0 < self.false_rollback_rate < 1.0:
             raise ValueError(
                 f"false_rollback_rate must be in (0, 1), got {self.false_rollback_rate}"
@@ -218,12 +244,12 @@ class SequentialConfig:
             raise ValueError(f"rate_ratios must be 1..64 numbers in (1, 1e6), got {ratios!r}")
         if self.baseline_drift < 1.0:
             raise ValueError(f"baseline_drift must be >= 1, got {self.baseline_drift}")
+        if not 0.0 < self.late_weight < 1.0:
+            raise ValueError(f"late_weight must be in (0, 1), got {self.late_weight}")
         if not 0.0 < self.baseline_latency_share < 0.5:
             raise ValueError(
                 f"baseline_latency_share must be in (0, 0.5), got {self.baseline_latency_share}"
             )
-        if not isinstance(self.judge, JudgeConfig):
-            raise ValueError(f"judge must be a JudgeConfig, got {self.judge!r}")
 
     def alpha(self, test: str) -> float:
         """The level of one test (its share of the budget)."""
@@ -241,18 +267,65 @@ class SequentialConfig:
 # ------------------------------------------------------------------ evidence
 
 
+TOTALS: Final = ("cn", "sn", "ce", "se", "ct", "st")
+"""Running totals per start: canary / stable requests, errors, timeouts."""
+
+
 class Evidence:
-    """The tests' log-likelihood sums, vectorised over ``runs`` (the sidecar uses one
-    run; the benchmark many): for each test an array ``(runs, len(rate_ratios))``."""
+    """The tests' evidence, vectorised over ``runs`` (the sidecar uses one run; the
+    benchmark many).
+
+    **Change points.** Besides the test started at the deployment's first check (weight
+    ``1 - late_weight``), a test starts every ``start_every`` checks (the ``j``-th with
+    weight ``late_weight / (j (j + 1))``; the weights sum to 1), and the evidence is the
+    weighted sum of all of them. Each is a martingale with mean 1 under the null from its
+    start, so the weighted sum is one too and Ville's bound holds for the sum: a
+    regression that begins hours into a deployment is judged on the data since a recent
+    start, not diluted in hours of healthy data, and the budget is still spent once.
+    Only the first start and the latest ``recent_starts`` are kept (dropping a
+    non-negative term only lowers the evidence: still valid, memory bounded).
+
+    Per test an array ``(runs, slots, len(rate_ratios))`` of log-likelihood sums; per
+    start the running totals (:data:`TOTALS`) the guards read.
+    """
 
     def __init__(self, config: SequentialConfig, runs: int = 1) -> None:
         self.config = config
         self.log_ratios = np.log(np.asarray(config.rate_ratios, dtype=np.float64))
         self.log_weights = np.full(self.log_ratios.size, -math.log(self.log_ratios.size))
+        slots = config.recent_starts + 1
         self.sums: dict[str, FloatArray] = {
-            t: np.zeros((runs, self.log_ratios.size)) for t in SEQUENTIAL_TESTS
+            t: np.zeros((runs, slots, self.log_ratios.size)) for t in SEQUENTIAL_TESTS
         }
+        self.totals: dict[str, FloatArray] = {k: np.zeros((runs, slots)) for k in TOTALS}
+        self.slot_log_weight = np.full(slots, -np.inf)
+        self.slot_log_weight[0] = math.log1p(-config.late_weight)
+        self.slot_start = np.full(slots, -1, dtype=np.int64)
+        self.slot_start[0] = 1
+        self.checks = 0
         self.thresholds = {t: math.log(1.0 / config.alpha(t)) for t in SEQUENTIAL_TESTS}
+
+    def begin_check(self) -> None:
+        """Count the next check; open a new start when one is due."""
+        self.checks += 1
+        every = self.config.start_every
+        if self.checks > 1 and (self.checks - 1) % every == 0 and self.config.recent_starts:
+            j = (self.checks - 1) // every
+            slot = 1 + (j - 1) % self.config.recent_starts
+            for sums in self.sums.values():
+                sums[:, slot, :] = 0.0
+            for totals in self.totals.values():
+                totals[:, slot] = 0.0
+            self.slot_log_weight[slot] = math.log(self.config.late_weight / (j * (j + 1.0)))
+            self.slot_start[slot] = self.checks
+
+    def add_totals(self, **counts: npt.ArrayLike) -> None:
+        """Add one interval's counts (keys of :data:`TOTALS`) to every start's totals."""
+        for key, value in counts.items():
+            self.totals[key] += np.asarray(value, dtype=np.float64).reshape(-1, 1)
+
+    def _add(self, test: str, log_lr: FloatArray) -> None:
+        self.sums[test] += log_lr.reshape(-1, 1, self.log_ratios.size)
 
     def add_two_sample(
         self,
@@ -269,21 +342,44 @@ class Evidence:
         total = c + np.asarray(stable, dtype=np.float64)
         both = nc + nb
         share = np.divide(nc, both, out=np.zeros_like(both), where=both > 0)
-        self.sums[test] += rate_log_lr(c, total, share, self.config.rate_ratios)
+        self._add(test, rate_log_lr(c, total, share, self.config.rate_ratios))
 
     def add_one_sample(
         self, test: str, events: npt.ArrayLike, n: npt.ArrayLike, null_rate: npt.ArrayLike
     ) -> None:
         """One interval of a test against a null rate: ``events`` of ``n``."""
-        self.sums[test] += rate_log_lr(events, n, null_rate, self.config.rate_ratios)
+        self._add(test, rate_log_lr(events, n, null_rate, self.config.rate_ratios))
+
+    def _per_slot(self, test: str) -> FloatArray:
+        """Log of each start's weighted mixture evidence, ``(runs, slots)``."""
+        mixed = mixture_log_e(self.sums[test], self.log_weights)
+        return np.asarray(mixed + self.slot_log_weight, dtype=np.float64)
 
     def log_e(self, test: str) -> FloatArray:
-        """Log evidence per run."""
-        return mixture_log_e(self.sums[test], self.log_weights)
+        """Log evidence per run (all starts, all rate ratios)."""
+        return np.asarray(special.logsumexp(self._per_slot(test), axis=-1), dtype=np.float64)
 
     def significant(self, test: str) -> npt.NDArray[np.bool_]:
         """Evidence at or beyond ``1 / alpha_test`` per run."""
         return np.asarray(self.log_e(test) >= self.thresholds[test])
+
+    def dominant(self, test: str) -> npt.NDArray[np.int64]:
+        """Per run, the start contributing most evidence (its totals feed the guard)."""
+        return np.asarray(np.argmax(self._per_slot(test), axis=-1), dtype=np.int64)
+
+    def rate_ratio(
+        self, test: str, events: str, floor: float
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """(canary rate, stable rate, guard ratio) since the dominant start of ``test``;
+        ``events`` is ``"e"`` (errors) or ``"t"`` (timeouts)."""
+        slot = self.dominant(test)[:, None]
+        cn = np.take_along_axis(self.totals["cn"], slot, axis=1)[:, 0]
+        sn = np.take_along_axis(self.totals["sn"], slot, axis=1)[:, 0]
+        ce = np.take_along_axis(self.totals[f"c{events}"], slot, axis=1)[:, 0]
+        se = np.take_along_axis(self.totals[f"s{events}"], slot, axis=1)[:, 0]
+        c_rate = ce / np.maximum(cn, 1.0)
+        s_rate = se / np.maximum(sn, 1.0)
+        return c_rate, s_rate, c_rate / np.maximum(s_rate, floor)
 
 
 # ------------------------------------------------------------------ one deployment
@@ -346,28 +442,24 @@ class DeploymentDecision:
 
 
 class DeploymentAnalysis:
-    """The sequential tests of one deployment (one run of :class:`Evidence`), with the
-    running totals the guards and minimums read. Pure and stateful; ``to_dict`` /
-    ``from_dict`` persist it (all plain numbers)."""
+    """The sequential tests of one deployment (one run of :class:`Evidence`). Pure and
+    stateful; ``to_dict`` / ``from_dict`` persist it (all plain numbers)."""
 
     def __init__(self, config: SequentialConfig, deployment: str) -> None:
         self.config = config
         self.deployment = deployment
         self.evidence = Evidence(config)
-        self.checks = 0
-        self.totals: dict[str, int] = dict.fromkeys(
-            (
-                "canary_requests",
-                "stable_requests",
-                "canary_errors",
-                "stable_errors",
-                "canary_timeouts",
-                "stable_timeouts",
-                "baseline_requests",
-            ),
-            0,
-        )
+        self.baseline_requests = 0
         self.rolled_back = False
+
+    @property
+    def checks(self) -> int:
+        return self.evidence.checks
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Counts since the deployment's first check (the first start's totals)."""
+        return {k: round(float(v[0, 0])) for k, v in self.evidence.totals.items()}
 
     # -- the check ----------------------------------------------------------------------
 
@@ -382,17 +474,16 @@ class DeploymentAnalysis:
         ratios to the stable over the windows the guard reads (None: not measurable, the
         latency tests cannot roll back). ``baseline``: judge the canary against it too
         (stages without concurrent stable traffic)."""
-        e, cfg, t = self.evidence, self.config, self.totals
-        self.checks += 1
-        for key in (
-            "canary_requests",
-            "stable_requests",
-            "canary_errors",
-            "stable_errors",
-            "canary_timeouts",
-            "stable_timeouts",
-        ):
-            t[key] += int(getattr(counts, key))
+        e, cfg = self.evidence, self.config
+        e.begin_check()
+        e.add_totals(
+            cn=counts.canary_requests,
+            sn=counts.stable_requests,
+            ce=counts.canary_errors,
+            se=counts.stable_errors,
+            ct=counts.canary_timeouts,
+            st=counts.stable_timeouts,
+        )
         e.add_two_sample(
             "error_rate",
             counts.canary_errors,
@@ -411,7 +502,7 @@ class DeploymentAnalysis:
             e.add_two_sample(test, ca, cn, sa, sn)
         base_ok = baseline is not None and baseline.requests > 0
         if baseline is not None and base_ok:
-            t["baseline_requests"] += counts.canary_requests
+            self.baseline_requests += counts.canary_requests
             e.add_one_sample(
                 "baseline_error_rate",
                 counts.canary_errors,
@@ -426,9 +517,10 @@ class DeploymentAnalysis:
             )
         log_e = {test: float(e.log_e(test)[0]) for test in SEQUENTIAL_TESTS}
         failed = self._failed(log_e, latency_ratios, baseline if base_ok else None)
+        t = self.totals
         minimum = cfg.judge.min_requests
-        concurrent = t["canary_requests"] >= minimum and t["stable_requests"] >= minimum
-        enough = concurrent or (base_ok and t["baseline_requests"] >= minimum)
+        concurrent = t["cn"] >= minimum and t["sn"] >= minimum
+        enough = concurrent or (base_ok and self.baseline_requests >= minimum)
         budget = f"deployment budget {cfg.false_rollback_rate:.2%}, check {self.checks}"
         if failed:
             self.rolled_back = True
@@ -440,8 +532,8 @@ class DeploymentAnalysis:
             )
         elif not enough:
             reason = (
-                f"INCONCLUSIVE ({budget}): canary {t['canary_requests']} and stable "
-                f"{t['stable_requests']} requests, {minimum} needed per arm"
+                f"INCONCLUSIVE ({budget}): canary {t['cn']} and stable "
+                f"{t['sn']} requests, {minimum} needed per arm"
             )
         else:
             strongest = max(SEQUENTIAL_TESTS, key=lambda k: log_e[k] - e.thresholds[k])
@@ -469,7 +561,7 @@ class DeploymentAnalysis:
         latency: tuple[float, float] | None,
         baseline: RecordedBaseline | None,
     ) -> list[str]:
-        e, j, t = self.evidence, self.config.judge, self.totals
+        e, j = self.evidence, self.config.judge
         out: list[str] = []
 
         def hit(test: str) -> bool:
@@ -477,18 +569,17 @@ class DeploymentAnalysis:
 
         def evidence(test: str) -> str:
             value = math.exp(min(log_e[test], 700.0))
-            return f"e={value:.3g} >= {1.0 / self.config.alpha(test):.3g}"
+            start = int(e.slot_start[e.dominant(test)[0]])
+            since = "" if start == 1 else f", since check {start}"
+            return f"e={value:.3g} >= {1.0 / self.config.alpha(test):.3g}{since}"
 
         for test, events, floor, guard in (
-            ("error_rate", "errors", j.error_rate_floor, j.max_error_ratio),
-            ("timeout_rate", "timeouts", j.timeout_rate_floor, j.max_timeout_ratio),
+            ("error_rate", "e", j.error_rate_floor, j.max_error_ratio),
+            ("timeout_rate", "t", j.timeout_rate_floor, j.max_timeout_ratio),
         ):
-            c_n, s_n = t["canary_requests"], t["stable_requests"]
-            if not hit(test) or c_n == 0:
+            if not hit(test):
                 continue
-            c_rate = t[f"canary_{events}"] / c_n
-            s_rate = t[f"stable_{events}"] / s_n if s_n else 0.0
-            ratio = c_rate / max(s_rate, floor)
+            c_rate, s_rate, ratio = (float(a[0]) for a in e.rate_ratio(test, events, floor))
             if ratio > guard:
                 out.append(
                     f"{test} HIGH: canary {c_rate:.2%} vs stable {s_rate:.2%} "
@@ -525,36 +616,50 @@ class DeploymentAnalysis:
     # -- persistence --------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        e = self.evidence
         return {
             "schema": _SCHEMA,
             "deployment": self.deployment,
-            "checks": self.checks,
+            "checks": e.checks,
             "rolled_back": self.rolled_back,
+            "baseline_requests": self.baseline_requests,
             "rate_ratios": list(self.config.rate_ratios),
-            "totals": dict(self.totals),
-            "sums": {k: v[0].tolist() for k, v in self.evidence.sums.items()},
+            "slots": e.slot_log_weight.size,
+            "slot_start": e.slot_start.tolist(),
+            "slot_log_weight": [
+                None if not math.isfinite(w) else w for w in e.slot_log_weight.tolist()
+            ],
+            "totals": {k: v[0].tolist() for k, v in e.totals.items()},
+            "sums": {k: v[0].tolist() for k, v in e.sums.items()},
         }
 
     @staticmethod
     def from_dict(data: Mapping[str, Any], config: SequentialConfig) -> DeploymentAnalysis:
-        """Restore; ``ValueError`` when the data does not fit ``config`` (another grid, a
-        missing test, a non-finite number)."""
+        """Restore; ``ValueError`` when the data does not fit ``config`` (another grid or
+        number of starts, a missing test, a non-finite number)."""
         if data.get("schema") != _SCHEMA:
             raise ValueError(f"unknown canary checkpoint schema {data.get('schema')!r}")
         if [float(r) for r in data["rate_ratios"]] != [float(r) for r in config.rate_ratios]:
             raise ValueError("the checkpoint was made with other rate_ratios")
         out = DeploymentAnalysis(config, str(data["deployment"]))
-        out.checks = int(data["checks"])
+        e = out.evidence
+        if int(data["slots"]) != e.slot_log_weight.size:
+            raise ValueError("the checkpoint was made with another recent_starts")
+        e.checks = int(data["checks"])
         out.rolled_back = bool(data["rolled_back"])
-        totals = data["totals"]
-        for key in out.totals:
-            out.totals[key] = int(totals[key])
-        sums = data["sums"]
+        out.baseline_requests = int(data["baseline_requests"])
+        e.slot_start[:] = [int(v) for v in data["slot_start"]]
+        e.slot_log_weight[:] = [-np.inf if w is None else float(w) for w in data["slot_log_weight"]]
+        for key in TOTALS:
+            row = np.asarray([float(v) for v in data["totals"][key]], dtype=np.float64)
+            if row.shape != e.totals[key][0].shape or not np.all(np.isfinite(row)):
+                raise ValueError(f"checkpoint totals {key} do not fit")
+            e.totals[key][0] = row
         for test in SEQUENTIAL_TESTS:
-            row = np.asarray([float(v) for v in sums[test]], dtype=np.float64)
-            if row.shape != out.evidence.log_ratios.shape or not np.all(np.isfinite(row)):
+            rows = np.asarray(data["sums"][test], dtype=np.float64)
+            if rows.shape != e.sums[test][0].shape or not np.all(np.isfinite(rows)):
                 raise ValueError(f"checkpoint sums of {test} do not fit")
-            out.evidence.sums[test][0] = row
+            e.sums[test][0] = rows
         return out
 
 
