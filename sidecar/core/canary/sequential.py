@@ -48,7 +48,13 @@ stable traffic (the 100% stage):
 Every test mixes ``rate_ratios`` (a grid from 2 to 32, equal weights): ``E = sum_j w_j
 prod_i LR_i(theta_j)``. The evidence is kept as one log-likelihood sum per grid point:
 plain sums over checks (a fleet's leader adds the merged windows' counts; nothing else is
-needed).
+needed). Besides the test started at the deployment's first check, tests start every
+``start_every`` checks and the evidence is their weighted sum (:class:`Evidence`): a
+regression that begins late is not diluted in hours of healthy data, under the same
+budget.
+
+Budget shares (default): errors 80%, timeouts 5%, latency 5% (p50 and p95 exceedances),
+the recorded baseline 10% (its two tests).
 
 Rollback: a test's evidence reaches ``1 / alpha_test`` **and** the canary is beyond the
 judge's guard (error/timeout ratio ``> 2`` to the floor, or p50 ratio ``> 1.2`` / p95
