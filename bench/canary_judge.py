@@ -27,6 +27,19 @@ scenarios plus a late regression (1.0% errors from minute 60), to show why the d
 were chosen. (The false-rollback bound holds for every one of them by construction; the
 main section measures it for the default.)
 
+Deployment budget (issue #15; what the controller uses): ``--deployment-only`` runs just
+these sections and merges them into the existing JSON. ``deployment``: healthy deployments
+through the default plan end to end (5% / 25% / 50% / 100% stages, each held 1-4x its
+planned time, the 100% stage judged against the baseline recorded before the rollout) and
+through the no-plan health check for 24 h, 1000 runs each; every rollback is false.
+``equal_traffic``: 5 req/s per variant, a 10x error regression (0.1% -> 1%), a 3x latency
+regression, healthy canaries for 4 h. ``deployment.detection``: the 5/95 split and late
+regressions. Simulated at the level of the tests' inputs (one interval's counts per check:
+requests, errors, timeouts per arm, pooled-quantile exceedances drawn from their exact
+null law, or, for 3x latency, from multinomial counts over the sketch's buckets),
+vectorised over runs with the sidecar's own ``Evidence``; the first 40 runs of the 10x
+scenario are replayed through ``DeploymentAnalysis`` and must decide at the same minute.
+
 Fast path, exact in distribution: per-second counts are generated with numpy and summed per
 minute; each minute's requests of one variant are recorded with one ``record_many`` call
 per status at the minute's start. Successful requests' latencies are drawn as multinomial
