@@ -500,7 +500,9 @@ async def run_drill(controller: RolloutController, principal: str, reason: str) 
     failing.record_many("OK", [0.01], [500])
     failing.record_many("UNAVAILABLE", [0.01], [500])
     healthy.record_many("OK", [0.01], [1000])
-    evaluator = JudgeEvaluator(SequentialConfig())  # its own budget, never persisted
+    current = controller.evaluator
+    config = current.config if isinstance(current, JudgeEvaluator) else SequentialConfig()
+    evaluator = JudgeEvaluator(config)  # the configured guards; its own budget, not persisted
     for check in range(20):  # the sequential tests may want several checks
         evaluation = evaluator.evaluate(
             "drill", (failing, healthy), (failing, healthy), now=float(check)

@@ -206,3 +206,28 @@ def test_interval_counts_and_quantile_ratios_read_windows() -> None:
     ratios = quantile_ratios(c, s, 0.001)
     assert ratios is not None and ratios[1] > 2.0
     assert quantile_ratios(VariantWindow(), s, 0.001) is None
+
+
+def test_a_late_regression_is_caught_from_a_recent_start() -> None:
+    """Ten hours of healthy checks at a 5/95 split, then 10x errors: the tests started
+    later (change points) catch it within minutes, and the reason says since when; the
+    first start alone would need far longer (its evidence for large ratios has drifted
+    far below 1)."""
+    rng = np.random.default_rng(3)
+    a = DeploymentAnalysis(SequentialConfig(), "d")
+
+    def minute(rate: float) -> IntervalCounts:
+        ce, se = int(rng.binomial(300, rate)), int(rng.binomial(5700, 0.001))
+        return IntervalCounts(
+            300, 5700, ce, se, 0, 0, (0, 300 - ce, 0, 5700 - se), (0, 300 - ce, 0, 5700 - se)
+        )
+
+    for _ in range(600):
+        assert not a.observe(minute(0.001), latency_ratios=(1.0, 1.0)).rollback
+    first_only = float(mixture_log_e(a.evidence.sums["error_rate"][0, 0], a.evidence.log_weights))
+    for k in range(1, 31):
+        d = a.observe(minute(0.01), latency_ratios=(1.0, 1.0))
+        if d.rollback:
+            break
+    assert d.rollback and k <= 15 and "since check" in d.reason
+    assert first_only < -20.0  # the deployment-start test alone: e < 2e-9 before the onset
