@@ -505,3 +505,18 @@ async def test_the_budget_survives_a_restart_and_ends_with_the_rollback() -> Non
             break
     assert h.state.weights["canary"] == 0
     assert h.checkpoint.load() == {"analysis": None, "last_check": None}
+
+
+async def test_an_operator_rollback_ends_the_deployment() -> None:
+    """No plan: the canary's weight going to 0 (an operator's rollback) ends the
+    deployment; serving the canary again later is a new deployment (check 1)."""
+    h = Harness({"stable": 8000, "canary": 2000})
+    for _ in range(5):
+        await h.tick(stable=40, canary=10)
+    assert "check 5" in h.controller.last_verdict
+    await h.control.rollback("ops", "not today", 0)
+    await h.tick(stable=50)
+    assert h.controller.evaluator.last_check("canary vs stable") is None
+    await h.control.set_weights("ops", "again", 0, {"stable": 8000, "canary": 2000})
+    await h.tick(stable=40, canary=10)
+    assert "check 1)" in h.controller.last_verdict
