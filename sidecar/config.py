@@ -49,6 +49,7 @@ from pydantic_core import core_schema
 
 from sidecar.core.canary import analysis as canary
 from sidecar.core.canary.judge import JudgeConfig
+from sidecar.core.canary.sequential import SequentialConfig
 from sidecar.core.duration import Duration
 from sidecar.core.experiment.analysis import ExperimentSettings
 from sidecar.core.experiment.drift import DriftSettings, DriftTracker
@@ -585,6 +586,13 @@ class AnalysisConfig(_Section):
                 min_requests=self.min_requests,
                 min_latency_samples=self.min_latency_samples,
             ),
+        )
+
+    def deployment(self) -> SequentialConfig:
+        """The deployment's false-rollback budget (one per canary, all stages) and the
+        judge's guards: what the rollout controller and the no-plan health check use."""
+        return SequentialConfig(
+            false_rollback_rate=self.false_rollback_rate, judge=self.judge().judge
         )
 
     def shadow_thresholds(self) -> ShadowThresholds:

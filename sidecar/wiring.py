@@ -489,11 +489,17 @@ def _controller(
 ) -> RolloutController:
     a = config.analysis
     mirror = mirrors.shadow
-    judge = a.judge()
+    deployment = a.deployment()
+    # The deployment's budget state, next to the experiment's checkpoint.
+    budget = (
+        FileCheckpoint(Path(config.state.experiment_path).with_name("canary.json"))
+        if config.state.backend != "memory"
+        else None
+    )
     return RolloutController(
         control=control,
         windows=windows,
-        evaluator_factory=lambda: JudgeEvaluator(judge),
+        evaluator_factory=lambda: JudgeEvaluator(deployment, budget, alerts),
         analysis=a,
         shadow_thresholds=insights.shadow_thresholds,
         alerts=alerts,

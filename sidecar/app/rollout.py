@@ -27,7 +27,14 @@ import structlog
 from sidecar.app.control import ControlService
 from sidecar.app.state import Snapshot
 from sidecar.config import AnalysisConfig
-from sidecar.core.canary.analysis import CanaryAnalysis, CanaryAnalysisConfig, Decision
+from sidecar.core.canary.judge import Verdict
+from sidecar.core.canary.sequential import (
+    DeploymentAnalysis,
+    RecordedBaseline,
+    SequentialConfig,
+    interval_counts,
+    quantile_ratios,
+)
 from sidecar.core.canary.window import CumulativeWindows, RollingWindows, VariantWindow
 from sidecar.core.gates import (
     Evaluation,
@@ -64,20 +71,41 @@ __all__ = [
     "stable_baseline",
 ]
 
-RECENT_SPAN = 600.0  # once a stage is older, the last 10 minutes are judged on their own too
+
+Pair = tuple[VariantWindow, VariantWindow]
 
 
 class Evaluator(Protocol):
-    """Judge + repeated-check analysis (fresh state per stage)."""
+    """The deployment's sequential tests: one budget from the canary's first check to a
+    promote, a rollback or a new canary variant (never renewed per stage or per look)."""
 
-    def reset(self) -> None: ...
+    def last_check(self, deployment: str) -> float | None:
+        """When ``deployment`` was last checked (None: never, or another deployment)."""
+        ...
 
     def evaluate(
         self,
-        canary: VariantWindow,
-        stable: VariantWindow,
-        recent: tuple[VariantWindow, VariantWindow] | None = None,
-    ) -> Evaluation: ...
+        deployment: str,
+        interval: Pair,
+        context: Pair,
+        *,
+        now: float,
+        baseline: Baseline | None = None,
+    ) -> Evaluation:
+        """Judge the (canary, stable) windows of the interval since the last check;
+        ``context`` windows give the latency guard's quantiles; ``baseline``: the stage has
+        no concurrent stable traffic, judge against what was recorded before the rollout."""
+        ...
+
+    def end(self, why: str) -> None:
+        """The deployment is over (rollback or promote); the next check starts a new one."""
+        ...
+
+
+class CanaryCheckpoint(Protocol):
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, data: Mapping[str, Any]) -> None: ...
 
 
 class AlertSink(Protocol):
@@ -177,12 +205,19 @@ class RolloutController:
 
     async def _check_canary(self, snap: Snapshot, now: float) -> None:
         canary = snap.flag.canary
-        if snap.state.kill_switch or canary is None or snap.state.weights.get(canary, 0) <= 0:
+        if canary is None or snap.state.weights.get(canary, 0) <= 0:
+            self.evaluator.end("canary at 0%")  # e.g. rolled back by an operator
+            return
+        if snap.state.kill_switch:
             return
         lookback = self.analysis.lookback
         evaluation = self._evaluate(
-            self.windows.window(canary, now, lookback),
-            self.windows.window(snap.flag.stable, now, lookback),
+            snap,
+            (
+                self.windows.window(canary, now, lookback),
+                self.windows.window(snap.flag.stable, now, lookback),
+            ),
+            now,
         )
         if evaluation.rollback:
             await self._roll_back(f"health check FAIL: {evaluation.reason}", HEALTH_CHECKER)
@@ -203,7 +238,7 @@ class RolloutController:
         if stage.kind is StageKind.PROMOTE:
             await self._promote()
             return
-        self.gates = self._assess(stage, snap, progress.elapsed(now), now)
+        self.gates = self._assess(stage, snap, progress, now)
         status = worst(g.status for g in self.gates)
         if status is GateStatus.FAIL:
             reason = failure_reason(self.gates)
@@ -218,7 +253,6 @@ class RolloutController:
         self.gates = ()
         self.stage_samples = 0
         self._cumulative = CumulativeWindows(now)
-        self.evaluator = self.new_evaluator()
         if stage.kind is StageKind.SHADOW:
             self._reset_shadow()
 
@@ -234,12 +268,16 @@ class RolloutController:
         return True
 
     def _assess(
-        self, stage: Stage, snap: Snapshot, elapsed: float, now: float
+        self, stage: Stage, snap: Snapshot, progress: RolloutProgress, now: float
     ) -> tuple[GateResult, ...]:
         """Measure the stage's readings, then assess them with the core's gate functions."""
+        elapsed = progress.elapsed(now)
         if stage.kind is StageKind.SHADOW:
             return self._assess_shadow(stage, snap, elapsed)
-        return self._assess_canary(stage, snap, elapsed, now)
+        # No concurrent stable traffic (the 100% stage): judged against the baseline
+        # recorded before the rollout (gate-free, said so, when none was recorded).
+        alone = snap.state.weights.get(snap.flag.stable, 0) == 0
+        return self._assess_canary(stage, snap, elapsed, now, progress.baseline if alone else None)
 
     def _assess_shadow(
         self, stage: Stage, snap: Snapshot, elapsed: float
@@ -258,19 +296,12 @@ class RolloutController:
         )
 
     def _assess_canary(
-        self, stage: Stage, snap: Snapshot, elapsed: float, now: float
+        self, stage: Stage, snap: Snapshot, elapsed: float, now: float, baseline: Baseline | None
     ) -> tuple[GateResult, ...]:
         assert self._cumulative is not None and snap.flag.canary is not None
-        canary_name, stable_name = snap.flag.canary, snap.flag.stable
-        canary = self._cumulative.window(canary_name)
-        stable = self._cumulative.window(stable_name)
+        canary = self._cumulative.window(snap.flag.canary)
+        stable = self._cumulative.window(snap.flag.stable)
         self.stage_samples = canary.requests
-        recent = None
-        if self._cumulative.last - self._cumulative.start > RECENT_SPAN:
-            recent = (
-                self.windows.window(canary_name, now, RECENT_SPAN),
-                self.windows.window(stable_name, now, RECENT_SPAN),
-            )
         ab = self._read("ab_test", self._ab_gate) if stage.ab_gate else None
         drift = None
         if stage.max_drift_psi > 0:
@@ -278,7 +309,7 @@ class RolloutController:
         return canary_gates(
             stage,
             elapsed,
-            health=self._evaluate(canary, stable, recent),
+            health=self._evaluate(snap, (canary, stable), now, baseline),
             canary_requests=canary.requests,
             ab=ab,
             drift=drift,
@@ -350,6 +381,7 @@ class RolloutController:
         except SidecarError as exc:
             self.gates = (GateResult("promote", GateStatus.WAIT, 0, 0, exc.message),)
             return
+        self.evaluator.end("promoted")
         await self._finish(Phase.SUCCEEDED, "promoted")
 
     async def _finish(self, phase: Phase, message: str) -> None:
@@ -375,6 +407,7 @@ class RolloutController:
         except SidecarError as exc:
             log.error("health.rollback_failed", reason=reason, error=exc.message)
             return
+        self.evaluator.end("rolled back")
         self.alerts.alert(
             "canary.rolled_back",
             {"reason": reason, "principal": principal, "seconds": self.clock() - started},
@@ -383,12 +416,26 @@ class RolloutController:
     # ---- shared ----------------------------------------------------------------------
 
     def _evaluate(
-        self,
-        canary: VariantWindow,
-        stable: VariantWindow,
-        recent: tuple[VariantWindow, VariantWindow] | None = None,
+        self, snap: Snapshot, context: Pair, now: float, baseline: Baseline | None = None
     ) -> Evaluation:
-        evaluation = self.evaluator.evaluate(canary, stable, recent)
+        """One check of the deployment: the interval since its last check (complete
+        buckets; consecutive checks partition time, so nothing is counted twice, also
+        across stages and restarts), judged by the deployment's evaluator."""
+        canary, stable = snap.flag.canary, snap.flag.stable
+        assert canary is not None
+        deployment = f"{canary} vs {stable}"
+        start = self.evaluator.last_check(deployment)
+        earliest = now - self.windows.horizon_s + self.windows.bucket_s
+        if start is None:
+            start = now - self.analysis.lookback
+        start = min(max(start, earliest), now)
+        interval = (
+            self.windows.since(canary, start, now),
+            self.windows.since(stable, start, now),
+        )
+        evaluation = self.evaluator.evaluate(
+            deployment, interval, context, now=now, baseline=baseline
+        )
         verdict = evaluation.verdict.value
         self.verdicts[verdict] = self.verdicts.get(verdict, 0) + 1
         self.last_verdict = f"{verdict}: {evaluation.reason}"
@@ -453,12 +500,15 @@ async def run_drill(controller: RolloutController, principal: str, reason: str) 
     failing.record_many("OK", [0.01], [500])
     failing.record_many("UNAVAILABLE", [0.01], [500])
     healthy.record_many("OK", [0.01], [1000])
-    evaluator = controller.new_evaluator()
-    evaluation = evaluator.evaluate(failing, healthy)
-    for _ in range(20):  # the analysis layer may want several consecutive failures
+    current = controller.evaluator
+    config = current.config if isinstance(current, JudgeEvaluator) else SequentialConfig()
+    evaluator = JudgeEvaluator(config)  # the configured guards; its own budget, not persisted
+    for check in range(20):  # the sequential tests may want several checks
+        evaluation = evaluator.evaluate(
+            "drill", (failing, healthy), (failing, healthy), now=float(check)
+        )
         if evaluation.rollback:
             break
-        evaluation = evaluator.evaluate(failing, healthy)
     verdict_at = controller.clock()
     rolled_back = False
     if evaluation.rollback:
@@ -483,24 +533,110 @@ async def run_drill(controller: RolloutController, principal: str, reason: str) 
 
 
 class JudgeEvaluator:
-    """`Evaluator` over the canary judge and its repeated-check analysis (alpha spent
-    across the planned checks; failure limits). A finished analysis (planned checks used
-    without a rollback) starts a fresh one."""
+    """`Evaluator` over :class:`~sidecar.core.canary.sequential.DeploymentAnalysis`: one
+    false-rollback budget per deployment, kept across stages, stage lengths and (with a
+    checkpoint) restarts. A checkpoint that cannot be read is logged and alerted as a
+    new budget, never renewed silently."""
 
-    def __init__(self, config: CanaryAnalysisConfig) -> None:
+    def __init__(
+        self,
+        config: SequentialConfig,
+        checkpoint: CanaryCheckpoint | None = None,
+        alerts: AlertSink | None = None,
+    ) -> None:
         self.config = config
-        self.analysis = CanaryAnalysis(config)
+        self.checkpoint = checkpoint
+        self.alerts = alerts
+        self.analysis: DeploymentAnalysis | None = None
+        self._last_check: float | None = None
+        if checkpoint is not None:
+            self._restore(checkpoint)
 
-    def reset(self) -> None:
-        self.analysis = CanaryAnalysis(self.config)
+    def _restore(self, checkpoint: CanaryCheckpoint) -> None:
+        try:
+            data = checkpoint.load()
+            if data and data.get("analysis"):
+                self.analysis = DeploymentAnalysis.from_dict(data["analysis"], self.config)
+                self._last_check = float(data["last_check"])
+        except (ValueError, KeyError, TypeError) as exc:
+            self.analysis = None
+            log.error(
+                "canary.budget_unreadable",
+                error=str(exc),
+                message="canary budget state unreadable: the next check starts a new budget",
+            )
+            if self.alerts is not None:
+                self.alerts.alert("canary.budget_unreadable", {"error": str(exc)})
+            return
+        if self.analysis is not None:
+            log.info(
+                "canary.budget_restored",
+                deployment=self.analysis.deployment,
+                checks=self.analysis.checks,
+            )
+
+    def _save(self) -> None:
+        if self.checkpoint is None:
+            return
+        data = {
+            "analysis": None if self.analysis is None else self.analysis.to_dict(),
+            "last_check": self._last_check,
+        }
+        try:
+            self.checkpoint.save(data)
+        except OSError as exc:
+            log.error("canary.budget_not_saved", error=str(exc))
+
+    def last_check(self, deployment: str) -> float | None:
+        if self.analysis is None or self.analysis.deployment != deployment:
+            return None
+        return self._last_check
 
     def evaluate(
         self,
-        canary: VariantWindow,
-        stable: VariantWindow,
-        recent: tuple[VariantWindow, VariantWindow] | None = None,
+        deployment: str,
+        interval: Pair,
+        context: Pair,
+        *,
+        now: float,
+        baseline: Baseline | None = None,
     ) -> Evaluation:
-        if self.analysis.done:
-            self.reset()
-        decision = self.analysis.check(canary, stable, recent=recent)
-        return Evaluation(decision.verdict, decision.reason, decision.decision is Decision.ROLLBACK)
+        if self.analysis is None or self.analysis.deployment != deployment:
+            if self.analysis is not None:
+                log.info(
+                    "canary.deployment_ended",
+                    deployment=self.analysis.deployment,
+                    why=f"new deployment {deployment}",
+                )
+            self.analysis = DeploymentAnalysis(self.config, deployment)
+            log.info(
+                "canary.deployment_started",
+                deployment=deployment,
+                budget=self.config.false_rollback_rate,
+            )
+        recorded = None
+        limit = None
+        if baseline is not None:
+            recorded = RecordedBaseline(baseline.requests, baseline.error_rate, baseline.p95_s)
+            if baseline.requests > 0 and baseline.p95_s > 0:
+                limit = self.config.judge.max_p95_ratio * baseline.p95_s
+        counts = interval_counts(interval[0], interval[1], limit)
+        ratios = quantile_ratios(context[0], context[1], self.config.judge.latency_floor_s)
+        decision = self.analysis.observe(counts, latency_ratios=ratios, baseline=recorded)
+        self._last_check = now
+        self._save()
+        if decision.rollback:
+            verdict = Verdict.FAIL
+        elif decision.enough_data:
+            verdict = Verdict.PASS
+        else:
+            verdict = Verdict.INCONCLUSIVE
+        return Evaluation(verdict, decision.reason, decision.rollback)
+
+    def end(self, why: str) -> None:
+        if self.analysis is None:
+            return
+        log.info("canary.deployment_ended", deployment=self.analysis.deployment, why=why)
+        self.analysis = None
+        self._last_check = None
+        self._save()

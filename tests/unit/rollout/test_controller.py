@@ -5,6 +5,7 @@ seconds of (fake) time."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,21 @@ class RecordingAlerts:
         self.events.append((event, dict(fields)))
 
 
+class MemoryCheckpoint:
+    """The budget's checkpoint in memory (a JSON round trip, like the file)."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+        self.saves = 0
+
+    def load(self) -> dict[str, Any] | None:
+        return None if self.text is None else dict(json.loads(self.text))
+
+    def save(self, data: Mapping[str, Any]) -> None:
+        self.text = json.dumps(data)
+        self.saves += 1
+
+
 class Harness:
     """A controller over a real ControlService with in-memory stores and a fake clock."""
 
@@ -71,6 +87,7 @@ class Harness:
         self.shadow_reading: ShadowReading | None = None
         self.ab: GateReading | Exception = GateReading(GateStatus.WAIT, 1.0, 0.05, "no look yet")
         self.experiment = experiment
+        self.checkpoint: MemoryCheckpoint | None = None
         state = DesiredState.from_flag(config.flag, unix_time=self.clock())
         self.control = ControlService(
             holder=StateHolder(config.flag, state),
@@ -92,7 +109,7 @@ class Harness:
         return RolloutController(
             control=self.control,
             windows=self.windows,
-            evaluator_factory=lambda: JudgeEvaluator(self.analysis.judge()),
+            evaluator_factory=lambda: JudgeEvaluator(self.analysis.deployment(), self.checkpoint),
             analysis=self.analysis,
             shadow_thresholds=ShadowThresholds(),
             alerts=self.alerts,
@@ -382,3 +399,124 @@ async def test_ab_gate_holds_while_undecided_and_rolls_back_on_keep_a() -> None:
     assert rollout is not None and rollout.phase is Phase.ROLLED_BACK
     rollback = h.audit.entries[-1]
     assert rollback.principal == "health-checker" and "ab_test: correct: KEEP_A" in rollback.reason
+
+
+FULL_PLAN = (
+    Stage("c5", StageKind.CANARY, 500, min_duration_s=0.5, min_samples=10),
+    Stage("c50", StageKind.CANARY, 5000, min_duration_s=0.5, min_samples=40),
+    Stage("c100", StageKind.CANARY, 10_000, min_duration_s=0.5, min_samples=40),
+    Stage("promote", StageKind.PROMOTE),
+)
+
+
+async def _walk(h: Harness, alone_errors: int = 0) -> list[tuple[str, str, int]]:
+    """Tick through the plan with traffic split by the weights (plus `alone_errors`
+    failed canary requests per tick at 100%); returns (stage, deployment, checks)."""
+    seen: list[tuple[str, str, int]] = []
+    for _ in range(300):
+        rollout = h.state.rollout
+        assert rollout is not None
+        if not rollout.phase.active:
+            break
+        bp = h.state.weights.get("canary", 0)
+        if bp == 10_000:
+            h.serve("canary", alone_errors, "INTERNAL")
+        await h.tick(stable=(10_000 - bp) // 100, canary=bp // 100)
+        analysis = getattr(h.controller.evaluator, "analysis", None)
+        if analysis is not None and rollout.stage is not None:
+            seen.append((rollout.stage.name, analysis.deployment, analysis.checks))
+    return seen
+
+
+async def test_one_budget_spans_every_stage_and_the_100pct_stage_finishes() -> None:
+    """One deployment from the first canary check to promote: the sequential tests'
+    checks keep counting across stages (never a fresh budget per stage), and the 100%
+    stage, with no stable traffic, is judged against the baseline recorded at the
+    rollout's start and finishes."""
+    h = Harness({"stable": 10_000, "canary": 0})
+    for _ in range(20):
+        await h.tick(stable=100)  # the stable's baseline, recorded at the start
+    await h.control.start_rollout("ops", "ship", 0, FULL_PLAN, force=True)
+    rollout = h.state.rollout
+    assert rollout is not None and rollout.baseline.requests > 0
+    seen = await _walk(h)
+    rollout = h.state.rollout
+    assert rollout is not None and rollout.phase is Phase.SUCCEEDED
+    assert {s for s, _, _ in seen} >= {"c5", "c50", "c100"}
+    assert {d for _, d, _ in seen} == {"canary vs stable"}
+    checks = [c for _, _, c in seen]
+    assert checks == sorted(checks) and checks[-1] == len(set(checks))  # one count, never reset
+    assert "PASS" in h.controller.verdicts
+    assert (
+        h.state.stable == "canary" and h.controller.evaluator.last_check("canary vs stable") is None
+    )
+
+
+async def test_100pct_stage_rolls_back_against_the_recorded_baseline() -> None:
+    """At 100% the canary has no concurrent stable: 10% errors against a baseline with
+    none roll it back, with the baseline test named."""
+    h = Harness({"stable": 10_000, "canary": 0})
+    for _ in range(20):
+        await h.tick(stable=100)
+    await h.control.start_rollout("ops", "ship", 0, FULL_PLAN, force=True)
+    await _walk(h, alone_errors=10)
+    rollout = h.state.rollout
+    assert rollout is not None and rollout.phase is Phase.ROLLED_BACK
+    assert rollout.stage is not None and rollout.stage.name == "c100"
+    assert "baseline_error_rate HIGH" in h.audit.entries[-1].reason
+
+
+async def test_100pct_stage_without_a_baseline_is_gate_free_and_says_so() -> None:
+    h = Harness({"stable": 10_000, "canary": 0})
+    await h.control.start_rollout("ops", "ship", 0, FULL_PLAN, force=True)
+    rollout = h.state.rollout
+    assert rollout is not None and rollout.baseline.requests == 0
+    details: list[str] = []
+    for _ in range(300):
+        rollout = h.state.rollout
+        assert rollout is not None
+        if not rollout.phase.active:
+            break
+        bp = h.state.weights.get("canary", 0)
+        await h.tick(stable=(10_000 - bp) // 100, canary=bp // 100)
+        details += [g.detail for g in h.controller.gates if g.name == "health"]
+    assert rollout is not None and rollout.phase is Phase.SUCCEEDED
+    assert any("gate-free" in d for d in details)
+
+
+async def test_the_budget_survives_a_restart_and_ends_with_the_rollback() -> None:
+    """No plan: the deployment's evidence is checkpointed at every check; a restarted
+    controller continues the same deployment (check numbers go on, nothing renewed); a
+    rollback ends it."""
+    h = Harness({"stable": 8000, "canary": 2000})
+    h.checkpoint = MemoryCheckpoint()
+    h.controller = h.new_controller()
+    for _ in range(10):
+        await h.tick(stable=40, canary=10)
+    assert h.checkpoint.saves == 10
+    h.controller = h.new_controller()  # a restart
+    restored = h.controller.evaluator
+    assert restored.last_check("canary vs stable") == h.clock()
+    await h.tick(stable=40, canary=10)
+    assert "check 11" in h.controller.last_verdict
+    for _ in range(100):
+        await h.tick(stable=40, canary=(10, "INTERNAL"))
+        if h.state.weights["canary"] == 0:
+            break
+    assert h.state.weights["canary"] == 0
+    assert h.checkpoint.load() == {"analysis": None, "last_check": None}
+
+
+async def test_an_operator_rollback_ends_the_deployment() -> None:
+    """No plan: the canary's weight going to 0 (an operator's rollback) ends the
+    deployment; serving the canary again later is a new deployment (check 1)."""
+    h = Harness({"stable": 8000, "canary": 2000})
+    for _ in range(5):
+        await h.tick(stable=40, canary=10)
+    assert "check 5" in h.controller.last_verdict
+    await h.control.rollback("ops", "not today", 0)
+    await h.tick(stable=50)
+    assert h.controller.evaluator.last_check("canary vs stable") is None
+    await h.control.set_weights("ops", "again", 0, {"stable": 8000, "canary": 2000})
+    await h.tick(stable=40, canary=10)
+    assert "check 1)" in h.controller.last_verdict
