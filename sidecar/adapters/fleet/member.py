@@ -130,8 +130,9 @@ class FleetMember:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=LISTEN_POLL
                     )
-                    if _newer(message, self.holder.current.revision):
-                        await self.sync()
+                    notice = _notice(message)
+                    if notice is not None and notice[0] > self.holder.current.revision:
+                        await self.take(*notice)
             except Exception as exc:  # logged, retried: never stops the member's work
                 self._failed("listen", exc)
                 await asyncio.sleep(backoff)
@@ -188,6 +189,15 @@ class FleetMember:
             log.info("fleet.redis_back", loop=loop, revision=self.holder.current.revision)
 
     # ---- following -------------------------------------------------------------------
+
+    async def take(self, revision: int, doc: bytes | None) -> None:
+        """A change notice: apply the document it carries, or read the state."""
+        if doc is None:
+            await self.sync()
+            return
+        async with self._sync_lock:
+            if revision > self.holder.current.revision:
+                self._apply({b"revision": str(revision).encode(), b"doc": doc})
 
     async def sync(self) -> None:
         """Read the shared state once: apply it when newer, re-seed when Redis lost it."""
@@ -298,11 +308,15 @@ class FleetMember:
         await self.client.aclose()
 
 
-def _newer(message: Mapping[str, Any] | None, held: int) -> bool:
-    """A change notice announcing a revision newer than `held`."""
+def _notice(message: Mapping[str, Any] | None) -> tuple[int, bytes | None] | None:
+    """(revision, document or None) of a change notice; None for anything else."""
     if message is None or message.get("type") != "message":
-        return False
-    return decode_revision(message.get("data")) > held
+        return None
+    data = message.get("data")
+    if not isinstance(data, bytes):
+        return None
+    head, _, doc = data.partition(b"\n")
+    return decode_revision(head), doc or None
 
 
 def _member(raw: bytes, now: float, ttl: float) -> MemberStatus | None:

@@ -14,6 +14,9 @@ to the stream and publishes the new revision, or refuses with nothing written:
 - Redis errors (down, timeout, refused script) are OSError naming Redis (UNAVAILABLE,
   nothing changed).
 
+The change notice on the `changes` channel carries the new revision, and the document too
+when it is at most `NOTICE_DOC_BYTES` (members then apply it without another read).
+
 Keys (`sidecar.adapters.fleet.keys.FleetKeys`): `state` is a hash (`revision`, `schema`,
 `doc`: the state as compact JSON with its schema version); `audit` is a stream whose
 entry ids are `<seq>-0` (seq counts from 1, so paging by position is an id range) with
@@ -37,7 +40,8 @@ from sidecar.app.ports import AuditEntry, NotLeader, RevisionConflict, StateFile
 from sidecar.core.state import SCHEMA_VERSION, DesiredState, StateFormatError
 
 # KEYS: state, audit, lease. ARGV: new revision, expected (-1: derived), doc, audit
-# entry, fencing token ('' = none), schema version, changes channel.
+# entry, fencing token ('' = none), schema version, changes channel, the largest document
+# sent with the change notice.
 COMMIT_SCRIPT = """
 local new = tonumber(ARGV[1])
 local expected = tonumber(ARGV[2])
@@ -71,9 +75,17 @@ elseif new <= last_rev then
 end
 redis.call('HSET', KEYS[1], 'revision', ARGV[1], 'schema', ARGV[6], 'doc', ARGV[3])
 redis.call('XADD', KEYS[2], seq .. '-0', 'rev', ARGV[1], 'entry', ARGV[4])
-redis.call('PUBLISH', ARGV[7], ARGV[1])
+if #ARGV[3] <= tonumber(ARGV[8]) then
+  redis.call('PUBLISH', ARGV[7], ARGV[1] .. '\\n' .. ARGV[3])
+else
+  redis.call('PUBLISH', ARGV[7], ARGV[1])
+end
 return {'ok', ARGV[1]}
 """
+
+NOTICE_DOC_BYTES = 64 * 1024
+"""A change notice is `<revision>\n<document>` when the document is at most this big (the
+members apply it without reading Redis again), else `<revision>` alone."""
 
 _REVISION = re.compile(r'"revision(?:_after)?": ?(\d{1,18})')
 
@@ -161,6 +173,7 @@ class RedisStore:
             "" if fence is None else str(fence),
             SCHEMA_VERSION,
             self.keys.changes,
+            NOTICE_DOC_BYTES,
         ]
         try:
             keys = [self.keys.state, self.keys.audit, self.keys.lease]

@@ -180,3 +180,33 @@ def test_fleet_wait_header_values() -> None:
     assert fleet_wait_seconds([]) is None
     assert fleet_wait_seconds([("x-fleet-wait-seconds", "2.5")]) == 2.5
     assert fleet_wait_seconds([("x-fleet-wait-seconds", b"300")]) == 300.0
+
+
+async def test_change_notice_carries_small_documents(make: Factory) -> None:
+    """A commit publishes `<revision>\\n<document>` (applied without another read) when
+    the document is at most NOTICE_DOC_BYTES, else the revision alone (then read)."""
+    member = make("a")
+    pubsub = member.client.pubsub()
+    await pubsub.subscribe(member.keys.changes)
+    await pubsub.get_message(timeout=1.0)  # the subscription confirmation
+
+    async def notice() -> bytes:
+        for _ in range(50):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if message is not None:
+                data: bytes = message["data"]
+                return data
+        raise AssertionError("no change notice")
+
+    member.store.commit(state(2, kill_switch=True), entry(2), expected=0)
+    revision, _, doc = (await notice()).partition(b"\n")
+    assert revision == b"2" and doc
+    await member.take(2, doc)
+    assert member.holder.current.revision == 2 and member.holder.current.state.kill_switch
+    many = {f"user-{i:06d}": "canary" for i in range(5000)}  # about 100 KiB of JSON
+    member.store.commit(state(3, user_overrides=many), entry(3))
+    assert await notice() == b"3"
+    await member.take(3, None)
+    assert member.holder.current.revision == 3
+    assert len(member.holder.current.state.user_overrides) == 5000
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
