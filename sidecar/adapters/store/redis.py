@@ -178,6 +178,10 @@ class RedisStore:
         try:
             keys = [self.keys.state, self.keys.audit, self.keys.lease]
             result = self._commit(keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if self._stored(state.revision, str(args[2])):  # the answer was lost, not the write
+                return
+            raise self._unavailable(exc) from None
         except redis.RedisError as exc:
             raise self._unavailable(exc) from None
         status, value = (_text(v) for v in result)
@@ -190,6 +194,15 @@ class RedisStore:
                 f"the fleet state is at revision {value}; revision {state.revision} was "
                 f"derived from {state.revision - 1}: re-read the state and retry"
             )
+
+    def _stored(self, revision: int, doc: str) -> bool:
+        """Whether the state hash holds exactly this revision and document (checked once
+        after a connection error: the script may have run with its answer lost)."""
+        try:
+            found = self.client.hmget(self.keys.state, ["revision", "doc"])
+        except redis.RedisError:
+            return False
+        return decode_revision(found[0]) == revision and found[1] == doc.encode()
 
     def audit_count(self) -> int:
         try:

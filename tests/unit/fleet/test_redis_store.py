@@ -253,3 +253,27 @@ def test_check_config_names_an_unset_password_variable(
                 "control": control_section(),
             }
         )
+
+
+def test_a_lost_answer_is_checked_against_the_stored_state(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the connection drops after the script ran, the commit reads the state once:
+    its own document stored means committed; anything else is UNAVAILABLE (OSError)."""
+    real = store._commit
+
+    def ran_then_dropped(**kwargs: Any) -> Any:
+        real(**kwargs)
+        raise redis.ConnectionError("connection reset after the script")
+
+    def dropped(**kwargs: Any) -> Any:
+        raise redis.ConnectionError("connection refused")
+
+    store.commit(state(1), entry(1))
+    monkeypatch.setattr(store, "_commit", ran_then_dropped)
+    store.commit(state(2, kill_switch=True), entry(2))  # no error: it was stored
+    assert store.load() == state(2, kill_switch=True)
+    monkeypatch.setattr(store, "_commit", dropped)
+    with pytest.raises(OSError, match=r"redis 127\.0\.0\.1"):
+        store.commit(state(3), entry(3))
+    assert store.load() == state(2, kill_switch=True)
