@@ -15,7 +15,7 @@
   removed by the next heartbeat of any member.
 - **Redis down**: nothing here is on the request path; the member keeps serving the last
   state it applied (a kill switch that is on stays on). The listener reconnects with
-  backoff (0.05 s doubling to 2 s) and re-reads the state when it is back; heartbeats and
+  backoff (0.05 s doubling to 1 s) and re-reads the state when it is back; heartbeats and
   re-reads retry on their timers. Failures are logged once per outage.
 - **Re-seed**: a stored revision below the one this member holds (or no document at all)
   means Redis lost its data (restarted without persistence, flushed): revisions never go
@@ -47,7 +47,7 @@ log = structlog.get_logger("sidecar.fleet")
 
 PRUNE_TTLS = 3
 BACKOFF_FIRST = 0.05
-BACKOFF_MAX = 2.0
+BACKOFF_MAX = 1.0
 WAIT_POLL = 0.01
 LISTEN_POLL = 1.0
 
