@@ -303,7 +303,18 @@ def _initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> 
             AuditEntry(now, "config", "Initialize", "initial state from configuration", 0, 1, {}),
         )
     except RevisionConflict:  # another fleet member initialised the shared state first
-        return _initial_snapshot(config, store, safe_mode=safe_mode)
+        if store.load() is not None:
+            return _initial_snapshot(config, store, safe_mode=safe_mode)
+        lost = StateFileError(
+            str(getattr(store, "path", "store")),
+            "no state document, but the audit log goes past revision 1 (the document was "
+            "lost or deleted); a running member re-seeds it",
+        )
+        if not safe_mode:
+            raise StartupError(
+                f"{lost}. Start again once it is re-seeded, or with --safe-mode"
+            ) from None
+        return _safe_mode(config, store, lost, now)
     log.info("state.initialised", source=config.source)
     return Snapshot(config.flag, initial)
 

@@ -277,3 +277,20 @@ def test_a_lost_answer_is_checked_against_the_stored_state(
     with pytest.raises(OSError, match=r"redis 127\.0\.0\.1"):
         store.commit(state(3), entry(3))
     assert store.load() == state(2, kill_switch=True)
+
+
+def test_lost_document_with_an_audit_log_is_not_initialised_again(
+    server: RedisServer, store: RedisStore
+) -> None:
+    """No state document but an audit log past revision 1: start-up stops naming the key
+    (never re-initialises at revision 1); --safe-mode starts kill switch on above it."""
+    cfg = config(server, store.keys.fleet)
+    for revision in (1, 2, 3):
+        store.commit(state(revision), entry(revision))
+    store.client.delete(store.keys.state)
+    with pytest.raises(StartupError) as caught:
+        initial_snapshot(cfg, store, safe_mode=False)
+    assert store.keys.state in str(caught.value) and "re-seed" in str(caught.value)
+    assert store.load() is None
+    snapshot = initial_snapshot(cfg, store, safe_mode=True)
+    assert snapshot.state.kill_switch and snapshot.revision == 4
