@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -490,6 +491,13 @@ class RedisConfig(_Section):
             raise ValueError("give at most one of password_env, password_file")
         return self
 
+    def member(self) -> tuple[str, str]:
+        """(member id, host): `member_id`, else $SIDECAR_MEMBER_ID, else the pod or host
+        name ($POD_NAME, $HOSTNAME, the system's) plus `:pid`; host is the pod/host name."""
+        host = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or socket.gethostname()
+        explicit = self.member_id or os.environ.get("SIDECAR_MEMBER_ID", "")
+        return explicit or f"{host}:{os.getpid()}", host
+
     def password(self) -> str | None:
         """The password from the environment or the file (None when neither is set);
         ValueError naming the setting when it cannot be read."""
@@ -908,6 +916,11 @@ def _state_file_problems(config: Config) -> list[str]:
     if getattr(config.state, "backend", "file") == "memory":
         return []
     problems = []
+    if config.state.backend == "redis":
+        try:
+            config.state.redis.password()  # the env variable is set, the file readable
+        except ValueError as exc:
+            problems.append(str(exc))
     for name, value in config.state:
         if name.endswith("path") and isinstance(value, str) and value:
             problem = _writable_file_problem(Path(value))
