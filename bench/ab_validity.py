@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -328,7 +329,14 @@ def analyse_users(chunk: UserChunk, tau2: float) -> UserDecisions:
     request_level = ((req.ci_lower > 0.0) | (req.ci_upper < 0.0)).any(axis=1)
     pa, pb = sc[:, -1] / nc[:, -1], st[:, -1] / nt[:, -1]
     naive = pa * (1 - pa) / nc[:, -1] + pb * (1 - pb) / nt[:, -1]
-    return UserDecisions(user_level, request_level, p, lo, hi, s2[:, -1] / naive)
+    return UserDecisions(
+        np.asarray(user_level, dtype=np.bool_),
+        np.asarray(request_level, dtype=np.bool_),
+        p,
+        lo,
+        hi,
+        s2[:, -1] / naive,
+    )
 
 
 def replay_through_tracker(chunk: UserChunk, decisions: UserDecisions, tau2: float) -> int:
@@ -378,7 +386,7 @@ def replay_through_tracker(chunk: UserChunk, decisions: UserDecisions, tau2: flo
     return checked
 
 
-def users_section(tau2: float) -> dict[str, object]:
+def users_section(tau2: float) -> dict[str, Any]:
     rng = np.random.default_rng(SEED_USERS)
     results: dict[str, list[npt.NDArray[np.generic]]] = {
         k: [] for k in ("aa_user", "aa_request", "power_user", "power_request", "de", "icc")
@@ -617,21 +625,21 @@ def main() -> int:
     )
     print(
         f"  {'user-level (buckets, delta method)':<44} "
-        f"{100 * float(users['aa_false_decision_rate']):6.2f}%  upper "  # type: ignore[arg-type]
-        f"{100 * float(users['aa_false_decision_ci_upper']):5.2f}%"  # type: ignore[arg-type]
+        f"{100 * float(users['aa_false_decision_rate']):6.2f}%  upper "
+        f"{100 * float(users['aa_false_decision_ci_upper']):5.2f}%"
     )
     print(
         f"  {'request-level (today, same data)':<44} "
-        f"{100 * float(users['request_level_aa_false_decision_rate']):6.2f}%"  # type: ignore[arg-type]
+        f"{100 * float(users['request_level_aa_false_decision_rate']):6.2f}%"
     )
     print(
         f"  {'power, 10% relative lift (user-level)':<44} "
-        f"{100 * float(users['power_10pct_relative']):6.2f}%"  # type: ignore[arg-type]
+        f"{100 * float(users['power_10pct_relative']):6.2f}%"
     )
     print(
         f"elapsed {elapsed:.1f} s (users {users_seconds:.1f} s); wrote {RESULTS.relative_to(ROOT)}"
     )
-    users_ok = float(users["aa_false_decision_ci_upper"]) <= 0.05  # type: ignore[arg-type]
+    users_ok = float(users["aa_false_decision_ci_upper"]) <= 0.05
     ok = side_fp.upper <= ALPHA and power_at_plan.lower >= POWER and users_ok
     print(
         "targets:",
