@@ -20,12 +20,14 @@ from clients.views import (
     ACTIVE_PHASES,
     NONE,
     arm_cells,
+    arm_headers,
     current_stage,
     drift_rows,
     duration_text,
     effect_interval,
     estimate_pct,
     example_rows,
+    expected_time_text,
     format_percent,
     gate_status_name,
     level,
@@ -36,6 +38,7 @@ from clients.views import (
     p_value_text,
     parse_diff,
     pct,
+    plan_text,
     recommendation_text,
     role,
     rollout_phase,
@@ -44,6 +47,7 @@ from clients.views import (
     sig,
     signed_pct,
     srm_rows,
+    unit_text,
     verdict_text,
     verdict_variant,
     when,
@@ -605,6 +609,16 @@ def _srm_lines(report: cpb.ExperimentReport) -> list[str]:
     return lines
 
 
+def _mix_line(report: cpb.ExperimentReport) -> str:
+    if not report.HasField("segment_mix"):
+        return "segment mix check: no data (no declared segments or no users yet)"
+    mix = report.segment_mix
+    head = "MISMATCH: every aggregate verdict is blocked" if mix.mismatch else "ok"
+    if not mix.checked:
+        head = "not checked yet"
+    return f"segment mix check: {head}: {_clean(mix.detail)}"
+
+
 def _segment_rows(kind: str, segments: Sequence[cpb.SegmentResult]) -> list[list[str]]:
     return [
         [
@@ -630,16 +644,15 @@ def _metric_lines(report: cpb.ExperimentReport, m: cpb.MetricResult) -> list[str
         f"minimum effect ±{effect}) ==",
         f"verdict: {_verdict_headline(report, m)}" + (f": {_clean(m.reason)}" if m.reason else ""),
     ]
-    value_name = "RATE" if kind == "bool" else "MEAN"
-    detail_name = "SUCCESSES" if kind == "bool" else "STD DEV"
     arm_level = level(m.control.value) if m.control.HasField("value") else "95%"
     lines.append(
         _table(
-            ["ARM", "VARIANT", "N", detail_name, value_name, f"{arm_level} INTERVAL"],
+            ["ARM", *(h.upper() for h in arm_headers(kind, arm_level))],
             [["A", *arm_cells(kind, m.control)], ["B", *arm_cells(kind, m.treatment)]],
-            right=(2, 3, 4),
+            right=(2, 4, 5, 6),
         )
     )
+    lines.append(f"unit of analysis: {_clean(unit_text(m))}")  # users per arm: the table
     if m.HasField("difference"):
         d = m.difference
         method = f", {_clean(d.method)}" if d.method else ""
@@ -660,14 +673,14 @@ def _metric_lines(report: cpb.ExperimentReport, m: cpb.MetricResult) -> list[str
         f"always-valid p {p_value_text(m.p_value)}   fixed-horizon p "
         f"{p_value_text(m.fixed_horizon_p_value)} (NOT valid under repeated looks)"
     )
-    planned = f"{m.planned_per_arm} per arm" if m.planned_per_arm > 0 else "n/a (no baseline)"
-    sizes = f"planned sample size: {planned}"
+    sizes = f"planned sample size for the split: {plan_text(m)}"
     if m.verdict == cpb.VERDICT_CONTINUE:
         if m.additional_per_arm >= 0:
             sizes += f"   still needed: about {m.additional_per_arm} more per arm"
         else:
             sizes += "   still needed: cannot be estimated yet"
     lines.append(sizes)
+    lines.append(f"expected time to a decision: {expected_time_text(m)}")
     if m.history:
         first, last = m.history[0], m.history[-1]
         lines.append(
@@ -733,6 +746,7 @@ def render_experiment(report: cpb.ExperimentReport) -> str:
     lines.extend(_header_lines(report))
     lines.append("")
     lines.extend(_srm_lines(report))
+    lines.append(_mix_line(report))
     if report.metrics:
         for metric in report.metrics:
             lines.append("")
