@@ -1243,7 +1243,9 @@ class ExperimentTracker:
                     segment=segment,
                     control=self._arm(metric, self._control, a, segment),
                     treatment=self._arm(metric, self._treatment, b, segment),
-                    difference=self._difference(seq),
+                    difference=self._difference(seq)
+                    if a.n and b.n
+                    else _nan_estimate(self._level, "msprt"),  # no data: no difference
                     p_value=p,
                     adjusted_p_value=p_adj,
                     significant=significant,
