@@ -745,6 +745,12 @@ class ExperimentTracker:
                 out = out.merge(totals)
         return out
 
+    def bucket_totals(self) -> dict[tuple[str, str, str], BucketTotals]:
+        """Copies of the user bucket totals of the current epoch, by (metric, variant,
+        segment) ("other" for undeclared segments): plain sums that a fleet adds across
+        sidecars (`BucketTotals.merge`)."""
+        return {key: BucketTotals.from_json(t.to_json()) for key, t in self._buckets.items()}
+
     def _user_level(self, metric: str) -> bool:
         """Whether the metric is analysed per user: some outcome came from a keyed user."""
         return any(t.n > t.keyless for (m, _, _), t in self._buckets.items() if m == metric)

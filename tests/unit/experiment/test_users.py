@@ -232,3 +232,41 @@ def test_the_ledger_gives_the_same_unit_on_every_sidecar_and_marks_first_outcome
     one.remember("d", A, "", 0.0, 1, "")
     keyless = one.report("d", "click", False, 0.0)
     assert keyless.keyless and keyless.new_user and keyless.unit == unit_hash("d")
+
+
+def test_two_sidecars_bucket_totals_add_up_to_one_sidecars() -> None:
+    """The same users' outcomes split over two trackers (two sidecars) give bucket totals
+    whose sum equals one tracker that saw everything: the fleet merges by addition."""
+    rng = np.random.default_rng(11)
+    one, two, both = (Flow(MetricSpec("click", "bool", 0.02)) for _ in range(3))
+    for u in range(300):
+        variant = A if u % 2 else B
+        for r in range(1 + int(rng.poisson(4))):
+            hit = bool(rng.random() < 0.3)
+            (one if r % 2 else two).request(variant, f"user-{u}", "click", hit)
+            both.request(variant, f"user-{u}", "click", hit)
+    a, b, c = (f.tracker.bucket_totals() for f in (one, two, both))
+    for key, totals in c.items():
+        merged = a[key].merge(b[key])
+        assert merged.outcomes == totals.outcomes and merged.total == totals.total
+        # a user seen by both sidecars is counted once by each: users add up to at least
+        assert sum(merged.users) >= sum(totals.users)
+
+
+def test_user_level_outcome_check_counts_users_with_the_exact_test() -> None:
+    """A canary that loses the outcomes of a third of its users: blocked, on users."""
+    flow = Flow(MetricSpec("click", "bool", 0.02))
+    for u in range(3000):
+        variant = A if u % 2 else B
+        if variant == B and u % 3 == 0:  # served (assigned), outcomes lost
+            for _ in range(3):
+                flow.tracker.assigned(B)
+            continue
+        for _ in range(3):
+            flow.request(variant, f"user-{u}", "click", bool(u % 5 == 0))
+    flow.tracker.look(1.0)
+    m = flow.tracker.report(1.0).metrics[0]
+    users_a, users_b = m.control.users, m.treatment.users
+    p = stats.binomtest(users_a, users_a + users_b, 0.5).pvalue
+    assert m.verdict is ExperimentVerdict.BLOCKED
+    assert "users with outcomes" in m.reason and f"exact binomial p {p:.3g}" in m.reason
