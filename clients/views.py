@@ -174,7 +174,12 @@ def metric_effect_text(kind: str, value: float) -> str:
 
 
 def effect_interval(kind: str, estimate: cpb.Estimate) -> str:
-    """A difference's interval: `[+0.20 pp, +2.80 pp]`."""
+    """A difference's interval: `[+0.20 pp, +2.80 pp]`; `[no interval yet]` for the
+    placeholder a test has before its first evaluated look (a rate's [-100 pp, +100 pp],
+    or an unbounded interval)."""
+    lo, hi = estimate.lower, estimate.upper
+    if not (math.isfinite(lo) and math.isfinite(hi)) or (kind == "bool" and lo <= -1 <= 1 <= hi):
+        return "[no interval yet]"
     lower = metric_effect_text(kind, estimate.lower)
     upper = metric_effect_text(kind, estimate.upper)
     return f"[{lower}, {upper}]"

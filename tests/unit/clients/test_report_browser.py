@@ -105,6 +105,12 @@ def test_placeholder_intervals_are_not_drawn(page_html: str) -> None:
     assert f"{MINUS}100" not in texts and "-100" not in texts
 
 
+def test_a_placeholder_interval_is_not_printed_in_the_tables(page_html: str) -> None:
+    row = re.search(r"<tr><td>watch</td>(.*?)</tr>", page_html)
+    assert row is not None and "[no interval yet]" in row.group(1)
+    assert "100.00 pp" not in page_html
+
+
 def test_an_empty_segment_says_no_data_in_the_plot_and_the_table(page_html: str) -> None:
     forest = figure_of(page_html, "Differences B - A per segment")
     assert "no data" in svg_texts(forest)
@@ -118,6 +124,8 @@ def test_the_shadow_latency_bar_is_the_ratio_the_gate_uses(page_html: str) -> No
     texts = svg_texts(page_html)
     assert "0.96x" in texts and "2.92x" not in texts
     assert "shadow / primary percentile" in texts
+    assert "50.0 ms / 48.0 ms / 0.96x" in page_html  # the table agrees with the bar
+    assert "1.10x / 2.92x" in page_html  # the per-pair ratios, labelled as not the gate's
 
 
 def test_the_error_chart_has_no_negative_axis_and_says_no_errors(page_html: str) -> None:
