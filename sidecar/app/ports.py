@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
