@@ -13,6 +13,13 @@ What it measures, with fixed seeds and vectorised numpy:
    simulated power, and the fixed-horizon z-test at the fixed-horizon sample size.
 3. Robustness: A/A at 2% and 50% conversion (tau^2 tuned to the 20,000 horizon), A/A with a
    100x larger tau^2, and A/A with a look every 50 users per arm (400 looks).
+4. Users (``users``): 2,000 A/A runs where users have Beta-distributed propensities around
+   10% (intra-user correlation drawn per run from [0.05, 0.3]) and send 1 + Poisson(9.5)
+   requests each (mean 10.5; the ledger counts at most 20 per user), spread uniformly over
+   the experiment, with 100 looks. The sidecar's user-level analysis (user buckets, delta
+   method, the same mSPRT) is set next to the request-level analysis on the same data, and
+   its power for a 10% relative lift (10% -> 11%) is measured on 2,000 more runs. Two runs
+   are replayed through `ExperimentTracker` itself and must agree to 1e-9.
 
 Every figure is computed here from simulated data; nothing is hard-coded.
 """
@@ -25,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,10 +42,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from sidecar.core.experiment import (  # noqa: E402
+    ExperimentSettings,
+    ExperimentTracker,
+    MetricSpec,
+)
 from sidecar.core.stats import (  # noqa: E402
     plan_sequential,
     sample_size_per_arm,
     sequential_paths,
+    sequential_paths_estimates,
     sequential_power_lower_bound,
     sequential_update,
     sequential_verdict,
@@ -45,6 +59,7 @@ from sidecar.core.stats import (  # noqa: E402
     two_proportion_ztest,
     wilson_interval,
 )
+from sidecar.core.stats.buckets import DEFAULT_BUCKETS, ratio_from_buckets  # noqa: E402
 from sidecar.core.stats.sequential import (  # noqa: E402
     DEFAULT_MIN_EVENTS,
     Verdict,
@@ -64,6 +79,15 @@ SEED_AA = 20_240_601
 SEED_POWER = 20_240_602
 SEED_FIXED = 20_240_603
 SEED_ROBUST = 20_240_604
+SEED_USERS = 20_261_202
+USER_RUNS = 2_000
+USERS_PER_ARM = 8_000
+USER_LOOKS = 100
+USER_CHUNK = 25
+ICC_RANGE = (0.05, 0.3)
+REQUESTS_EXTRA_MEAN = 9.5  # requests per user: 1 + Poisson(9.5)
+PER_KEY_CAP = 20  # the ledger's default max_per_key: outcomes counted per user
+MIN_USERS = 100  # ExperimentSettings.min_users (default)
 Z_CRIT = float(-special.ndtri(ALPHA / 2))  # two-sided critical value of the naive z-test
 
 IntArray = npt.NDArray[np.int64]
@@ -203,6 +227,217 @@ def cross_check(paths: ArmPaths, tau_squared: float, minimum_effect: float, rows
         assert isinstance(decision.verdict, Verdict)
 
 
+# --------------------------------------------------------------------------- users
+
+
+@dataclass
+class UserChunk:
+    """Cumulative per-look totals of a chunk of runs, shaped (runs, arm, looks, buckets)."""
+
+    y: npt.NDArray[np.float64]
+    n: npt.NDArray[np.float64]
+    users: npt.NDArray[np.float64]
+    requests_sent: int
+    users_total: int
+    icc: npt.NDArray[np.float64]
+    # (runs, arm, user) -> per-request arrays of one run, kept for the replay check
+    replay: list[tuple[npt.NDArray[np.int64], ...]]
+
+
+def simulate_users(
+    rng: np.random.Generator, runs: int, rates: tuple[float, float], keep: int
+) -> UserChunk:
+    """Users with Beta propensities and Poisson request counts; requests at uniform times,
+    binned into the looks; whole users hashed (here: drawn) into buckets."""
+    k, looks, u = DEFAULT_BUCKETS, USER_LOOKS, USERS_PER_ARM
+    icc = rng.uniform(*ICC_RANGE, size=runs)
+    shape = (runs, 2, looks, k)
+    y = np.zeros(shape)
+    n = np.zeros(shape)
+    users = np.zeros(shape)
+    sent = 0
+    replay: list[tuple[npt.NDArray[np.int64], ...]] = []
+    for arm, mean in enumerate(rates):
+        ab = 1.0 / icc - 1.0  # Beta(a, b) with a + b = 1/icc - 1 has correlation icc
+        p = rng.beta((mean * ab)[:, None], ((1.0 - mean) * ab)[:, None], size=(runs, u))
+        m = 1 + rng.poisson(REQUESTS_EXTRA_MEAN, size=(runs, u))
+        sent += int(m.sum())
+        counted = np.minimum(m, PER_KEY_CAP)
+        bucket = rng.integers(0, k, size=(runs, u))
+        user_of = np.repeat(np.arange(runs * u), counted.ravel())
+        t = rng.random(user_of.size)
+        # (beyond the cap a user's requests are not counted: only `counted` are drawn)
+        # sort each user's times, so its first request opens the user (users per look)
+        order = np.lexsort((t, user_of))
+        t = t[order]
+        look = np.minimum((t * looks).astype(np.int64), looks - 1)
+        hit = rng.random(user_of.size) < p.ravel()[user_of]
+        run = user_of // u
+        b = bucket.ravel()[user_of]
+        flat = ((run * 2 + arm) * looks + look) * k + b
+        size = runs * 2 * looks * k
+        y += np.bincount(flat, weights=hit, minlength=size).reshape(shape)
+        n += np.bincount(flat, minlength=size).reshape(shape)
+        starts = np.concatenate(([0], np.cumsum(counted.ravel())[:-1]))
+        first_look = look[starts]  # times are sorted within a user: its first request
+        uflat = ((np.arange(runs * u) // u * 2 + arm) * looks + first_look) * k + bucket.ravel()
+        users += np.bincount(uflat, minlength=size).reshape(shape)
+        for r in range(min(keep, runs)):
+            sel = run == r
+            replay.append((np.full(int(sel.sum()), arm), look[sel], b[sel], hit[sel], user_of[sel]))
+    return UserChunk(
+        np.cumsum(y, axis=2),
+        np.cumsum(n, axis=2),
+        np.cumsum(users, axis=2),
+        sent,
+        2 * runs * u,
+        icc,
+        replay,
+    )
+
+
+@dataclass
+class UserDecisions:
+    user_level: BoolArray  # per run: any look with Ship B / Keep A (user-level)
+    request_level: BoolArray
+    p_value: npt.NDArray[np.float64]  # (runs, looks): user-level running p
+    lower: npt.NDArray[np.float64]
+    upper: npt.NDArray[np.float64]
+    design_effect: npt.NDArray[np.float64]  # per run, at the last look
+
+
+def analyse_users(chunk: UserChunk, tau2: float) -> UserDecisions:
+    est = ratio_from_buckets(chunk.y, chunk.n)  # (runs, arm, looks)
+    d = est.ratio[:, 1] - est.ratio[:, 0]
+    s2 = est.variance[:, 0] + est.variance[:, 1]
+    successes = chunk.y.sum(axis=-1)
+    outcomes = chunk.n.sum(axis=-1)
+    users = chunk.users.sum(axis=-1)
+    m = DEFAULT_MIN_EVENTS
+    evaluated = (
+        (users >= MIN_USERS).all(axis=1)
+        & (successes >= m).all(axis=1)
+        & (outcomes - successes >= m).all(axis=1)
+    )
+    p, lo, hi = sequential_paths_estimates(d, s2, evaluated, tau2, ALPHA)
+    user_level = ((lo > 0.0) | (hi < 0.0)).any(axis=1)
+    sc = successes[:, 0].astype(np.int64)
+    st = successes[:, 1].astype(np.int64)
+    nc = outcomes[:, 0].astype(np.int64)
+    nt = outcomes[:, 1].astype(np.int64)
+    req = sequential_paths(sc, nc, st, nt, tau_squared=tau2, alpha=ALPHA)
+    request_level = ((req.ci_lower > 0.0) | (req.ci_upper < 0.0)).any(axis=1)
+    pa, pb = sc[:, -1] / nc[:, -1], st[:, -1] / nt[:, -1]
+    naive = pa * (1 - pa) / nc[:, -1] + pb * (1 - pb) / nt[:, -1]
+    return UserDecisions(
+        np.asarray(user_level, dtype=np.bool_),
+        np.asarray(request_level, dtype=np.bool_),
+        p,
+        lo,
+        hi,
+        s2[:, -1] / naive,
+    )
+
+
+def replay_through_tracker(chunk: UserChunk, decisions: UserDecisions, tau2: float) -> int:
+    """Feed a kept run outcome by outcome through `ExperimentTracker` (unit = the bucket,
+    new_user on a user's first outcome), look at every look boundary, and require the same
+    running p-value and interval as the vectorised path (1e-9). Returns the runs checked."""
+    spec = MetricSpec("click", "bool", LIFT, baseline=BASELINE)
+    checked = 0
+    for r in range(len(chunk.replay) // 2):
+        tracker = ExperimentTracker(ExperimentSettings(metrics=(spec,), min_users=MIN_USERS))
+        epoch = tracker.sync("A", "B", {"A": 5000, "B": 5000}, 0.0)
+        assert tracker.report(0.0).metrics[0].tau_squared == tau2
+        parts = [chunk.replay[r], chunk.replay[len(chunk.replay) // 2 + r]]
+        arm = np.concatenate([x[0] for x in parts])
+        look = np.concatenate([x[1] for x in parts])
+        bucket = np.concatenate([x[2] for x in parts])
+        hit = np.concatenate([x[3] for x in parts])
+        user = np.concatenate([x[4] + i * 10**9 for i, x in enumerate(parts)])
+        order = np.argsort(look, kind="stable")
+        seen: set[int] = set()
+        pos = 0
+        for j in range(USER_LOOKS):
+            while pos < order.size and look[order[pos]] == j:
+                i = order[pos]
+                uid = int(user[i])
+                tracker.outcome(
+                    epoch,
+                    "AB"[int(arm[i])],
+                    "",
+                    "click",
+                    bool(hit[i]),
+                    unit=int(bucket[i]),
+                    keyless=False,
+                    new_user=uid not in seen,
+                )
+                seen.add(uid)
+                pos += 1
+            tracker.look(float(j))
+            m = tracker.report(float(j), history=False).metrics[0]
+            assert math.isclose(m.p_value, decisions.p_value[r, j], rel_tol=1e-9, abs_tol=1e-12)
+            for ours, want in (
+                (m.difference.lower, decisions.lower[r, j]),
+                (m.difference.upper, decisions.upper[r, j]),
+            ):
+                assert math.isclose(ours, float(np.clip(want, -1.0, 1.0)), abs_tol=1e-9)
+        checked += 1
+    return checked
+
+
+def users_section(tau2: float) -> dict[str, Any]:
+    rng = np.random.default_rng(SEED_USERS)
+    results: dict[str, list[npt.NDArray[np.generic]]] = {
+        k: [] for k in ("aa_user", "aa_request", "power_user", "power_request", "de", "icc")
+    }
+    sent = users_total = 0
+    replayed = 0
+    for label, rates in (("aa", (BASELINE, BASELINE)), ("power", (BASELINE, BASELINE * 1.1))):
+        for start in range(0, USER_RUNS, USER_CHUNK):
+            keep = 1 if (start == 0) else 0
+            chunk = simulate_users(rng, min(USER_CHUNK, USER_RUNS - start), rates, keep)
+            dec = analyse_users(chunk, tau2)
+            if keep:
+                replayed += replay_through_tracker(chunk, dec, tau2)
+            results[f"{label}_user"].append(dec.user_level)
+            results[f"{label}_request"].append(dec.request_level)
+            if label == "aa":
+                results["de"].append(dec.design_effect)
+                results["icc"].append(chunk.icc)
+                sent += chunk.requests_sent
+                users_total += chunk.users_total
+    aa_user = rate(np.concatenate(results["aa_user"]))
+    aa_req = rate(np.concatenate(results["aa_request"]))
+    pw_user = rate(np.concatenate(results["power_user"]))
+    pw_req = rate(np.concatenate(results["power_request"]))
+    de = np.concatenate(results["de"])
+    return {
+        "runs": USER_RUNS,
+        "power_runs": USER_RUNS,
+        "seed": SEED_USERS,
+        "users_per_arm": USERS_PER_ARM,
+        "mean_requests_per_user": sent / users_total,
+        "per_key_cap": PER_KEY_CAP,
+        "intra_user_correlation_range": list(ICC_RANGE),
+        "looks": USER_LOOKS,
+        "buckets": DEFAULT_BUCKETS,
+        "min_users": MIN_USERS,
+        "tau_squared": tau2,
+        "aa_false_decision_rate": aa_user.rate,
+        "aa_false_decision_ci_upper": aa_user.upper,
+        "aa_false_decision": aa_user.as_dict(),
+        "request_level_aa_false_decision_rate": aa_req.rate,
+        "request_level_aa_false_decision": aa_req.as_dict(),
+        "power_10pct_relative": pw_user.rate,
+        "power_10pct_relative_ci": [pw_user.lower, pw_user.upper],
+        "request_level_power_10pct_relative": pw_req.rate,
+        "design_effect_median": float(np.median(de)),
+        "design_effect_range": [float(de.min()), float(de.max())],
+        "runs_replayed_through_tracker": replayed,
+    }
+
+
 def main() -> int:
     t0 = time.perf_counter()
     plan = plan_sequential(BASELINE, LIFT, alpha=ALPHA, power=POWER)
@@ -280,6 +515,10 @@ def main() -> int:
         "false_positive": fine_fp.as_dict(),
         "naive_peeking_false_positive": fine_naive.as_dict(),
     }
+    t_users = time.perf_counter()
+    users = users_section(tau2)
+    users_seconds = time.perf_counter() - t_users
+    users["elapsed_seconds"] = round(users_seconds, 2)
     elapsed = time.perf_counter() - t0
 
     result = {
@@ -330,6 +569,7 @@ def main() -> int:
             "power_10_to_11_single_look_ci": [fixed_power.lower, fixed_power.upper],
         },
         "robustness": robust,
+        "users": users,
         "elapsed_seconds": round(elapsed, 2),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -377,8 +617,30 @@ def main() -> int:
             f"  {name:<44} {100 * fp_dict['rate']:6.2f}%  "
             f"[{100 * fp_dict['ci_lower']:5.2f}%, {100 * fp_dict['ci_upper']:5.2f}%]"
         )
-    print(f"elapsed {elapsed:.1f} s; wrote {RESULTS.relative_to(ROOT)}")
-    ok = side_fp.upper <= ALPHA and power_at_plan.lower >= POWER
+    print(
+        f"Users: {USER_RUNS} A/A runs, {USERS_PER_ARM} users per arm, "
+        f"{users['mean_requests_per_user']:.2f} requests per user, intra-user correlation "
+        f"{ICC_RANGE[0]}-{ICC_RANGE[1]}, {USER_LOOKS} looks; design effect median "
+        f"{users['design_effect_median']:.2f}"
+    )
+    print(
+        f"  {'user-level (buckets, delta method)':<44} "
+        f"{100 * float(users['aa_false_decision_rate']):6.2f}%  upper "
+        f"{100 * float(users['aa_false_decision_ci_upper']):5.2f}%"
+    )
+    print(
+        f"  {'request-level (today, same data)':<44} "
+        f"{100 * float(users['request_level_aa_false_decision_rate']):6.2f}%"
+    )
+    print(
+        f"  {'power, 10% relative lift (user-level)':<44} "
+        f"{100 * float(users['power_10pct_relative']):6.2f}%"
+    )
+    print(
+        f"elapsed {elapsed:.1f} s (users {users_seconds:.1f} s); wrote {RESULTS.relative_to(ROOT)}"
+    )
+    users_ok = float(users["aa_false_decision_ci_upper"]) <= 0.05
+    ok = side_fp.upper <= ALPHA and power_at_plan.lower >= POWER and users_ok
     print(
         "targets:",
         "met" if ok else "NOT met",

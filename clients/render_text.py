@@ -20,12 +20,14 @@ from clients.views import (
     ACTIVE_PHASES,
     NONE,
     arm_cells,
+    arm_headers,
     current_stage,
     drift_rows,
     duration_text,
     effect_interval,
     estimate_pct,
     example_rows,
+    expected_time_text,
     format_percent,
     gate_status_name,
     level,
@@ -36,6 +38,7 @@ from clients.views import (
     p_value_text,
     parse_diff,
     pct,
+    plan_text,
     recommendation_text,
     role,
     rollout_phase,
@@ -44,6 +47,7 @@ from clients.views import (
     sig,
     signed_pct,
     srm_rows,
+    unit_text,
     verdict_text,
     verdict_variant,
     when,
@@ -392,8 +396,9 @@ def render_shadow(
         lines.append(
             f"latency over {lat.count} pairs: primary p50 {ms(lat.primary_p50_seconds)} "
             f"p95 {ms(lat.primary_p95_seconds)}; shadow p50 {ms(lat.shadow_p50_seconds)} "
-            f"p95 {ms(lat.shadow_p95_seconds)}; shadow/primary p50 {lat.ratio_p50:.2f}x "
-            f"p95 {lat.ratio_p95:.2f}x"
+            f"p95 {ms(lat.shadow_p95_seconds)}; ratio of the p95s (the gate's measure) "
+            f"{_ratio(lat.shadow_p95_seconds, lat.primary_p95_seconds)}; per-pair "
+            f"shadow/primary p50 {lat.ratio_p50:.2f}x p95 {lat.ratio_p95:.2f}x"
         )
     outliers = list(report.latency_outliers)
     if max_outliers is not None:
@@ -646,6 +651,22 @@ def _srm_lines(report: cpb.ExperimentReport) -> list[str]:
     return lines
 
 
+def _ratio(shadow: float, primary: float) -> str:
+    if not (math.isfinite(shadow) and math.isfinite(primary)) or primary <= 0:
+        return NONE
+    return f"{shadow / primary:.2f}x"
+
+
+def _mix_line(report: cpb.ExperimentReport) -> str:
+    if not report.HasField("segment_mix"):
+        return "segment mix check: no data (no declared segments or no users yet)"
+    mix = report.segment_mix
+    head = "MISMATCH: every aggregate verdict is blocked" if mix.mismatch else "ok"
+    if not mix.checked:
+        head = "not checked yet"
+    return f"segment mix check: {head}: {_clean(mix.detail)}"
+
+
 def _segment_rows(kind: str, segments: Sequence[cpb.SegmentResult]) -> list[list[str]]:
     return [
         [
@@ -671,16 +692,15 @@ def _metric_lines(report: cpb.ExperimentReport, m: cpb.MetricResult) -> list[str
         f"minimum effect ±{effect}) ==",
         f"verdict: {_verdict_headline(report, m)}" + (f": {_clean(m.reason)}" if m.reason else ""),
     ]
-    value_name = "RATE" if kind == "bool" else "MEAN"
-    detail_name = "SUCCESSES" if kind == "bool" else "STD DEV"
     arm_level = level(m.control.value) if m.control.HasField("value") else "95%"
     lines.append(
         _table(
-            ["ARM", "VARIANT", "N", detail_name, value_name, f"{arm_level} INTERVAL"],
+            ["ARM", *(h.upper() for h in arm_headers(kind, arm_level))],
             [["A", *arm_cells(kind, m.control)], ["B", *arm_cells(kind, m.treatment)]],
-            right=(2, 3, 4),
+            right=(2, 4, 5, 6),
         )
     )
+    lines.append(f"unit of analysis: {_clean(unit_text(m))}")  # users per arm: the table
     if m.HasField("difference"):
         d = m.difference
         method = f", {_clean(d.method)}" if d.method else ""
@@ -701,14 +721,14 @@ def _metric_lines(report: cpb.ExperimentReport, m: cpb.MetricResult) -> list[str
         f"always-valid p {p_value_text(m.p_value)}   fixed-horizon p "
         f"{p_value_text(m.fixed_horizon_p_value)} (NOT valid under repeated looks)"
     )
-    planned = f"{m.planned_per_arm} per arm" if m.planned_per_arm > 0 else "n/a (no baseline)"
-    sizes = f"planned sample size: {planned}"
+    sizes = f"planned sample size for the split: {plan_text(m)}"
     if m.verdict == cpb.VERDICT_CONTINUE:
         if m.additional_per_arm >= 0:
             sizes += f"   still needed: about {m.additional_per_arm} more per arm"
         else:
             sizes += "   still needed: cannot be estimated yet"
     lines.append(sizes)
+    lines.append(f"expected time to a decision: {expected_time_text(m)}")
     if m.history:
         first, last = m.history[0], m.history[-1]
         lines.append(
@@ -774,6 +794,7 @@ def render_experiment(report: cpb.ExperimentReport) -> str:
     lines.extend(_header_lines(report))
     lines.append("")
     lines.extend(_srm_lines(report))
+    lines.append(_mix_line(report))
     if report.metrics:
         for metric in report.metrics:
             lines.append("")

@@ -40,22 +40,28 @@ from typing import TYPE_CHECKING
 from clients.views import (
     NONE,
     arm_cells,
+    arm_headers,
     drift_rows,
     effect_interval,
     estimate_pct,
     example_rows,
+    expected_time_text,
     level,
     metric_effect_text,
     ms,
     outlier_rows,
     p_value_text,
     pct,
+    per_user_text,
+    plan_text,
     recommendation_name,
     recommendation_text,
     segment_rows,
     sig,
     signed_pct,
     srm_rows,
+    unit_text,
+    users_text,
     verdict_label,
     verdict_name,
     verdict_text,
@@ -92,6 +98,8 @@ _MAX_SEGMENT_ROWS = 40
 _MAX_PSI_ROWS = 40
 _MAX_SHARE_PANELS = 12
 _LABEL_WIDTH = 40
+#: The smallest text in a plot (ticks, legends, bar labels), in points: readable on screen.
+_TICK_SIZE = 8.5
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;
@@ -219,11 +227,14 @@ class _Plotter:
 
         with matplotlib.rc_context(
             {
-                "font.size": 8.5,
-                "axes.titlesize": 9.5,
+                "font.size": 9,
+                "axes.titlesize": 10,
+                "axes.labelsize": 9,
+                "xtick.labelsize": _TICK_SIZE,
+                "ytick.labelsize": _TICK_SIZE,
                 "axes.spines.top": False,
                 "axes.spines.right": False,
-                "legend.fontsize": 7.5,
+                "legend.fontsize": _TICK_SIZE,
                 "legend.frameon": False,
                 "text.parse_math": False,  # report text is never matplotlib mathtext
                 "svg.fonttype": "none",  # text stays text: smaller, searchable, selectable
@@ -264,8 +275,33 @@ def _effect_lines(ax: Axes, minimum_effect: float, scale: float, vertical: bool)
         line(-minimum_effect * scale, color=_GREY, linestyle="--", linewidth=0.9)
 
 
+def _informative(lower: float, upper: float, kind: str) -> bool:
+    """An interval that says something: finite, and for a rate not the placeholder [-1, 1]
+    (-100 pp to +100 pp) a test has before its first evaluated look."""
+    if not _finite(lower, upper):
+        return False
+    return not (kind == "bool" and lower <= -1.0 and upper >= 1.0)
+
+
+def _value_limits(
+    values: Iterable[float], minimum_effect: float, scale: float
+) -> tuple[float, float]:
+    """Axis limits around the values and the ± minimum effect lines, with a margin."""
+    points = [v for v in values if math.isfinite(v)]
+    if math.isfinite(minimum_effect) and minimum_effect > 0:
+        points += [minimum_effect * scale, -minimum_effect * scale]
+    points.append(0.0)
+    low, high = min(points), max(points)
+    pad = (high - low) * 0.08 or 1.0
+    return low - pad, high + pad
+
+
 def _history_plot(plotter: _Plotter, m: cpb.MetricResult) -> str | None:
-    looks = [h for h in m.history if _finite(h.difference, h.lower, h.upper)]
+    looks = [
+        h
+        for h in m.history
+        if math.isfinite(h.difference) and (h.n_control > 0 and h.n_treatment > 0)
+    ]
     if not looks:
         return None
     kind, scale = m.kind or "number", _scale(m.kind)
@@ -277,18 +313,21 @@ def _history_plot(plotter: _Plotter, m: cpb.MetricResult) -> str | None:
         x = [(h.unix_time - start) / 60 for h in looks]
         x_label = "minutes since the first look"
 
+    shown = [_informative(h.lower, h.upper, kind) for h in looks]
+
     def draw(figure: Figure) -> None:
         ax = figure.add_subplot()
-        lower = [h.lower * scale for h in looks]
-        upper = [h.upper * scale for h in looks]
+        lower = [h.lower * scale if ok else math.nan for h, ok in zip(looks, shown, strict=True)]
+        upper = [h.upper * scale if ok else math.nan for h, ok in zip(looks, shown, strict=True)]
         ax.fill_between(
             x,
             lower,
             upper,
+            where=shown,
             color=_BAND_COLOUR,
             alpha=0.35,
             linewidth=0,
-            label="anytime-valid interval",
+            label="anytime-valid interval" if any(shown) else "no interval yet",
         )
         ax.plot(
             x,
@@ -299,7 +338,7 @@ def _history_plot(plotter: _Plotter, m: cpb.MetricResult) -> str | None:
             linewidth=1.3,
             label="difference B - A",
         )
-        if len(looks) == 1:
+        if len(looks) == 1 and shown[0]:
             ax.errorbar(
                 x,
                 [looks[0].difference * scale],
@@ -312,6 +351,11 @@ def _history_plot(plotter: _Plotter, m: cpb.MetricResult) -> str | None:
                 fmt="none",
             )
         _effect_lines(ax, m.minimum_effect, scale, vertical=False)
+        ax.set_ylim(
+            *_value_limits(
+                [*lower, *upper, *(h.difference * scale for h in looks)], m.minimum_effect, scale
+            )
+        )
         ax.set_xlabel(x_label)
         ax.set_ylabel(_effect_axis(kind))
         ax.set_title(f"{_label(m.metric)}: difference with its anytime-valid interval, per look")
@@ -322,9 +366,15 @@ def _history_plot(plotter: _Plotter, m: cpb.MetricResult) -> str | None:
 
 def _arms_plot(plotter: _Plotter, m: cpb.MetricResult) -> str | None:
     arms = [
-        (f"A: {_label(m.control.variant or 'control', 24)}\nn={m.control.n}", m.control, _A_COLOUR),
         (
-            f"B: {_label(m.treatment.variant or 'treatment', 24)}\nn={m.treatment.n}",
+            f"A: {_label(m.control.variant or 'control', 24)}\nn={m.control.n}"
+            f"\nusers={m.control.users}",
+            m.control,
+            _A_COLOUR,
+        ),
+        (
+            f"B: {_label(m.treatment.variant or 'treatment', 24)}\nn={m.treatment.n}"
+            f"\nusers={m.treatment.users}",
             m.treatment,
             _B_COLOUR,
         ),
@@ -358,45 +408,81 @@ def _arms_plot(plotter: _Plotter, m: cpb.MetricResult) -> str | None:
     return plotter.svg(draw, (3.6, 3.3))
 
 
+@dataclass(frozen=True)
+class _ForestRow:
+    name: str
+    estimate: cpb.Estimate | None  # None: no data in an arm
+    significant: bool
+    aggregate: bool
+
+
+def _forest_rows(m: cpb.MetricResult) -> list[_ForestRow]:
+    rows: list[_ForestRow] = []
+    if m.HasField("difference") and _finite(m.difference.value) and m.control.n and m.treatment.n:
+        rows.append(_ForestRow("all (aggregate)", m.difference, False, True))
+    for s in m.segments[:_MAX_SEGMENT_ROWS]:
+        name = _label(s.segment or NONE, 30) + (" *" if s.significant else "")
+        has_data = (
+            s.control.n > 0
+            and s.treatment.n > 0
+            and s.HasField("difference")
+            and _finite(s.difference.value)
+        )
+        rows.append(_ForestRow(name, s.difference if has_data else None, s.significant, False))
+    return rows
+
+
 def _segments_plot(plotter: _Plotter, m: cpb.MetricResult) -> str | None:
     kind, scale = m.kind or "number", _scale(m.kind)
-    rows: list[tuple[str, cpb.Estimate, bool, bool]] = []
-    if m.HasField("difference") and _finite(m.difference.value):
-        rows.append(("all (aggregate)", m.difference, False, True))
-    segments = [s for s in m.segments if s.HasField("difference") and _finite(s.difference.value)]
-    for s in segments[:_MAX_SEGMENT_ROWS]:
-        name = _label(s.segment or NONE, 30) + (" *" if s.significant else "")
-        rows.append((name, s.difference, s.significant, False))
-    if not segments:
+    rows = _forest_rows(m)
+    if not any(not r.aggregate for r in rows):
         return None
+    values: list[float] = []
+    for r in rows:
+        if r.estimate is None:
+            continue
+        values.append(r.estimate.value * scale)
+        if _informative(r.estimate.lower, r.estimate.upper, kind):
+            values += [r.estimate.lower * scale, r.estimate.upper * scale]
+    limits = _value_limits(values, m.minimum_effect, scale)
 
     def draw(figure: Figure) -> None:
         ax = figure.add_subplot()
         y = list(range(len(rows)))[::-1]
-        for pos, (_, est, significant, aggregate) in zip(y, rows, strict=True):
-            low = est.lower if math.isfinite(est.lower) else est.value
-            high = est.upper if math.isfinite(est.upper) else est.value
-            colour = _MARK_COLOUR if significant else ("black" if aggregate else _A_COLOUR)
-            ax.errorbar(
-                [est.value * scale],
-                [pos],
-                xerr=[
-                    [max(0.0, (est.value - low) * scale)],
-                    [max(0.0, (high - est.value) * scale)],
-                ],
-                fmt="D" if significant or aggregate else "o",
-                color=colour,
-                capsize=3,
-                markersize=5 if significant else 4,
-            )
-        ax.set_yticks(y, [r[0] for r in rows])
+        for pos, row in zip(y, rows, strict=True):
+            est = row.estimate
+            if est is None:
+                ax.annotate(
+                    _NO_DATA, (0.5, pos), xycoords=("axes fraction", "data"), ha="center",
+                    va="center", color=_GREY, fontstyle="italic",
+                )  # fmt: skip
+                continue
+            colour = _MARK_COLOUR if row.significant else ("black" if row.aggregate else _A_COLOUR)
+            marker = "D" if row.significant or row.aggregate else "o"
+            if _informative(est.lower, est.upper, kind):
+                xerr = [
+                    [max(0.0, (est.value - est.lower) * scale)],
+                    [max(0.0, (est.upper - est.value) * scale)],
+                ]
+                ax.errorbar(
+                    [est.value * scale], [pos], xerr=xerr, fmt=marker, color=colour, capsize=3,
+                    markersize=5 if row.significant else 4,
+                )  # fmt: skip
+            else:  # the point without the placeholder interval
+                ax.plot([est.value * scale], [pos], marker, color=colour, markersize=4)
+                ax.annotate(
+                    "no interval yet", (est.value * scale, pos), textcoords="offset points",
+                    xytext=(6, 0), va="center", color=_GREY,
+                )  # fmt: skip
+        ax.set_yticks(y, [r.name for r in rows])
         ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_xlim(*limits)
         _effect_lines(ax, m.minimum_effect, scale, vertical=True)
         ax.set_xlabel(_effect_axis(kind) + ", anytime-valid interval")
         correction = f" ({_label(m.correction, 10)}-adjusted)" if m.correction else ""
         ax.set_title(f"{_label(m.metric)}: segments; * = significant{correction}, in red")
 
-    return plotter.svg(draw, (7.2, 1.2 + 0.3 * len(rows)))
+    return plotter.svg(draw, (7.2, 1.3 + 0.32 * len(rows)))
 
 
 def _srm_plot(plotter: _Plotter, report: cpb.ExperimentReport) -> str | None:
@@ -423,7 +509,7 @@ def _srm_plot(plotter: _Plotter, report: cpb.ExperimentReport) -> str | None:
             color="#BBBBBB",
             label="expected (weights)",
         )
-        ax.bar_label(observed, labels=[str(a.observed) for a in arms], fontsize=7, padding=2)
+        ax.bar_label(observed, labels=[str(a.observed) for a in arms], padding=2)
         ax.set_xticks(list(x), [_label(a.variant or NONE, 24) for a in arms])
         ax.set_ylabel("share of assigned requests (%)")
         verdict = "MISMATCH" if srm.mismatch else "ok"
@@ -457,11 +543,51 @@ def _interval_bar(ax: Axes, x: float, estimate: cpb.Estimate, colour: str, flip:
         textcoords="offset points",
         xytext=(0, 3),
         ha="center",
-        fontsize=7,
     )
 
 
-def _shadow_plot(plotter: _Plotter, shadow: cpb.ShadowReport) -> str | None:
+def _latency_panel(ax: Axes, ratios: tuple[tuple[float, float], str], pairs: int) -> None:
+    (p50, p95), source = ratios
+    drawn = ax.bar(["p50", "p95"], [p50, p95], 0.6, color=[_A_COLOUR, _B_COLOUR])
+    ax.bar_label(drawn, fmt="%.2fx", padding=2)
+    ax.axhline(1.0, color="black", linewidth=0.8, label="as fast as primary")
+    ax.set_ylim(0, max(1.2, p50, p95) * 1.18)
+    ax.set_ylabel(source)
+    ax.set_title(f"latency ratio ({pairs} pairs)")
+    ax.legend(loc="lower right")
+
+
+def _errors_panel(ax: Axes, shadow: cpb.ShadowReport) -> None:
+    values = [shadow.error_rate * 100, shadow.primary_error_rate * 100]
+    drawn = ax.bar(["shadow", "primary"], values, 0.6, color=[_MARK_COLOUR, _A_COLOUR])
+    ax.bar_label(drawn, fmt="%.2f%%", padding=2)
+    ax.set_ylabel("error rate (%)")
+    top = max(values)
+    ax.set_ylim(0, top * 1.25 if top > 0 else 1.0)  # never a negative axis
+    if top == 0:
+        ax.annotate(
+            "no errors", (0.5, 0.5), xycoords="axes fraction", ha="center", color=_GREY,
+            fontstyle="italic",
+        )  # fmt: skip
+    ax.set_title("errors")
+
+
+def _latency_ratios(
+    latency: cpb.LatencySummary,
+) -> tuple[tuple[float, float], str] | None:
+    """The latency ratios the rollout's shadow gate uses: shadow p50 / primary p50 and shadow
+    p95 / primary p95 (the ratio of the p95s); the per-pair ratios' percentiles only when the
+    p95s are missing, labelled as such."""
+    p50s = (latency.shadow_p50_seconds, latency.primary_p50_seconds)
+    p95s = (latency.shadow_p95_seconds, latency.primary_p95_seconds)
+    if _finite(*p50s, *p95s) and p50s[1] > 0 and p95s[1] > 0:
+        return (p50s[0] / p50s[1], p95s[0] / p95s[1]), "shadow / primary percentile"
+    if _finite(latency.ratio_p50, latency.ratio_p95) and latency.ratio_p95 > 0:
+        return (latency.ratio_p50, latency.ratio_p95), "per-pair ratio percentile"
+    return None
+
+
+def _agreement_bars(shadow: cpb.ShadowReport) -> list[tuple[str, cpb.Estimate, str, bool]]:
     bars: list[tuple[str, cpb.Estimate, str, bool]] = []
     if shadow.HasField("agreement") and _finite(shadow.agreement.value):
         bars.append(("shadow vs\nprimary", shadow.agreement, _A_COLOUR, False))
@@ -474,8 +600,14 @@ def _shadow_plot(plotter: _Plotter, shadow: cpb.ShadowReport) -> str | None:
             bars.append(("noise: primary\nvs itself", noise.noise_disagreement, "#BBBBBB", True))
         if noise.HasField("adjusted_disagreement") and _finite(noise.adjusted_disagreement.value):
             bars.append(("noise-\nadjusted", noise.adjusted_disagreement, _MARK_COLOUR, True))
+    return bars
+
+
+def _shadow_plot(plotter: _Plotter, shadow: cpb.ShadowReport) -> str | None:
+    bars = _agreement_bars(shadow)
     latency = shadow.latency
-    has_latency = latency.count > 0 and _finite(latency.ratio_p50, latency.ratio_p95)
+    ratios = _latency_ratios(latency)
+    has_latency = latency.count > 0 and ratios is not None
     has_errors = shadow.sent > 0 and _finite(shadow.error_rate, shadow.primary_error_rate)
     panels = [bool(bars), has_latency, has_errors]
     if not any(panels):
@@ -491,32 +623,10 @@ def _shadow_plot(plotter: _Plotter, shadow: cpb.ShadowReport) -> str | None:
             ax.set_ylim(0, 108)
             ax.set_ylabel("agreement (%)")
             ax.set_title("agreement, with intervals")
-        if has_latency:
-            ax = next(axes)
-            ratios = ax.bar(
-                ["p50", "p95"],
-                [latency.ratio_p50, latency.ratio_p95],
-                0.6,
-                color=[_A_COLOUR, _B_COLOUR],
-            )
-            ax.bar_label(ratios, fmt="%.2fx", fontsize=7, padding=2)
-            ax.axhline(1.0, color="black", linewidth=0.8, label="as fast as primary")
-            ax.set_ylabel("shadow / primary latency")
-            ax.set_title(f"latency ratio ({latency.count} pairs)")
-            ax.legend(loc="lower right")
-            ax.margins(y=0.15)
+        if has_latency and ratios is not None:
+            _latency_panel(next(axes), ratios, latency.count)
         if has_errors:
-            ax = next(axes)
-            rates = ax.bar(
-                ["shadow", "primary"],
-                [shadow.error_rate * 100, shadow.primary_error_rate * 100],
-                0.6,
-                color=[_MARK_COLOUR, _A_COLOUR],
-            )
-            ax.bar_label(rates, fmt="%.2f%%", fontsize=7, padding=2)
-            ax.set_ylabel("error rate (%)")
-            ax.set_title("errors")
-            ax.margins(y=0.2)
+            _errors_panel(next(axes), shadow)
 
     return plotter.svg(draw, (2.6 + 2.4 * sum(panels), 3.1))
 
@@ -561,6 +671,8 @@ def _psi_plot(plotter: _Plotter, drift: cpb.DriftReport) -> str | None:
 
 def _bin_labels(f: cpb.DriftFeature, count: int) -> list[str]:
     edges = list(f.edges)
+    if f.categorical and len(edges) == count - 1:  # one bin per category, then "other"
+        return [sig(e) for e in edges] + ["other"]
     if f.categorical and len(edges) == count:
         return [sig(e) for e in edges]
     if not f.categorical and len(edges) == count - 1 and count > 1:
@@ -607,12 +719,12 @@ def _shares_plot(plotter: _Plotter, drift: cpb.DriftReport) -> str | None:
                 color=_LEVEL_COLOURS.get(f.level.upper(), _A_COLOUR),
                 label="current",
             )
-            ax.set_xticks(list(x), _bin_labels(f, count), rotation=45, ha="right", fontsize=6)
+            ax.set_xticks(list(x), _bin_labels(f, count), rotation=45, ha="right")
             psi = f"{f.psi:.3f}" if math.isfinite(f.psi) else NONE
-            ax.set_title(f"{_feature_label(f)}: PSI {psi} {_label(f.level, 14)}", fontsize=8)
-            ax.set_ylabel("share (%)", fontsize=7)
+            ax.set_title(f"{_feature_label(f)}: PSI {psi} {_label(f.level, 14)}", fontsize=9)
+            ax.set_ylabel("share (%)")
             if index == 0:
-                ax.legend(loc="upper right", fontsize=6.5)
+                ax.legend(loc="upper right")
 
     return plotter.svg(draw, (7.6, 2.5 * rows + 0.3))
 
@@ -654,6 +766,7 @@ def _summary(report: cpb.ExperimentReport) -> str:
                 m.reason or NONE,
                 _difference_text(m),
                 p_value_text(m.p_value),
+                expected_time_text(m),
             ]
             for m in report.metrics
         ]
@@ -665,6 +778,7 @@ def _summary(report: cpb.ExperimentReport) -> str:
                     "why",
                     "difference B - A [anytime-valid interval]",
                     "always-valid p",
+                    "time to a decision",
                 ],
                 rows,
                 numeric=(4,),
@@ -684,6 +798,13 @@ def _summary(report: cpb.ExperimentReport) -> str:
         )
     else:
         facts.append("sample ratio: no data")
+    if report.HasField("segment_mix"):
+        mix = report.segment_mix
+        facts.append(
+            _Safe('<span class="bad">segment mix MISMATCH: aggregate verdicts blocked</span>')
+            if mix.mismatch
+            else ("segment mix ok" if mix.checked else "segment mix: not checked yet")
+        )
     shadow = report.shadow
     if shadow.shadow_variant:
         advice = recommendation_text(shadow.recommendation) or "no recommendation yet"
@@ -735,12 +856,13 @@ def _metric_facts(report: cpb.ExperimentReport, m: cpb.MetricResult) -> list[lis
             p_value_text(m.fixed_horizon_p_value),
         ]
     )
+    facts.append(["unit of analysis", unit_text(m)])
+    facts.append(["users per arm (A / B)", f"{users_text(m.control)} / {users_text(m.treatment)}"])
     facts.append(
-        [
-            "planned outcomes per arm",
-            m.planned_per_arm if m.planned_per_arm > 0 else "n/a (no baseline)",
-        ]
+        ["outcomes per user (A / B)", f"{per_user_text(m.control)} / {per_user_text(m.treatment)}"]
     )
+    facts.append(["planned outcomes for the split", plan_text(m)])
+    facts.append(["expected time to a decision", expected_time_text(m)])
     if m.verdict == cpb.VERDICT_CONTINUE:
         facts.append(
             [
@@ -806,18 +928,7 @@ def _metric_section(
     kind = m.kind or "number"
     arm_level = level(m.control.value) if m.control.HasField("value") else "95%"
     parts.append(
-        _table(
-            [
-                "arm",
-                "variant",
-                "n",
-                "successes" if kind == "bool" else "std dev",
-                "rate" if kind == "bool" else "mean",
-                f"{arm_level} interval",
-            ],
-            _arm_rows(m),
-            numeric=(2, 3, 4),
-        )
+        _table(["arm", *arm_headers(kind, arm_level)], _arm_rows(m), numeric=(2, 3, 4, 5, 6))
     )
     parts.append(_table(["", ""], _metric_facts(report, m)))
     history_note = (
@@ -891,12 +1002,20 @@ def _srm_section(plotter: _Plotter, report: cpb.ExperimentReport) -> str:
     parts.append(
         _tag(
             "p",
-            f"chi-square {chi}, p {p_value_text(srm.p_value)}, mismatch when p < {srm.threshold:g}",
+            f"chi-square {chi}; the decision uses the exact p {p_value_text(srm.p_value)}, "
+            f"mismatch when p < {srm.threshold:g}",
         )
     )
     parts.append(
         _figure(_srm_plot(plotter, report), "Observed against expected share per arm.", "SRM plot")
     )
+    parts.append("<h3>Segment mix</h3>")
+    if report.HasField("segment_mix"):
+        mix = report.segment_mix
+        cls = "bad" if mix.mismatch else ("good" if mix.checked else "nodata")
+        parts.append(_tag("p", mix.detail or NONE, cls))
+    else:
+        parts.append(_no_data("segment mix (no declared segments or no users yet)"))
     parts.append("</section>")
     return "".join(parts)
 
@@ -939,16 +1058,23 @@ def _shadow_facts(s: cpb.ShadowReport) -> list[list[object]]:
         )
     lat = s.latency
     if lat.count:
-        for name, primary, shadow, ratio in (
-            ("p50", lat.primary_p50_seconds, lat.shadow_p50_seconds, lat.ratio_p50),
-            ("p95", lat.primary_p95_seconds, lat.shadow_p95_seconds, lat.ratio_p95),
+        for name, primary, shadow in (
+            ("p50", lat.primary_p50_seconds, lat.shadow_p50_seconds),
+            ("p95", lat.primary_p95_seconds, lat.shadow_p95_seconds),
         ):
+            ratio = f"{shadow / primary:.2f}x" if _finite(primary, shadow) and primary else NONE
             rows.append(
                 [
                     f"latency {name} primary / shadow / ratio",
-                    f"{ms(primary)} / {ms(shadow)} / {ratio:.2f}x",
+                    f"{ms(primary)} / {ms(shadow)} / {ratio}",
                 ]
             )
+        rows.append(
+            [
+                "per-pair shadow/primary ratio, p50 / p95 (not the gate's measure)",
+                f"{lat.ratio_p50:.2f}x / {lat.ratio_p95:.2f}x",
+            ]
+        )
     return rows
 
 

@@ -30,8 +30,10 @@ from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 __all__ = [
     "ACTIVE_PHASES",
     "NONE",
+    "NO_DATA",
     "SegmentRow",
     "arm_cells",
+    "arm_headers",
     "arm_letter",
     "audit_entry_to_dict",
     "current_stage",
@@ -42,6 +44,7 @@ __all__ = [
     "estimate_pct",
     "estimate_to_dict",
     "example_rows",
+    "expected_time_text",
     "experiment_to_dict",
     "finite",
     "format_percent",
@@ -57,6 +60,8 @@ __all__ = [
     "p_value_text",
     "parse_diff",
     "pct",
+    "per_user_text",
+    "plan_text",
     "recommendation_name",
     "recommendation_text",
     "role",
@@ -70,6 +75,8 @@ __all__ = [
     "srm_rows",
     "stage_kind_name",
     "state_to_dict",
+    "unit_text",
+    "users_text",
     "value_interval",
     "verdict_label",
     "verdict_name",
@@ -80,6 +87,7 @@ __all__ = [
 
 #: Shown for a missing value (an empty name, NaN, no time).
 NONE = "—"
+NO_DATA = "no data"  # a section, segment or arm with nothing counted yet
 
 
 # -- numbers and times -------------------------------------------------------------------------
@@ -166,7 +174,12 @@ def metric_effect_text(kind: str, value: float) -> str:
 
 
 def effect_interval(kind: str, estimate: cpb.Estimate) -> str:
-    """A difference's interval: `[+0.20 pp, +2.80 pp]`."""
+    """A difference's interval: `[+0.20 pp, +2.80 pp]`; `[no interval yet]` for the
+    placeholder a test has before its first evaluated look (a rate's [-100 pp, +100 pp],
+    or an unbounded interval)."""
+    lo, hi = estimate.lower, estimate.upper
+    if not (math.isfinite(lo) and math.isfinite(hi)) or (kind == "bool" and lo <= -1 <= 1 <= hi):
+        return "[no interval yet]"
     lower = metric_effect_text(kind, estimate.lower)
     upper = metric_effect_text(kind, estimate.upper)
     return f"[{lower}, {upper}]"
@@ -642,6 +655,9 @@ def _arm_to_dict(arm: cpb.ArmResult) -> dict[str, Any]:
         "successes": arm.successes,
         "value": _optional_estimate(arm, "value"),
         "std_dev": finite(arm.std_dev),
+        "users": arm.users,
+        "keyless": arm.keyless,
+        "outcomes_per_user": arm.n / arm.users if arm.users else None,
     }
 
 
@@ -695,6 +711,11 @@ def metric_to_dict(metric: cpb.MetricResult) -> dict[str, Any]:
         "history": [_look_to_dict(look) for look in metric.history],
         "tau_squared": finite(metric.tau_squared),
         "alpha": finite(metric.alpha),
+        "unit": metric.unit or None,
+        "design_effect": finite(metric.design_effect),
+        "planned_control": metric.planned_control,
+        "planned_treatment": metric.planned_treatment,
+        "expected_seconds": metric.expected_seconds if metric.expected_seconds >= 0 else None,
     }
 
 
@@ -717,6 +738,19 @@ def _srm_to_dict(report: cpb.ExperimentReport) -> dict[str, Any] | None:
         "threshold": finite(srm.threshold),
         "mismatch": srm.mismatch,
         "detail": srm.detail,
+    }
+
+
+def _mix_to_dict(report: cpb.ExperimentReport) -> dict[str, Any] | None:
+    if not report.HasField("segment_mix"):
+        return None
+    mix = report.segment_mix
+    return {
+        "p_value": finite(mix.p_value),
+        "chi_square": finite(mix.chi_square),
+        "checked": mix.checked,
+        "mismatch": mix.mismatch,
+        "detail": mix.detail,
     }
 
 
@@ -774,22 +808,82 @@ def experiment_to_dict(report: cpb.ExperimentReport) -> dict[str, Any]:
         "last_look_unix_time": report.last_look_unix_time,
         "warnings": list(report.warnings),
         "srm": _srm_to_dict(report),
+        "segment_mix": _mix_to_dict(report),
         "metrics": [metric_to_dict(m) for m in report.metrics],
         "shadow": shadow_to_dict(shadow) if shadow.shadow_variant else None,
         "drift": _drift_to_dict(report),
     }
 
 
+def arm_headers(kind: str, level_text: str) -> list[str]:
+    """The headers of `arm_cells` (after the arm letter), for both renderers."""
+    return [
+        "variant",
+        "n",
+        "users",
+        "outcomes per user",
+        "successes" if kind == "bool" else "std dev",
+        "rate" if kind == "bool" else "mean",
+        f"{level_text} interval",
+    ]
+
+
+def per_user_text(arm: cpb.ArmResult) -> str:
+    """Outcomes per user (keyless requests count as a user each): `9.8`, or the no-data mark."""
+    return f"{arm.n / arm.users:.1f}" if arm.users else NONE
+
+
+def users_text(arm: cpb.ArmResult) -> str:
+    """Users, with the keyless requests among them shown apart: `812 (40 keyless)`."""
+    if not arm.users:
+        return "0"
+    return f"{arm.users} ({arm.keyless} keyless)" if arm.keyless else str(arm.users)
+
+
 def arm_cells(kind: str, arm: cpb.ArmResult) -> list[str]:
-    """An arm's table cells: variant, n, successes (rates) or std dev (means), value, interval."""
-    has_value = arm.HasField("value")
+    """An arm's table cells (`arm_headers`): variant, n, users, outcomes per user, successes
+    (rates) or std dev (means), value, interval."""
+    has_value = arm.HasField("value") and math.isfinite(arm.value.value)
     return [
         arm.variant or NONE,
         str(arm.n),
+        users_text(arm),
+        per_user_text(arm),
         str(arm.successes) if kind == "bool" else sig(arm.std_dev),
-        metric_value_text(kind, arm.value.value) if has_value else NONE,
-        value_interval(kind, arm.value) if has_value else NONE,
+        metric_value_text(kind, arm.value.value) if has_value else NO_DATA,
+        value_interval(kind, arm.value) if has_value else NO_DATA,
     ]
+
+
+def plan_text(metric: cpb.MetricResult) -> str:
+    """The plan for the actual split: `A 293,084 / B 15,426 outcomes`, or why there is none."""
+    if metric.planned_control <= 0 or metric.planned_treatment <= 0:
+        if metric.kind == "bool":
+            return "n/a (no baseline and no control outcomes yet)"
+        return "n/a (needs two outcomes per arm for a variance)"
+    return f"A {metric.planned_control:,} / B {metric.planned_treatment:,} outcomes"
+
+
+def expected_time_text(metric: cpb.MetricResult) -> str:
+    """Expected time to a decision at the current traffic: `about 2h03m`, `decided`, or
+    why it is unknown."""
+    if metric.verdict in (cpb.VERDICT_SHIP_B, cpb.VERDICT_KEEP_A, cpb.VERDICT_EQUIVALENT):
+        return "decided"
+    if metric.verdict == cpb.VERDICT_BLOCKED:
+        return "blocked (a data-quality check fails)"
+    if metric.expected_seconds < 0 or not math.isfinite(metric.expected_seconds):
+        return "unknown (no plan or no outcomes yet)"
+    if metric.expected_seconds == 0:
+        return "the plan is reached: a verdict is due at any look"
+    return f"about {duration_text(metric.expected_seconds)} at the current traffic"
+
+
+def unit_text(metric: cpb.MetricResult) -> str:
+    """`user (design effect 2.4)` or `request`."""
+    unit = metric.unit or "request"
+    if unit == "user" and math.isfinite(metric.design_effect):
+        return f"user (design effect {metric.design_effect:.2f})"
+    return unit
 
 
 @dataclass(frozen=True)
@@ -811,22 +905,23 @@ def segment_rows(kind: str, segments: Sequence[cpb.SegmentResult]) -> list[Segme
     rows = []
     for s in segments:
         c, t = s.control, s.treatment
+        empty = c.n == 0 or t.n == 0
         difference = (
             f"{metric_effect_text(kind, s.difference.value)} {effect_interval(kind, s.difference)}"
-            if s.HasField("difference")
-            else NONE
+            if s.HasField("difference") and not empty
+            else NO_DATA
         )
         rows.append(
             SegmentRow(
                 segment=s.segment or NONE,
                 n=f"{c.n} / {t.n}",
                 values=(
-                    f"{metric_value_text(kind, c.value.value)} / "
-                    f"{metric_value_text(kind, t.value.value)}"
+                    f"{metric_value_text(kind, c.value.value) if c.n else NO_DATA} / "
+                    f"{metric_value_text(kind, t.value.value) if t.n else NO_DATA}"
                 ),
                 difference=difference,
-                p=p_value_text(s.p_value),
-                adjusted_p=p_value_text(s.adjusted_p_value),
+                p=NO_DATA if empty else p_value_text(s.p_value),
+                adjusted_p=NO_DATA if empty else p_value_text(s.adjusted_p_value),
                 significant=s.significant,
                 winner=s.winner or NONE,
             )

@@ -187,7 +187,14 @@ class DataPlane(Generic[Req, Resp]):
             raise InvalidRequest(str(exc)) from None
         if self.experiment is not None and attribution.counted and attribution.epoch >= 0:
             self.experiment.tracker.outcome(
-                attribution.epoch, attribution.variant, attribution.segment, metric, value
+                attribution.epoch,
+                attribution.variant,
+                attribution.segment,
+                metric,
+                value,
+                unit=attribution.unit,
+                keyless=attribution.keyless,
+                new_user=attribution.new_user,
             )
         return attribution
 

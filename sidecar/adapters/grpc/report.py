@@ -13,6 +13,7 @@ from sidecar.core.experiment.analysis import (
     ExperimentResult,
     ExperimentVerdict,
     MetricResult,
+    SegmentMixCheck,
     SegmentResult,
 )
 from sidecar.core.experiment.drift import DriftResult
@@ -43,7 +44,13 @@ def estimate(e: Estimate) -> cpb.Estimate:
 
 def _arm(a: ArmResult) -> cpb.ArmResult:
     return cpb.ArmResult(
-        variant=a.variant, n=a.n, successes=a.successes, value=estimate(a.value), std_dev=a.std_dev
+        variant=a.variant,
+        n=a.n,
+        successes=a.successes,
+        value=estimate(a.value),
+        std_dev=a.std_dev,
+        users=a.users,
+        keyless=a.keyless,
     )
 
 
@@ -93,6 +100,11 @@ def _metric(m: MetricResult) -> cpb.MetricResult:
         ],
         tau_squared=m.tau_squared,
         alpha=m.alpha,
+        unit=m.unit,
+        design_effect=m.design_effect,
+        planned_control=m.planned_control,
+        planned_treatment=m.planned_treatment,
+        expected_seconds=m.expected_seconds,
     )
 
 
@@ -245,6 +257,19 @@ def experiment_report(
         revision=revision,
         unit=result.unit,
         alpha=result.alpha,
+        segment_mix=_segment_mix(result.segment_mix),
+    )
+
+
+def _segment_mix(mix: SegmentMixCheck | None) -> cpb.SegmentMixCheck | None:
+    if mix is None:
+        return None
+    return cpb.SegmentMixCheck(
+        p_value=mix.p_value,
+        chi_square=mix.chi_square,
+        checked=mix.checked,
+        mismatch=mix.mismatch,
+        detail=mix.detail,
     )
 
 

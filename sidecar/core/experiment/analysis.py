@@ -26,17 +26,23 @@ from typing import Any
 from scipy import special
 
 from sidecar.core.duration import Duration
+from sidecar.core.experiment.units import bucket_of
 from sidecar.core.gates import GateReading, GateStatus
 from sidecar.core.stats import (
+    MixResult,
     SequentialLook,
     SequentialState,
     Verdict,
     adjust_p_values,
+    binomial_two_sided_p,
     boundary_z,
     optimal_mixing_ratio,
     plan_sequential,
     ratio_interval,
+    required_variance,
+    segment_mix_test,
     sequential_update,
+    sequential_update_estimate,
     sequential_update_means,
     sequential_verdict,
     srm_test,
@@ -45,6 +51,7 @@ from sidecar.core.stats import (
     welch_t_test_from_stats,
     wilson_interval,
 )
+from sidecar.core.stats.buckets import DEFAULT_BUCKETS, MAX_BUCKETS, BucketTotals
 from sidecar.core.stats.intervals import Estimate, Interval
 from sidecar.core.stats.srm import BASIS_POINTS_TOTAL
 
@@ -53,6 +60,7 @@ __all__ = [
     "OTHER_SEGMENT",
     "SRM_MIN_TOTAL",
     "UNIT",
+    "USER_UNIT",
     "ArmCount",
     "ArmResult",
     "Estimate",
@@ -65,6 +73,7 @@ __all__ = [
     "LookPoint",
     "MetricResult",
     "MetricSpec",
+    "SegmentMixCheck",
     "SegmentResult",
     "SrmCheck",
     "default_tau_squared",
@@ -72,8 +81,9 @@ __all__ = [
 
 OTHER_SEGMENT = "other"  # segments outside the declared family are counted under this key
 SRM_MIN_TOTAL = 100  # assignments needed before the SRM check may flag a mismatch
-UNIT = "request"  # the unit of analysis: one outcome per request and metric
-CHECKPOINT_VERSION = 1
+UNIT = "request"  # request-level analysis: no outcome of a keyed user yet
+USER_UNIT = "user"  # user-level analysis: the variance from user buckets
+CHECKPOINT_VERSION = 2
 KINDS = ("bool", "number")
 CORRECTIONS = ("holm", "bh")
 MAX_SEGMENTS = 64
@@ -126,6 +136,8 @@ class ExperimentSettings:
     look_interval: Duration = 10.0
     max_requests: int = 200_000
     ttl_seconds: Duration = 3600.0
+    buckets: int = DEFAULT_BUCKETS  # user buckets per (metric, arm, segment)
+    min_users: int = 100  # users per arm before a user-level look is evaluated
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(self.metrics))
@@ -154,10 +166,18 @@ class ExperimentSettings:
         ]
         if self.correction not in CORRECTIONS:
             problems.append(f"correction: must be holm or bh, got {self.correction!r}")
-        for name, least in (("min_events", 0), ("max_history", 2), ("max_requests", 1)):
+        for name, least in (
+            ("min_events", 0),
+            ("max_history", 2),
+            ("max_requests", 1),
+            ("min_users", 2),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 problems.append(f"{name}: must be an integer >= {least}, got {value!r}")
+        b = self.buckets
+        if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= MAX_BUCKETS:
+            problems.append(f"buckets: must be an integer within [2, {MAX_BUCKETS}], got {b!r}")
         for name in ("look_interval", "ttl_seconds"):
             if not _positive(getattr(self, name)):
                 problems.append(f"{name}: must be > 0, got {getattr(self, name)!r}")
@@ -296,6 +316,8 @@ class ArmResult:
     successes: int
     value: Estimate
     std_dev: float
+    users: int = 0  # units with a counted outcome (keyed users + keyless requests)
+    keyless: int = 0  # of `n`: outcomes of requests without a targeting key
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +367,11 @@ class MetricResult:
     history: tuple[LookPoint, ...]
     tau_squared: float
     alpha: float
+    unit: str = UNIT  # "user" (variance from user buckets) or "request" (no keyed outcome)
+    design_effect: float = _NAN  # user-level / request-level variance of the difference
+    planned_control: int = 0  # outcomes the control needs for the actual split (0: no plan)
+    planned_treatment: int = 0
+    expected_seconds: float = -1.0  # to the planned horizon at the current rate; -1 unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +408,19 @@ class ExperimentResult:
     last_look_unix: float  # 0.0 before the first look
     alpha: float
     unit: str = UNIT
+    segment_mix: SegmentMixCheck | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentMixCheck:
+    """Arm x segment independence of the users (`segment_mix_test`); a mismatch blocks
+    every aggregate verdict, like the sample ratio check."""
+
+    p_value: float
+    chi_square: float
+    checked: bool
+    mismatch: bool
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,6 +615,12 @@ class ExperimentTracker:
         self._history: dict[str, _History] = {
             m: _History(self.settings.max_history) for m in self._specs
         }
+        k = self.settings.buckets
+        self._buckets: dict[tuple[str, str, str], BucketTotals] = {
+            key: BucketTotals(k) for key in self._cells
+        }
+        self._next_unit = 0  # bucket of an outcome reported without a unit (round robin)
+        self._mix: SegmentMixCheck | None = None
         self._looks = 0
         self._last_look: float | None = None
         self._srm: SrmCheck | None = None
@@ -624,32 +670,49 @@ class ExperimentTracker:
         self._assigned[variant] += 1
 
     def outcome(
-        self, epoch: int, variant: str, segment: str, metric: str, value: bool | float
+        self,
+        epoch: int,
+        variant: str,
+        segment: str,
+        metric: str,
+        value: bool | float,
+        *,
+        unit: int | None = None,
+        keyless: bool = True,
+        new_user: bool = True,
     ) -> bool:
         """Count one (de-duplicated) outcome; return whether it was counted.
 
         Counted when `epoch` is the current epoch, `metric` is configured, `variant` is the
         control or the treatment, and the value has the metric's kind (a finite number for
-        numeric metrics). Undeclared segments count under "other"."""
+        numeric metrics). Undeclared segments count under "other". `unit` is the stable
+        hash of the targeting key (`keyless` False) or of the request id (`keyless`: its own
+        unit); it picks the user bucket; `new_user` counts a user there. Without a unit the
+        outcome is its own unit in the next bucket (round robin)."""
         if epoch != self._epoch:
             return False
-        cell = self._cells.get(
-            (metric, variant, segment if segment in self._declared else OTHER_SEGMENT)
-        )
+        key = (metric, variant, segment if segment in self._declared else OTHER_SEGMENT)
+        cell = self._cells.get(key)
         if cell is None:
             return False
+        if unit is None:
+            unit, keyless, new_user = self._next_unit, True, True
+            self._next_unit += 1
+        bucket = bucket_of(unit, self.settings.buckets)
         if cell.is_bool:
             if value.__class__ is not bool:
                 return False
             cell.n += 1
             if value:
                 cell.successes += 1
+            self._buckets[key].add(bucket, 1.0 if value else 0.0, new_user, keyless)
             return True
         if value.__class__ is bool:
             return False
         x = float(value)
         if not _isfinite(x):
             return False
+        self._buckets[key].add(bucket, x, new_user, keyless)
         n = cell.n + 1
         cell.n = n
         mean = cell.mean
@@ -672,8 +735,50 @@ class ExperimentTracker:
                 out = out.merge(cell)
         return out
 
-    def _update(self, metric: str, seq: _Seq, a: _Summary, b: _Summary) -> SequentialLook:
+    def _totals(self, metric: str, variant: str | None, segment: str | None) -> BucketTotals:
+        out = BucketTotals(self.settings.buckets)
+        if variant is None:
+            return out
+        for seg in self._segment_keys if segment is None else (segment,):
+            totals = self._buckets.get((metric, variant, seg))
+            if totals is not None:
+                out = out.merge(totals)
+        return out
+
+    def bucket_totals(self) -> dict[tuple[str, str, str], BucketTotals]:
+        """Copies of the user bucket totals of the current epoch, by (metric, variant,
+        segment) ("other" for undeclared segments): plain sums that a fleet adds across
+        sidecars (`BucketTotals.merge`)."""
+        return {key: BucketTotals.from_json(t.to_json()) for key, t in self._buckets.items()}
+
+    def _user_level(self, metric: str) -> bool:
+        """Whether the metric is analysed per user: some outcome came from a keyed user."""
+        return any(t.n > t.keyless for (m, _, _), t in self._buckets.items() if m == metric)
+
+    def _user_look(
+        self, metric: str, seq: _Seq, a: _Summary, b: _Summary, segment: str | None
+    ) -> SequentialLook:
+        """The mSPRT with the difference's variance from the user buckets (delta method)."""
+        ta = self._totals(metric, self._control, segment)
+        tb = self._totals(metric, self._treatment, segment)
+        ra, rb = ta.ratio(), tb.ratio()
+        d = float(rb.ratio) - float(ra.ratio)
+        s2 = float(ra.variance) + float(rb.variance)
+        minimum = self.settings.min_users
+        enough = ta.n_users >= minimum and tb.n_users >= minimum
         if self._specs[metric].kind == "bool":
+            m = self.settings.min_events
+            enough = enough and all(x.successes >= m and x.n - x.successes >= m for x in (a, b))
+        else:
+            enough = enough and min(a.n, b.n) >= 2
+        return sequential_update_estimate(seq.state, a.n, b.n, d, s2, enough)
+
+    def _update(
+        self, metric: str, seq: _Seq, a: _Summary, b: _Summary, segment: str | None = None
+    ) -> SequentialLook:
+        if self._user_level(metric):
+            look = self._user_look(metric, seq, a, b, segment)
+        elif self._specs[metric].kind == "bool":
             look = sequential_update(seq.state, a.successes, a.n, b.successes, b.n)
         else:
             look = sequential_update_means(
@@ -713,8 +818,10 @@ class ExperimentTracker:
                     seq,
                     self._summary(metric, self._control, segment),
                     self._summary(metric, self._treatment, segment),
+                    segment,
                 )
         self._srm = self._srm_check()
+        self._mix = self._mix_check()
         self._outcome_srm = {}
         for metric in self._specs:
             detail = self._outcome_check(metric)
@@ -771,7 +878,7 @@ class ExperimentTracker:
         numbers = (
             f"observed {counts}; expected {expected} from weights "
             f"{'/'.join(str(w) for w in weights if w > 0)} bp; "
-            f"chi-square {_fmt(result.statistic)}, p {_fmt_p(result.p_value)}"
+            f"chi-square {_fmt(result.statistic)}, {result.method} p {_fmt_p(result.p_value)}"
         )
         if total < SRM_MIN_TOTAL:
             detail = f"{numbers}; not checked below {SRM_MIN_TOTAL} assignments"
@@ -793,24 +900,67 @@ class ExperimentTracker:
         w_b = self._weights.get(treatment, 0)
         if w_a <= 0 or w_b <= 0:
             return ""
-        n_a = self._summary(metric, self._control, None).n
-        n_b = self._summary(metric, treatment, None).n
+        if self._user_level(metric):  # users are the independent units, not outcomes
+            what = "users with outcomes"
+            n_a = self._totals(metric, self._control, None).n_users
+            n_b = self._totals(metric, treatment, None).n_users
+        else:
+            what = "outcomes"
+            n_a = self._summary(metric, self._control, None).n
+            n_b = self._summary(metric, treatment, None).n
         total = n_a + n_b
         if total < SRM_MIN_TOTAL:
             return ""
         e_a = total * w_a / (w_a + w_b)
         e_b = total * w_b / (w_a + w_b)
-        chi = (n_a - e_a) ** 2 / e_a + (n_b - e_b) ** 2 / e_b
-        p = float(special.chdtrc(1, chi))
+        p = binomial_two_sided_p(n_a, total, w_a / (w_a + w_b))
         threshold = self.settings.srm_threshold
         if not p < threshold:
             return ""
         return (
-            f"sample ratio mismatch in the outcomes of {metric!r}: observed "
+            f"sample ratio mismatch in the {what} of {metric!r}: observed "
             f"{self._control}={n_a}, {treatment}={n_b}; expected {e_a:.1f}, {e_b:.1f} from "
-            f"weights {w_a}/{w_b} bp; chi-square {_fmt(chi)}, p {_fmt_p(p)} < "
+            f"weights {w_a}/{w_b} bp; exact binomial p {_fmt_p(p)} < "
             f"{_fmt_p(threshold)}: outcomes are missing (or extra) in one arm"
         )
+
+    def _mix_check(self) -> SegmentMixCheck | None:
+        """Arm x segment chi-square over the users of the metric with the most users
+        (None without declared segments, a treatment or users)."""
+        if not self.settings.segments or self._treatment is None or not self._specs:
+            return None
+        arms = (self._control, self._treatment)
+        best: list[list[int]] = []
+        for metric in self._specs:
+            table = [
+                [self._buckets[(metric, arm, seg)].n_users for seg in self._segment_keys]
+                for arm in arms
+            ]
+            if sum(map(sum, table)) > sum(map(sum, best)):
+                best = table
+        if not best:
+            return None
+        result: MixResult = segment_mix_test(best)
+        threshold = self.settings.srm_threshold
+        mix = ", ".join(
+            f"{seg} {best[0][i]}/{best[1][i]}" for i, seg in enumerate(self._segment_keys)
+        )
+        numbers = (
+            f"users per segment ({self._control}/{self._treatment}): {mix}; chi-square "
+            f"{_fmt(result.statistic)}, p {_fmt_p(result.p_value)}"
+        )
+        if not result.checked:
+            detail = f"not checked: too few users (an expected count below 5); {numbers}"
+            return SegmentMixCheck(1.0, result.statistic, False, False, detail)
+        mismatch = result.p_value < threshold
+        if mismatch:
+            detail = (
+                f"segment mix mismatch: the arms' segment mix differs; {numbers} < "
+                f"{_fmt_p(threshold)}; the aggregate comparison is confounded"
+            )
+        else:
+            detail = f"segment mix ok: {numbers} >= {_fmt_p(threshold)}"
+        return SegmentMixCheck(result.p_value, result.statistic, True, mismatch, detail)
 
     def _srm_or_pending(self) -> SrmCheck:
         if self._srm is not None:
@@ -848,6 +998,9 @@ class ExperimentTracker:
         if outcome_srm:
             reason = f"blocked at the last look: {outcome_srm}"
             return _Decision(ExperimentVerdict.BLOCKED, reason, -1, p)
+        if self._mix is not None and self._mix.mismatch:
+            reason = f"blocked at the last look: {self._mix.detail}"
+            return _Decision(ExperimentVerdict.BLOCKED, reason, -1, p)
         look = seq.last
         if look is None:
             return _Decision(ExperimentVerdict.CONTINUE, "no look yet", -1, p)
@@ -875,7 +1028,13 @@ class ExperimentTracker:
         extra = decision.additional_per_arm
         additional = -1 if extra is None else extra
         if not look.evaluated:
-            if spec.kind == "bool":
+            if self._user_level(spec.name):
+                need = f"{self.settings.min_users} users" + (
+                    f", {self.settings.min_events} successes and failures"
+                    if spec.kind == "bool"
+                    else ""
+                )
+            elif spec.kind == "bool":
                 need = (
                     f"{self.settings.min_events} successes and {self.settings.min_events} failures"
                 )
@@ -917,6 +1076,10 @@ class ExperimentTracker:
             return GateReading(GateStatus.WAIT, 1.0, self.settings.alpha, "no metric configured")
         name = self.settings.gate_metric or self.settings.metrics[0].name
         d = self._decide(name)
+        simpson = self._simpson(name, self._segments(name))
+        if simpson and d.verdict is not ExperimentVerdict.BLOCKED:
+            detail = f"{name}: {d.verdict.value} held (WAIT) by a Simpson warning: {simpson}"
+            return GateReading(GateStatus.WAIT, d.p_value, self.settings.alpha, detail)
         if d.verdict in (ExperimentVerdict.SHIP_B, ExperimentVerdict.EQUIVALENT):
             status = GateStatus.PASS
         elif d.verdict is ExperimentVerdict.KEEP_A:
@@ -929,7 +1092,22 @@ class ExperimentTracker:
 
     # ------------------------------------------------------------------ report
 
-    def _arm(self, metric: str, variant: str | None, s: _Summary) -> ArmResult:
+    def _arm(
+        self, metric: str, variant: str | None, s: _Summary, segment: str | None = None
+    ) -> ArmResult:
+        arm = self._plain_arm(metric, variant, s)
+        totals = self._totals(metric, variant, segment)
+        return ArmResult(
+            arm.variant,
+            arm.n,
+            arm.successes,
+            arm.value,
+            arm.std_dev,
+            users=totals.n_users,
+            keyless=totals.keyless,
+        )
+
+    def _plain_arm(self, metric: str, variant: str | None, s: _Summary) -> ArmResult:
         name = variant or ""
         level = self._level
         if self._specs[metric].kind == "bool":
@@ -969,15 +1147,68 @@ class ExperimentTracker:
         lift = ratio - 1.0
         return p, Estimate(lift, lift - self._z * se, lift + self._z * se, level, "delta")
 
-    def _planned_per_arm(self, metric: str, a: _Summary, b: _Summary) -> int:
+    def _unit_variances(self, metric: str, a: _Summary, b: _Summary) -> tuple[float, float]:
+        """Per-outcome variances of control and treatment for planning (0, 0: unknown).
+        Boolean: the baseline (else the observed control rate) and it plus the minimum
+        effect; numeric: the observed sample variances."""
         spec = self._specs[metric]
-        if spec.kind == "bool":
-            return self._planned[metric]
-        if a.n < 2 or b.n < 2:
-            return 0
-        v = a.variance + b.variance
-        _, b_star, z_power = _z_power_and_boundary(self.settings.alpha, self.settings.power)
-        return math.ceil(v * ((b_star + z_power) / spec.minimum_effect) ** 2)
+        if spec.kind != "bool":
+            return (a.variance, b.variance) if a.n >= 2 and b.n >= 2 else (0.0, 0.0)
+        p1 = spec.baseline
+        if p1 is None:
+            if a.n < 2 or not 0 < a.successes < a.n:
+                return 0.0, 0.0
+            p1 = a.successes / a.n
+        p2 = p1 + spec.minimum_effect
+        if not 0.0 < p2 < 1.0:
+            p2 = p1 - spec.minimum_effect
+        return p1 * (1.0 - p1), p2 * (1.0 - p2)
+
+    def _design_effect(self, metric: str, seq: _Seq, a: _Summary, b: _Summary) -> float:
+        """Variance of the difference from the user buckets over the request-level one at
+        the last look (NaN when not user-level or not evaluated)."""
+        look = seq.last
+        if look is None or not look.evaluated or not self._user_level(metric):
+            return _NAN
+        if self._specs[metric].kind == "bool":
+            pa, pb = a.successes / a.n, b.successes / b.n
+            naive = pa * (1.0 - pa) / a.n + pb * (1.0 - pb) / b.n
+        else:
+            naive = a.variance / a.n + b.variance / b.n
+        return look.variance / naive if naive > 0.0 else _NAN
+
+    def _plan(self, metric: str, a: _Summary, b: _Summary, design_effect: float) -> tuple[int, int]:
+        """Outcomes (control, treatment) for the actual split at which the mSPRT reaches
+        the configured power against the minimum effect (`required_variance`), inflated
+        by the design effect when it is above 1; (0, 0) without a plan."""
+        spec = self._specs[metric]
+        w_a = self._weights.get(self._control, 0)
+        w_b = self._weights.get(self._treatment or "", 0)
+        v_a, v_b = self._unit_variances(metric, a, b)
+        if w_a <= 0 or w_b <= 0 or v_a <= 0.0 or v_b <= 0.0:
+            return 0, 0
+        rho = w_b / w_a
+        s2 = required_variance(
+            spec.minimum_effect, self._tau2[metric], self.settings.alpha, self.settings.power
+        )
+        inflation = design_effect if _isfinite(design_effect) and design_effect > 1.0 else 1.0
+        n_a = inflation * (v_a + v_b / rho) / s2
+        return math.ceil(n_a - 1e-9), math.ceil(rho * n_a - 1e-9)
+
+    def _expected_seconds(
+        self, planned: tuple[int, int], a: _Summary, b: _Summary, decided: bool, now: float
+    ) -> float:
+        """Seconds until both arms reach the plan at the epoch's average outcome rate
+        (0 when decided; -1 without a plan or outcomes yet)."""
+        if decided:
+            return 0.0
+        elapsed = float(now) - self._started
+        if planned[0] <= 0 or elapsed <= 0.0 or a.n <= 0 or b.n <= 0:
+            return -1.0
+        return max(
+            max(0, planned[0] - a.n) * elapsed / a.n,
+            max(0, planned[1] - b.n) * elapsed / b.n,
+        )
 
     def _difference(self, seq: _Seq) -> Estimate:
         d = seq.last.difference if seq.last is not None else _NAN
@@ -1016,9 +1247,11 @@ class ExperimentTracker:
             out.append(
                 SegmentResult(
                     segment=segment,
-                    control=self._arm(metric, self._control, a),
-                    treatment=self._arm(metric, self._treatment, b),
-                    difference=self._difference(seq),
+                    control=self._arm(metric, self._control, a, segment),
+                    treatment=self._arm(metric, self._treatment, b, segment),
+                    difference=self._difference(seq)
+                    if a.n and b.n
+                    else _nan_estimate(self._level, "msprt"),  # no data: no difference
                     p_value=p,
                     adjusted_p_value=p_adj,
                     significant=significant,
@@ -1057,7 +1290,7 @@ class ExperimentTracker:
             f"p {_fmt_p(st.p_value)}), but {parts}"
         )
 
-    def _metric_result(self, metric: str, history: bool) -> MetricResult:
+    def _metric_result(self, metric: str, history: bool, now: float) -> MetricResult:
         spec = self._specs[metric]
         seq = self._agg[metric]
         a = self._summary(metric, self._control, None)
@@ -1065,6 +1298,13 @@ class ExperimentTracker:
         fixed_p, lift = self._fixed(metric, a, b)
         decision = self._decide(metric)
         segments = self._segments(metric)
+        design = self._design_effect(metric, seq, a, b)
+        planned = self._plan(metric, a, b, design)
+        decided = decision.verdict in (
+            ExperimentVerdict.SHIP_B,
+            ExperimentVerdict.KEEP_A,
+            ExperimentVerdict.EQUIVALENT,
+        )
         return MetricResult(
             metric=metric,
             kind=spec.kind,
@@ -1079,13 +1319,18 @@ class ExperimentTracker:
             verdict=decision.verdict,
             reason=decision.reason,
             additional_per_arm=decision.additional_per_arm,
-            planned_per_arm=self._planned_per_arm(metric, a, b),
+            planned_per_arm=max(planned),
             correction=self.settings.correction,
             segments=segments,
             simpson_warning=self._simpson(metric, segments),
             history=self._history[metric].snapshot() if history else (),
             tau_squared=seq.state.tau_squared,
             alpha=self.settings.alpha,
+            unit=USER_UNIT if self._user_level(metric) else UNIT,
+            design_effect=design,
+            planned_control=planned[0],
+            planned_treatment=planned[1],
+            expected_seconds=self._expected_seconds(planned, a, b, decided, now),
         )
 
     def report(
@@ -1097,7 +1342,7 @@ class ExperimentTracker:
             if name not in self._specs:
                 raise ValueError(f"metrics: {name!r} is not a configured metric")
         wanted = [m for m in self._specs if not metrics or m in metrics]
-        results = tuple(self._metric_result(m, history) for m in wanted)
+        results = tuple(self._metric_result(m, history, now) for m in wanted)
         srm = self._srm_or_pending()
         warnings: list[str] = []
         why_not = self._serving()
@@ -1108,6 +1353,8 @@ class ExperimentTracker:
         for m in wanted:
             if m in self._outcome_srm:
                 warnings.append(f"{self._outcome_srm[m]}; the verdict of {m!r} is BLOCKED")
+        if self._mix is not None and self._mix.mismatch:
+            warnings.append(f"{self._mix.detail}; every verdict is BLOCKED")
         if self._specs and not why_not and not any(c.n for c in self._cells.values()):
             warnings.append("no outcomes yet in this epoch")
         if self._looks == 0 and self._specs:
@@ -1125,7 +1372,8 @@ class ExperimentTracker:
             looks=self._looks,
             last_look_unix=self._last_look if self._last_look is not None else 0.0,
             alpha=self.settings.alpha,
-            unit=UNIT,
+            unit=USER_UNIT if any(r.unit == USER_UNIT for r in results) else UNIT,
+            segment_mix=self._mix,
         )
 
     # ------------------------------------------------------------------ checkpoint
@@ -1139,10 +1387,15 @@ class ExperimentTracker:
             for (metric, variant, seg), c in self._cells.items():
                 if metric == name:
                     cells.setdefault(variant, {})[seg] = [c.n, c.successes, c.mean, c.m2]
+            buckets: dict[str, dict[str, dict[str, Any]]] = {}
+            for (metric, variant, seg), t in self._buckets.items():
+                if metric == name:
+                    buckets.setdefault(variant, {})[seg] = t.to_json()
             hist = self._history[name]
             metrics[name] = {
                 "kind": spec.kind,
                 "cells": cells,
+                "buckets": buckets,
                 "aggregate": _seq_to_dict(self._agg[name]),
                 "segments": {s: _seq_to_dict(q) for s, q in self._segs[name].items()},
                 "history": {
@@ -1208,6 +1461,8 @@ class ExperimentTracker:
             if entry["kind"] != spec.kind:
                 continue
             tracker._restore_metric(name, entry)
+        if tracker._looks:
+            tracker._mix = tracker._mix_check()
         for name in tracker._specs:
             tracker._verdicts[name] = tracker._decide(name).verdict
         return tracker
@@ -1252,6 +1507,7 @@ class ExperimentTracker:
 
     def _restore_metric(self, name: str, entry: Mapping[str, Any]) -> None:
         self._restore_cells(name, entry)
+        self._restore_buckets(name, entry)
         self._restore_sequences(name, entry)
         self._history[name] = self._restore_history(name, entry)
 
@@ -1268,6 +1524,22 @@ class ExperimentTracker:
                 merged = _Summary(cell.n, cell.successes, cell.mean, cell.m2).merge(src)
                 cell.n, cell.successes = merged.n, merged.successes
                 cell.mean, cell.m2 = merged.mean, merged.m2
+
+    def _restore_buckets(self, name: str, entry: Mapping[str, Any]) -> None:
+        """Add the stored user buckets (undeclared segments into "other"); totals of
+        another bucket count cannot be re-bucketed and are left out."""
+        for variant, by_segment in _mapping(entry["buckets"], f"{name}.buckets").items():
+            for seg, raw in _mapping(by_segment, f"{name}.buckets.{variant}").items():
+                try:
+                    src = BucketTotals.from_json(_mapping(raw, f"{name}.buckets"))
+                except ValueError as exc:
+                    raise ValueError(
+                        f"malformed experiment checkpoint: {name}.buckets.{variant}.{seg}: {exc}"
+                    ) from None
+                target = seg if seg in self._declared else OTHER_SEGMENT
+                key = (name, variant, target)
+                if key in self._buckets and src.buckets == self.settings.buckets:
+                    self._buckets[key] = self._buckets[key].merge(src)
 
     def _restore_sequences(self, name: str, entry: Mapping[str, Any]) -> None:
         """Keep stored sequential states run with the configured parameters."""

@@ -27,6 +27,11 @@ Memory is bounded in bytes, not only in entries, whatever clients send:
   (key, epoch, metric or assignment) entries; the least recently used is forgotten
   (`forgotten`). Requests without a targeting key are their own units (one outcome per
   request and metric already).
+- The unit of analysis: the attribution carries a stable hash of the targeting key (or of
+  the request id for a keyless request, `keyless`), and `new_user` when the tally had no
+  entry for (key, epoch, metric): the tracker's user buckets count users with it. The tally
+  is kept for every keyed outcome (also with no cap), so it stays bounded by `max_keys`; a
+  key it forgot counts as a new user again (`forgotten` says how often that can happen).
 
 Each remembered request also carries the experiment epoch it was served in (-1: not part of
 the experiment, e.g. routed by the kill switch, an override or a segment rule); the
@@ -42,6 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sidecar.core.experiment.analysis import OTHER_SEGMENT  # undeclared segments
+from sidecar.core.experiment.units import unit_hash
 from sidecar.core.limits import shown
 
 MAX_METRICS = 64
@@ -83,6 +89,13 @@ class Attribution:
     counted: bool  # False for a repeated report of the same (request, metric), or capped
     epoch: int = -1  # experiment epoch the request was served in; -1: not in the experiment
     capped: bool = False  # not counted: the targeting key reached its cap for this metric
+    # The unit of analysis: a stable hash of the targeting key, or of the request id for a
+    # request without a key (`keyless`; each such request is its own unit).
+    unit: int = 0
+    keyless: bool = True
+    # The unit's first counted outcome of this metric in this epoch (as far as the bounded
+    # tally remembers: a key forgotten by `max_keys` counts as new again).
+    new_user: bool = True
 
 
 @dataclass(slots=True)
@@ -176,7 +189,7 @@ class OutcomeLedger:
             self.segment_of(segment),
             now,
             epoch,
-            hash(targeting_key) if targeting_key else None,
+            unit_hash(targeting_key) if targeting_key else None,
         )
         if len(self._served) > self.max_requests:
             self._served.popitem(last=False)
@@ -188,7 +201,7 @@ class OutcomeLedger:
         requests are always admitted (each is its own unit)."""
         if not self.max_per_key or not targeting_key:
             return True
-        if self._take(hash((hash(targeting_key), epoch, _ASSIGNMENTS))):
+        if self._take(hash((unit_hash(targeting_key), epoch, _ASSIGNMENTS))):
             return True
         self.capped_assignments += 1
         return False
@@ -249,7 +262,8 @@ class OutcomeLedger:
                 request_id, served.variant, served.segment, counted=False, epoch=served.epoch
             )
         served.reported |= bit
-        if not self._within_cap(served, index):
+        counted, new_user = self._within_cap(served, index)
+        if not counted:
             self.capped += 1
             return Attribution(
                 request_id,
@@ -270,19 +284,30 @@ class OutcomeLedger:
             x = float(value)
             c.total += x
             c.total_sq += x * x
+        keyless = served.unit is None
         return Attribution(
-            request_id, served.variant, served.segment, counted=True, epoch=served.epoch
+            request_id,
+            served.variant,
+            served.segment,
+            counted=True,
+            epoch=served.epoch,
+            unit=unit_hash(request_id) if served.unit is None else served.unit,
+            keyless=keyless,
+            new_user=new_user,
         )
 
-    def _within_cap(self, served: _Served, index: int) -> bool:
-        """Take one from the unit's allowance for this metric and epoch; False when spent."""
-        if not self.max_per_key or served.unit is None:
-            return True
-        return self._take(hash((served.unit, served.epoch, index)))
+    def _within_cap(self, served: _Served, index: int) -> tuple[bool, bool]:
+        """(counted, new unit): take one from the unit's allowance for this metric and
+        epoch (not counted when spent); new when the unit had no counted outcome of it."""
+        if served.unit is None:
+            return True, True
+        key = hash((served.unit, served.epoch, index))
+        new_user = key not in self._tally
+        return self._take(key), new_user
 
     def _take(self, key: int) -> bool:
         tally = self._tally.get(key, 0)
-        if tally >= self.max_per_key:
+        if self.max_per_key and tally >= self.max_per_key:
             self._tally.move_to_end(key)
             return False
         self._tally[key] = tally + 1

@@ -20,7 +20,7 @@ from .drift import (
 )
 from .intervals import Interval
 from .multiple import AdjustedPValues, adjust_p_values, benjamini_hochberg, holm
-from .power import SampleSize, cohens_h, power_per_arm, sample_size_per_arm
+from .power import SampleSize, cohens_h, power_per_arm, sample_size_per_arm, sample_size_split
 from .proportions import (
     ProportionComparison,
     ZTestResult,
@@ -49,14 +49,24 @@ from .sequential import (
     confidence_halfwidth,
     optimal_mixing_ratio,
     plan_sequential,
+    required_variance,
     sequential_paths,
+    sequential_paths_estimates,
     sequential_power_lower_bound,
     sequential_update,
+    sequential_update_estimate,
     sequential_update_means,
     sequential_verdict,
     start_sequential,
 )
-from .srm import SrmResult, is_sample_ratio_mismatch, srm_test
+from .srm import (
+    MixResult,
+    SrmResult,
+    binomial_two_sided_p,
+    is_sample_ratio_mismatch,
+    segment_mix_test,
+    srm_test,
+)
 
 __all__ = [
     "AdjustedPValues",
@@ -64,6 +74,7 @@ __all__ = [
     "Interval",
     "KsResult",
     "MannWhitneyResult",
+    "MixResult",
     "ProportionComparison",
     "PsiResult",
     "SampleSize",
@@ -80,6 +91,7 @@ __all__ = [
     "adjust_p_values",
     "benjamini_hochberg",
     "bin_counts",
+    "binomial_two_sided_p",
     "boundary_z",
     "classify_psi",
     "cohens_h",
@@ -97,10 +109,15 @@ __all__ = [
     "psi_from_histograms",
     "quantile_edges",
     "ratio_interval",
+    "required_variance",
     "sample_size_per_arm",
+    "sample_size_split",
+    "segment_mix_test",
     "sequential_paths",
+    "sequential_paths_estimates",
     "sequential_power_lower_bound",
     "sequential_update",
+    "sequential_update_estimate",
     "sequential_update_means",
     "sequential_verdict",
     "srm_test",

@@ -18,7 +18,13 @@ from scipy import optimize, special
 
 from ._validation import check_alpha, check_probability_level, check_rates
 
-__all__ = ["SampleSize", "cohens_h", "power_per_arm", "sample_size_per_arm"]
+__all__ = [
+    "SampleSize",
+    "cohens_h",
+    "power_per_arm",
+    "sample_size_per_arm",
+    "sample_size_split",
+]
 
 
 def cohens_h(rate_control: float, rate_treatment: float) -> float:
@@ -98,3 +104,47 @@ def sample_size_per_arm(
         power=power,
         achieved_power=_power(h_abs, float(n), crit),
     )
+
+
+def _power_split(h_abs: float, n1: float, ratio: float, crit: float) -> float:
+    shift = h_abs * math.sqrt(n1 / (1.0 + 1.0 / ratio))
+    return float(special.ndtr(shift - crit) + special.ndtr(-shift - crit))
+
+
+def sample_size_split(
+    baseline: float,
+    minimum_effect: float,
+    ratio: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> tuple[float, float]:
+    """(control, treatment) users for an unequal split, ``treatment = ratio * control``.
+
+    The fixed-horizon two-sided test on the arcsine scale, exactly statsmodels'
+    ``NormalIndPower().solve_power(h, nobs1=None, alpha, power, ratio)`` (its ``nobs1`` is
+    the control here); not rounded. ``ratio = 1`` gives :func:`sample_size_per_arm`'s
+    exact value in each arm.
+    """
+    p1, p2 = check_rates(baseline, minimum_effect)
+    alpha = check_alpha(alpha)
+    power = check_probability_level(power, "power")
+    r = float(ratio)
+    if not (math.isfinite(r) and r > 0.0):
+        raise ValueError(f"ratio must be a positive finite number; got {ratio!r}")
+    if power <= alpha:
+        raise ValueError(f"power ({power}) must exceed alpha ({alpha})")
+    h_abs = abs(cohens_h(p1, p2))
+    crit = float(-special.ndtri(alpha / 2.0))
+    z_power = float(special.ndtri(power))
+    hi = (1.0 + 1.0 / r) * ((crit + z_power) / h_abs) ** 2 * 1.01 + 1.0
+    n1 = float(
+        optimize.brentq(
+            lambda n: _power_split(h_abs, n, r, crit) - power,
+            0.0,
+            hi,
+            xtol=1e-12,
+            rtol=1e-15,
+            maxiter=500,
+        )
+    )
+    return n1, n1 * r

@@ -76,9 +76,12 @@ __all__ = [
     "log_likelihood_ratio",
     "optimal_mixing_ratio",
     "plan_sequential",
+    "required_variance",
     "sequential_paths",
+    "sequential_paths_estimates",
     "sequential_power_lower_bound",
     "sequential_update",
+    "sequential_update_estimate",
     "sequential_update_means",
     "sequential_verdict",
     "start_sequential",
@@ -436,6 +439,92 @@ def sequential_update_means(
     )
 
 
+def sequential_update_estimate(
+    state: SequentialState,
+    n_control: SupportsIndex,
+    n_treatment: SupportsIndex,
+    difference: float,
+    variance: float,
+    evaluated: bool = True,
+) -> SequentialLook:
+    """Fold one look given the estimate ``d`` and its variance ``s^2`` directly.
+
+    For estimates whose variance comes from elsewhere (user buckets, delta method:
+    ``sidecar.core.stats.buckets``). The likelihood ratio, p-value and confidence sequence
+    are those of :func:`sequential_update` with this ``d`` and ``s^2``; a bounded state
+    clips the look's interval to ``[-1, 1]``. Not evaluated (the p-value and interval carry
+    over) when ``evaluated`` is false or ``s^2`` is not a positive finite number.
+    """
+    nc = check_count(n_control, "n_control")
+    nt = check_count(n_treatment, "n_treatment")
+    if nc < state.n_control or nt < state.n_treatment:
+        raise ValueError(
+            "counts are cumulative and cannot decrease: got "
+            f"n_control={nc}, n_treatment={nt} after {state.n_control}, {state.n_treatment}"
+        )
+    d = float(difference)
+    s2 = float(variance)
+    ok = bool(evaluated) and math.isfinite(d) and math.isfinite(s2) and s2 > 0.0
+    edge = 1.0 if state.bounded else math.inf
+    if ok:
+        log_lr = log_likelihood_ratio(d, s2, state.tau_squared)
+        half = confidence_halfwidth(s2, state.tau_squared, state.alpha)
+        lower, upper = max(-edge, d - half), min(edge, d + half)
+        p_look = math.exp(min(0.0, -log_lr))
+    else:
+        log_lr, lower, upper, p_look = 0.0, -edge, edge, 1.0
+    new_state = _advance(state, nc, nt, p_look, lower, upper)
+    return SequentialLook(
+        successes_control=0,
+        n_control=nc,
+        successes_treatment=0,
+        n_treatment=nt,
+        difference=d,
+        variance=s2,
+        evaluated=ok,
+        log_likelihood_ratio=log_lr,
+        interval=Interval(lower, upper, 1.0 - state.alpha, "msprt"),
+        state=new_state,
+    )
+
+
+def sequential_paths_estimates(
+    difference: npt.ArrayLike,
+    variance: npt.ArrayLike,
+    evaluated: npt.ArrayLike,
+    tau_squared: float,
+    alpha: float = 0.05,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Vectorised :func:`sequential_update_estimate` over paths shaped ``(..., looks)``:
+    the running always-valid p-value and the running interval (lower, upper; unbounded,
+    intersected over looks; an empty intersection collapses as in
+    :class:`SequentialState`)."""
+    tau2 = _check_tau_squared(tau_squared)
+    alpha = check_alpha(alpha)
+    d, s2, ev = np.broadcast_arrays(
+        np.asarray(difference, dtype=np.float64),
+        np.asarray(variance, dtype=np.float64),
+        np.asarray(evaluated, dtype=np.bool_),
+    )
+    ok = ev & np.isfinite(d) & np.isfinite(s2) & (s2 > 0.0)
+    safe_s2 = np.where(ok, s2, 1.0)
+    safe_d = np.where(ok, d, 0.0)
+    total = safe_s2 + tau2
+    log_lr = np.where(
+        ok, 0.5 * np.log(safe_s2 / total) + tau2 * safe_d**2 / (2.0 * safe_s2 * total), 0.0
+    )
+    half = np.sqrt(safe_s2 * total / tau2 * (2.0 * math.log(1.0 / alpha) + np.log(total / safe_s2)))
+    lower = np.where(ok, safe_d - half, -np.inf)
+    upper = np.where(ok, safe_d + half, np.inf)
+    p_running = np.minimum.accumulate(_p_from_log_lr(log_lr), axis=-1)
+    run_lower = np.maximum.accumulate(lower, axis=-1)
+    run_upper = np.minimum.accumulate(upper, axis=-1)
+    empty = run_lower > run_upper
+    if np.any(empty):
+        run_lower, run_upper = _collapse(lower, run_lower, run_upper, empty)
+    return p_running, run_lower, run_upper
+
+
 # --------------------------------------------------------------------------- vectorised paths
 
 
@@ -720,3 +809,34 @@ def plan_sequential(
         boundary_z=boundary_z(n * tau2 / v, alpha),
         planned_power=planned,
     )
+
+
+def required_variance(
+    minimum_effect: float, tau_squared: float, alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """The variance ``s^2`` of the estimated difference at which the mSPRT's power bound
+    (:func:`sequential_power_lower_bound`: ``Phi(delta / s - b(tau^2 / s^2)) = power``)
+    is reached. With unit variances ``v_A``, ``v_B`` per outcome (or per user-level
+    outcome, with the design effect) and a split ``n_B = rho n_A``, the control needs
+    ``n_A = (v_A + v_B / rho) / s^2`` outcomes and the treatment ``rho n_A``: the
+    allocation-aware horizon. For equal arms and the planner's ``tau^2`` this is
+    :func:`plan_sequential`'s horizon."""
+    tau2 = _check_tau_squared(tau_squared)
+    alpha = check_alpha(alpha)
+    power = check_probability_level(power, "power")
+    delta = abs(float(minimum_effect))
+    if not (math.isfinite(delta) and delta > 0.0):
+        raise ValueError(f"minimum_effect must be non-zero and finite; got {minimum_effect!r}")
+    z_power = float(special.ndtri(power))
+
+    def shortfall(log_precision: float) -> float:  # precision = 1 / s^2, log scale
+        s2 = math.exp(-log_precision)
+        return delta / math.sqrt(s2) - boundary_z(tau2 / s2, alpha) - z_power
+
+    lo, hi = math.log(1e-12 / tau2), math.log(1e12 / tau2) + 2.0 * math.log(1.0 / delta)
+    if shortfall(hi) < 0.0:
+        raise ValueError("no variance reaches the requested power with this tau_squared")
+    if shortfall(lo) >= 0.0:
+        return math.exp(-lo)
+    root = float(optimize.brentq(shortfall, lo, hi, xtol=1e-13, rtol=1e-15, maxiter=500))
+    return math.exp(-root)

@@ -46,9 +46,15 @@ def est(value: float, lower: float, upper: float, method: str = "wilson") -> cpb
     return cpb.Estimate(value=value, lower=lower, upper=upper, level=0.95, method=method)
 
 
-def arm(variant: str, n: int, successes: int, lower: float, upper: float) -> cpb.ArmResult:
+def arm(
+    variant: str, n: int, successes: int, lower: float, upper: float, users: int = 0
+) -> cpb.ArmResult:
     return cpb.ArmResult(
-        variant=variant, n=n, successes=successes, value=est(successes / n, lower, upper)
+        variant=variant,
+        n=n,
+        successes=successes,
+        value=est(successes / n, lower, upper) if n else None,
+        users=users,
     )
 
 
@@ -100,8 +106,8 @@ def conversion() -> cpb.MetricResult:
         kind="bool",
         higher_is_better=True,
         minimum_effect=0.01,
-        control=arm("stable", 10_000, 1_000, 0.0942, 0.1060),
-        treatment=arm("canary", 10_000, 1_150, 0.1089, 0.1214),
+        control=arm("stable", 10_000, 1_000, 0.0942, 0.1060, users=1_000),
+        treatment=arm("canary", 10_000, 1_150, 0.1089, 0.1214, users=1_010),
         difference=est(0.015, 0.0032, 0.0268, "msprt"),
         relative_lift=est(0.15, 0.055, 0.253, "log-ratio"),
         p_value=0.0123,
@@ -110,6 +116,10 @@ def conversion() -> cpb.MetricResult:
         reason="the anytime-valid interval [+0.32, +2.68] pp excludes 0: canary converts better",
         additional_per_arm=0,
         planned_per_arm=28_240,
+        planned_control=28_240,
+        planned_treatment=28_240,
+        unit="user",
+        design_effect=2.4,
         correction="holm",
         segments=[
             segment(
@@ -146,10 +156,20 @@ def latency_metric() -> cpb.MetricResult:
         higher_is_better=False,
         minimum_effect=5.0,
         control=cpb.ArmResult(
-            variant="stable", n=4000, value=est(120.5, 119.6, 121.4, "normal"), std_dev=30.0
+            variant="stable",
+            n=4000,
+            value=est(120.5, 119.6, 121.4, "normal"),
+            std_dev=30.0,
+            users=4000,
+            keyless=4000,
         ),
         treatment=cpb.ArmResult(
-            variant="canary", n=3990, value=est(118.2, 117.3, 119.1, "normal"), std_dev=29.1
+            variant="canary",
+            n=3990,
+            value=est(118.2, 117.3, 119.1, "normal"),
+            std_dev=29.1,
+            users=3990,
+            keyless=3990,
         ),
         difference=est(-2.3, -5.1, 0.5, "msprt"),
         relative_lift=est(-0.019, -0.042, 0.004, "welch"),
@@ -159,6 +179,10 @@ def latency_metric() -> cpb.MetricResult:
         reason="the interval [-5.1, +0.5] includes 0 and reaches beyond the -5 margin",
         additional_per_arm=4200,
         planned_per_arm=9000,
+        planned_control=9000,
+        planned_treatment=9000,
+        expected_seconds=5400.0,
+        unit="request",
         alpha=0.05,
     )
 
@@ -385,9 +409,10 @@ def test_tables_show_the_ship_b_metric_with_its_numbers() -> None:
         "canary converts better"
     ) in text
     assert row(text, "A", "stable") == [
-        "A", "stable", "10000", "1000", "10.00%", "[9.42%,", "10.60%]",
+        "A", "stable", "10000", "1000", "10.0", "1000", "10.00%", "[9.42%,", "10.60%]",
     ]  # fmt: skip
-    assert row(text, "B", "canary")[2:5] == ["10000", "1150", "11.50%"]
+    assert row(text, "B", "canary")[2:7] == ["10000", "1010", "9.9", "1150", "11.50%"]
+    assert "unit of analysis: user (design effect 2.40)" in text
     assert (
         "difference B - A: +1.50 pp, anytime-valid 95% interval [+0.32 pp, +2.68 pp], msprt"
     ) in text
@@ -395,7 +420,8 @@ def test_tables_show_the_ship_b_metric_with_its_numbers() -> None:
     assert (
         "always-valid p 0.0123   fixed-horizon p 0.0007 (NOT valid under repeated looks)"
     ) in text
-    assert "planned sample size: 28240 per arm" in text
+    assert "planned sample size for the split: A 28,240 / B 28,240 outcomes" in text
+    assert "expected time to a decision: decided" in text
     assert "history: 20 looks, from n 500/493 to 10000/9860 (A/B)" in text
 
 
@@ -419,10 +445,16 @@ def test_tables_show_a_numeric_metric_at_continue() -> None:
     assert "== metric latency_ms (number, lower is better, minimum effect ±5) ==" in text
     assert "verdict: CONTINUE: the interval [-5.1, +0.5] includes 0" in text
     assert row(text, "A", "stable", "4000") == [
-        "A", "stable", "4000", "30", "120.5", "[119.6,", "121.4]",
+        "A", "stable", "4000", "4000", "(4000", "keyless)", "1.0", "30", "120.5", "[119.6,",
+        "121.4]",
     ]  # fmt: skip
     assert "difference B - A: -2.3, anytime-valid 95% interval [-5.1, +0.5], msprt" in text
-    assert "planned sample size: 9000 per arm   still needed: about 4200 more per arm" in text
+    assert (
+        "planned sample size for the split: A 9,000 / B 9,000 outcomes   still needed: about "
+        "4200 more per arm"
+    ) in text
+    assert "expected time to a decision: about 1h30m at the current traffic" in text
+    assert "unit of analysis: request" in text
 
 
 def test_tables_show_shadow_with_noise_and_drift() -> None:

@@ -59,7 +59,9 @@ def outcome(reply: pb.PredictResponse, won: bool) -> pb.ReportOutcomeRequest:
     return pb.ReportOutcomeRequest(request_id=reply.request_id, metric="converted", bool_value=won)
 
 
-async def honest(sc: Sidecar, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+async def honest(
+    sc: Sidecar, metadata: tuple[tuple[str, str], ...] = (), users: int = HONEST
+) -> None:
     """One prediction per user; the app reports the truth: canary 60%, stable 20%."""
     client = pb_grpc.PredictStub(grpc.aio.insecure_channel(f"127.0.0.1:{sc.predict_port}"))
     rate = {"stable": 0.2, "canary": 0.6}
@@ -69,8 +71,8 @@ async def honest(sc: Sidecar, metadata: tuple[tuple[str, str], ...] = ()) -> Non
         won = (i * 37 % 100) / 100 < rate[reply.variant]
         await client.ReportOutcome(outcome(reply, won), metadata=metadata)
 
-    for start in range(0, HONEST, BATCH):
-        await asyncio.gather(*(one(i) for i in range(start, min(start + BATCH, HONEST))))
+    for start in range(0, users, BATCH):
+        await asyncio.gather(*(one(i) for i in range(start, min(start + BATCH, users))))
 
 
 async def attacker(sc: Sidecar, *, key: str) -> dict[str, int]:
@@ -134,8 +136,10 @@ async def test_one_user_weighs_one_unit_under_the_per_key_cap(
     """A user in the canary whose 2,000 requests all end in failure (reported by the app,
     so credentials cannot help): without a cap it outweighs the honest users (measured:
     the split's sample ratio mismatch blocks the experiment); with the default cap (20
-    per key and epoch) its weight is 20 requests and 20 outcomes, and the honest verdict
-    stands: Ship B."""
+    per key and epoch) its weight is 20 requests and 20 outcomes of one user, and the honest
+    verdict stands: Ship B. Users are the unit, so the attacker's 20 outcomes sit in one
+    user bucket and widen the interval as one heavy user does: 600 honest users (not 300)
+    keep its 20 outcomes a small share of the canary's."""
     async with running_sidecar(config(model, max_per_key=0)) as sc:
         key = await canary_key(sc)
         await attacker(sc, key=key)
@@ -145,11 +149,12 @@ async def test_one_user_weighs_one_unit_under_the_per_key_cap(
     assert steered.verdict in (cpb.VERDICT_BLOCKED, cpb.VERDICT_KEEP_A), steered.reason
     async with running_sidecar(config(model)) as sc:
         assert await attacker(sc, key=key) == {"OK": ATTACK}
-        await honest(sc)
+        await honest(sc, users=2 * HONEST)
         result = await verdict(sc)
         stats = sc.dataplane.outcomes.stats()
     assert result.verdict == cpb.VERDICT_SHIP_B, result.reason
-    assert result.treatment.n <= HONEST + 20
+    assert result.treatment.n <= 2 * HONEST + 20
+    assert result.unit == "user" and result.treatment.users <= 2 * HONEST + 1
     assert stats["capped_assignments"] == ATTACK - 20
 
 

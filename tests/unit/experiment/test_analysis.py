@@ -327,7 +327,7 @@ def test_sample_ratio_mismatch_blocks_and_clears() -> None:
     }
     report = tracker.report(2.0)
     chi = 2 * 100**2 / 1100
-    p = float(stats.chi2.sf(chi, 1))
+    p = float(stats.binomtest(1000, 2200, 0.5).pvalue)  # the decision: exact binomial
     assert report.srm.mismatch
     assert report.srm.chi_square == pytest.approx(chi, abs=TOL)
     assert report.srm.p_value == pytest.approx(p, rel=1e-9)
@@ -368,7 +368,7 @@ def test_srm_needs_a_minimum_total_and_flags_stray_traffic() -> None:
 
 def test_lost_outcomes_in_one_arm_block_that_metric() -> None:
     """Assignments follow the weights but 40% of the canary's outcomes of one metric are
-    lost: that metric is BLOCKED (chi-square as scipy's chisquare), the other is not."""
+    lost: that metric is BLOCKED (exact binomial as scipy's binomtest), the other is not."""
     tracker, e = tracker_for(
         MetricSpec("click", "bool", 0.01), MetricSpec("spend", "number", 1.0), segments=("s",)
     )
@@ -379,18 +379,18 @@ def test_lost_outcomes_in_one_arm_block_that_metric() -> None:
     feed_counts(tracker, e, B, "click", 180, 1800)  # 40% lost
     rng = np.random.default_rng(14)
     feed(tracker, e, A, "spend", rng.normal(5, 1, 1000).tolist(), "s")
-    feed(tracker, e, B, "spend", rng.normal(5, 1, 3000).tolist())
+    feed(tracker, e, B, "spend", rng.normal(5, 1, 3000).tolist(), "s")
     events = tracker.look(1.0)
     assert events.outcome_srm_started == ("click",) and not events.srm_started
     assert ("click", "CONTINUE", "BLOCKED") in events.verdict_changes
     report = tracker.report(2.0)
     click, spend = report.metrics
-    chi, p = stats.chisquare([1000, 1800], [2800 * 0.25, 2800 * 0.75])
+    p = stats.binomtest(1000, 2800, 0.25).pvalue
     assert (
         click.verdict is ExperimentVerdict.BLOCKED
         and spend.verdict is not ExperimentVerdict.BLOCKED
     )
-    for number in ("stable=1000", "canary=1800", "700.0", "2100.0", f"{chi:.4g}", f"{p:.3g}"):
+    for number in ("stable=1000", "canary=1800", "700.0", "2100.0", f"exact binomial p {p:.3g}"):
         assert number in click.reason
     assert not report.srm.mismatch
     assert any(
@@ -538,7 +538,14 @@ def test_simpson_reversal_is_warned_with_the_numbers() -> None:
     tracker.look(1.0)
     report = tracker.report(2.0)
     m = report.metrics[0]
-    assert m.verdict is ExperimentVerdict.SHIP_B  # the aggregate: 18% vs 37.4%
+    # The aggregate (18% vs 37.4%) would ship B, but the arms' segment mix differs (40k/10k
+    # against 10k/40k users): the segment mix check blocks the confounded aggregate.
+    assert m.verdict is ExperimentVerdict.BLOCKED
+    assert "segment mix mismatch" in m.reason and "mobile 40000/10000" in m.reason
+    mix = stats.chi2_contingency([[40_000, 10_000], [10_000, 40_000]], correction=False)
+    assert report.segment_mix is not None and report.segment_mix.mismatch
+    assert report.segment_mix.chi_square == pytest.approx(float(mix[0]), rel=1e-9)
+    assert tracker.gate().status is GateStatus.WAIT
     assert [s.winner for s in m.segments] == [A, A]
     w = m.simpson_warning
     assert w and w in report.warnings

@@ -139,7 +139,9 @@ async def test_report_counts_split_outcomes_per_arm_and_segment(
     assert arms == {"stable": served["stable"], "canary": served["canary"] - 1}
     assert not rep.srm.mismatch
     assert metric(rep, "revenue").kind == "number"
-    assert rep.unit == "request" and rep.looks >= 1
+    assert rep.unit == "user" and rep.looks >= 1  # keyed requests: users are the unit
+    assert conv.unit == "user" and conv.control.users == conv.control.n  # a request each
+    assert conv.control.keyless == 0 and conv.planned_control == conv.planned_treatment
 
 
 async def test_report_refusals_change_nothing(model: FaultInjectingUpstream) -> None:

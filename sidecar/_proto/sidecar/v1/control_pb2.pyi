@@ -493,18 +493,22 @@ class GetExperimentReportRequest(_message.Message):
     def __init__(self, metrics: _Optional[_Iterable[str]] = ..., omit_history: _Optional[bool] = ...) -> None: ...
 
 class ArmResult(_message.Message):
-    __slots__ = ("variant", "n", "successes", "value", "std_dev")
+    __slots__ = ("variant", "n", "successes", "value", "std_dev", "users", "keyless")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     SUCCESSES_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     STD_DEV_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    KEYLESS_FIELD_NUMBER: _ClassVar[int]
     variant: str
     n: int
     successes: int
     value: Estimate
     std_dev: float
-    def __init__(self, variant: _Optional[str] = ..., n: _Optional[int] = ..., successes: _Optional[int] = ..., value: _Optional[_Union[Estimate, _Mapping]] = ..., std_dev: _Optional[float] = ...) -> None: ...
+    users: int
+    keyless: int
+    def __init__(self, variant: _Optional[str] = ..., n: _Optional[int] = ..., successes: _Optional[int] = ..., value: _Optional[_Union[Estimate, _Mapping]] = ..., std_dev: _Optional[float] = ..., users: _Optional[int] = ..., keyless: _Optional[int] = ...) -> None: ...
 
 class LookPoint(_message.Message):
     __slots__ = ("unix_time", "n_control", "n_treatment", "difference", "lower", "upper", "p_value")
@@ -545,7 +549,7 @@ class SegmentResult(_message.Message):
     def __init__(self, segment: _Optional[str] = ..., control: _Optional[_Union[ArmResult, _Mapping]] = ..., treatment: _Optional[_Union[ArmResult, _Mapping]] = ..., difference: _Optional[_Union[Estimate, _Mapping]] = ..., p_value: _Optional[float] = ..., adjusted_p_value: _Optional[float] = ..., significant: _Optional[bool] = ..., winner: _Optional[str] = ...) -> None: ...
 
 class MetricResult(_message.Message):
-    __slots__ = ("metric", "kind", "higher_is_better", "minimum_effect", "control", "treatment", "difference", "relative_lift", "p_value", "fixed_horizon_p_value", "verdict", "reason", "additional_per_arm", "planned_per_arm", "correction", "segments", "simpson_warning", "history", "tau_squared", "alpha")
+    __slots__ = ("metric", "kind", "higher_is_better", "minimum_effect", "control", "treatment", "difference", "relative_lift", "p_value", "fixed_horizon_p_value", "verdict", "reason", "additional_per_arm", "planned_per_arm", "correction", "segments", "simpson_warning", "history", "tau_squared", "alpha", "unit", "design_effect", "planned_control", "planned_treatment", "expected_seconds")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     HIGHER_IS_BETTER_FIELD_NUMBER: _ClassVar[int]
@@ -566,6 +570,11 @@ class MetricResult(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     TAU_SQUARED_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    DESIGN_EFFECT_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_TREATMENT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     metric: str
     kind: str
     higher_is_better: bool
@@ -586,7 +595,12 @@ class MetricResult(_message.Message):
     history: _containers.RepeatedCompositeFieldContainer[LookPoint]
     tau_squared: float
     alpha: float
-    def __init__(self, metric: _Optional[str] = ..., kind: _Optional[str] = ..., higher_is_better: _Optional[bool] = ..., minimum_effect: _Optional[float] = ..., control: _Optional[_Union[ArmResult, _Mapping]] = ..., treatment: _Optional[_Union[ArmResult, _Mapping]] = ..., difference: _Optional[_Union[Estimate, _Mapping]] = ..., relative_lift: _Optional[_Union[Estimate, _Mapping]] = ..., p_value: _Optional[float] = ..., fixed_horizon_p_value: _Optional[float] = ..., verdict: _Optional[_Union[ExperimentVerdict, str]] = ..., reason: _Optional[str] = ..., additional_per_arm: _Optional[int] = ..., planned_per_arm: _Optional[int] = ..., correction: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentResult, _Mapping]]] = ..., simpson_warning: _Optional[str] = ..., history: _Optional[_Iterable[_Union[LookPoint, _Mapping]]] = ..., tau_squared: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
+    unit: str
+    design_effect: float
+    planned_control: int
+    planned_treatment: int
+    expected_seconds: float
+    def __init__(self, metric: _Optional[str] = ..., kind: _Optional[str] = ..., higher_is_better: _Optional[bool] = ..., minimum_effect: _Optional[float] = ..., control: _Optional[_Union[ArmResult, _Mapping]] = ..., treatment: _Optional[_Union[ArmResult, _Mapping]] = ..., difference: _Optional[_Union[Estimate, _Mapping]] = ..., relative_lift: _Optional[_Union[Estimate, _Mapping]] = ..., p_value: _Optional[float] = ..., fixed_horizon_p_value: _Optional[float] = ..., verdict: _Optional[_Union[ExperimentVerdict, str]] = ..., reason: _Optional[str] = ..., additional_per_arm: _Optional[int] = ..., planned_per_arm: _Optional[int] = ..., correction: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentResult, _Mapping]]] = ..., simpson_warning: _Optional[str] = ..., history: _Optional[_Iterable[_Union[LookPoint, _Mapping]]] = ..., tau_squared: _Optional[float] = ..., alpha: _Optional[float] = ..., unit: _Optional[str] = ..., design_effect: _Optional[float] = ..., planned_control: _Optional[int] = ..., planned_treatment: _Optional[int] = ..., expected_seconds: _Optional[float] = ...) -> None: ...
 
 class ArmCount(_message.Message):
     __slots__ = ("variant", "observed", "observed_share", "expected_share")
@@ -667,7 +681,7 @@ class DriftReport(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., moderate_threshold: _Optional[float] = ..., major_threshold: _Optional[float] = ..., sampled: _Optional[int] = ..., dropped: _Optional[int] = ..., reference: _Optional[str] = ..., features: _Optional[_Iterable[_Union[DriftFeature, _Mapping]]] = ..., worst_level: _Optional[str] = ...) -> None: ...
 
 class ExperimentReport(_message.Message):
-    __slots__ = ("generated_unix_time", "epoch", "started_unix_time", "control_variant", "treatment_variant", "srm", "metrics", "shadow", "drift", "warnings", "looks", "last_look_unix_time", "revision", "unit", "alpha")
+    __slots__ = ("generated_unix_time", "epoch", "started_unix_time", "control_variant", "treatment_variant", "srm", "metrics", "shadow", "drift", "warnings", "looks", "last_look_unix_time", "revision", "unit", "alpha", "segment_mix")
     GENERATED_UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STARTED_UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -683,6 +697,7 @@ class ExperimentReport(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_MIX_FIELD_NUMBER: _ClassVar[int]
     generated_unix_time: float
     epoch: int
     started_unix_time: float
@@ -698,7 +713,8 @@ class ExperimentReport(_message.Message):
     revision: int
     unit: str
     alpha: float
-    def __init__(self, generated_unix_time: _Optional[float] = ..., epoch: _Optional[int] = ..., started_unix_time: _Optional[float] = ..., control_variant: _Optional[str] = ..., treatment_variant: _Optional[str] = ..., srm: _Optional[_Union[SampleRatioCheck, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[MetricResult, _Mapping]]] = ..., shadow: _Optional[_Union[ShadowReport, _Mapping]] = ..., drift: _Optional[_Union[DriftReport, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., looks: _Optional[int] = ..., last_look_unix_time: _Optional[float] = ..., revision: _Optional[int] = ..., unit: _Optional[str] = ..., alpha: _Optional[float] = ...) -> None: ...
+    segment_mix: SegmentMixCheck
+    def __init__(self, generated_unix_time: _Optional[float] = ..., epoch: _Optional[int] = ..., started_unix_time: _Optional[float] = ..., control_variant: _Optional[str] = ..., treatment_variant: _Optional[str] = ..., srm: _Optional[_Union[SampleRatioCheck, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[MetricResult, _Mapping]]] = ..., shadow: _Optional[_Union[ShadowReport, _Mapping]] = ..., drift: _Optional[_Union[DriftReport, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., looks: _Optional[int] = ..., last_look_unix_time: _Optional[float] = ..., revision: _Optional[int] = ..., unit: _Optional[str] = ..., alpha: _Optional[float] = ..., segment_mix: _Optional[_Union[SegmentMixCheck, _Mapping]] = ...) -> None: ...
 
 class RolloutStage(_message.Message):
     __slots__ = ("name", "kind", "canary_bp", "min_duration_seconds", "min_samples", "ab_gate", "max_drift_psi")
@@ -867,3 +883,17 @@ class ListFleetMembersResponse(_message.Message):
     revision: int
     members: _containers.RepeatedCompositeFieldContainer[FleetMember]
     def __init__(self, fleet: _Optional[str] = ..., revision: _Optional[int] = ..., members: _Optional[_Iterable[_Union[FleetMember, _Mapping]]] = ...) -> None: ...
+
+class SegmentMixCheck(_message.Message):
+    __slots__ = ("p_value", "chi_square", "checked", "mismatch", "detail")
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CHI_SQUARE_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_FIELD_NUMBER: _ClassVar[int]
+    MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    p_value: float
+    chi_square: float
+    checked: bool
+    mismatch: bool
+    detail: str
+    def __init__(self, p_value: _Optional[float] = ..., chi_square: _Optional[float] = ..., checked: _Optional[bool] = ..., mismatch: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
