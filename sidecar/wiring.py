@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import numpy as np
 import structlog
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,20 +26,24 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from sidecar import __version__
-from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
-from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2_grpc
 from sidecar.adapters.alerts import Alerts
 from sidecar.adapters.grpc.auth import Authenticator, AuthInterceptor
 from sidecar.adapters.grpc.control import ControlServicer
 from sidecar.adapters.grpc.converters import decode_outputs
-from sidecar.adapters.grpc.servicers import InferenceServicer, PredictServicer, service_names
+from sidecar.adapters.grpc.servicers import (
+    InferenceServicer,
+    PredictServicer,
+    add_inference_servicer,
+    service_names,
+)
 from sidecar.adapters.store.memory import MemoryStateStore
 from sidecar.adapters.store.sqlite import SqliteStore
 from sidecar.adapters.telemetry.metrics import Readings, SidecarMetrics
 from sidecar.adapters.telemetry.processor import VariantStatsProcessor
 from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
 from sidecar.adapters.upstream.oip import UpstreamPool
+from sidecar.adapters.upstream.wire import InferBytes, InferReply
 from sidecar.app.control import ControlService, RolloutSetup, describe
 from sidecar.app.dataplane import DataPlane
 from sidecar.app.drift import DriftMonitor
@@ -72,7 +77,7 @@ class Sidecar:
 
     config: Config
     pool: UpstreamPool
-    dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse]
+    dataplane: DataPlane[InferBytes, InferReply]
     predict_server: grpc.aio.Server
     control_server: grpc.aio.Server
     health: health_aio.HealthServicer
@@ -315,8 +320,8 @@ class _Telemetry:
 
 @dataclass(frozen=True)
 class _Mirrors:
-    shadow: ShadowMirror[oip.ModelInferRequest, oip.ModelInferResponse] | None = None
-    noise: ShadowMirror[oip.ModelInferRequest, oip.ModelInferResponse] | None = None
+    shadow: ShadowMirror[InferBytes, InferReply] | None = None
+    noise: ShadowMirror[InferBytes, InferReply] | None = None
 
 
 @dataclass(frozen=True)
@@ -403,6 +408,16 @@ def _telemetry(config: Config) -> _Telemetry:
     )
 
 
+def reply_outputs(reply: InferReply) -> Mapping[str, np.ndarray]:
+    """An answer's output tensors, parsed here (off the request path: shadow, drift)."""
+    return decode_outputs(reply.message())
+
+
+def request_inputs(request: InferBytes) -> Mapping[str, np.ndarray]:
+    """A request's input tensors, parsed here (off the request path: drift)."""
+    return decode_inputs(request.message())
+
+
 def _mirrors(config: Config, pool: UpstreamPool, stable: str, telemetry: _Telemetry) -> _Mirrors:
     """The shadow mirror, and the noise mirror (the stable model compared with itself)."""
     shadow = config.shadow
@@ -410,7 +425,7 @@ def _mirrors(config: Config, pool: UpstreamPool, stable: str, telemetry: _Teleme
         return _Mirrors()
     tracer = telemetry.tracer if telemetry.detailed else NoOpTracer()
     mirror = ShadowMirror(
-        shadow, pool.upstreams[shadow.variant], decode_outputs, salt=config.flag.salt,
+        shadow, pool.upstreams[shadow.variant], reply_outputs, salt=config.flag.salt,
         tracer=tracer,
     )  # fmt: skip
     if not shadow.noise_sample_bp:
@@ -418,7 +433,7 @@ def _mirrors(config: Config, pool: UpstreamPool, stable: str, telemetry: _Teleme
     noise = ShadowMirror(
         shadow.model_copy(update={"variant": stable, "sample_bp": shadow.noise_sample_bp}),
         pool.upstreams[stable],
-        decode_outputs,
+        reply_outputs,
         salt=f"{config.flag.salt}/noise",
         tracer=tracer,
     )
@@ -454,8 +469,8 @@ def _dataplane(
     pool: UpstreamPool,
     mirrors: _Mirrors,
     experiment: ExperimentService,
-    drift: DriftMonitor[oip.ModelInferRequest, oip.ModelInferResponse] | None,
-) -> DataPlane[oip.ModelInferRequest, oip.ModelInferResponse]:
+    drift: DriftMonitor[InferBytes, InferReply] | None,
+) -> DataPlane[InferBytes, InferReply]:
     e, p = config.experiment, config.predict
     return DataPlane(
         model=config.model,
@@ -527,7 +542,7 @@ def _readings(
 
 def _servers(
     config: Config,
-    dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse],
+    dataplane: DataPlane[InferBytes, InferReply],
     pool: UpstreamPool,
     tracer: Tracer,
     control: ControlService,
@@ -544,9 +559,7 @@ def _servers(
     predict_server = grpc.aio.server(options=options)
     health_servicer = health_aio.HealthServicer()
     stable = pool.upstreams[config.flag.stable]
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(config, dataplane, stable, tracer), predict_server
-    )
+    add_inference_servicer(InferenceServicer(config, dataplane, stable, tracer), predict_server)
     predict_pb2_grpc.add_PredictServicer_to_server(
         PredictServicer(config, dataplane, tracer), predict_server
     )
@@ -653,7 +666,7 @@ def _experiment(config: Config, state: StateHolder, alerts: Alerts) -> Experimen
 
 def _drift(
     config: Config, levels: DriftLevels, stable: Callable[[], str]
-) -> DriftMonitor[oip.ModelInferRequest, oip.ModelInferResponse] | None:
+) -> DriftMonitor[InferBytes, InferReply] | None:
     settings = config.drift
     if not settings.enabled:
         return None
@@ -666,8 +679,8 @@ def _drift(
             raise StartupError(f"drift.reference_file: {exc}") from None
     return DriftMonitor(
         tracker,
-        decode_inputs,
-        decode_outputs,
+        request_inputs,
+        reply_outputs,
         sample_every=settings.sample_every,
         slice_size=DRIFT_SLICE,
         on_level_change=levels.on_change,
