@@ -41,6 +41,7 @@ from sidecar.adapters.store.memory import MemoryStateStore
 from sidecar.adapters.store.sqlite import SqliteStore
 from sidecar.adapters.telemetry.metrics import Readings, SidecarMetrics
 from sidecar.adapters.telemetry.processor import VariantStatsProcessor
+from sidecar.adapters.telemetry.spans import StatsTracer
 from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
 from sidecar.adapters.upstream.oip import UpstreamPool
 from sidecar.adapters.upstream.wire import InferBytes, InferReply
@@ -316,6 +317,7 @@ class _Telemetry:
     provider: TracerProvider
     tracer: Tracer
     detailed: bool  # an exporter is configured: CLIENT and shadow spans are recorded too
+    server_tracer: Tracer  # SERVER spans: `tracer`, or stats-only spans when not exported
 
 
 @dataclass(frozen=True)
@@ -370,7 +372,9 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         _readings(control, controller, experiment, insights, mirrors, dataplane.outcomes.stats)
     )
     with _phase("binding the listen addresses (listen)"):
-        servers = _servers(config, dataplane, pool, telemetry.tracer, control, insights, controller)
+        servers = _servers(
+            config, dataplane, pool, telemetry.server_tracer, control, insights, controller
+        )
     return Sidecar(
         config=config,
         pool=pool,
@@ -396,15 +400,17 @@ def _telemetry(config: Config) -> _Telemetry:
     windows = RollingWindows(config.analysis.bucket, config.analysis.horizon)
     stats = VariantStatsProcessor([metrics.record, windows.record])
     provider = tracer_provider(config.telemetry, [stats])
-    # Without an exporter only the SERVER spans (which feed the statistics) are recorded;
-    # CLIENT and shadow spans would only cost CPU.
+    # Without an exporter only the SERVER spans (which feed the statistics) are recorded,
+    # as stats-only spans (no SDK span); CLIENT and shadow spans would only cost CPU.
+    tracer = provider.get_tracer(INSTRUMENTATION, __version__)
     return _Telemetry(
         metrics=metrics,
         windows=windows,
         stats=stats,
         provider=provider,
-        tracer=provider.get_tracer(INSTRUMENTATION, __version__),
+        tracer=tracer,
         detailed=config.telemetry.export,
+        server_tracer=tracer if config.telemetry.export else StatsTracer(stats.record_span),
     )
 
 

@@ -79,31 +79,42 @@ def _text(data: bytes, start: int, stop: int, field: str) -> str:
 
 def scan(data: bytes, max_fields: int = MAX_TOP_LEVEL_FIELDS) -> Head:
     """The model name and version of a serialised `ModelInferRequest` (or response);
-    `ScanError` (INVALID_ARGUMENT) when its top level is malformed."""
+    `ScanError` (INVALID_ARGUMENT) when its top level is malformed. One-byte keys and
+    lengths (the common case) are read inline."""
     name_at = version_at = (0, 0)
     pos, end, fields = 0, len(data), 0
     while pos < end:
         fields += 1
         if fields > max_fields:
             raise ScanError(f"malformed request: more than {max_fields} top-level fields")
-        tag, pos = _varint(data, pos, end)
+        tag = data[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = _varint(data, pos, end)
         number, wire = tag >> 3, tag & 7
         if not 0 < number < 1 << 29:
             raise ScanError(f"malformed request: field number {number}")
-        start = pos
-        pos = _skip(data, pos, end, wire)
-        if number <= 2:
-            if wire != _LEN:
+        if wire != _LEN:
+            if number <= 2:
                 raise ScanError(f"malformed request: field {number} has wire type {wire}")
-            # the length varint sits between `start` and the value: re-read it
-            size, value_at = _varint(data, start, end)
-            if number == 1:
-                name_at = (value_at, value_at + size)
-            else:
-                version_at = (value_at, value_at + size)
+            pos = _skip(data, pos, end, wire)
+            continue
+        if pos < end and data[pos] < 0x80:
+            size = data[pos]
+            pos += 1
+        else:
+            size, pos = _varint(data, pos, end)
+        start, pos = pos, pos + size
+        if pos > end:
+            raise ScanError("malformed request: a field runs past the end of the message")
+        if number == 1:
+            name_at = (start, pos)
+        elif number == 2:
+            version_at = (start, pos)
     return Head(
-        _text(data, *name_at, "model_name"),
-        _text(data, *version_at, "model_version"),
+        _text(data, *name_at, "model_name") if name_at[1] else "",
+        _text(data, *version_at, "model_version") if version_at[1] else "",
     )
 
 

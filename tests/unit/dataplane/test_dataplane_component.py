@@ -154,16 +154,16 @@ async def test_slow_upstream_gives_deadline_exceeded(model_server: FaultInjectin
 
 
 async def test_trace_continues_to_the_upstream(model_server: FaultInjectingUpstream) -> None:
-    """An incoming W3C traceparent continues: the upstream gets the same trace id, with
-    the sidecar's client span as its parent."""
+    """An incoming W3C traceparent continues. Without an exporter (here) the sidecar's
+    spans are never exported, so the upstream gets the caller's context as it came (same
+    trace, the caller's span as parent: no parent that no backend ever sees); with an
+    exporter the sidecar's CLIENT span is the parent (tests/integration/test_tracing_mlserver)."""
     tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     async with running_sidecar(two_variants(model_server)) as sc:
         await stub(sc.predict_port).ModelInfer(infer_request(), metadata=(("traceparent", tp),))
     infers = [r for r in model_server.seen if r.method == "ModelInfer"]
     sent = infers[-1].metadata.get("traceparent", "")
-    version, trace_id, parent, flags = sent.split("-")
-    assert (version, trace_id, flags) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
-    assert parent != "00f067aa0ba902b7" and len(parent) == 16
+    assert sent == tp
 
 
 async def test_upstream_status_passes_through(model_server: FaultInjectingUpstream) -> None:
