@@ -64,6 +64,7 @@ from sidecar.core.experiment.analysis import ExperimentTracker
 from sidecar.core.experiment.drift import DriftTracker
 from sidecar.core.routing import FlagError
 from sidecar.core.state import DesiredState
+from sidecar.core.stats.lazy import warm_up
 from sidecar.core.tensors import decode_inputs
 
 log = structlog.get_logger("sidecar")
@@ -718,6 +719,9 @@ async def serve(
     sidecar = build(config, safe_mode=safe_mode)
     with _phase("starting the servers (listen.metrics)"):
         await sidecar.start()
+    # SERVING now; the statistics' scipy modules load in a worker thread meanwhile
+    # (sidecar.core.stats.lazy), instead of before serving or on the event loop at first use.
+    warm = asyncio.get_running_loop().run_in_executor(None, warm_up)
     # Everything built so far lives as long as the process: move it out of the cyclic
     # collector's reach, so full collections stay short (measured: 47-57 ms pauses
     # without this under load, none over 8 ms with it).
@@ -725,6 +729,8 @@ async def serve(
     gc.freeze()
     await stop.wait()
     await sidecar.stop()
+    with contextlib.suppress(Exception):
+        await warm
     return 0
 
 
