@@ -15,8 +15,9 @@ offered rate of half of (c)'s measured closed-loop capacity, latency from each r
 scheduled start (p50, p99); (f) and (g) run open loop only. (d)/(f) is the cost of the
 shadow's slowness alone (same sampling, same mirroring work), (g)/(c) the cost of mirroring
 a 10% sample. Then the start-up: `sidecar serve` spawned alone, to grpc.health.v1 SERVING.
-Scenarios are interleaved and repeated; throughput is the median over repetitions, latency percentiles are computed over the pooled samples. Prints a table and
-writes bench/results/dataplane.json.
+Scenarios are interleaved and repeated; throughput is the median over repetitions, latency
+percentiles are computed over the pooled samples. Prints a table and writes
+bench/results/dataplane.json.
 
 Run: ``.venv/bin/python bench/dataplane.py`` (``make bench``); ``--help`` for the knobs.
 """

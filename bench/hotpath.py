@@ -4,8 +4,8 @@ The passthrough (bench/passthrough.py) receives bytes, forwards them over one ch
 returns the answer's bytes. The sidecar's front door does the same gRPC work plus the steps
 below; each is timed here in isolation (`timeit`, best of `--repeat` rounds of `--number`
 calls, in thread CPU time so a busy machine inflates it less), on the objects
-`sidecar.wiring.build` makes from a bench-like configuration (stable/canary 9000/1000, drift on, no shadow, no OTEL
-export), with the iris-shaped request of bench/dataplane.py.
+`sidecar.wiring.build` makes from a bench-like configuration (stable/canary 9000/1000, drift
+on, no shadow, no OTEL export), with the iris-shaped request of bench/dataplane.py.
 
     .venv/bin/python bench/hotpath.py [--number 20000] [--repeat 5]
 
