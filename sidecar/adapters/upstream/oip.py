@@ -94,7 +94,7 @@ class OipUpstream:
         outgoing = list(metadata)
         spans.inject(outgoing, span)
         try:
-            response: bytes = await self._infer(data, timeout=timeout, metadata=outgoing)
+            response: bytes = await self._infer(data, timeout=timeout, metadata=outgoing or None)
         except grpc.aio.AioRpcError as exc:
             error = self._error(exc, "failed")
             if span is not None:
