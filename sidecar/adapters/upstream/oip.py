@@ -16,7 +16,7 @@ from opentelemetry.util.types import AttributeValue
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar.adapters.telemetry import spans
-from sidecar.adapters.upstream.wire import InferBytes, InferReply
+from sidecar.adapters.upstream.wire import InferBytes, InferReply, ScanError
 from sidecar.app.ports import Metadata
 from sidecar.config import VariantSpec
 from sidecar.errors import UpstreamError
@@ -106,7 +106,16 @@ class OipUpstream:
         finally:
             if span is not None:
                 span.end()
-        return InferReply(response)
+        reply = InferReply(response)
+        try:
+            reply.head  # noqa: B018  (scanned once here: a malformed answer is the upstream's)
+        except ScanError as exc:
+            raise UpstreamError(
+                f"variant {self.name!r} ({self.spec.address}) answered a malformed message: {exc}",
+                status="INTERNAL",
+                variant=self.name,
+            ) from None
+        return reply
 
     async def ready(self, *, timeout: float) -> bool:
         try:

@@ -7,7 +7,7 @@ drift are ever parsed, in the background task that handles them.
 
 Scan conventions (`scan`): only the top level of the message is walked (tag, wire type,
 length); nested messages are the upstream's to validate. At most `MAX_TOP_LEVEL_FIELDS`
-fields (a valid request has about two per input tensor plus its parameters), a field
+(4096) fields (a valid request has about two per input tensor plus its parameters), a field
 number in 1..2^29-1, no groups (wire types 3 and 4, never used by the protocol) and no
 field running past the end; a string field (model_name, model_version) must be valid
 UTF-8, as proto3 requires; the last value of a field wins. Field numbers of
@@ -22,7 +22,10 @@ from typing import NamedTuple
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar.errors import InvalidRequest
 
-MAX_TOP_LEVEL_FIELDS = 65_536
+# A request has about two top-level fields per input tensor (the tensor and its raw
+# contents) plus one per requested output and per parameter; the bound keeps a hostile
+# body of tiny fields to about a millisecond of scanning.
+MAX_TOP_LEVEL_FIELDS = 4096
 _LEN = 2  # wire type: length-delimited
 _NAME_TAG = b"\x0a"  # field 1, length-delimited
 _VERSION_TAG = b"\x12"  # field 2, length-delimited

@@ -149,3 +149,26 @@ async def test_the_sidecar_sends_the_callers_bytes_with_the_variants_model() -> 
     assert sent == request
     # the caller sees the routed model's name, the variant's version, its own id
     assert (answer.model_name, answer.model_version, answer.id) == ("classifier", "stable", "abc")
+
+
+async def test_a_malformed_answer_is_the_upstreams_error() -> None:
+    """An upstream answering bytes whose top level is malformed: INTERNAL naming the
+    variant, nothing counted as served."""
+
+    def respond(method: str, data: bytes) -> bytes:
+        if method == "ModelInfer":
+            return b"\x0a\x09classifier"  # a name running past the end
+        return oip.ModelReadyResponse(ready=True).SerializeToString()
+
+    async with FaultInjectingUpstream(respond=respond) as up:
+        raw = config_dict({"stable": up.address, "canary": up.address}, weights={"stable": 10_000})
+        async with running_sidecar(raw) as sc:
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{sc.predict_port}")
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(infer_request().SerializeToString())
+            await channel.close()
+            assert info.value.code() == grpc.StatusCode.INTERNAL
+            assert "variant 'stable'" in (info.value.details() or "")
+            assert "malformed" in (info.value.details() or "")
+            assert sum(sc.dataplane.served.values()) == 0
