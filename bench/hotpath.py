@@ -21,6 +21,7 @@ import json
 import sys
 import time
 import timeit
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from opentelemetry.trace import Tracer  # noqa: E402
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip  # noqa: E402
+from sidecar.adapters.grpc.converters import check_infer_request  # noqa: E402
 from sidecar.adapters.grpc.servicers import OIP_SERVICE, _routing_headers  # noqa: E402
 from sidecar.adapters.telemetry import spans  # noqa: E402
 from sidecar.adapters.telemetry.spans import StatsTracer  # noqa: E402
@@ -41,6 +43,7 @@ from sidecar.testing.inprocess import config_dict  # noqa: E402
 from sidecar.wiring import build  # noqa: E402
 
 EXPORT_ROW = "(export on: the same with the SDK's span instead)"
+BEFORE = "before #12: "
 
 
 def request_bytes() -> bytes:
@@ -117,6 +120,20 @@ def measure(number: int, repeat: int) -> dict[str, float]:
     steps["timeout for the upstream call"] = lambda: dp.timeout_for(1.5)
     # with an OTLP exporter configured the SDK's spans are used instead (not on by default)
     steps[EXPORT_ROW] = lambda: server_span(sdk_tracer)
+    # what the byte path replaced (the path before issue #12), for comparison
+    message = oip.ModelInferRequest.FromString(data)
+    answer_message = oip.ModelInferResponse.FromString(answer)
+    before = {
+        "parse the request (generated servicer)": lambda: oip.ModelInferRequest.FromString(data),
+        "check_infer_request": lambda: check_infer_request(message),
+        "serialise the request (upstream stub)": message.SerializeToString,
+        "parse the answer (upstream stub)": lambda: oip.ModelInferResponse.FromString(answer),
+        "serialise the answer (generated servicer)": answer_message.SerializeToString,
+        "request id as uuid4().hex": lambda: uuid.uuid4().hex,
+        "SDK server span (as without export before)": lambda: server_span(sdk_tracer),
+    }
+    for name, fn in before.items():
+        steps[BEFORE + name] = fn
     results: dict[str, float] = {}
     for name, fn in steps.items():
         best = min(timeit.repeat(fn, number=number, repeat=repeat, timer=time.thread_time))
@@ -136,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     width = max(map(len, results))
     for name, us in results.items():
         print(f"  {name:<{width}}  {us:7.2f} µs")
-    total = sum(us for name, us in results.items() if name != EXPORT_ROW)
+    total = sum(
+        us for name, us in results.items() if name != EXPORT_ROW and not name.startswith(BEFORE)
+    )
     print(f"  {'sum (default: no export)':<{width}}  {total:7.2f} µs")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
