@@ -7,12 +7,17 @@ Scenarios, each served by its own process(es), measured side by side in one run:
   (c) sidecar        ``sidecar serve`` routing between two variants (stable 9000 / canary 1000)
   (d) shadow-slow    (c) + every request mirrored to a shadow 10x slower than the primary
   (e) shadow-dead    (c) + every request mirrored to a shadow that never answers
+  (f) shadow-fast    (c) + every request mirrored to a shadow as fast as the primary
+  (g) shadow-10pct   (c) + one request in ten mirrored to that fast shadow
 
 Closed loop at 1 and 16 requests in flight (rps, p50, p99), then open loop at a fixed
 offered rate of half of (c)'s measured closed-loop capacity, latency from each request's
-scheduled start (p50, p99). Scenarios are interleaved and repeated; throughput is the median
-over repetitions, latency percentiles are computed over the pooled samples. Prints a table and
-writes bench/results/dataplane.json.
+scheduled start (p50, p99); (f) and (g) run open loop only. (d)/(f) is the cost of the
+shadow's slowness alone (same sampling, same mirroring work), (g)/(c) the cost of mirroring
+a 10% sample. Then the start-up: `sidecar serve` spawned alone, to grpc.health.v1 SERVING.
+Scenarios are interleaved and repeated; throughput is the median over repetitions, latency
+percentiles are computed over the pooled samples. Prints a table and writes
+bench/results/dataplane.json.
 
 Run: ``.venv/bin/python bench/dataplane.py`` (``make bench``); ``--help`` for the knobs.
 """
@@ -51,14 +56,27 @@ from _procstat import CpuDelta, CpuMeter, PeakSampler  # noqa: E402
 from sidecar._proto.inference import grpc_predict_v2_pb2 as pb  # noqa: E402  (protobuf only)
 
 DIRECT, PASSTHROUGH, SIDECAR, SHADOW_SLOW, SHADOW_DEAD = "a", "b", "c", "d", "e"
+SHADOW_FAST, SHADOW_10PCT = "f", "g"
 SCENARIOS: dict[str, str] = {
     DIRECT: "(a) direct",
     PASSTHROUGH: "(b) passthrough",
     SIDECAR: "(c) sidecar",
     SHADOW_SLOW: "(d) shadow 10x slow",
     SHADOW_DEAD: "(e) shadow dead",
+    SHADOW_FAST: "(f) shadow fast",
+    SHADOW_10PCT: "(g) shadow 10% fast",
 }
-SIDECAR_SCENARIOS = (SIDECAR, SHADOW_SLOW, SHADOW_DEAD)
+SIDECAR_SCENARIOS = (SIDECAR, SHADOW_SLOW, SHADOW_DEAD, SHADOW_FAST, SHADOW_10PCT)
+CLOSED_SIDECAR_SCENARIOS = (SIDECAR, SHADOW_SLOW, SHADOW_DEAD)  # closed loop as before
+OPEN_SCENARIOS = (PASSTHROUGH, SIDECAR, SHADOW_SLOW, SHADOW_DEAD, SHADOW_FAST, SHADOW_10PCT)
+# basis points of requests mirrored, per scenario with a shadow
+SHADOW_SAMPLE_BP = {
+    SHADOW_SLOW: 10_000,
+    SHADOW_DEAD: 10_000,
+    SHADOW_FAST: 10_000,
+    SHADOW_10PCT: 1000,
+}
+STARTUP_RUNS = 3
 # Servers run without OTEL_* variables: no trace export to a collector that is not there.
 CHILD_ENV = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
 FOREIGN_WARN_CORES = 0.15  # other processes' CPU during a run above which we say so
@@ -70,14 +88,28 @@ QUIET_WAIT_S = 10.0  # longest wait for a quiet moment before one repeated run
 RUN_OVERHEAD_S = 0.4  # per run, beyond warm-up and window: start, pipes, call counts
 
 TARGETS: dict[str, tuple[str, float, str]] = {
-    # ratio name -> (comparison, limit, meaning)
-    "throughput_sidecar_over_passthrough_16": (">=", 0.80, "(c)/(b) rps at 16 in flight"),
+    # ratio name -> (comparison, limit, meaning); the goals of issue #12
+    "throughput_sidecar_over_passthrough_16": (">=", 0.90, "(c)/(b) rps at 16 in flight"),
+    "hop_cpu_per_request_sidecar_over_passthrough_16": (
+        "<=",
+        1.15,
+        "(c)/(b) hop CPU per request at 16 in flight",
+    ),
     "added_p50_sidecar_over_passthrough_1": (
         "<=",
-        1.25,
+        1.10,
         "(c)-(a) p50 over (b)-(a) p50 at 1 in flight",
     ),
-    "open_loop_p99_shadow_slow_over_sidecar": ("<=", 1.15, "open-loop p99 (d)/(c)"),
+    "open_loop_p99_shadow_slow_over_shadow_fast": (
+        "<=",
+        1.10,
+        "open-loop p99 (d)/(f): the shadow's slowness alone",
+    ),
+    "open_loop_p99_shadow_10pct_over_sidecar": (
+        "<=",
+        1.15,
+        "open-loop p99 (g)/(c): mirroring 10%",
+    ),
     "open_loop_p99_shadow_dead_over_sidecar": ("<=", 1.15, "open-loop p99 (e)/(c)"),
 }
 
@@ -175,7 +207,9 @@ def free_ports(n: int) -> list[int]:
         return ports
 
 
-def sidecar_config(upstream: str, shadow: str | None, ports: list[int]) -> dict[str, Any]:
+def sidecar_config(
+    upstream: str, shadow: str | None, ports: list[int], sample_bp: int = 10_000
+) -> dict[str, Any]:
     """The sidecar's configuration; `ports` = [predict, control]."""
     variants: dict[str, Any] = {
         "stable": {"address": upstream, "model_name": "classifier", "model_version": "v1"},
@@ -220,7 +254,7 @@ def sidecar_config(upstream: str, shadow: str | None, ports: list[int]) -> dict[
         }
         config["shadow"] = {
             "variant": "shadow",
-            "sample_bp": 10000,
+            "sample_bp": sample_bp,
             "max_in_flight": 64,
             "deadline": 1.0,
             "comparator": "auto",
@@ -348,11 +382,18 @@ def compute_ratios(closed: dict[str, Any], open_: dict[str, Any]) -> dict[str, f
             get(closed, f"{SIDECAR}@16", "rps"), get(closed, f"{PASSTHROUGH}@16", "rps")
         ),
         "added_p50_sidecar_over_passthrough_1": safe_div(added_c, added_b),
-        "open_loop_p99_shadow_slow_over_sidecar": safe_div(
-            get(open_, SHADOW_SLOW, "p99_ms"), get(open_, SIDECAR, "p99_ms")
+        "open_loop_p99_shadow_slow_over_shadow_fast": safe_div(
+            get(open_, SHADOW_SLOW, "p99_ms"), get(open_, SHADOW_FAST, "p99_ms")
+        ),
+        "open_loop_p99_shadow_10pct_over_sidecar": safe_div(
+            get(open_, SHADOW_10PCT, "p99_ms"), get(open_, SIDECAR, "p99_ms")
         ),
         "open_loop_p99_shadow_dead_over_sidecar": safe_div(
             get(open_, SHADOW_DEAD, "p99_ms"), get(open_, SIDECAR, "p99_ms")
+        ),
+        # informative: slowness and mirroring together, as reported before issue #12
+        "open_loop_p99_shadow_slow_over_sidecar": safe_div(
+            get(open_, SHADOW_SLOW, "p99_ms"), get(open_, SIDECAR, "p99_ms")
         ),
         "added_p50_ms_passthrough_1": added_b,
         "added_p50_ms_sidecar_1": added_c,
@@ -523,11 +564,15 @@ class Bench:
             "shadow-slow", [*server, "--delay-ms", str(cfg.shadow_delay_ms)], sh
         )
         dead = self.procs.start("shadow-dead", [*server, "--mode", "hang"], sh)
+        fast = self.procs.start("shadow-fast", [*server, "--delay-ms", str(cfg.delay_ms)], sh)
         self.upstream_addr = up_addr = f"127.0.0.1:{self.procs.wait_port(primary)}"
         self.shadow_addr = {
             SHADOW_SLOW: f"127.0.0.1:{self.procs.wait_port(slow)}",
             SHADOW_DEAD: f"127.0.0.1:{self.procs.wait_port(dead)}",
         }
+        self.shadow_addr[SHADOW_FAST] = self.shadow_addr[SHADOW_10PCT] = (
+            f"127.0.0.1:{self.procs.wait_port(fast)}"
+        )
         passthrough = self.procs.start(
             "passthrough",
             [py, str(BENCH_DIR / "passthrough.py"), "--port", "0", "--upstream", up_addr],
@@ -541,7 +586,12 @@ class Bench:
         ports = free_ports(2 * len(SIDECAR_SCENARIOS))
         not_started: dict[str, str] = {}
         for i, scen in enumerate(SIDECAR_SCENARIOS):
-            config = sidecar_config(up_addr, self.shadow_addr.get(scen), ports[2 * i : 2 * i + 2])
+            config = sidecar_config(
+                up_addr,
+                self.shadow_addr.get(scen),
+                ports[2 * i : 2 * i + 2],
+                SHADOW_SAMPLE_BP.get(scen, 10_000),
+            )
             config["drift"] = {"enabled": self.cfg.drift}
             path = self.workdir / f"sidecar-{scen}.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -560,6 +610,61 @@ class Bench:
         pids["parent"] = os.getpid()
         self.meter = CpuMeter(pids)
         return failures
+
+    def startup_runs(self, runs: int) -> dict[str, Any] | None:
+        """`sidecar serve` with (c)'s configuration spawned alone on the hop's CPU, `runs`
+        times: seconds from spawn to the first grpc.health.v1 Check answered SERVING
+        (polled every 5 ms), with the other processes' CPU meanwhile."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        times, foreign = [], []
+        for i in range(runs):
+            ports = free_ports(2)
+            config = sidecar_config(self.upstream_addr, None, ports)
+            config["drift"] = {"enabled": self.cfg.drift}
+            path = self.workdir / f"sidecar-startup-{i}.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            before = self.meter.sample()
+            spawned = time.perf_counter()
+            proc = self.procs.start(
+                f"sidecar-startup-{i}",
+                [self.cfg.sidecar_cmd, "serve", "--config", str(path)],
+                self.cpus["hop"],
+            )
+            serving = None
+            with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                while time.perf_counter() - spawned < 30.0 and proc.alive():
+                    with contextlib.suppress(grpc.RpcError):
+                        answer = stub.Check(
+                            health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"),
+                            timeout=1.0,
+                        )
+                        if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                            serving = time.perf_counter() - spawned
+                            break
+                    time.sleep(0.005)
+            cpu = CpuMeter.delta(before, self.meter.sample())
+            _signal_group(proc, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=5.0)
+            _signal_group(proc, signal.SIGKILL)
+            if serving is None:
+                print(f"  start-up run {i + 1}: not SERVING within 30 s:\n{proc.log_tail()}")
+                continue
+            times.append(serving)
+            foreign.append(cpu.foreign_s / max(cpu.wall_s, 1e-3))
+            print(f"  start-up run {i + 1}: SERVING after {serving:.3f} s", flush=True)
+        if not times:
+            return None
+        return {
+            "runs_s": [round(t, 4) for t in times],
+            "median_s": float(np.median(times)),
+            "foreign_cores": [round(f, 3) for f in foreign],
+            "rule": "spawn of `sidecar serve` (configuration of (c)) to the first health "
+            "Check of inference.GRPCInferenceService answered SERVING, polled every 5 ms",
+        }
 
     def run_cost_s(self, mode: str) -> float:
         """Wall time one run takes, about."""
@@ -654,7 +759,12 @@ def cpu_per_request(scen: str, cpu: CpuDelta, requests: int) -> dict[str, float 
         return None if seconds is None or not requests else seconds * 1000.0 / requests
 
     hop = {PASSTHROUGH: "passthrough"}.get(scen, f"sidecar-{scen}")
-    shadow = {SHADOW_SLOW: "shadow-slow", SHADOW_DEAD: "shadow-dead"}.get(scen)
+    shadow = {
+        SHADOW_SLOW: "shadow-slow",
+        SHADOW_DEAD: "shadow-dead",
+        SHADOW_FAST: "shadow-fast",
+        SHADOW_10PCT: "shadow-fast",
+    }.get(scen)
     load = sum(v for k, v in cpu.procs.items() if k.startswith("load-"))
     wall = cpu.wall_s or 1.0
     return {
@@ -684,11 +794,13 @@ def run(cfg: Settings, out_path: Path) -> int:
                 f"`{cfg.sidecar_cmd} serve` failed for {SCENARIOS[first]}: " + (failures[first])
             )
             print(f"\nSKIPPING (c)-(e): {skipped_reason}\n", file=sys.stderr)
-        scenarios = [DIRECT, PASSTHROUGH] + ([] if skipped_reason else list(SIDECAR_SCENARIOS))
+        scenarios = [DIRECT, PASSTHROUGH] + (
+            [] if skipped_reason else list(CLOSED_SIDECAR_SCENARIOS)
+        )
         placement = ", ".join(f"{r} on CPU {sorted(c)}" for r, c in bench.cpus.items())
         print(f"ready in {time.monotonic() - t_begin:.1f} s; layout {cfg.layout}: {placement}")
 
-        n_open = 0 if skipped_reason else cfg.open_reps * 4
+        n_open = 0 if skipped_reason else cfg.open_reps * len(OPEN_SCENARIOS)
         bench.planned_s = cfg.reps * len(scenarios) * 2 * bench.run_cost_s("closed")
         bench.planned_s += n_open * bench.run_cost_s("open")
         closed_runs: dict[str, list[RunResult]] = {}
@@ -708,7 +820,7 @@ def run(cfg: Settings, out_path: Path) -> int:
         rate = None
         if not skipped_reason:
             rate = 0.5 * (closed[f"{SIDECAR}@16"]["rps"] or 0.0)
-            open_scen = [PASSTHROUGH, SIDECAR, SHADOW_SLOW, SHADOW_DEAD]
+            open_scen = list(OPEN_SCENARIOS)
             open_runs: dict[str, list[RunResult]] = {}
             for rep in range(cfg.open_reps):
                 order = open_scen if rep % 2 == 0 else open_scen[::-1]
@@ -718,7 +830,9 @@ def run(cfg: Settings, out_path: Path) -> int:
                     log_run(rep, scen, f"{rate:5.0f}/s", result)
             open_ = {s: summarize(open_runs[s]) for s in open_scen}
 
+        startup = None if skipped_reason else bench.startup_runs(STARTUP_RUNS)
         ratios = compute_ratios(closed, open_)
+        ratios["startup_to_serving_s"] = startup["median_s"] if startup else None
         verdicts = judge(ratios)
         every = [*closed.values(), *open_.values()]
         total_errors = sum(s["errors"] for s in every)
@@ -772,6 +886,7 @@ def run(cfg: Settings, out_path: Path) -> int:
             "closed_loop": closed,
             "open_loop": open_,
             "upstream_calls": bench.upstream_calls,
+            "startup": startup,
             "max_foreign_cpu_cores": foreign,
             "retried_runs": bench.retries,
             "disturbed_runs_kept": n_disturbed,
@@ -902,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget",
         type=float,
-        default=225.0,
+        default=330.0,
         help="seconds the whole bench may take: repeated runs only while it allows",
     )
     parser.add_argument(

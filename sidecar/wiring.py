@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import numpy as np
 import redis
 import structlog
 from grpc_health.v1 import _async as health_aio
@@ -26,8 +27,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from sidecar import __version__
-from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
-from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2_grpc
 from sidecar.adapters.alerts import Alerts
 from sidecar.adapters.fleet import connection as fleet_connection
@@ -36,14 +35,21 @@ from sidecar.adapters.fleet.member import FleetMember
 from sidecar.adapters.grpc.auth import Authenticator, AuthInterceptor
 from sidecar.adapters.grpc.control import ControlServicer
 from sidecar.adapters.grpc.converters import decode_outputs
-from sidecar.adapters.grpc.servicers import InferenceServicer, PredictServicer, service_names
+from sidecar.adapters.grpc.servicers import (
+    InferenceServicer,
+    PredictServicer,
+    add_inference_servicer,
+    service_names,
+)
 from sidecar.adapters.store.memory import MemoryStateStore
 from sidecar.adapters.store.redis import RedisStore
 from sidecar.adapters.store.sqlite import SqliteStore
 from sidecar.adapters.telemetry.metrics import Readings, SidecarMetrics
 from sidecar.adapters.telemetry.processor import VariantStatsProcessor
+from sidecar.adapters.telemetry.spans import StatsTracer
 from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
 from sidecar.adapters.upstream.oip import UpstreamPool
+from sidecar.adapters.upstream.wire import InferBytes, InferReply
 from sidecar.app.control import ControlService, RolloutSetup, describe
 from sidecar.app.dataplane import DataPlane
 from sidecar.app.drift import DriftMonitor
@@ -63,6 +69,7 @@ from sidecar.core.experiment.analysis import ExperimentTracker
 from sidecar.core.experiment.drift import DriftTracker
 from sidecar.core.routing import FlagError
 from sidecar.core.state import DesiredState
+from sidecar.core.stats.lazy import warm_up
 from sidecar.core.tensors import decode_inputs
 
 log = structlog.get_logger("sidecar")
@@ -77,7 +84,7 @@ class Sidecar:
 
     config: Config
     pool: UpstreamPool
-    dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse]
+    dataplane: DataPlane[InferBytes, InferReply]
     predict_server: grpc.aio.Server
     control_server: grpc.aio.Server
     health: health_aio.HealthServicer
@@ -384,12 +391,13 @@ class _Telemetry:
     provider: TracerProvider
     tracer: Tracer
     detailed: bool  # an exporter is configured: CLIENT and shadow spans are recorded too
+    server_tracer: Tracer  # SERVER spans: `tracer`, or stats-only spans when not exported
 
 
 @dataclass(frozen=True)
 class _Mirrors:
-    shadow: ShadowMirror[oip.ModelInferRequest, oip.ModelInferResponse] | None = None
-    noise: ShadowMirror[oip.ModelInferRequest, oip.ModelInferResponse] | None = None
+    shadow: ShadowMirror[InferBytes, InferReply] | None = None
+    noise: ShadowMirror[InferBytes, InferReply] | None = None
 
 
 @dataclass(frozen=True)
@@ -440,7 +448,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     )
     with _phase("binding the listen addresses (listen)"):
         servers = _servers(
-            config, dataplane, pool, telemetry.tracer, control, insights, controller, fleet
+            config, dataplane, pool, telemetry.server_tracer, control, insights, controller, fleet
         )
     return Sidecar(
         config=config,
@@ -468,16 +476,28 @@ def _telemetry(config: Config) -> _Telemetry:
     windows = RollingWindows(config.analysis.bucket, config.analysis.horizon)
     stats = VariantStatsProcessor([metrics.record, windows.record])
     provider = tracer_provider(config.telemetry, [stats])
-    # Without an exporter only the SERVER spans (which feed the statistics) are recorded;
-    # CLIENT and shadow spans would only cost CPU.
+    # Without an exporter only the SERVER spans (which feed the statistics) are recorded,
+    # as stats-only spans (no SDK span); CLIENT and shadow spans would only cost CPU.
+    tracer = provider.get_tracer(INSTRUMENTATION, __version__)
     return _Telemetry(
         metrics=metrics,
         windows=windows,
         stats=stats,
         provider=provider,
-        tracer=provider.get_tracer(INSTRUMENTATION, __version__),
+        tracer=tracer,
         detailed=config.telemetry.export,
+        server_tracer=tracer if config.telemetry.export else StatsTracer(stats.record_span),
     )
+
+
+def reply_outputs(reply: InferReply) -> Mapping[str, np.ndarray]:
+    """An answer's output tensors, parsed here (off the request path: shadow, drift)."""
+    return decode_outputs(reply.message())
+
+
+def request_inputs(request: InferBytes) -> Mapping[str, np.ndarray]:
+    """A request's input tensors, parsed here (off the request path: drift)."""
+    return decode_inputs(request.message())
 
 
 def _mirrors(config: Config, pool: UpstreamPool, stable: str, telemetry: _Telemetry) -> _Mirrors:
@@ -487,7 +507,7 @@ def _mirrors(config: Config, pool: UpstreamPool, stable: str, telemetry: _Teleme
         return _Mirrors()
     tracer = telemetry.tracer if telemetry.detailed else NoOpTracer()
     mirror = ShadowMirror(
-        shadow, pool.upstreams[shadow.variant], decode_outputs, salt=config.flag.salt,
+        shadow, pool.upstreams[shadow.variant], reply_outputs, salt=config.flag.salt,
         tracer=tracer,
     )  # fmt: skip
     if not shadow.noise_sample_bp:
@@ -495,7 +515,7 @@ def _mirrors(config: Config, pool: UpstreamPool, stable: str, telemetry: _Teleme
     noise = ShadowMirror(
         shadow.model_copy(update={"variant": stable, "sample_bp": shadow.noise_sample_bp}),
         pool.upstreams[stable],
-        decode_outputs,
+        reply_outputs,
         salt=f"{config.flag.salt}/noise",
         tracer=tracer,
     )
@@ -531,8 +551,8 @@ def _dataplane(
     pool: UpstreamPool,
     mirrors: _Mirrors,
     experiment: ExperimentService,
-    drift: DriftMonitor[oip.ModelInferRequest, oip.ModelInferResponse] | None,
-) -> DataPlane[oip.ModelInferRequest, oip.ModelInferResponse]:
+    drift: DriftMonitor[InferBytes, InferReply] | None,
+) -> DataPlane[InferBytes, InferReply]:
     e, p = config.experiment, config.predict
     return DataPlane(
         model=config.model,
@@ -610,7 +630,7 @@ def _readings(
 
 def _servers(
     config: Config,
-    dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse],
+    dataplane: DataPlane[InferBytes, InferReply],
     pool: UpstreamPool,
     tracer: Tracer,
     control: ControlService,
@@ -628,9 +648,7 @@ def _servers(
     predict_server = grpc.aio.server(options=options)
     health_servicer = health_aio.HealthServicer()
     stable = pool.upstreams[config.flag.stable]
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(config, dataplane, stable, tracer), predict_server
-    )
+    add_inference_servicer(InferenceServicer(config, dataplane, stable, tracer), predict_server)
     predict_pb2_grpc.add_PredictServicer_to_server(
         PredictServicer(config, dataplane, tracer), predict_server
     )
@@ -738,7 +756,7 @@ def _experiment(config: Config, state: StateHolder, alerts: Alerts) -> Experimen
 
 def _drift(
     config: Config, levels: DriftLevels, stable: Callable[[], str]
-) -> DriftMonitor[oip.ModelInferRequest, oip.ModelInferResponse] | None:
+) -> DriftMonitor[InferBytes, InferReply] | None:
     settings = config.drift
     if not settings.enabled:
         return None
@@ -751,8 +769,8 @@ def _drift(
             raise StartupError(f"drift.reference_file: {exc}") from None
     return DriftMonitor(
         tracker,
-        decode_inputs,
-        decode_outputs,
+        request_inputs,
+        reply_outputs,
         sample_every=settings.sample_every,
         slice_size=DRIFT_SLICE,
         on_level_change=levels.on_change,
@@ -784,6 +802,9 @@ async def serve(
     sidecar = build(config, safe_mode=safe_mode)
     with _phase("starting the servers (listen.metrics)"):
         await sidecar.start()
+    # SERVING now; the statistics' scipy modules load in a worker thread meanwhile
+    # (sidecar.core.stats.lazy), instead of before serving or on the event loop at first use.
+    warm = asyncio.get_running_loop().run_in_executor(None, warm_up)
     # Everything built so far lives as long as the process: move it out of the cyclic
     # collector's reach, so full collections stay short (measured: 47-57 ms pauses
     # without this under load, none over 8 ms with it).
@@ -791,6 +812,8 @@ async def serve(
     gc.freeze()
     await stop.wait()
     await sidecar.stop()
+    with contextlib.suppress(Exception):
+        await warm
     return 0
 
 

@@ -8,8 +8,8 @@ shadow.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Generic, NamedTuple
 
@@ -41,7 +41,9 @@ _SPLIT = (Reason.SPLIT, Reason.SPLIT_NO_KEY)
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits, 128 random bits (unguessable: outcome reports name requests by it);
+    os.urandom directly, a fifth of what uuid4().hex costs."""
+    return os.urandom(16).hex()
 
 
 MAX_KEY_BYTES = 256  # default of `predict.max_key_bytes`

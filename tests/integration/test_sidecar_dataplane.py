@@ -282,11 +282,19 @@ def base_request(iris_x: npt.NDArray[np.float64], rows: int = 1) -> service_pb2.
     return request
 
 
+def served(address: str) -> dict[str, int]:
+    stub = control_pb2_grpc.ControlStub(grpc.insecure_channel(address))
+    state = stub.GetState(control_pb2.GetStateRequest(), metadata=bearer(VIEWER_TOKEN))
+    return {v.name: v.served for v in state.variants}
+
+
 def test_malformed_requests_get_clear_statuses(
     sidecar: SidecarProcess, iris_x: npt.NDArray[np.float64]
 ) -> None:
-    """Unknown model, wrong datatype, shape mismatch, missing inputs and an oversized
-    message get NOT_FOUND / INVALID_ARGUMENT / RESOURCE_EXHAUSTED with a clear message."""
+    """An unknown model gets NOT_FOUND and an oversized message RESOURCE_EXHAUSTED from
+    the sidecar; tensors are the upstream's to check on the front door (its bytes are
+    forwarded), so MLServer's status comes back unchanged with the variant named; nothing
+    refused is counted as served."""
     client = grpcclient.InferenceServerClient(sidecar.predict_address)
     with pytest.raises(InferenceServerException) as info:
         triton_infer(client, iris_x[:1], model="no-such-model")
@@ -295,24 +303,81 @@ def test_malformed_requests_get_clear_statuses(
 
     stub = raw_stub(sidecar.predict_address)
     cases: list[tuple[str, service_pb2.ModelInferRequest, grpc.StatusCode, str]] = []
-    wrong_type = base_request(iris_x)
-    wrong_type.inputs[0].datatype = "FP32"  # data is in fp64_contents
-    cases.append(("wrong datatype", wrong_type, grpc.StatusCode.INVALID_ARGUMENT, "fp32_contents"))
+    # MLServer's own statuses and messages (checked directly in the probe of this branch):
     bogus = base_request(iris_x)
     bogus.inputs[0].datatype = "FLOAT"
-    cases.append(("unknown datatype", bogus, grpc.StatusCode.INVALID_ARGUMENT, "unknown datatype"))
+    cases.append(("unknown datatype", bogus, grpc.StatusCode.INTERNAL, "'FLOAT' is not a valid"))
     shape = base_request(iris_x)
     shape.inputs[0].shape[:] = [3, 4]
-    cases.append(("shape mismatch", shape, grpc.StatusCode.INVALID_ARGUMENT, "needs 12 elements"))
+    cases.append(("shape mismatch", shape, grpc.StatusCode.INTERNAL, "cannot reshape"))
     missing = service_pb2.ModelInferRequest(model_name="classifier")
-    cases.append(("missing inputs", missing, grpc.StatusCode.INVALID_ARGUMENT, "missing inputs"))
+    cases.append(("missing inputs", missing, grpc.StatusCode.INVALID_ARGUMENT, "0 were received"))
     big = base_request(np.tile(iris_x, (100, 1)), rows=15_000)  # 480 KB > 256 KiB limit
     cases.append(("oversized", big, grpc.StatusCode.RESOURCE_EXHAUSTED, ""))
+    before = served(sidecar.control_address)
     for name, request, code, text in cases:
         with pytest.raises(grpc.RpcError) as err:
-            stub.ModelInfer(request, timeout=10)
+            stub.ModelInfer(request, metadata=(("x-user-id", "qa-user"),), timeout=10)
         assert err.value.code() == code, (name, err.value.details())  # type: ignore[attr-defined]
-        assert text in (err.value.details() or ""), (name, err.value.details())  # type: ignore[attr-defined]
+        details = err.value.details() or ""  # type: ignore[attr-defined]
+        assert text in details, (name, details)
+        if code != grpc.StatusCode.RESOURCE_EXHAUSTED:  # refused by the upstream: named
+            assert "variant 'canary'" in details, (name, details)
+    assert served(sidecar.control_address) == before
+
+
+def test_malformed_body_through_the_front_door_is_invalid_argument(
+    sidecar: SidecarProcess, iris_x: npt.NDArray[np.float64]
+) -> None:
+    """A body that is not a protobuf message at its top level (raw bytes through a
+    generic call) gets the sidecar's INVALID_ARGUMENT; one whose nested tensor is broken
+    gets MLServer's own status; nothing is counted as served either way."""
+    channel = grpc.insecure_channel(sidecar.predict_address)
+    raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    good = base_request(iris_x).SerializeToString()
+    before = served(sidecar.control_address)
+    for name, body, text in (
+        ("truncated", good[:-5], "runs past the end"),
+        ("group wire type", b"\x0b" + good, "wire type 3"),
+        ("overlong varint", b"\x0a" + b"\xff" * 11, "varint"),
+        ("model name not UTF-8", good + b"\x0a\x02\xc3\x28", "UTF-8"),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            raw(body, metadata=(("x-user-id", "user-1"),), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name  # type: ignore[attr-defined]
+        assert text in (err.value.details() or ""), name  # type: ignore[attr-defined]
+    # inputs[0] (field 5) holding a truncated message: the scan only reads the top level
+    nested = b"\x0a\x0aclassifier" + b"\x2a\x03\x0a\x05x"
+    with pytest.raises(grpc.RpcError) as err:
+        raw(nested, metadata=(("x-user-id", "qa-user"),), timeout=10)
+    assert err.value.code() != grpc.StatusCode.OK  # type: ignore[attr-defined]
+    assert "variant 'canary'" in (err.value.details() or "")  # type: ignore[attr-defined]
+    assert served(sidecar.control_address) == before
+
+
+def test_appended_model_fields_are_honoured_by_mlserver(
+    sidecar: SidecarProcess, mlserver: MLServerProcess, iris_x: npt.NDArray[np.float64]
+) -> None:
+    """The sidecar appends the variant's model_name / model_version to the caller's
+    bytes: MLServer honours the last value (the same request sent straight to MLServer
+    with the same fields appended answers the same), whatever version the caller named."""
+    request = base_request(iris_x, rows=150)
+    request.model_version = "v-caller"  # overridden by the variant's version
+    request.id = "req-1"
+    direct_raw = grpc.insecure_channel(mlserver.grpc_address).unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer"
+    )  # bytes as they are: the appended field is not re-serialised away
+    via = raw_stub(sidecar.predict_address)
+    for user, version in (("qa-user", "v2"), ("user-1", None)):
+        reply, call = via.ModelInfer.with_call(request, metadata=(("x-user-id", user),))
+        variant = dict(call.trailing_metadata())["x-variant"]
+        version = version or {"stable": "v1", "canary": "v2"}[variant]
+        assert reply.model_version == version and reply.model_name == "classifier"
+        assert reply.id == "req-1"
+        appended = request.SerializeToString() + b"\x12\x02" + version.encode()
+        expected = service_pb2.ModelInferResponse.FromString(direct_raw(appended, timeout=10))
+        assert reply.outputs == expected.outputs
+        assert reply.raw_output_contents == expected.raw_output_contents
 
 
 def test_readiness_and_metadata_answer_for_the_routed_model(sidecar: SidecarProcess) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import grpc
 from opentelemetry.trace import Span, Tracer
@@ -22,6 +23,7 @@ from sidecar.adapters.grpc.converters import (
 from sidecar.adapters.grpc.errors import abort, status_for
 from sidecar.adapters.telemetry import spans
 from sidecar.adapters.upstream.oip import OipUpstream
+from sidecar.adapters.upstream.wire import InferBytes, InferReply
 from sidecar.app.dataplane import DataPlane, Served
 from sidecar.config import Config
 from sidecar.core.routing import Reason
@@ -48,7 +50,7 @@ def _routing_headers(metadata: Iterable[tuple[str, str | bytes]]) -> tuple[str, 
     return user, segment
 
 
-def annotate(span: Span, served: Served[oip.ModelInferResponse], segment: str) -> None:
+def annotate(span: Span, served: Served[InferReply], segment: str) -> None:
     """The flag decision and the answering model on the server span."""
     span.set_attributes(  # the flag decision itself was set by the data plane
         {
@@ -75,7 +77,7 @@ class InferenceServicer:
     def __init__(
         self,
         config: Config,
-        dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse],
+        dataplane: DataPlane[InferBytes, InferReply],
         stable: OipUpstream,
         tracer: Tracer,
     ) -> None:
@@ -91,22 +93,25 @@ class InferenceServicer:
                 f"model {shown(name)} is not served here; this sidecar routes {self.model!r}"
             )
 
-    async def ModelInfer(
-        self, request: oip.ModelInferRequest, context: Context
-    ) -> oip.ModelInferResponse:
+    async def ModelInfer(self, request: bytes, context: Context) -> bytes:
+        """The request arrives as bytes (see `handlers`): the top-level scan reads the model
+        name, the bytes go upstream with the variant's model appended, and the upstream's
+        answer bytes come back (its model name set to the routed one). Tensors are the
+        upstream's to validate: its status passes through, naming the variant."""
         metadata = context.invocation_metadata() or ()
         with spans.server_span(self.tracer, OIP_SERVICE, "ModelInfer", metadata) as span:
             try:
-                self._check_model(request.model_name)
-                check_infer_request(request)
+                payload = InferBytes.scanned(request)
+                self._check_model(payload.head.model_name)
                 user, segment = _routing_headers(metadata)
                 served = await self.dataplane.infer(
-                    request,
+                    payload,
                     targeting_key=user,
                     segment=segment,
                     time_remaining=context.time_remaining(),
                     metadata=(),
                 )
+                answer = served.response.named(self.model)
             except Exception as exc:
                 _failed(span, exc, context)
                 await abort(context, exc)
@@ -115,9 +120,7 @@ class InferenceServicer:
         context.set_trailing_metadata(
             (("x-variant", served.resolution.variant), ("x-request-id", served.request_id))
         )
-        response = served.response
-        response.model_name = self.model
-        return response
+        return answer
 
     async def ServerLive(
         self, request: oip.ServerLiveRequest, context: Context
@@ -168,7 +171,7 @@ class PredictServicer:
     def __init__(
         self,
         config: Config,
-        dataplane: DataPlane[oip.ModelInferRequest, oip.ModelInferResponse],
+        dataplane: DataPlane[InferBytes, InferReply],
         tracer: Tracer,
     ) -> None:
         self.model = config.model
@@ -190,7 +193,7 @@ class PredictServicer:
                     )
                 check_infer_request(payload)
                 served = await self.dataplane.infer(
-                    payload,
+                    InferBytes.of(payload),
                     targeting_key=request.context.targeting_key,
                     segment=request.context.segment,
                     time_remaining=context.time_remaining(),
@@ -201,11 +204,12 @@ class PredictServicer:
                 await abort(context, exc)
                 raise
             annotate(span, served, request.context.segment)
-        upstream_model = served.response.model_name or served.variant.model_name
-        upstream_version = served.response.model_version or served.variant.model_version
-        served.response.model_name = self.model
+        answer = served.response.message()
+        upstream_model = answer.model_name or served.variant.model_name
+        upstream_version = answer.model_version or served.variant.model_version
+        answer.model_name = self.model
         return pb.PredictResponse(
-            inference=oip_to_predict(served.response),
+            inference=oip_to_predict(answer),
             variant=served.resolution.variant,
             model_name=upstream_model,
             model_version=upstream_version,
@@ -241,6 +245,42 @@ class PredictServicer:
             counted=attribution.counted,
             capped=attribution.capped,
         )
+
+
+def _typed(method: Any, request: Any, response: Any) -> grpc.RpcMethodHandler[Any, Any]:
+    return grpc.unary_unary_rpc_method_handler(
+        method,
+        request_deserializer=request.FromString,
+        response_serializer=response.SerializeToString,
+    )
+
+
+def inference_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The front door's method handlers: the generated ones, except `ModelInfer`, which
+    takes and returns bytes (no (de)serialiser: the body is forwarded, not parsed)."""
+    return {
+        "ServerLive": _typed(servicer.ServerLive, oip.ServerLiveRequest, oip.ServerLiveResponse),
+        "ServerReady": _typed(
+            servicer.ServerReady, oip.ServerReadyRequest, oip.ServerReadyResponse
+        ),
+        "ModelReady": _typed(servicer.ModelReady, oip.ModelReadyRequest, oip.ModelReadyResponse),
+        "ServerMetadata": _typed(
+            servicer.ServerMetadata, oip.ServerMetadataRequest, oip.ServerMetadataResponse
+        ),
+        "ModelMetadata": _typed(
+            servicer.ModelMetadata, oip.ModelMetadataRequest, oip.ModelMetadataResponse
+        ),
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(servicer.ModelInfer),
+    }
+
+
+def add_inference_servicer(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the front door on `server`, also as registered methods (as the generated
+    `add_..._to_server` does: no generic lookup per call)."""
+    handlers = inference_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(OIP_SERVICE, handlers),))
+    register: Any = server.add_registered_method_handlers  # type: ignore[attr-defined]
+    register(OIP_SERVICE, handlers)
 
 
 def service_names() -> Sequence[str]:

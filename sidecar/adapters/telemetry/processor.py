@@ -9,7 +9,7 @@ end, so it only does constant-time arithmetic; it never blocks and never raises
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 from opentelemetry.context import Context
@@ -34,19 +34,23 @@ class VariantStatsProcessor(SpanProcessor):
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
+        if span.kind is not SpanKind.SERVER or span.start_time is None or span.end_time is None:
+            return
+        self.record_span(span.attributes or {}, span.start_time, span.end_time)
+
+    def record_span(self, attributes: Mapping[str, object], start_ns: int, end_ns: int) -> None:
+        """A finished SERVER span's numbers to the sinks (also called directly by the
+        never-exported `spans.StatsSpan`). Never raises."""
         try:
-            if span.kind is not SpanKind.SERVER:
-                return
-            attributes = span.attributes or {}
             variant = attributes.get(spans.FLAG_VARIANT)
-            if not isinstance(variant, str) or span.start_time is None or span.end_time is None:
+            if not isinstance(variant, str):
                 return
             code = attributes.get(spans.RPC_STATUS, 0)
             status = (
                 spans.STATUS_NAMES[code] if isinstance(code, int) and 0 <= code < 17 else "UNKNOWN"
             )
-            duration = (span.end_time - span.start_time) / 1e9
-            end = span.end_time / 1e9
+            duration = (end_ns - start_ns) / 1e9
+            end = end_ns / 1e9
             for sink in self.sinks:
                 sink(variant, end, duration, status)
             self.recorded += 1

@@ -16,6 +16,7 @@ from opentelemetry.util.types import AttributeValue
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar.adapters.telemetry import spans
+from sidecar.adapters.upstream.wire import InferBytes, InferReply, ScanError
 from sidecar.app.ports import Metadata
 from sidecar.config import VariantSpec
 from sidecar.errors import UpstreamError
@@ -49,10 +50,9 @@ class OipUpstream:
             spans.MODEL_NAME: spec.model_name,
             spans.MODEL_VERSION: spec.model_version,
         }
+        # bytes in, bytes out: the caller's request is forwarded, the answer parsed lazily
         self._infer = channel.unary_unary(
-            _SERVICE + "ModelInfer",
-            request_serializer=oip.ModelInferRequest.SerializeToString,
-            response_deserializer=oip.ModelInferResponse.FromString,
+            _SERVICE + "ModelInfer", request_serializer=None, response_deserializer=None
         )
         self._ready = channel.unary_unary(
             _SERVICE + "ModelReady",
@@ -75,14 +75,13 @@ class OipUpstream:
             message = f"variant {self.name!r} ({self.spec.address}) did not answer in time"
         return UpstreamError(message, status=code.name, variant=self.name)
 
-    async def infer(
-        self, request: oip.ModelInferRequest, *, timeout: float, metadata: Metadata
-    ) -> oip.ModelInferResponse:
-        """Send `request` as this variant's model (sets model name and version). With
-        client spans on, the call is a CLIENT span (not made current) whose W3C context the
-        upstream receives; off (no exporter), the upstream continues from the current span."""
-        request.model_name = self.spec.model_name
-        request.model_version = self.spec.model_version
+    async def infer(self, request: InferBytes, *, timeout: float, metadata: Metadata) -> InferReply:
+        """Send `request` as this variant's model (its bytes with this variant's model name
+        and version appended where they differ; `request` itself is not changed, so the
+        shadow sends the same original). With client spans on, the call is a CLIENT span
+        (not made current) whose W3C context the upstream receives; off (no exporter), the
+        upstream continues from the current span."""
+        data = request.to(self.spec.model_name, self.spec.model_version)
         span = (
             self._tracer.start_span(
                 "inference.GRPCInferenceService/ModelInfer",
@@ -95,9 +94,7 @@ class OipUpstream:
         outgoing = list(metadata)
         spans.inject(outgoing, span)
         try:
-            response: oip.ModelInferResponse = await self._infer(
-                request, timeout=timeout, metadata=outgoing
-            )
+            response: bytes = await self._infer(data, timeout=timeout, metadata=outgoing or None)
         except grpc.aio.AioRpcError as exc:
             error = self._error(exc, "failed")
             if span is not None:
@@ -109,7 +106,16 @@ class OipUpstream:
         finally:
             if span is not None:
                 span.end()
-        return response
+        reply = InferReply(response)
+        try:
+            reply.head  # noqa: B018  (scanned once here: a malformed answer is the upstream's)
+        except ScanError as exc:
+            raise UpstreamError(
+                f"variant {self.name!r} ({self.spec.address}) answered a malformed message: {exc}",
+                status="INTERNAL",
+                variant=self.name,
+            ) from None
+        return reply
 
     async def ready(self, *, timeout: float) -> bool:
         try:

@@ -43,12 +43,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
-from scipy import special, stats
 
 from sidecar.core.canary.window import LatencyBuckets, VariantWindow
+from sidecar.core.stats.lazy import lazy
+
+if TYPE_CHECKING:
+    from scipy import special, stats
+else:  # imported on first use, off the start-up path (sidecar.core.stats.lazy)
+    special, stats = lazy("scipy.special"), lazy("scipy.stats")
+
 
 __all__ = [
     "METRICS",

@@ -67,14 +67,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special
 
 from sidecar.core.canary.judge import JudgeConfig
 from sidecar.core.canary.window import ZERO_KEY, VariantWindow
+from sidecar.core.stats.lazy import lazy
+
+if TYPE_CHECKING:
+    from scipy import special
+else:  # imported on first use, off the start-up path (sidecar.core.stats.lazy)
+    special = lazy("scipy.special")
 
 __all__ = [
     "DEFAULT_RATE_RATIOS",

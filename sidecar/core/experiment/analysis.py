@@ -21,9 +21,8 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from scipy import special
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
 
 from sidecar.core.duration import Duration
 from sidecar.core.experiment.units import bucket_of
@@ -53,7 +52,14 @@ from sidecar.core.stats import (
 )
 from sidecar.core.stats.buckets import DEFAULT_BUCKETS, MAX_BUCKETS, BucketTotals
 from sidecar.core.stats.intervals import Estimate, Interval
+from sidecar.core.stats.lazy import lazy
 from sidecar.core.stats.srm import BASIS_POINTS_TOTAL
+
+if TYPE_CHECKING:
+    from scipy import special
+else:  # imported on first use, off the start-up path (sidecar.core.stats.lazy)
+    special = lazy("scipy.special")
+
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -559,7 +565,9 @@ class ExperimentTracker:
             self._planned[spec.name] = planned
         self._declared: frozenset[str] = frozenset(settings.segments)
         self._segment_keys: tuple[str, ...] = (*settings.segments, OTHER_SEGMENT)
-        self._z = float(-special.ndtri(settings.alpha / 2.0))
+        # the standard library's normal quantile (agrees with scipy's ndtri to 1e-15), so
+        # building a tracker does not import scipy (sidecar.core.stats.lazy: not at start-up)
+        self._z = -NormalDist().inv_cdf(settings.alpha / 2.0)
         self._level = 1.0 - settings.alpha
         self._epoch = 0
         self._key: tuple[str, str | None, tuple[tuple[str, int], ...]] | None = None

@@ -21,12 +21,19 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 from ._validation import as_counts, as_sample
+from .lazy import lazy
+
+if TYPE_CHECKING:
+    from scipy import stats
+else:  # imported on first use, off the start-up path (sidecar.core.stats.lazy)
+    stats = lazy("scipy.stats")
+
 
 __all__ = [
     "DEFAULT_BINS",

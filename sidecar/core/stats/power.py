@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-from scipy import optimize, special
+from typing import TYPE_CHECKING
 
 from ._validation import check_alpha, check_probability_level, check_rates
+from .lazy import lazy
+
+if TYPE_CHECKING:
+    from scipy import optimize, special
+else:  # imported on first use, off the start-up path (sidecar.core.stats.lazy)
+    optimize, special = lazy("scipy.optimize"), lazy("scipy.special")
+
 
 __all__ = [
     "SampleSize",

@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, SupportsIndex
-
-from scipy import special
+from typing import TYPE_CHECKING, Literal, SupportsIndex
 
 from ._validation import check_alpha, check_trials
 from .intervals import Interval
+from .lazy import lazy
+
+if TYPE_CHECKING:
+    from scipy import special
+else:  # imported on first use, off the start-up path (sidecar.core.stats.lazy)
+    special = lazy("scipy.special")
+
 
 __all__ = [
     "ProportionComparison",

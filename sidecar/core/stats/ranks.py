@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, SupportsIndex
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special, stats
 
 from ._validation import as_sample, check_alpha, check_count, check_finite
 from .intervals import Interval
+from .lazy import lazy
+
+if TYPE_CHECKING:
+    from scipy import special, stats
+else:  # imported on first use, off the start-up path (sidecar.core.stats.lazy)
+    special, stats = lazy("scipy.special"), lazy("scipy.stats")
+
 
 __all__ = [
     "MannWhitneyResult",

@@ -47,11 +47,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, replace
-from typing import SupportsIndex
+from typing import TYPE_CHECKING, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
-from scipy import optimize, special
 
 from ._validation import (
     check_alpha,
@@ -61,7 +60,14 @@ from ._validation import (
     check_rates,
 )
 from .intervals import Interval
+from .lazy import lazy
 from .power import sample_size_per_arm
+
+if TYPE_CHECKING:
+    from scipy import optimize, special
+else:  # imported on first use, off the start-up path (sidecar.core.stats.lazy)
+    optimize, special = lazy("scipy.optimize"), lazy("scipy.special")
+
 
 __all__ = [
     "DEFAULT_MIN_EVENTS",

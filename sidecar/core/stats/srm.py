@@ -31,13 +31,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import SupportsIndex
+from typing import TYPE_CHECKING, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special, stats
 
 from ._validation import as_index_counts, check_probability_level
+from .lazy import lazy
+
+if TYPE_CHECKING:
+    from scipy import special, stats
+else:  # imported on first use, off the start-up path (sidecar.core.stats.lazy)
+    special = lazy("scipy.special")
+    stats = lazy("scipy.stats")
+
 
 __all__ = [
     "BASIS_POINTS_TOTAL",

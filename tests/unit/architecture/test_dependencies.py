@@ -190,6 +190,7 @@ async def main() -> None:
                     health_pb2.HealthCheckRequest(), timeout=5
                 )
                 assert health.status == health_pb2.HealthCheckResponse.SERVING, health
+            serving_with = sorted(m for m in ("scipy.stats", "scipy.special") if m in sys.modules)
             async with grpc.aio.insecure_channel(control) as channel:
                 stub = control_pb2_grpc.ControlStub(channel)
                 await stub.GetState(control_pb2.GetStateRequest(), metadata=bearer(), timeout=5)
@@ -198,7 +199,8 @@ async def main() -> None:
                 )
             heavy = sorted(m for m in ("matplotlib", "statsmodels") if m in sys.modules)
             with open(sys.argv[1], "w") as out:  # stdout carries the sidecar's log
-                out.write("imported: " + " ".join(heavy))
+                out.write("imported: " + " ".join(heavy) + "\\n")
+                out.write("serving with: " + " ".join(serving_with))
 
 
 asyncio.run(main())
@@ -208,7 +210,8 @@ asyncio.run(main())
 def test_a_started_sidecar_has_not_imported_matplotlib_or_statsmodels(tmp_path: Path) -> None:
     """In a fresh process (this one may have imported both), a sidecar started on port 0
     against a scripted upstream, asked for its health, state and experiment report, has
-    imported neither matplotlib nor statsmodels."""
+    imported neither matplotlib nor statsmodels; and it was SERVING before scipy's
+    statistics modules were imported (they load on first use: sidecar.core.stats.lazy)."""
     script = tmp_path / "server.py"
     script.write_text(textwrap.dedent(SERVER_SCRIPT), encoding="utf-8")
     result = tmp_path / "result.txt"
@@ -221,4 +224,4 @@ def test_a_started_sidecar_has_not_imported_matplotlib_or_statsmodels(tmp_path: 
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr
-    assert result.read_text(encoding="utf-8") == "imported: "
+    assert result.read_text(encoding="utf-8") == "imported: \nserving with: "

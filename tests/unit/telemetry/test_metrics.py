@@ -65,7 +65,7 @@ async def test_metrics_endpoint_reports_variants_and_shadow() -> None:
             req.inputs.add(name="x", datatype="FP64", shape=[1]).contents.fp64_contents.append(1)
             for i in range(40):
                 await stub.ModelInfer(req, metadata=(("x-user-id", f"u{i}"),))
-            bad = oip.ModelInferRequest(model_name="classifier")
+            bad = oip.ModelInferRequest(model_name="not-routed-here")  # refused: NOT_FOUND
             for _ in range(3):
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await stub.ModelInfer(bad)
