@@ -67,19 +67,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from sidecar.core.canary.judge import JudgeConfig
 from sidecar.core.canary.window import ZERO_KEY, VariantWindow
-from sidecar.core.stats.lazy import lazy
 
-if TYPE_CHECKING:
-    from scipy import special
-else:  # imported on first use, off the start-up path (sidecar.core.stats.lazy)
-    special = lazy("scipy.special")
 
 __all__ = [
     "DEFAULT_RATE_RATIOS",
@@ -139,10 +134,22 @@ def rate_log_lr(
     return np.asarray(out, dtype=np.float64)
 
 
+def logsumexp(values: npt.ArrayLike, axis: int = -1) -> FloatArray:
+    """``log sum exp(values)`` over `axis`, computed stably (the same as
+    ``scipy.special.logsumexp``, checked in the tests; numpy only, so the controller's
+    first check does not import scipy on the serving path)."""
+    a = np.asarray(values, dtype=np.float64)
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(a - peak), axis=axis)) + np.squeeze(peak, axis=axis)
+    return np.asarray(out, dtype=np.float64)
+
+
 def mixture_log_e(log_lr: npt.ArrayLike, log_weights: npt.ArrayLike) -> FloatArray:
     """``log sum_j w_j exp(L_j)`` over the last axis: the mixture's log evidence."""
     return np.asarray(
-        special.logsumexp(np.asarray(log_lr) + np.asarray(log_weights), axis=-1),
+        logsumexp(np.asarray(log_lr) + np.asarray(log_weights), axis=-1),
         dtype=np.float64,
     )
 
@@ -368,7 +375,7 @@ class Evidence:
 
     def log_e(self, test: str) -> FloatArray:
         """Log evidence per run (all starts, all rate ratios)."""
-        return np.asarray(special.logsumexp(self._per_slot(test), axis=-1), dtype=np.float64)
+        return logsumexp(self._per_slot(test), axis=-1)
 
     def significant(self, test: str) -> npt.NDArray[np.bool_]:
         """Evidence at or beyond ``1 / alpha_test`` per run."""

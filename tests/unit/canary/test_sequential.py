@@ -19,6 +19,7 @@ from sidecar.core.canary.sequential import (
     SequentialConfig,
     exceedances,
     interval_counts,
+    logsumexp,
     mixture_log_e,
     quantile_ratios,
     rate_log_lr,
@@ -231,3 +232,21 @@ def test_a_late_regression_is_caught_from_a_recent_start() -> None:
             break
     assert d.rollback and d.check - 600 <= 15 and "since check" in d.reason
     assert first_only < -20.0  # the deployment-start test alone: e < 2e-9 before the onset
+
+
+def test_logsumexp_matches_scipy_including_infinite_rows() -> None:
+    """The numpy-only logsumexp the controller uses equals scipy's to 1e-9, also with
+    -inf entries and a row that is all -inf."""
+    rng = np.random.default_rng(7)
+    values = rng.normal(0.0, 50.0, size=(6, 9))
+    values[1, 3] = -np.inf
+    values[2, :] = -np.inf
+    values[3, 0] = 700.0
+    ours = logsumexp(values, axis=-1)
+    theirs = special.logsumexp(values, axis=-1)
+    assert np.array_equal(np.isneginf(ours), np.isneginf(theirs))
+    finite = np.isfinite(theirs)
+    np.testing.assert_allclose(ours[finite], theirs[finite], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(
+        logsumexp(values.T, axis=0)[finite], theirs[finite], rtol=1e-12, atol=1e-9
+    )
