@@ -75,7 +75,6 @@ import numpy.typing as npt
 from sidecar.core.canary.judge import JudgeConfig
 from sidecar.core.canary.window import ZERO_KEY, VariantWindow
 
-
 __all__ = [
     "DEFAULT_RATE_RATIOS",
     "SEQUENTIAL_TESTS",
