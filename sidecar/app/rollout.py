@@ -28,7 +28,7 @@ from sidecar.app.control import ControlService
 from sidecar.app.state import Snapshot
 from sidecar.config import AnalysisConfig
 from sidecar.core.canary.analysis import CanaryAnalysis, CanaryAnalysisConfig, Decision
-from sidecar.core.canary.window import CumulativeWindows, RollingWindows, VariantWindow
+from sidecar.core.canary.window import CumulativeWindows, VariantWindow, WindowSource
 from sidecar.core.gates import (
     Evaluation,
     GateReading,
@@ -84,7 +84,7 @@ class AlertSink(Protocol):
     def alert(self, event: str, fields: Mapping[str, Any]) -> None: ...
 
 
-def stable_baseline(windows: RollingWindows, lookback: float) -> Callable[[str, float], Baseline]:
+def stable_baseline(windows: WindowSource, lookback: float) -> Callable[[str, float], Baseline]:
     """The baseline a rollout records at its start: the stable's last `lookback` seconds."""
 
     def baseline(variant: str, now: float) -> Baseline:
@@ -110,7 +110,7 @@ class RolloutController:
         self,
         *,
         control: ControlService,
-        windows: RollingWindows,
+        windows: WindowSource,
         evaluator_factory: Callable[[], Evaluator],
         analysis: AnalysisConfig,
         shadow_thresholds: ShadowThresholds,
