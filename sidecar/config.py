@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -488,6 +489,13 @@ class RedisConfig(_Section):
         if self.password_env is not None and self.password_file is not None:
             raise ValueError("give at most one of password_env, password_file")
         return self
+
+    def member(self) -> tuple[str, str]:
+        """(member id, host): `member_id`, else $SIDECAR_MEMBER_ID, else the pod or host
+        name ($POD_NAME, $HOSTNAME, the system's) plus `:pid`; host is the pod/host name."""
+        host = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or socket.gethostname()
+        explicit = self.member_id or os.environ.get("SIDECAR_MEMBER_ID", "")
+        return explicit or f"{host}:{os.getpid()}", host
 
     def password(self) -> str | None:
         """The password from the environment or the file (None when neither is set);

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import redis
 import structlog
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,11 +30,15 @@ from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2_grpc
 from sidecar.adapters.alerts import Alerts
+from sidecar.adapters.fleet import connection as fleet_connection
+from sidecar.adapters.fleet.keys import FleetKeys
+from sidecar.adapters.fleet.member import FleetMember
 from sidecar.adapters.grpc.auth import Authenticator, AuthInterceptor
 from sidecar.adapters.grpc.control import ControlServicer
 from sidecar.adapters.grpc.converters import decode_outputs
 from sidecar.adapters.grpc.servicers import InferenceServicer, PredictServicer, service_names
 from sidecar.adapters.store.memory import MemoryStateStore
+from sidecar.adapters.store.redis import RedisStore
 from sidecar.adapters.store.sqlite import SqliteStore
 from sidecar.adapters.telemetry.metrics import Readings, SidecarMetrics
 from sidecar.adapters.telemetry.processor import VariantStatsProcessor
@@ -44,7 +49,7 @@ from sidecar.app.dataplane import DataPlane
 from sidecar.app.drift import DriftMonitor
 from sidecar.app.experiment import DriftLevels, ExperimentService, FileCheckpoint, Insights
 from sidecar.app.mirror import ShadowMirror
-from sidecar.app.ports import AuditEntry, StateFileError, StateStore
+from sidecar.app.ports import AuditEntry, RevisionConflict, StateFileError, StateStore
 from sidecar.app.rollout import (
     JudgeEvaluator,
     RolloutController,
@@ -86,6 +91,7 @@ class Sidecar:
     insights: Insights
     predict_port: int = 0
     control_port: int = 0
+    fleet: FleetMember | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -114,6 +120,8 @@ class Sidecar:
         self._tasks.append(asyncio.create_task(self.experiment.run()))
         if self.insights.drift is not None:
             self._tasks.append(asyncio.create_task(self.insights.drift.run(DRIFT_INTERVAL)))
+        if self.fleet is not None:
+            self._tasks.append(asyncio.create_task(self.fleet.run()))
         log.info(
             "sidecar.started",
             predict=f"{_host(self.config.predict_address)}:{self.predict_port}",
@@ -149,6 +157,8 @@ class Sidecar:
                 )
                 for name in service_names():
                     await self.health.set(name, status)
+                if self.fleet is not None:
+                    self.fleet.ready = ready
                 log.info(
                     "stable.readiness",
                     ready=ready,
@@ -173,6 +183,8 @@ class Sidecar:
             self.experiment.look()
         await self.experiment.save()
         await self.pool.close()
+        if self.fleet is not None:
+            await self.fleet.close()
         await self.alerts.drain()
         await asyncio.to_thread(self.tracer_provider.shutdown)  # flushes the exporter
         self.metrics.close()
@@ -197,7 +209,55 @@ class StartupError(Exception):
 def _stores(config: Config) -> StateStore:
     if config.state.backend == "memory":
         return MemoryStateStore()
+    if config.state.backend == "redis":
+        return _redis_store(config)
     return SqliteStore(config.state.path)
+
+
+def _redis_store(config: Config) -> RedisStore:
+    """The fleet store, with Redis reached and the password accepted (else one line
+    naming the setting)."""
+    r = config.state.redis
+    try:
+        client = fleet_connection.sync_client(r)
+    except ValueError as exc:  # the password's env variable or file
+        raise StartupError(str(exc)) from None
+    store = RedisStore(client, FleetKeys(r.fleet), r.url)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        setting = (
+            "state.redis.password_env"
+            if r.password_env
+            else "state.redis.password_file"
+            if r.password_file
+            else "state.redis.password_env / password_file (none is set)"
+        )
+        raise StartupError(f"{setting}: {store.name} refused the password: {exc}") from None
+    except redis.RedisError as exc:
+        raise StartupError(f"state.redis.url: cannot reach {store.name}: {exc}") from None
+    return store
+
+
+def _fleet(config: Config, store: StateStore, holder: StateHolder) -> FleetMember | None:
+    """This sidecar's fleet membership when the state is shared (state.backend: redis)."""
+    if not isinstance(store, RedisStore):
+        return None
+    r = config.state.redis
+    member_id, host = r.member()
+    return FleetMember(
+        client=fleet_connection.async_client(r),
+        store=store,
+        keys=store.keys,
+        holder=holder,
+        template=config.flag,
+        member_id=member_id,
+        host=host,
+        version=__version__,
+        heartbeat_interval=r.heartbeat_interval,
+        member_ttl=r.member_ttl,
+        resync_interval=r.resync_interval,
+    )
 
 
 def initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> Snapshot:
@@ -238,10 +298,13 @@ def _initial_snapshot(config: Config, store: StateStore, *, safe_mode: bool) -> 
     if migrated is not None:
         return migrated
     initial = DesiredState.from_flag(config.flag, unix_time=now)
-    store.commit(
-        initial,
-        AuditEntry(now, "config", "Initialize", "initial state from configuration", 0, 1, {}),
-    )
+    try:
+        store.commit(
+            initial,
+            AuditEntry(now, "config", "Initialize", "initial state from configuration", 0, 1, {}),
+        )
+    except RevisionConflict:  # another fleet member initialised the shared state first
+        return _initial_snapshot(config, store, safe_mode=safe_mode)
     log.info("state.initialised", source=config.source)
     return Snapshot(config.flag, initial)
 
@@ -334,6 +397,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         store = _stores(config)
         snapshot = initial_snapshot(config, store, safe_mode=safe_mode)
     state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
+    fleet = _fleet(config, store, state)
     telemetry = _telemetry(config)
     pool = UpstreamPool(
         config.variants, config.server.max_message_bytes, telemetry.tracer,
@@ -365,7 +429,9 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         _readings(control, controller, experiment, insights, mirrors, dataplane.outcomes.stats)
     )
     with _phase("binding the listen addresses (listen)"):
-        servers = _servers(config, dataplane, pool, telemetry.tracer, control, insights, controller)
+        servers = _servers(
+            config, dataplane, pool, telemetry.tracer, control, insights, controller, fleet
+        )
     return Sidecar(
         config=config,
         pool=pool,
@@ -383,6 +449,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         insights=insights,
         predict_port=servers.predict_port,
         control_port=servers.control_port,
+        fleet=fleet,
     )
 
 
@@ -533,6 +600,7 @@ def _servers(
     control: ControlService,
     insights: Insights,
     controller: RolloutController,
+    fleet: FleetMember | None = None,
 ) -> _Servers:
     """The predict server (front door, Predict, health, reflection) and the Control
     server, bound to their addresses."""
@@ -564,6 +632,7 @@ def _servers(
             served=lambda: dataplane.served,
             insights=insights,
             controller=controller,
+            fleet=fleet,
         ),
         control_server,
     )

@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from sidecar.app.ports import AuditEntry, StateStore
+from sidecar.app.ports import AuditEntry, NotLeader, RevisionConflict, StateStore
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.core.limits import (
     CONTROL_LIMITS,
@@ -233,13 +233,17 @@ class ControlService:
             commit = asyncio.ensure_future(asyncio.to_thread(self.store.commit, new_state, entry))
             try:
                 cancelled = await _outlive_cancellation(commit)
+            except RevisionConflict as exc:
+                raise StaleRevision(f"{exc}; nothing changed") from None
+            except NotLeader as exc:
+                raise SidecarError(f"{exc}; nothing changed", ErrorCode.ABORTED) from None
             except OSError as exc:
                 log.error("control.persist_failed", method=method, error=str(exc))
                 raise SidecarError(
                     f"state could not be persisted ({exc}); nothing changed", ErrorCode.UNAVAILABLE
                 ) from None
             snapshot = Snapshot(flag, new_state, safe_mode=False)
-            self.holder.swap(snapshot)
+            self.holder.follow(snapshot)  # unless a fleet notice already brought a newer one
         if cancelled:  # committed and in force; the caller just did not wait for the answer
             raise asyncio.CancelledError
         log.info(

@@ -61,6 +61,47 @@ class StateFileError(Exception):
         self.reason = reason
 
 
+class CommitRefused(Exception):
+    """A fleet store refused a commit for a reason of the fleet (nothing was written)."""
+
+
+class RevisionConflict(CommitRefused):
+    """The shared state is no longer at the revision the new state was derived from
+    (another member or operator wrote first): answered ABORTED, re-read and retry."""
+
+
+class NotLeader(CommitRefused):
+    """The commit carried a leader's fencing token (`leader_fence`) that no longer holds
+    the lease: a deposed leader's late write, answered ABORTED "not the leader"."""
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """One fleet member as its last heartbeat shows it."""
+
+    member_id: str
+    host: str
+    version: str
+    applied_revision: int
+    ready: bool
+    last_seen_unix: float
+    live: bool  # seen within `member_ttl`
+
+
+class Fleet(Protocol):
+    """The fleet a sidecar belongs to (`state.backend: redis`): its members and a wait
+    until they have applied a revision. Raises OSError naming Redis when it is down."""
+
+    async def members(self) -> list[MemberStatus]:
+        """Every member with a heartbeat entry (live or not, not yet pruned), by id."""
+        ...
+
+    async def wait_applied(self, revision: int, timeout: float) -> list[MemberStatus]:
+        """Wait until every live member has applied `revision` (or `timeout` seconds
+        passed); returns the live members that had not."""
+        ...
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     """One audited change: who, when, what, why, and what it changed."""

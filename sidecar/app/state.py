@@ -46,6 +46,14 @@ class StateHolder:
                 queue.get_nowait()
             queue.put_nowait(snapshot)
 
+    def follow(self, snapshot: Snapshot) -> bool:
+        """Swap in `snapshot` only when its revision is newer than the one in force (a
+        fleet member applies shared revisions this way; a late notice never goes back)."""
+        if snapshot.revision <= self._current.revision:
+            return False
+        self.swap(snapshot)
+        return True
+
     def watch(self) -> asyncio.Queue[Snapshot]:
         queue: asyncio.Queue[Snapshot] = asyncio.Queue(WATCH_QUEUE)
         queue.put_nowait(self._current)

@@ -49,6 +49,8 @@ class ControlLimits:
     state_overrides_shown: int = 100
     #: Promotions listed in a State answer (the newest ones).
     state_promotions_shown: int = 50
+    #: Fleet members listed by ListFleetMembers (a fleet of more lists the first by id).
+    fleet_members_listed: int = 1_000
     #: Free texts (reasons, messages) shown in any answer: longer ones are clipped with a
     #: marker (older states may hold longer texts than `reason_bytes` allows today).
     shown_text_bytes: int = 4 * KIB

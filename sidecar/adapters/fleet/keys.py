@@ -38,6 +38,11 @@ class FleetKeys:
         return f"{self.prefix}:members"
 
     @property
+    def reseed(self) -> str:
+        """SET NX PX guard: the one member re-seeding a Redis that lost the state."""
+        return f"{self.prefix}:reseed"
+
+    @property
     def lease(self) -> str:
         """The rollout leader's lease (SET NX PX); its value is the fencing token."""
         return f"{self.prefix}:lease"

@@ -54,6 +54,7 @@ CONTROL_ROLES: Mapping[str, str] = MappingProxyType(
         "GetShadowReport": VIEWER,
         "GetExperimentReport": VIEWER,
         "GetRollout": VIEWER,
+        "ListFleetMembers": VIEWER,
         # routing writes
         "SetWeights": OPERATOR,
         "SetKillSwitch": OPERATOR,

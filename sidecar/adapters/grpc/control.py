@@ -15,8 +15,9 @@ import base64
 import binascii
 import heapq
 import json
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import grpc
 
@@ -33,7 +34,7 @@ from sidecar.adapters.grpc.report import (
 )
 from sidecar.app.control import ControlService
 from sidecar.app.experiment import Insights
-from sidecar.app.ports import AuditEntry
+from sidecar.app.ports import AuditEntry, Fleet
 from sidecar.app.rollout import RolloutController, run_drill
 from sidecar.app.state import Snapshot
 from sidecar.config import Config
@@ -51,8 +52,30 @@ from sidecar.core.rollout import Stage, StageKind
 from sidecar.errors import InvalidRequest
 
 Context = grpc.aio.ServicerContext[object, object]
+#: Request metadata a Control write may carry: wait up to this many seconds for the fleet.
+FLEET_WAIT_HEADER = "x-fleet-wait-seconds"
+FLEET_WAIT_MAX = 300.0
 #: Bytes a repeated field's entry adds besides its own size (tag and length prefix).
 _FRAMING = 6
+
+
+def fleet_wait_seconds(metadata: Iterable[tuple[str, str | bytes]]) -> float | None:
+    """The `x-fleet-wait-seconds` header's value (None: absent); InvalidRequest unless a
+    finite number in (0, FLEET_WAIT_MAX]."""
+    values = [v for k, v in metadata if k == FLEET_WAIT_HEADER]
+    if not values:
+        return None
+    raw = values[-1]
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+    try:
+        seconds = float(text[:32])
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds <= FLEET_WAIT_MAX):  # NaN and infinity fail this too
+        raise InvalidRequest(
+            f"{FLEET_WAIT_HEADER}: must be a number of seconds in (0, {FLEET_WAIT_MAX:g}]"
+        )
+    return seconds
 
 
 def answer_budget(max_message_bytes: int, limits: ControlLimits = CONTROL_LIMITS) -> int:
@@ -286,8 +309,10 @@ class ControlServicer:
         insights: Insights,
         controller: RolloutController,
         clock: Callable[[], float] = time.time,
+        fleet: Fleet | None = None,
     ) -> None:
         self.config = config
+        self.fleet = fleet
         self.service = service
         self.controller = controller
         self._clock = clock
@@ -373,16 +398,73 @@ class ControlServicer:
     async def _write(
         self, context: Context, call: Callable[[str], Awaitable[Snapshot]]
     ) -> cpb.State:
-        """Run `call` with the caller's name; errors become the call's status."""
+        """Run `call` with the caller's name; errors become the call's status. With the
+        `x-fleet-wait-seconds` header, wait (bounded) until every live member has applied
+        the new revision; the answer lists those that had not."""
         try:
+            wait = fleet_wait_seconds(context.invocation_metadata() or ())
             snapshot = await call(current_principal().name)
         except Exception as exc:
             await abort(context, exc)
             raise
-        return self._state(snapshot)
+        message = self._state(snapshot)
+        if wait is not None and self.fleet is not None:
+            try:
+                lagging = await self.fleet.wait_applied(snapshot.revision, wait)
+            except OSError as exc:
+                message.warnings.append(clip(f"fleet wait: {exc}", self.limits.shown_text_bytes))
+            else:
+                message.fleet_not_applied.extend(m.member_id for m in lagging)
+            await self._fleet_counts(message)
+        return message
+
+    async def _fleet_counts(self, message: cpb.State) -> None:
+        """Live members and how many hold `message.revision` (a warning when Redis is down)."""
+        if self.fleet is None:
+            return
+        message.fleet = True
+        try:
+            members = await self.fleet.members()
+        except OSError as exc:
+            message.warnings.append(clip(f"fleet: {exc}", self.limits.shown_text_bytes))
+            return
+        live = [m for m in members if m.live]
+        message.fleet_members_live = len(live)
+        message.fleet_members_applied = sum(m.applied_revision >= message.revision for m in live)
 
     async def GetState(self, request: cpb.GetStateRequest, context: Context) -> cpb.State:
-        return self._state(self.service.snapshot())
+        message = self._state(self.service.snapshot())
+        await self._fleet_counts(message)
+        return message
+
+    async def ListFleetMembers(
+        self, request: cpb.ListFleetMembersRequest, context: Context
+    ) -> cpb.ListFleetMembersResponse:
+        revision = self.service.snapshot().revision
+        if self.fleet is None:
+            return cpb.ListFleetMembersResponse(revision=revision)
+        try:
+            members = await self.fleet.members()
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return cpb.ListFleetMembersResponse(
+            fleet=self.config.state.redis.fleet,
+            revision=revision,
+            members=[
+                cpb.FleetMember(
+                    member_id=m.member_id,
+                    host=m.host,
+                    version=m.version,
+                    applied_revision=m.applied_revision,
+                    lag=max(0, revision - m.applied_revision),
+                    ready=m.ready,
+                    last_seen_unix_time=m.last_seen_unix,
+                    live=m.live,
+                )
+                for m in members[: self.limits.fleet_members_listed]
+            ],
+        )
 
     async def WatchState(
         self, request: cpb.WatchStateRequest, context: Context

@@ -161,7 +161,7 @@ class Promotion(_message.Message):
     def __init__(self, unix_time: _Optional[float] = ..., principal: _Optional[str] = ..., from_variant: _Optional[str] = ..., to_variant: _Optional[str] = ..., reason: _Optional[str] = ..., reverted: _Optional[bool] = ...) -> None: ...
 
 class State(_message.Message):
-    __slots__ = ("model", "variants", "flag", "shadow", "revision", "updated_unix_time", "updated_by", "update_reason", "promotions", "safe_mode", "warnings", "promotion_count")
+    __slots__ = ("model", "variants", "flag", "shadow", "revision", "updated_unix_time", "updated_by", "update_reason", "promotions", "safe_mode", "warnings", "promotion_count", "fleet_members_live", "fleet_members_applied", "fleet_not_applied", "fleet")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     FLAG_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,10 @@ class State(_message.Message):
     SAFE_MODE_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     PROMOTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FLEET_MEMBERS_LIVE_FIELD_NUMBER: _ClassVar[int]
+    FLEET_MEMBERS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    FLEET_NOT_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    FLEET_FIELD_NUMBER: _ClassVar[int]
     model: str
     variants: _containers.RepeatedCompositeFieldContainer[Variant]
     flag: FlagState
@@ -186,7 +190,11 @@ class State(_message.Message):
     safe_mode: bool
     warnings: _containers.RepeatedScalarFieldContainer[str]
     promotion_count: int
-    def __init__(self, model: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., flag: _Optional[_Union[FlagState, _Mapping]] = ..., shadow: _Optional[_Union[ShadowSettings, _Mapping]] = ..., revision: _Optional[int] = ..., updated_unix_time: _Optional[float] = ..., updated_by: _Optional[str] = ..., update_reason: _Optional[str] = ..., promotions: _Optional[_Iterable[_Union[Promotion, _Mapping]]] = ..., safe_mode: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., promotion_count: _Optional[int] = ...) -> None: ...
+    fleet_members_live: int
+    fleet_members_applied: int
+    fleet_not_applied: _containers.RepeatedScalarFieldContainer[str]
+    fleet: bool
+    def __init__(self, model: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., flag: _Optional[_Union[FlagState, _Mapping]] = ..., shadow: _Optional[_Union[ShadowSettings, _Mapping]] = ..., revision: _Optional[int] = ..., updated_unix_time: _Optional[float] = ..., updated_by: _Optional[str] = ..., update_reason: _Optional[str] = ..., promotions: _Optional[_Iterable[_Union[Promotion, _Mapping]]] = ..., safe_mode: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., promotion_count: _Optional[int] = ..., fleet_members_live: _Optional[int] = ..., fleet_members_applied: _Optional[int] = ..., fleet_not_applied: _Optional[_Iterable[str]] = ..., fleet: _Optional[bool] = ...) -> None: ...
 
 class SetWeightsRequest(_message.Message):
     __slots__ = ("reason", "expected_revision", "weights")
@@ -825,3 +833,37 @@ class DrillReport(_message.Message):
     verdict_reason: str
     restored_revision: int
     def __init__(self, rolled_back: _Optional[bool] = ..., detection_seconds: _Optional[float] = ..., revert_seconds: _Optional[float] = ..., verdict_reason: _Optional[str] = ..., restored_revision: _Optional[int] = ...) -> None: ...
+
+class ListFleetMembersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FleetMember(_message.Message):
+    __slots__ = ("member_id", "host", "version", "applied_revision", "lag", "ready", "last_seen_unix_time", "live")
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    member_id: str
+    host: str
+    version: str
+    applied_revision: int
+    lag: int
+    ready: bool
+    last_seen_unix_time: float
+    live: bool
+    def __init__(self, member_id: _Optional[str] = ..., host: _Optional[str] = ..., version: _Optional[str] = ..., applied_revision: _Optional[int] = ..., lag: _Optional[int] = ..., ready: _Optional[bool] = ..., last_seen_unix_time: _Optional[float] = ..., live: _Optional[bool] = ...) -> None: ...
+
+class ListFleetMembersResponse(_message.Message):
+    __slots__ = ("fleet", "revision", "members")
+    FLEET_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    fleet: str
+    revision: int
+    members: _containers.RepeatedCompositeFieldContainer[FleetMember]
+    def __init__(self, fleet: _Optional[str] = ..., revision: _Optional[int] = ..., members: _Optional[_Iterable[_Union[FleetMember, _Mapping]]] = ...) -> None: ...

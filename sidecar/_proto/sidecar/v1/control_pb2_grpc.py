@@ -135,6 +135,11 @@ class ControlStub:
                 request_serializer=sidecar_dot_v1_dot_control__pb2.RunDrillRequest.SerializeToString,
                 response_deserializer=sidecar_dot_v1_dot_control__pb2.DrillReport.FromString,
                 _registered_method=True)
+        self.ListFleetMembers = channel.unary_unary(
+                '/sidecar.v1.Control/ListFleetMembers',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.ListFleetMembersRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.ListFleetMembersResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -281,6 +286,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFleetMembers(self, request, context):
+        """Fleet mode (state.backend: redis): every member with its applied revision, lag and
+        readiness. A single sidecar answers with itself only (fleet empty).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -383,6 +396,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RunDrill,
                     request_deserializer=sidecar_dot_v1_dot_control__pb2.RunDrillRequest.FromString,
                     response_serializer=sidecar_dot_v1_dot_control__pb2.DrillReport.SerializeToString,
+            ),
+            'ListFleetMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFleetMembers,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.ListFleetMembersRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.ListFleetMembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -925,6 +943,33 @@ class Control:
             '/sidecar.v1.Control/RunDrill',
             sidecar_dot_v1_dot_control__pb2.RunDrillRequest.SerializeToString,
             sidecar_dot_v1_dot_control__pb2.DrillReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFleetMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/ListFleetMembers',
+            sidecar_dot_v1_dot_control__pb2.ListFleetMembersRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.ListFleetMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,
