@@ -147,6 +147,10 @@ class ControlClient:
             raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
         self.target = target
         self.timeout = timeout
+        #: Seconds a routing write waits for every live fleet member to apply it (the
+        #: `x-fleet-wait-seconds` header; None: answered once stored). `State.
+        #: fleet_not_applied` lists the members that had not when the wait ended.
+        self.fleet_wait: float | None = None
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
@@ -165,8 +169,12 @@ class ControlClient:
     # -- plumbing -------------------------------------------------------------------------
 
     def _unary(self, rpc: Callable[..., Any], request: Message, response_type: type[_M]) -> _M:
+        metadata, timeout = self._metadata, self.timeout
+        if self.fleet_wait is not None:
+            metadata = (*metadata, ("x-fleet-wait-seconds", f"{self.fleet_wait:g}"))
+            timeout += self.fleet_wait
         try:
-            response = rpc(request, timeout=self.timeout, metadata=self._metadata)
+            response = rpc(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
             raise _control_error(exc) from exc
         if not isinstance(response, response_type):
@@ -178,6 +186,14 @@ class ControlClient:
     def get_state(self) -> cpb.State:
         """The routing state in force."""
         return self._unary(self._stub.GetState, cpb.GetStateRequest(), cpb.State)
+
+    def fleet_members(self) -> cpb.ListFleetMembersResponse:
+        """The fleet's members with their applied revision, lag and readiness."""
+        return self._unary(
+            self._stub.ListFleetMembers,
+            cpb.ListFleetMembersRequest(),
+            cpb.ListFleetMembersResponse,
+        )
 
     def watch_state(self) -> StateWatch:
         """The current state, then every change (no deadline; `cancel()` the watch to stop)."""

@@ -231,7 +231,48 @@ def render_state(state: cpb.State) -> str:
     lines.append(_shadow_settings_line(state))
     lines.extend(_promotion_lines(state))
     lines.append(_last_change_line(state))
+    lines.extend(_fleet_lines(state))
     return "\n".join(lines)
+
+
+def _fleet_lines(state: cpb.State) -> list[str]:
+    """Fleet mode: how many live members hold this revision; who had not after a wait."""
+    if not state.fleet:
+        return []
+    lines = [
+        f"fleet: {state.fleet_members_applied} of {state.fleet_members_live} live members "
+        f"at revision {state.revision}"
+    ]
+    if state.fleet_not_applied:
+        names = ", ".join(_clean(m) for m in state.fleet_not_applied)
+        lines.append(f"NOT APPLIED when the wait ended: {names}")
+    return lines
+
+
+def render_fleet(answer: cpb.ListFleetMembersResponse, now: float) -> str:
+    """One row per member: applied revision, lag, readiness, last seen."""
+    if not answer.members:
+        return f"not in a fleet (state.backend is not redis); revision {answer.revision}"
+    rows = [
+        [
+            _clean(m.member_id),
+            _clean(m.host) or NONE,
+            _clean(m.version) or NONE,
+            str(m.applied_revision),
+            str(m.lag),
+            "yes" if m.ready else "NO",
+            "yes" if m.live else "NO",
+            f"{max(0.0, now - m.last_seen_unix_time):.1f}s ago",
+        ]
+        for m in answer.members
+    ]
+    head = f"fleet {_clean(answer.fleet)}   revision {answer.revision}   members {len(rows)}"
+    table = _table(
+        ["MEMBER", "HOST", "VERSION", "APPLIED", "LAG", "READY", "LIVE", "SEEN"],
+        rows,
+        right=(3, 4),
+    )
+    return f"{head}\n\n{table}"
 
 
 def _diff_text(diff_json: str) -> str:

@@ -28,6 +28,7 @@ from clients.render_text import (
     render_audit,
     render_drill,
     render_experiment,
+    render_fleet,
     render_overrides,
     render_rollout,
     render_shadow,
@@ -39,6 +40,7 @@ from clients.views import (
     audit_entry_to_dict,
     drill_to_dict,
     experiment_to_dict,
+    fleet_to_dict,
     rollout_to_dict,
     shadow_to_dict,
     state_to_dict,
@@ -53,6 +55,7 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_FLEET_LAGGING = 4
 
 MAX_BP = 10_000
 
@@ -75,7 +78,13 @@ never printed). Reads need a viewer token, writes an operator token. Prefer --to
 the environment variable: a --token value is visible to other users in the process list.
 
 Exit codes: 0 done; 1 the sidecar refused the call (error: CODE: message on stderr);
-2 usage error; 3 the sidecar could not be reached (UNAVAILABLE / DEADLINE_EXCEEDED)."""
+2 usage error; 3 the sidecar could not be reached (UNAVAILABLE / DEADLINE_EXCEEDED);
+4 a write with --wait was stored, but some fleet members had not applied it in time.
+
+Fleet (state.backend: redis): every member serves the same state; a write through any
+member is stored in Redis and acknowledged, and every member applies it at once. With
+--wait the answer comes once every live member has applied it (or --wait-timeout passed,
+listing those that had not). `sidecarctl fleet` lists the members."""
 
 EPILOG = """\
 examples:
@@ -84,6 +93,8 @@ examples:
   sidecarctl status --watch --output json
   sidecarctl weights stable=95% canary=5% --reason "canary step 1" --expect-revision 7
   sidecarctl kill on --reason "canary error rate 4x stable"
+  sidecarctl kill on --wait --reason "incident 42"     # answered once every member applied it
+  sidecarctl fleet
   sidecarctl override set user-42 canary --reason "QA account sees the new model"
   sidecarctl promote --reason "canary healthy for 24h"
   sidecarctl rollout start --reason "model v2" && sidecarctl rollout status --watch
@@ -582,7 +593,27 @@ def _write_options() -> _Parser:
         default=0,
         help="refuse (ABORTED, exit 1) unless the state is at revision N (default 0: no check)",
     )
+    write_group.add_argument(
+        "--wait",
+        action="store_true",
+        help="fleet: answer once every live member has applied the write (routing writes; "
+        "exit 4 listing the members that had not within --wait-timeout)",
+    )
+    write_group.add_argument(
+        "--wait-timeout",
+        metavar="SECONDS",
+        type=_wait_seconds,
+        default=30.0,
+        help="how long --wait waits (default 30, at most 300)",
+    )
     return write
+
+
+def _wait_seconds(text: str) -> float:
+    value = _positive_float(text)
+    if value > 300:
+        raise argparse.ArgumentTypeError("at most 300 seconds")
+    return value
 
 
 def build_parser(secrets: Sequence[str] = ()) -> _Parser:
@@ -604,7 +635,22 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     _add_promotion_commands(factory)
     _add_report_commands(factory)
     _add_rollout_commands(factory)
+    _add_fleet_commands(factory)
     return parser
+
+
+def _add_fleet_commands(c: _CommandFactory) -> None:
+    """fleet: the members sharing this sidecar's state (state.backend: redis)."""
+    p = c.add(
+        "fleet",
+        "list the fleet's members: applied revision, lag, readiness",
+        "List the sidecars sharing this one's state through Redis (state.backend: redis):\n"
+        "each member's id, host, version, the revision it has applied, how far behind the\n"
+        "answering member it is (LAG), whether its stable model is ready, whether it is live\n"
+        "(heartbeat within state.redis.member_ttl) and when it was last seen. Read-only.",
+        "sidecarctl fleet --output json",
+    )
+    p.set_defaults(handler=cmd_fleet)
 
 
 def _add_routing_commands(c: _CommandFactory) -> None:
@@ -1052,9 +1098,26 @@ def _write(
 ) -> int:
     # The revision before, for the summary line: the one the server just checked, or a read.
     before = args.expect_revision or client.get_state().revision
+    if getattr(args, "wait", False):
+        client.fleet_wait = args.wait_timeout
     state = call()
+    client.fleet_wait = None
     console.state(state)
     _summary(console, f"{what}: revision {before} -> {state.revision}")
+    if state.fleet_not_applied:
+        console.err(
+            f"not applied within {args.wait_timeout:g}s by: {', '.join(state.fleet_not_applied)}"
+        )
+        return EXIT_FLEET_LAGGING
+    return EXIT_OK
+
+
+def cmd_fleet(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+    answer = client.fleet_members()
+    if console.json_mode:
+        console.data(fleet_to_dict(answer))
+    else:
+        console.out(render_fleet(answer, time.time()))
     return EXIT_OK
 
 

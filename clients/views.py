@@ -382,6 +382,35 @@ def state_to_dict(state: cpb.State) -> dict[str, Any]:
         "promotions": [_promotion_to_dict(p) for p in state.promotions],
         "promotion_count": max(state.promotion_count, len(state.promotions)),
         "warnings": list(state.warnings),
+        "fleet": {
+            "members_live": state.fleet_members_live,
+            "members_applied": state.fleet_members_applied,
+            "not_applied": list(state.fleet_not_applied),
+        }
+        if state.fleet
+        else None,
+    }
+
+
+def fleet_to_dict(answer: cpb.ListFleetMembersResponse) -> dict[str, Any]:
+    """The fleet's members, JSON-ready (times also as ISO 8601)."""
+    return {
+        "fleet": answer.fleet or None,
+        "revision": answer.revision,
+        "members": [
+            {
+                "member_id": m.member_id,
+                "host": m.host,
+                "version": m.version,
+                "applied_revision": m.applied_revision,
+                "lag": m.lag,
+                "ready": m.ready,
+                "live": m.live,
+                "last_seen": iso(m.last_seen_unix_time),
+                "last_seen_unix_time": m.last_seen_unix_time,
+            }
+            for m in answer.members
+        ],
     }
 
 
