@@ -39,7 +39,7 @@ import redis.asyncio
 import structlog
 
 from sidecar.adapters.fleet.keys import FleetKeys
-from sidecar.app.ports import leader_fence
+from sidecar.app.ports import NotLeader, leader_fence
 
 log = structlog.get_logger("sidecar.fleet")
 
@@ -183,16 +183,9 @@ class LeaderLease:
         compare-and-set). Raises `NotLeader` when this member does not lead."""
         token = self.token
         if token is None:
-            raise NotLeader(self.member)
+            raise NotLeader(f"member {self.member} does not hold the rollout leader lease")
         reset = leader_fence.set(token)
         try:
             yield token
         finally:
             leader_fence.reset(reset)
-
-
-class NotLeader(RuntimeError):
-    """This member does not hold the lease."""
-
-    def __init__(self, member: str) -> None:
-        super().__init__(f"member {member} does not hold the rollout leader lease")

@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio
 
 from sidecar.adapters.fleet.keys import FleetKeys
-from sidecar.adapters.fleet.lease import SAFETY, LeaderLease, NotLeader
-from sidecar.app.ports import leader_fence
+from sidecar.adapters.fleet.lease import SAFETY, LeaderLease
+from sidecar.app.ports import NotLeader, leader_fence
 from sidecar.testing.clock import FakeClock
 from sidecar.testing.redis import RedisServer
 
