@@ -1109,6 +1109,9 @@ def _write(
             f"not applied within {args.wait_timeout:g}s by: {', '.join(state.fleet_not_applied)}"
         )
         return EXIT_FLEET_LAGGING
+    if getattr(args, "wait", False) and any(w.startswith("fleet wait:") for w in state.warnings):
+        console.err("stored, but whether every member applied it is unknown (see the warning)")
+        return EXIT_FLEET_LAGGING
     return EXIT_OK
 
 

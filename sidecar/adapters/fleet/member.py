@@ -272,9 +272,18 @@ class FleetMember:
         return sorted((m for m in out if m is not None), key=lambda m: m.member_id)
 
     async def wait_applied(self, revision: int, timeout: float) -> list[MemberStatus]:
+        """Polls the members hash every WAIT_POLL s (each member beats at once when it
+        applies a revision); a Redis error is retried until the deadline, then raised."""
         deadline = time.monotonic() + timeout
         while True:
-            lagging = [m for m in await self.members() if m.live and m.applied_revision < revision]
+            try:
+                found = await self.members()
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(WAIT_POLL * 10)
+                continue
+            lagging = [m for m in found if m.live and m.applied_revision < revision]
             if not lagging or time.monotonic() >= deadline:
                 return lagging
             await asyncio.sleep(WAIT_POLL)
