@@ -12,9 +12,9 @@ its gates as soon as the judge does). Each round:
 3. the figure: from the SIGKILL to the commit time of the next plan step (the new stage's
    `RolloutStage`, audited as `rollout-controller`), written by a new leader.
 
-So it covers: the dead leader's lease running out in Redis (at most `lease_ttl`), a
-follower's next acquire attempt (every `lease_ttl / 3`), and its first tick (a follower
-polls its lease every 0.25 s). `leader_failover_s` is the median over the rounds; every
+So it covers: the dead leader's lease running out in Redis (at most `lease_ttl` after its
+last renewal), a follower's next acquire attempt (every `lease_ttl / 10`), and its first
+tick (a follower's controller checks the lease every 0.25 s). `leader_failover_s` is the median over the rounds; every
 round is kept. The key is merged into `bench/results/fleet.json` (created if missing; other
 keys are kept).
 

@@ -22,8 +22,9 @@ The leader sets `sidecar.app.ports.leader_fence` to its token around each act (s
 token, so a write from a deposed leader (paused past its lease, e.g. a long GC or a
 frozen VM) is refused instead of racing the new one.
 
-Renewal runs every `ttl / 3`; a leader that dies (SIGKILL) is replaced within `ttl` plus
-one attempt interval of a follower.
+Renewal runs every `ttl / 3`, a follower's acquire attempt every `ttl / 10`: a leader that
+dies (SIGKILL) is replaced at most `ttl + ttl / 10` after its last renewal (then the new
+leader's first tick follows: `RolloutController.run` checks the lease every 0.25 s).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class LeaderLease:
     """This member's view of the fleet's leader lease.
 
     `step()` is one attempt (acquire when not leading, renew when leading) and returns
-    whether this member leads afterwards; `run()` repeats it every `ttl / 3`. `is_leader()`
+    whether this member leads afterwards; `run()` repeats it (every `ttl / 3` leading, `ttl / 10` following). `is_leader()`
     answers from the local deadline only (no I/O), so the rollout driver can ask before
     every tick. `clock` is a monotonic clock (tests pass a `FakeClock`).
     """
@@ -171,11 +172,18 @@ class LeaderLease:
         with contextlib.suppress(redis.RedisError, OSError):
             await self._release(keys=[self.keys.lease], args=[str(token)])
 
+    @property
+    def follower_interval(self) -> float:
+        """Seconds between a follower's acquire attempts: a tenth of the lease, so a dead
+        leader is replaced at most `ttl / 10` after its lease ran out in Redis."""
+        return self.ttl / 10
+
     async def run(self) -> None:
-        """Acquire or renew every `interval` seconds, for ever (cancel to stop)."""
+        """Renew every `interval` seconds while leading; try to acquire every
+        `follower_interval` otherwise; for ever (cancel to stop)."""
         while True:
-            await self.step()
-            await asyncio.sleep(self.interval)
+            leading = await self.step()
+            await asyncio.sleep(self.interval if leading else self.follower_interval)
 
     @contextlib.contextmanager
     def fenced(self) -> Iterator[int]:
