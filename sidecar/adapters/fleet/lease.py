@@ -76,9 +76,9 @@ class LeaderLease:
     """This member's view of the fleet's leader lease.
 
     `step()` is one attempt (acquire when not leading, renew when leading) and returns
-    whether this member leads afterwards; `run()` repeats it (every `ttl / 3` leading, `ttl / 10` following). `is_leader()`
-    answers from the local deadline only (no I/O), so the rollout driver can ask before
-    every tick. `clock` is a monotonic clock (tests pass a `FakeClock`).
+    whether this member leads afterwards; `run()` repeats it (every `ttl / 3` leading,
+    `ttl / 10` following). `is_leader()` answers from the local deadline only (no I/O), so
+    the rollout driver can ask before every tick. `clock` is a monotonic clock (tests pass a `FakeClock`).
     """
 
     def __init__(
