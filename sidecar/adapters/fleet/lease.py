@@ -78,7 +78,8 @@ class LeaderLease:
     `step()` is one attempt (acquire when not leading, renew when leading) and returns
     whether this member leads afterwards; `run()` repeats it (every `ttl / 3` leading,
     `ttl / 10` following). `is_leader()` answers from the local deadline only (no I/O), so
-    the rollout driver can ask before every tick. `clock` is a monotonic clock (tests pass a `FakeClock`).
+    the rollout driver can ask before every tick. `clock` is a monotonic clock (tests pass
+    a `FakeClock`).
     """
 
     def __init__(
