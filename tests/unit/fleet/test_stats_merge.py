@@ -213,3 +213,66 @@ def test_plain_sums_merge_elementwise() -> None:
     assert a.merge(b).sums["buckets"] == (11.0, 22.0)
     back = ExperimentCounters.from_dict(json.loads(json.dumps(a.merge(b).to_dict())))
     assert back == a.merge(b)
+
+
+class _Alerts:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def alert(self, event: str, fields: object) -> None:
+        self.events.append(event)
+
+
+def _service(tracker: ExperimentTracker, **fleet: object) -> tuple[object, _Alerts]:
+    from sidecar.app.experiment import ExperimentService
+    from sidecar.app.state import Snapshot
+    from sidecar.core.routing import Flag
+    from sidecar.core.state import DesiredState
+
+    flag = Flag.build(
+        key="k", variants=["stable", "canary"], stable="stable", canary="canary",
+        weights={"stable": 5000, "canary": 5000},
+    )  # fmt: skip
+    snap = Snapshot(flag, DesiredState.from_flag(flag))
+    alerts = _Alerts()
+    service = ExperimentService(
+        tracker,
+        snapshot=lambda: snap,
+        alerts=alerts,
+        clock=lambda: 1.0,
+        **fleet,  # type: ignore[arg-type]
+    )
+    return service, alerts
+
+
+def test_experiment_service_reports_the_fleet_and_alerts_only_when_leading() -> None:
+    """The service's looks, report and gate read the fleet view; a follower (alerting off)
+    raises no alert for a sample-ratio mismatch the leader alerts."""
+    local = _tracker()
+    remote = _tracker()
+    for _ in range(900):
+        remote.assigned("stable")  # the fleet's split is 1000:100 against 50/50: SRM
+    for _ in range(100):
+        local.assigned("stable")
+        local.assigned("canary")
+    view = ExperimentTracker(SETTINGS)
+
+    def fleet(tracker: ExperimentTracker, now: float) -> ExperimentTracker:
+        merged = ExperimentCounters.merged(
+            [tracker.counters(), remote.counters()], tracker.counters().key
+        )
+        view.load_counters(merged, now)
+        return view
+
+    for leading, expected in ((False, []), (True, ["experiment.sample_ratio_mismatch"])):
+        service, alerts = _service(local, fleet=fleet, alerting=lambda leading=leading: leading)
+        report = service.report()  # type: ignore[attr-defined]
+        assert {a.variant: a.observed for a in report.srm.arms} == {"stable": 1000, "canary": 100}
+        assert report.srm.mismatch
+        assert alerts.events == expected
+        view = ExperimentTracker(SETTINGS)  # a fresh view: the mismatch starts again
+    alone, alerts = _service(local)
+    assert {a.variant: a.observed for a in alone.report().srm.arms} == {
+        "stable": 100,
+        "canary": 100,
+    }  # type: ignore[attr-defined]
