@@ -337,6 +337,7 @@ def _lead(
         stats,
         {m.name: m.kind for m in config.experiment.metrics},
         stream_ttl=config.experiment.ttl_seconds,
+        block=min(1.0, r.connect_timeout / 2),
     )
     return FleetLead(
         lease=LeaderLease(client, fleet.keys, member, r.lease_ttl),

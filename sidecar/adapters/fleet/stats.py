@@ -295,12 +295,14 @@ class OutcomeForwarder:
         kinds: Mapping[str, str],
         *,
         stream_ttl: float,
+        block: float = 1.0,
     ) -> None:
         self.client = client
         self.keys = keys
         self.stats = stats
         self.kinds = dict(kinds)
         self.stream_ttl_ms = max(1, round(stream_ttl * 1000))
+        self.block_ms = max(10, round(block * 1000))  # below the client's socket timeout
         self._queue: deque[tuple[str, str, str, str]] = deque()
         self._ready = asyncio.Event()
         self.forwarded = 0
@@ -376,7 +378,9 @@ class OutcomeForwarder:
         last = "0"
         while True:
             try:
-                got: Any = await self.client.xread({stream: last}, count=CONSUME_BATCH, block=1000)
+                got: Any = await self.client.xread(
+                    {stream: last}, count=CONSUME_BATCH, block=self.block_ms
+                )
             except (redis.RedisError, OSError):
                 await asyncio.sleep(0.5)
                 continue
