@@ -133,6 +133,7 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
     drill: cpb.DrillReport = field(default_factory=cpb.DrillReport)
     # GetExperimentReport answers `experiment` as it is (the request is recorded).
     experiment: cpb.ExperimentReport = field(default_factory=cpb.ExperimentReport)
+    fleet: cpb.ListFleetMembersResponse = field(default_factory=cpb.ListFleetMembersResponse)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -185,6 +186,12 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
         yield from self.watch_states
         if self.watch_hold_open:
             until_call_ends(context)
+
+    def ListFleetMembers(
+        self, request: Message, context: grpc.ServicerContext
+    ) -> cpb.ListFleetMembersResponse:
+        self._record("ListFleetMembers", request, context)
+        return self.fleet
 
     def SetWeights(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
         return self._write("SetWeights", request, context)
@@ -1024,3 +1031,57 @@ def test_state_to_dict_and_status_json_carry_warnings(
     assert r.code == 0, r.err
     assert json.loads(r.out)["warnings"] == ["stale flag: canary held at 100% for 72h"]
     assert "WARNING: stale flag: canary held at 100% for 72h" in run(capsys, "status").out
+
+
+def test_wait_sends_the_fleet_wait_header_and_exits_4_when_members_lag(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--wait sends x-fleet-wait-seconds (the --wait-timeout); members listed as not
+    applied make exit 4 naming them; without --wait no header is sent."""
+    r = run(capsys, "kill", "on", "--reason", "incident", "--wait", "--wait-timeout", "2.5")
+    assert r.code == 0, r.err
+    assert fake.writes()[0].metadata["x-fleet-wait-seconds"] == "2.5"
+    assert "x-fleet-wait-seconds" not in fake.calls[0].metadata  # the GetState before it
+    fake.state.fleet = True
+    fake.state.fleet_members_live = 3
+    fake.state.fleet_not_applied.append("pod-b:7")
+    r = run(capsys, "weights", "stable=100%", "--reason", "back", "--wait")
+    assert r.code == 4
+    assert "pod-b:7" in r.err and "not applied within 30s" in r.err
+    assert "NOT APPLIED when the wait ended: pod-b:7" in r.out
+    fake.state.ClearField("fleet_not_applied")
+    r = run(capsys, "kill", "off", "--reason", "done")
+    assert r.code == 0 and "x-fleet-wait-seconds" not in fake.writes()[-1].metadata
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "301", "nan", "x"])
+def test_wait_timeout_is_bounded(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    r = run(capsys, "kill", "on", "--reason", "r", "--wait", "--wait-timeout", value)
+    assert r.code == 2 and "--wait-timeout" in r.err
+
+
+def test_fleet_lists_members_as_table_and_json(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fleet` shows each member's applied revision, lag, readiness and liveness."""
+    fake.fleet = cpb.ListFleetMembersResponse(
+        fleet="iris",
+        revision=9,
+        members=[
+            cpb.FleetMember(member_id="pod-a:1", host="pod-a", version="1.0", applied_revision=9,
+                            lag=0, ready=True, last_seen_unix_time=1.0, live=True),
+            cpb.FleetMember(member_id="pod-b:1", host="pod-b", version="1.0", applied_revision=7,
+                            lag=2, ready=False, last_seen_unix_time=1.0, live=False),
+        ],
+    )  # fmt: skip
+    r = run(capsys, "fleet")
+    assert r.code == 0, r.err
+    assert "fleet iris   revision 9   members 2" in r.out
+    row = next(line for line in r.out.splitlines() if line.startswith("pod-b:1"))
+    assert row.split()[3:7] == ["7", "2", "NO", "NO"]
+    r = run(capsys, "fleet", "-o", "json")
+    data = json.loads(r.out)
+    assert [(m["member_id"], m["lag"], m["ready"]) for m in data["members"]] == [
+        ("pod-a:1", 0, True),
+        ("pod-b:1", 2, False),
+    ]
