@@ -44,7 +44,7 @@ test: venv venv-mlserver check-generated lint ## Lint, type check and run every 
 test-unit: venv ## Unit and component tests only (no MLServer)
 	$(VENV)/bin/pytest tests/unit -q
 
-bench: venv ## Benchmarks: data plane, kill-switch propagation, canary judge, A/B validity, start-up, soak
+bench: venv ## Benchmarks: data plane, kill-switch propagation, canary judge, A/B validity, start-up, soak, fleet
 	$(PY) bench/dataplane.py
 	$(PY) bench/control_flip.py
 	$(PY) bench/canary_judge.py
@@ -52,6 +52,7 @@ bench: venv ## Benchmarks: data plane, kill-switch propagation, canary judge, A/
 	$(PY) bench/startup.py
 	$(PY) bench/overrides.py
 	$(PY) bench/soak.py
+	$(PY) bench/fleet.py
 
 demo: venv venv-mlserver ## Real rollout demo: MLServer + sidecar; split, shadow, kill switch, A/B report, gated rollout
 	$(PY) examples/demo.py
