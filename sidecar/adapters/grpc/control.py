@@ -11,6 +11,7 @@ clipped with a marker, and paged lists (audit, overrides) stop before the byte b
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import heapq
@@ -55,6 +56,8 @@ Context = grpc.aio.ServicerContext[object, object]
 #: Request metadata a Control write may carry: wait up to this many seconds for the fleet.
 FLEET_WAIT_HEADER = "x-fleet-wait-seconds"
 FLEET_WAIT_MAX = 300.0
+#: GetState's fleet counts do not wait longer than this for Redis (a warning instead).
+FLEET_READ_TIMEOUT = 1.0
 #: Bytes a repeated field's entry adds besides its own size (tag and length prefix).
 _FRAMING = 6
 
@@ -424,9 +427,10 @@ class ControlServicer:
             return
         message.fleet = True
         try:
-            members = await self.fleet.members()
-        except OSError as exc:
-            message.warnings.append(clip(f"fleet: {exc}", self.limits.shown_text_bytes))
+            members = await asyncio.wait_for(self.fleet.members(), FLEET_READ_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            problem = str(exc) or f"no answer from Redis within {FLEET_READ_TIMEOUT:g}s"
+            message.warnings.append(clip(f"fleet: {problem}", self.limits.shown_text_bytes))
             return
         live = [m for m in members if m.live]
         message.fleet_members_live = len(live)

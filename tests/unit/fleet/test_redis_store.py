@@ -5,6 +5,7 @@ start-up through `initial_snapshot` (first member initialises, racing members fo
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -218,3 +219,15 @@ def test_first_members_race_to_initialise(server: RedisServer, store: RedisStore
         t.join()
     assert [s.revision for s in snaps] == [1, 1, 1, 1]
     assert store.audit_count() == 1
+
+
+def test_member_identity_from_config_env_or_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """member_id wins, then $SIDECAR_MEMBER_ID, then the pod/host name plus the pid."""
+    from sidecar.config import RedisConfig
+
+    monkeypatch.setenv("POD_NAME", "iris-7f9c")
+    monkeypatch.delenv("SIDECAR_MEMBER_ID", raising=False)
+    assert RedisConfig().member() == (f"iris-7f9c:{os.getpid()}", "iris-7f9c")
+    monkeypatch.setenv("SIDECAR_MEMBER_ID", "env-id")
+    assert RedisConfig().member() == ("env-id", "iris-7f9c")
+    assert RedisConfig(member_id="cfg-id").member() == ("cfg-id", "iris-7f9c")
