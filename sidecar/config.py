@@ -908,6 +908,11 @@ def _state_file_problems(config: Config) -> list[str]:
     if getattr(config.state, "backend", "file") == "memory":
         return []
     problems = []
+    if config.state.backend == "redis":
+        try:
+            config.state.redis.password()  # the env variable is set, the file readable
+        except ValueError as exc:
+            problems.append(str(exc))
     for name, value in config.state:
         if name.endswith("path") and isinstance(value, str) and value:
             problem = _writable_file_problem(Path(value))

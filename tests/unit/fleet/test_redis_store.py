@@ -231,3 +231,25 @@ def test_member_identity_from_config_env_or_host(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("SIDECAR_MEMBER_ID", "env-id")
     assert RedisConfig().member() == ("env-id", "iris-7f9c")
     assert RedisConfig(member_id="cfg-id").member() == ("cfg-id", "iris-7f9c")
+
+
+def test_check_config_names_an_unset_password_variable(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check-config` (parse_config) reports a password variable that is not set."""
+    from sidecar.config import ConfigError
+
+    monkeypatch.delenv("NO_SUCH_REDIS_PASSWORD", raising=False)
+    with pytest.raises(ConfigError, match=r"state\.redis\.password_env: environment variable"):
+        parse_config(
+            {
+                "model": "m",
+                "variants": {"stable": {"address": "127.0.0.1:1", "model_name": "m"}},
+                "flag": {"key": "k", "stable": "stable", "weights": {"stable": 10_000}},
+                "state": {
+                    "backend": "redis",
+                    "redis": {"url": server.url, "password_env": "NO_SUCH_REDIS_PASSWORD"},
+                },
+                "control": control_section(),
+            }
+        )
