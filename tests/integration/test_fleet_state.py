@@ -23,13 +23,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
 import redis
 import tritonclient.grpc as grpcclient
 
-from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, control_section
+from sidecar._proto.sidecar.v1 import control_pb2 as cpb
+from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
+from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, bearer, control_section
 from sidecar.testing.mlserver import MLServerProcess
 from sidecar.testing.process import SidecarProcess
 from sidecar.testing.redis import RedisServer
@@ -154,6 +157,19 @@ def test_kill_switch_through_one_member_is_in_force_on_all(
         assert answer["fleet"] == {"members_live": 3, "members_applied": 3, "not_applied": []}
         for sc in m:  # in force on every member from the acknowledgement on
             assert set(served_versions(sc, iris_x, USERS[:40]).values()) == {"v1"}
+
+        # A wait header that is not a bounded number is refused before anything changes.
+        stub = cpb_grpc.ControlStub(grpc.insecure_channel(m[2].control_address))
+        for bad in ("nan", "inf", "0", "301", "soon"):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.SetKillSwitch(
+                    cpb.SetKillSwitchRequest(reason="r", on=False),
+                    metadata=(*bearer(OPERATOR_TOKEN), ("x-fleet-wait-seconds", bad)),
+                    timeout=10,
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "x-fleet-wait-seconds" in str(refused.value.details())
+        assert all(state(sc)["revision"] == 3 for sc in m)
 
         for sc in m:
             fleet = json.loads(ok(ctl(sc, "fleet", "-o", "json", token=VIEWER_TOKEN)))
