@@ -131,7 +131,7 @@ class FleetMember:
                     )
                     if _newer(message, self.holder.current.revision):
                         await self.sync()
-            except (redis.RedisError, OSError) as exc:
+            except Exception as exc:  # logged, retried: never stops the member's work
                 self._failed("listen", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(BACKOFF_MAX, backoff * 2)
@@ -145,7 +145,7 @@ class FleetMember:
             try:
                 await self.sync()
                 self._recovered("resync")
-            except (redis.RedisError, OSError) as exc:
+            except Exception as exc:  # logged, retried: never stops the member's work
                 self._failed("resync", exc)
 
     async def _heartbeat_loop(self) -> None:
@@ -153,7 +153,7 @@ class FleetMember:
             try:
                 await self.beat()
                 self._recovered("heartbeat")
-            except (redis.RedisError, OSError) as exc:
+            except Exception as exc:  # logged, retried: never stops the member's work
                 self._failed("heartbeat", exc)
             await asyncio.sleep(self.heartbeat_interval)
 
@@ -165,7 +165,7 @@ class FleetMember:
                 await queue.get()
                 while not queue.empty():
                     queue.get_nowait()
-                with contextlib.suppress(redis.RedisError, OSError):
+                with contextlib.suppress(Exception):  # the timer's heartbeat retries
                     await self.beat()
         finally:
             self.holder.unwatch(queue)
