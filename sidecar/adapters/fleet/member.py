@@ -106,6 +106,7 @@ class FleetMember:
         self._clock = clock
         self._sync_lock = asyncio.Lock()
         self._heartbeat = client.register_script(HEARTBEAT_SCRIPT)
+        self._refused = -1  # the stored revision last refused (unreadable or unfitting)
         self._down: dict[str, str] = {}  # loop -> the error it last logged (once per outage)
 
     # ---- background work -------------------------------------------------------------
@@ -204,6 +205,10 @@ class FleetMember:
             state = self.store.decode(fields)
             flag = state.to_flag(self.template)
         except (StateFileError, FlagError) as exc:
+            revision = decode_revision(fields.get(b"revision"))
+            if revision == self._refused:
+                return  # logged once per revision
+            self._refused = revision
             log.error(
                 "fleet.state_not_applied",
                 key=self.keys.state,
