@@ -241,17 +241,16 @@ def _redis_store(config: Config) -> RedisStore:
     store = RedisStore(client, FleetKeys(r.fleet), r.url)
     try:
         client.ping()
-    except redis.AuthenticationError as exc:
-        setting = (
-            "state.redis.password_env"
-            if r.password_env
-            else "state.redis.password_file"
-            if r.password_file
-            else "state.redis.password_env / password_file (none is set)"
-        )
-        raise StartupError(f"{setting}: {store.name} refused the password: {exc}") from None
     except redis.RedisError as exc:
-        raise StartupError(f"state.redis.url: cannot reach {store.name}: {exc}") from None
+        if not isinstance(exc, redis.AuthenticationError) and "AUTH" not in str(exc):
+            raise StartupError(f"state.redis.url: cannot reach {store.name}: {exc}") from None
+        if r.password_env is None and r.password_file is None:
+            raise StartupError(
+                f"state.redis.password_env / password_file: {store.name} requires a password "
+                "and neither is set"
+            ) from None
+        setting = "state.redis.password_env" if r.password_env else "state.redis.password_file"
+        raise StartupError(f"{setting}: {store.name} refused the password: {exc}") from None
     return store
 
 
