@@ -14,9 +14,10 @@ its gates as soon as the judge does). Each round:
 
 So it covers: the dead leader's lease running out in Redis (at most `lease_ttl` after its
 last renewal), a follower's next acquire attempt (every `lease_ttl / 10`), and its first
-tick (a follower's controller checks the lease every 0.25 s). `leader_failover_s` is the median over the rounds; every
-round is kept. The key is merged into `bench/results/fleet.json` (created if missing; other
-keys are kept).
+tick (a follower's controller checks the lease every 0.25 s). `leader_failover_s` is the
+median over the rounds; every round is kept. The key is merged into
+`bench/results/fleet.json` (created if missing; other keys are kept): run it after
+`bench/fleet.py`, which writes that file anew (the Makefile's `bench` target does).
 
     .venv/bin/python bench/fleet_failover.py [--sidecars 5] [--rounds 3] [--lease-ttl 5]
 """
