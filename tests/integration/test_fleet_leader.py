@@ -189,7 +189,8 @@ def _stage(sc: SidecarProcess) -> str:
 def test_one_leader_and_a_killed_leader_is_replaced_mid_plan(
     mlserver: MLServerProcess, iris_x: npt.NDArray[np.float64], tmp_path: Path
 ) -> None:
-    """Exactly one of three members leads; it drives the plan to its second stage; it is
+    """Exactly one of three members leads; it drives the plan to its second stage judging
+    traffic that only the other members serve (so on the fleet's merged windows); it is
     SIGKILLed; another member takes the lease (a higher fencing token) and advances the
     plan to the third stage, audited as rollout-controller; the old leader's lease is
     gone from Redis."""
@@ -206,7 +207,9 @@ def test_one_leader_and_a_killed_leader_is_replaced_mid_plan(
             plan.write_text(PLAN)
             stop = threading.Event()
             tally: dict[str, int] = {}
-            load = threading.Thread(target=_load, args=(m, iris_x, stop, tally))
+            # the leader serves nothing: it can only pass the canary on the others' data
+            others = [sc for i, sc in enumerate(m) if i != first]
+            load = threading.Thread(target=_load, args=(others, iris_x, stop, tally))
             load.start()
             try:
                 # started through a follower: operators' verbs work against any member
