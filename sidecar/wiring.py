@@ -59,7 +59,6 @@ from sidecar.app.experiment import DriftLevels, ExperimentService, FileCheckpoin
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, RevisionConflict, StateFileError, StateStore
 from sidecar.app.rollout import (
-    RECENT_SPAN,
     JudgeEvaluator,
     RolloutController,
     stable_baseline,
@@ -79,6 +78,7 @@ from sidecar.core.tensors import decode_inputs
 log = structlog.get_logger("sidecar")
 READINESS_INTERVAL = 2.0
 DRIFT_INTERVAL = 0.2  # short: fewer queued requests held, smaller batches of work
+FLEET_RECENT_S = 600.0  # the span of recent buckets each fleet member publishes, at least
 DRIFT_SLICE = 8  # requests decoded between yields to the event loop (about 0.3 ms of work)
 
 
@@ -321,9 +321,9 @@ def _lead(
     r, a = config.state.redis, config.analysis
     client = fleet_connection.async_client(r)
     member = fleet.member_id
-    # Buckets the leader may still read: the no-plan lookback, the controller's recent
-    # span, one tick since the last read, and the bucket still settling.
-    span = min(a.horizon, max(a.lookback, RECENT_SPAN) + a.interval + 2 * a.bucket)
+    # Buckets the leader may still read: the lookback (or a recent span of up to 10
+    # minutes), one tick since the last read, and the bucket still settling.
+    span = min(a.horizon, max(a.lookback, FLEET_RECENT_S) + a.interval + 2 * a.bucket)
     stats = FleetStats(
         client, fleet.keys, member, windows=windows, experiment=counters, span=span,
         interval=r.stats_interval, ttl=max(config.experiment.ttl_seconds, 10 * r.stats_interval),

@@ -56,7 +56,12 @@ class MergedWindows:
 
     @property
     def horizon_s(self) -> float:
-        return self.local.horizon_s
+        """Seconds readable back from ``now``: the ring's horizon less the settling shift
+        (in whole buckets), so a read from ``now - horizon_s`` never needs a bucket the
+        ring no longer keeps."""
+        bucket = self.local.bucket_s
+        shift = math.ceil(self.settle / bucket) * bucket
+        return max(bucket, self.local.horizon_s - shift)
 
     @property
     def variants(self) -> tuple[str, ...]:

@@ -276,3 +276,17 @@ def test_experiment_service_reports_the_fleet_and_alerts_only_when_leading() -> 
         "stable": 100,
         "canary": 100,
     }  # type: ignore[attr-defined]
+
+
+def test_merged_view_can_read_back_its_whole_horizon() -> None:
+    """Reads are shifted back by the settling time; the horizon the view offers accounts
+    for it, so reading from `now - horizon_s` never needs a bucket the ring dropped."""
+    ring = RollingWindows(0.5, 10.0)
+    merged = MergedWindows(ring, settle=1.3)
+    now = 1_700_000_000.0
+    for i in range(200):
+        ring.record("stable", now - 20.0 + i * 0.1, 0.01, "OK")
+    assert merged.horizon_s == 8.5  # 10 s less the settling shift in whole buckets (1.5 s)
+    assert merged.window("stable", now, merged.horizon_s).requests > 0
+    with pytest.raises(ValueError, match="older than the buckets kept"):
+        merged.window("stable", now, ring.horizon_s)
