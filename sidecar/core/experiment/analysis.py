@@ -26,6 +26,7 @@ from typing import Any
 from scipy import special
 
 from sidecar.core.duration import Duration
+from sidecar.core.experiment.counters import ExperimentCounters
 from sidecar.core.gates import GateReading, GateStatus
 from sidecar.core.stats import (
     SequentialLook,
@@ -1127,6 +1128,29 @@ class ExperimentTracker:
             alpha=self.settings.alpha,
             unit=UNIT,
         )
+
+    # ------------------------------------------------------------------ fleet
+
+    def counters(self) -> ExperimentCounters:
+        """The current epoch's counts as plain mergeable data (what a fleet member
+        publishes; `sidecar.core.experiment.counters`)."""
+        cells = {where: (c.n, c.successes, c.mean, c.m2) for where, c in self._cells.items() if c.n}
+        assigned = {v: n for v, n in self._assigned.items() if n}
+        return ExperimentCounters(self._key, assigned, cells)
+
+    def load_counters(self, counters: ExperimentCounters, now: float) -> None:
+        """Make `counters` this tracker's counts (a fleet's merged view: the sequential
+        states and the history carry on while the epoch key stays; another key starts a
+        new epoch at `now`). Cells of unknown metrics, arms or segments are skipped."""
+        key = counters.key
+        if key is None:
+            return
+        if key != self._key:
+            control, treatment, weights = key
+            self.sync(control, treatment, dict(weights), now)
+        self._assigned = defaultdict(int, counters.assigned)
+        for where, cell in self._cells.items():
+            cell.n, cell.successes, cell.mean, cell.m2 = counters.cells.get(where, (0, 0, 0.0, 0.0))
 
     # ------------------------------------------------------------------ checkpoint
 
