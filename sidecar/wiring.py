@@ -32,7 +32,7 @@ from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2
 from sidecar.adapters.alerts import Alerts
 from sidecar.adapters.fleet import connection as fleet_connection
 from sidecar.adapters.fleet.keys import FleetKeys
-from sidecar.adapters.fleet.lease import LeaderLease
+from sidecar.adapters.fleet.lease import LeaderLease, SharedCheckpoint
 from sidecar.adapters.fleet.member import FleetMember
 from sidecar.adapters.fleet.stats import (
     FleetExperiment,
@@ -59,6 +59,7 @@ from sidecar.app.experiment import DriftLevels, ExperimentService, FileCheckpoin
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, RevisionConflict, StateFileError, StateStore
 from sidecar.app.rollout import (
+    CanaryCheckpoint,
     JudgeEvaluator,
     RolloutController,
     stable_baseline,
@@ -287,6 +288,7 @@ class FleetLead:
     experiment: FleetExperiment
     forwarder: OutcomeForwarder
     request_ids: Callable[[], str]
+    budget: SharedCheckpoint
 
     def forward(self, request_id: str, metric: str, value: bool | float) -> Attribution | None:
         return self.forwarder.offer(request_id, metric, value)
@@ -345,6 +347,7 @@ def _lead(
         experiment=FleetExperiment(config.experiment, stats),
         forwarder=forwarder,
         request_ids=fleet_request_ids(member),
+        budget=SharedCheckpoint(fleet_connection.sync_client(r), fleet.keys, "canary-budget"),
     )
 
 
@@ -663,12 +666,15 @@ def _controller(
     a = config.analysis
     mirror = mirrors.shadow
     deployment = a.deployment()
-    # The deployment's budget state, next to the experiment's checkpoint.
-    budget = (
+    # The deployment's budget state, next to the experiment's checkpoint; in a fleet, in
+    # Redis, so a new leader continues the same budget.
+    budget: CanaryCheckpoint | None = (
         FileCheckpoint(Path(config.state.experiment_path).with_name("canary.json"))
         if config.state.backend != "memory"
         else None
     )
+    if lead is not None:
+        budget = lead.budget
     return RolloutController(
         control=control,
         windows=windows,

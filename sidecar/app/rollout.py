@@ -164,6 +164,7 @@ class RolloutController:
         self.clock = clock
         self.leadership: Leadership = leadership or AlwaysLeader()
         self.evaluator = evaluator_factory()
+        self._leading = False  # whether `lead()` found this sidecar leading last time
         self.verdicts: dict[str, int] = {}
         self.last_verdict = ""
         self.gates: tuple[GateResult, ...] = ()
@@ -201,10 +202,16 @@ class RolloutController:
         """`tick(clock())` when this sidecar leads the fleet, with the lease's fencing
         token set for its writes (so a deposed leader's late write is refused); False (and
         nothing done) on a follower. A follower that takes over re-enters the running
-        stage from the shared progress (stage time kept, stage samples from then on)."""
+        stage from the shared progress (stage time kept, stage samples from then on) and
+        rebuilds its evaluator, which restores the deployment's budget from the checkpoint
+        the previous leader kept (in a fleet: shared in Redis)."""
         if not self.leadership.is_leader():
             self._stage_key = None
+            self._leading = False
             return False
+        if not self._leading:
+            self.evaluator = self.new_evaluator()
+            self._leading = True
         with self.leadership.fenced():
             await self.tick(self.clock())
         return True

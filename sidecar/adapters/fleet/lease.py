@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 import redis
@@ -198,3 +199,50 @@ class LeaderLease:
             yield token
         finally:
             leader_fence.reset(reset)
+
+
+_SAVE_FENCED: Final = """
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class SharedCheckpoint:
+    """A JSON checkpoint in Redis that the leader keeps and its successor restores (the
+    canary deployment's budget state: one budget per deployment across the fleet, never
+    renewed by a change of leader). `save` writes only while `leader_fence` holds the
+    lease's token (a deposed leader's late save is dropped); blocking calls, like the
+    file checkpoint it replaces in a fleet. Redis errors name the key: ValueError from
+    `load` (read as unreadable: the evaluator logs and alerts a new budget), OSError from
+    `save`."""
+
+    def __init__(self, client: redis.Redis, keys: FleetKeys, name: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.key = f"{keys.prefix}:{name}"
+        self._save: Any = client.register_script(_SAVE_FENCED)
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            raw = self.client.get(self.key)
+        except redis.RedisError as exc:  # unreadable now: the caller logs and alerts it
+            raise ValueError(f"redis key {self.key}: {exc}") from None
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError(f"redis key {self.key}: not a JSON object")
+        return data
+
+    def save(self, data: Mapping[str, Any]) -> None:
+        fence = leader_fence.get()
+        document = json.dumps(data, separators=(",", ":"))
+        try:
+            self._save(
+                keys=[self.key, self.keys.lease], args=[document, "" if fence is None else fence]
+            )
+        except redis.RedisError as exc:
+            raise OSError(f"redis key {self.key}: {exc}") from None

@@ -1,7 +1,8 @@
 """One rollout driver: two members' controllers share one Redis state store (real
 redis-server); only the lease holder acts, with its fencing token, so a deposed leader's
 late write is refused (nothing changes) and the new leader continues the plan from the
-shared progress. The members' lease clocks are fake clocks."""
+shared progress and the same canary budget (kept in Redis). The members' lease clocks
+are fake clocks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import redis
 import redis.asyncio
 
 from sidecar.adapters.fleet.keys import FleetKeys
-from sidecar.adapters.fleet.lease import LeaderLease
+from sidecar.adapters.fleet.lease import LeaderLease, SharedCheckpoint
 from sidecar.adapters.store.redis import RedisStore
 from sidecar.app.control import ControlService, RolloutSetup
 from sidecar.app.ports import AuditEntry
@@ -67,6 +68,8 @@ class Member:
         stored = store.load()
         assert stored is not None
         self.holder = StateHolder(config.flag, stored)
+        # the deployment's budget, shared: a new leader continues it
+        self.budget = SharedCheckpoint(store.client, store.keys, "canary-budget")
         self.store = store
         self.control = ControlService(
             holder=self.holder, template=config.flag, store=store,
@@ -78,7 +81,7 @@ class Member:
         )  # fmt: skip
         self.controller = RolloutController(
             control=self.control, windows=self.windows,
-            evaluator_factory=lambda: JudgeEvaluator(a.deployment()), analysis=a,
+            evaluator_factory=lambda: JudgeEvaluator(a.deployment(), self.budget), analysis=a,
             shadow_thresholds=ShadowThresholds(), alerts=Alerts(), clock=self.clock,
             leadership=self.lease,
         )  # fmt: skip
@@ -162,3 +165,33 @@ async def test_only_the_leader_drives_and_a_deposed_leader_cannot_write(
     # a learns it lost on its next renewal and stays quiet
     assert not await a.lease.step()
     assert not await a.tick()
+
+
+async def test_a_new_leader_continues_the_same_canary_budget(
+    server: RedisServer, aclient: redis.asyncio.Redis
+) -> None:
+    """No plan, canary at 10%: the leader's checks spend one deployment budget, kept in
+    Redis; after a takeover the new leader restores it and checks on (never a new budget
+    because the leader changed)."""
+    raw = config_dict(
+        {"stable": ADDRESS, "canary": ADDRESS},
+        weights={"stable": 9000, "canary": 1000},
+        analysis=dict(FAST_ANALYSIS),
+    )
+    config = parse_config(raw, "<test>")
+    store = RedisStore(redis.Redis.from_url(server.url), FleetKeys("budget"), server.url)
+    initial = DesiredState.from_flag(config.flag, unix_time=FakeClock()())
+    store.commit(initial, AuditEntry(0.0, "config", "Initialize", "init", 0, 1, {}))
+    a, b = Member("a", config, store, aclient), Member("b", config, store, aclient)
+    assert await a.lease.step()
+    for _ in range(4):
+        assert await a.tick()
+    spent = a.controller.evaluator.analysis
+    assert spent is not None and spent.checks >= 3
+    await aclient.delete(store.keys.lease)
+    assert await b.lease.step()
+    b.clock.advance(a.clock() - b.clock())  # the same wall time
+    assert await b.tick()
+    continued = b.controller.evaluator.analysis
+    assert continued is not None and continued.deployment == spent.deployment
+    assert continued.checks == spent.checks + 1
