@@ -232,7 +232,9 @@ def test_one_leader_and_a_killed_leader_is_replaced_mid_plan(
             steps = [e for e in audit if e["method"] in ("RolloutAdvance", "RolloutStage")]
             assert steps and all(e["principal"] == "rollout-controller" for e in steps)
             after = [e for e in steps if e["unix_time"] > killed_at]
-            assert [e["method"] for e in after] == ["RolloutAdvance", "RolloutStage"]
+            # (the old leader may have died between entering c25 and setting its weights:
+            # then the new leader sets them first)
+            assert [e["method"] for e in after][-2:] == ["RolloutAdvance", "RolloutStage"]
             # the new leader wrote them: its own log has the commits
             written = [
                 e for e in m[second].events
