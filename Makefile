@@ -53,6 +53,7 @@ bench: venv ## Benchmarks: data plane, kill-switch propagation, canary judge, A/
 	$(PY) bench/overrides.py
 	$(PY) bench/soak.py
 	$(PY) bench/fleet.py
+	$(PY) bench/fleet_failover.py
 
 demo: venv venv-mlserver ## Real rollout demo: MLServer + sidecar; split, shadow, kill switch, A/B report, gated rollout
 	$(PY) examples/demo.py

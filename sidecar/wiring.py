@@ -12,7 +12,7 @@ import gc
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,15 @@ from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2
 from sidecar.adapters.alerts import Alerts
 from sidecar.adapters.fleet import connection as fleet_connection
 from sidecar.adapters.fleet.keys import FleetKeys
+from sidecar.adapters.fleet.lease import LeaderLease, SharedCheckpoint
 from sidecar.adapters.fleet.member import FleetMember
+from sidecar.adapters.fleet.stats import (
+    FleetExperiment,
+    FleetStats,
+    OutcomeForwarder,
+    feed_windows,
+)
+from sidecar.adapters.fleet.stats import request_ids as fleet_request_ids
 from sidecar.adapters.grpc.auth import Authenticator, AuthInterceptor
 from sidecar.adapters.grpc.control import ControlServicer
 from sidecar.adapters.grpc.converters import decode_outputs
@@ -57,15 +65,18 @@ from sidecar.app.experiment import DriftLevels, ExperimentService, FileCheckpoin
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, RevisionConflict, StateFileError, StateStore
 from sidecar.app.rollout import (
+    CanaryCheckpoint,
     JudgeEvaluator,
     RolloutController,
     stable_baseline,
 )
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.config import Config, read_drift_reference
-from sidecar.core.canary.window import RollingWindows
-from sidecar.core.experiment import OutcomeLedger
+from sidecar.core.canary.merged import MergedWindows
+from sidecar.core.canary.window import RollingWindows, WindowSource
+from sidecar.core.experiment import Attribution, OutcomeLedger
 from sidecar.core.experiment.analysis import ExperimentTracker
+from sidecar.core.experiment.counters import ExperimentCounters
 from sidecar.core.experiment.drift import DriftTracker
 from sidecar.core.routing import FlagError
 from sidecar.core.state import DesiredState
@@ -75,6 +86,7 @@ from sidecar.core.tensors import decode_inputs
 log = structlog.get_logger("sidecar")
 READINESS_INTERVAL = 2.0
 DRIFT_INTERVAL = 0.2  # short: fewer queued requests held, smaller batches of work
+FLEET_RECENT_S = 600.0  # the span of recent buckets each fleet member publishes, at least
 DRIFT_SLICE = 8  # requests decoded between yields to the event loop (about 0.3 ms of work)
 
 
@@ -99,6 +111,7 @@ class Sidecar:
     predict_port: int = 0
     control_port: int = 0
     fleet: FleetMember | None = None
+    lead: FleetLead | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -129,6 +142,8 @@ class Sidecar:
             self._tasks.append(asyncio.create_task(self.insights.drift.run(DRIFT_INTERVAL)))
         if self.fleet is not None:
             self._tasks.append(asyncio.create_task(self.fleet.run()))
+        if self.lead is not None:
+            self._tasks += [asyncio.create_task(t) for t in self.lead.tasks(self.dataplane)]
         log.info(
             "sidecar.started",
             predict=f"{_host(self.config.predict_address)}:{self.predict_port}",
@@ -190,6 +205,8 @@ class Sidecar:
             self.experiment.look()
         await self.experiment.save()
         await self.pool.close()
+        if self.lead is not None:
+            await self.lead.close()
         if self.fleet is not None:
             await self.fleet.close()
         await self.alerts.drain()
@@ -263,6 +280,81 @@ def _fleet(config: Config, store: StateStore, holder: StateHolder) -> FleetMembe
         heartbeat_interval=r.heartbeat_interval,
         member_ttl=r.member_ttl,
         resync_interval=r.resync_interval,
+    )
+
+
+@dataclass(frozen=True)
+class FleetLead:
+    """The fleet's one rollout driver and its statistics (state.backend: redis): the
+    leader lease, this member's published statistics and the others' (merged windows,
+    the experiment's fleet view), and outcome forwarding between members."""
+
+    lease: LeaderLease
+    stats: FleetStats
+    windows: MergedWindows
+    experiment: FleetExperiment
+    forwarder: OutcomeForwarder
+    request_ids: Callable[[], str]
+    budget: SharedCheckpoint
+
+    def forward(self, request_id: str, metric: str, value: bool | float) -> Attribution | None:
+        return self.forwarder.offer(request_id, metric, value)
+
+    def tasks(
+        self, dataplane: DataPlane[InferBytes, InferReply]
+    ) -> list[Coroutine[None, None, None]]:
+        return [
+            self.lease.run(),
+            self.stats.run(),
+            self.forwarder.run(),
+            self.forwarder.consume(dataplane.report_outcome),
+        ]
+
+    async def close(self) -> None:
+        """Hand the lease over at once and publish the last statistics."""
+        await self.lease.release()
+        await self.forwarder.send()
+        await self.stats.publish()
+        await self.stats.client.aclose()
+
+
+def _lead(
+    config: Config,
+    fleet: FleetMember | None,
+    windows: RollingWindows,
+    counters: Callable[[], ExperimentCounters | None],
+) -> FleetLead | None:
+    """The leader lease and the fleet statistics of a fleet member (None alone)."""
+    if fleet is None:
+        return None
+    r, a = config.state.redis, config.analysis
+    client = fleet_connection.async_client(r)
+    member = fleet.member_id
+    # Buckets the leader may still read: the lookback (or a recent span of up to 10
+    # minutes), one tick since the last read, and the bucket still settling.
+    span = min(a.horizon, max(a.lookback, FLEET_RECENT_S) + a.interval + 2 * a.bucket)
+    stats = FleetStats(
+        client, fleet.keys, member, windows=windows, experiment=counters, span=span,
+        interval=r.stats_interval, ttl=max(config.experiment.ttl_seconds, 10 * r.stats_interval),
+    )  # fmt: skip
+    merged = MergedWindows(windows, settle=r.stats_interval + 1.0)
+    stats.on_refresh.append(feed_windows(merged))
+    forwarder = OutcomeForwarder(
+        client,
+        fleet.keys,
+        stats,
+        {m.name: m.kind for m in config.experiment.metrics},
+        stream_ttl=config.experiment.ttl_seconds,
+        block=min(1.0, r.connect_timeout / 2),
+    )
+    return FleetLead(
+        lease=LeaderLease(client, fleet.keys, member, r.lease_ttl),
+        stats=stats,
+        windows=merged,
+        experiment=FleetExperiment(config.experiment, stats),
+        forwarder=forwarder,
+        request_ids=fleet_request_ids(member),
+        budget=SharedCheckpoint(fleet_connection.sync_client(r), fleet.keys, "canary-budget"),
     )
 
 
@@ -417,6 +509,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
     fleet = _fleet(config, store, state)
     telemetry = _telemetry(config)
+    lead = _lead(config, fleet, telemetry.windows, lambda: experiment.tracker.counters())
     pool = UpstreamPool(
         config.variants, config.server.max_message_bytes, telemetry.tracer,
         client_spans=telemetry.detailed,
@@ -425,9 +518,10 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     alerts = Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries)
     mirrors = _mirrors(config, pool, snapshot.flag.stable, telemetry)
     with _phase("loading the experiment checkpoint (state.experiment_path)"):
-        experiment = _experiment(config, state, alerts)
+        experiment = _experiment(config, state, alerts, lead)
     insights = _insights(config, state, telemetry.windows, mirrors, experiment, alerts)
-    dataplane = _dataplane(config, state, pool, mirrors, experiment, insights.drift)
+    dataplane = _dataplane(config, state, pool, mirrors, experiment, insights.drift, lead)
+    windows = telemetry.windows if lead is None else lead.windows  # the fleet's, when leading
     control = ControlService(
         holder=state,
         template=config.flag,
@@ -439,10 +533,10 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         rollouts=RolloutSetup(
             has_shadow=mirrors.shadow is not None,
             has_experiment=bool(config.experiment.metrics),
-            baseline=stable_baseline(telemetry.windows, a.lookback),
+            baseline=stable_baseline(windows, a.lookback),
         ),
     )
-    controller = _controller(config, control, telemetry.windows, alerts, insights, mirrors)
+    controller = _controller(config, control, windows, alerts, insights, mirrors, lead)
     telemetry.metrics.bind(
         _readings(control, controller, experiment, insights, mirrors, dataplane.outcomes.stats)
     )
@@ -468,6 +562,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         predict_port=servers.predict_port,
         control_port=servers.control_port,
         fleet=fleet,
+        lead=lead,
     )
 
 
@@ -552,8 +647,10 @@ def _dataplane(
     mirrors: _Mirrors,
     experiment: ExperimentService,
     drift: DriftMonitor[InferBytes, InferReply] | None,
+    lead: FleetLead | None = None,
 ) -> DataPlane[InferBytes, InferReply]:
     e, p = config.experiment, config.predict
+    fleet_ids = {} if lead is None else {"request_ids": lead.request_ids, "forward": lead.forward}
     return DataPlane(
         model=config.model,
         state=state,
@@ -573,26 +670,31 @@ def _dataplane(
         drift=drift,
         noise=mirrors.noise,
         max_key_bytes=p.max_key_bytes,
+        **fleet_ids,  # type: ignore[arg-type]
     )
 
 
 def _controller(
     config: Config,
     control: ControlService,
-    windows: RollingWindows,
+    windows: WindowSource,
     alerts: Alerts,
     insights: Insights,
     mirrors: _Mirrors,
+    lead: FleetLead | None = None,
 ) -> RolloutController:
     a = config.analysis
     mirror = mirrors.shadow
     deployment = a.deployment()
-    # The deployment's budget state, next to the experiment's checkpoint.
-    budget = (
+    # The deployment's budget state, next to the experiment's checkpoint; in a fleet, in
+    # Redis, so a new leader continues the same budget.
+    budget: CanaryCheckpoint | None = (
         FileCheckpoint(Path(config.state.experiment_path).with_name("canary.json"))
         if config.state.backend != "memory"
         else None
     )
+    if lead is not None:
+        budget = lead.budget
     return RolloutController(
         control=control,
         windows=windows,
@@ -604,6 +706,7 @@ def _controller(
         reset_shadow=lambda: mirror.recorder.reset() if mirror else None,
         ab_gate=insights.ab_gate if config.experiment.metrics else None,
         drift_gate=insights.drift_gate,
+        leadership=None if lead is None else lead.lease,
     )
 
 
@@ -733,7 +836,9 @@ def _bind_control(server: grpc.aio.Server, config: Config) -> int:
     return server.add_secure_port(config.control_address, credentials)
 
 
-def _experiment(config: Config, state: StateHolder, alerts: Alerts) -> ExperimentService:
+def _experiment(
+    config: Config, state: StateHolder, alerts: Alerts, lead: FleetLead | None = None
+) -> ExperimentService:
     settings = config.experiment
     checkpoint = (
         FileCheckpoint(config.state.experiment_path) if config.state.backend != "memory" else None
@@ -751,6 +856,8 @@ def _experiment(config: Config, state: StateHolder, alerts: Alerts) -> Experimen
         alerts=alerts,
         checkpoint=checkpoint,
         interval=settings.look_interval,
+        fleet=None if lead is None else lead.experiment,
+        alerting=lambda: lead is None or lead.lease.is_leader(),
     )
 
 

@@ -74,6 +74,7 @@ class DataPlane(Generic[Req, Resp]):
         clock: Callable[[], float] = time.perf_counter,
         request_ids: Callable[[], str] = new_request_id,
         max_key_bytes: int = MAX_KEY_BYTES,
+        forward: Callable[[str, str, bool | float], Attribution | None] | None = None,
     ) -> None:
         missing = set(variants) - set(upstreams)
         if missing:
@@ -93,6 +94,9 @@ class DataPlane(Generic[Req, Resp]):
         self.drift = drift
         self.noise = noise
         self.max_key_bytes = max_key_bytes
+        # In a fleet: hands an outcome for another member's request id to that member
+        # (None: the id is this sidecar's, its own ledger decides).
+        self._forward = forward
 
     def timeout_for(self, time_remaining: float | None) -> float:
         """The caller's deadline, capped by the configured maximum (default when unset)."""
@@ -182,6 +186,10 @@ class DataPlane(Generic[Req, Resp]):
         check_key("request_id", request_id, self.max_key_bytes)
         check_key("metric", metric, self.max_key_bytes)
         try:
+            if self._forward is not None:
+                forwarded = self._forward(request_id, metric, value)
+                if forwarded is not None:
+                    return forwarded
             attribution = self.outcomes.report(request_id, metric, value, self._clock())
         except UnknownRequest as exc:
             raise NotFound(str(exc)) from None

@@ -96,8 +96,15 @@ class ExperimentService:
         checkpoint: Checkpoint | None = None,
         interval: float = 10.0,
         clock: Callable[[], float] = time.time,
+        fleet: Callable[[ExperimentTracker, float], ExperimentTracker] | None = None,
+        alerting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.tracker = tracker
+        # In a fleet: the tracker the looks, the report and the gate read (this member's
+        # counts plus every other member's, `sidecar.adapters.fleet.stats`); alerts only
+        # where `alerting()` (the leader), so one event is alerted once.
+        self._fleet = fleet
+        self._alerting = alerting
         self.snapshot = snapshot
         self.alerts = alerts
         self.checkpoint = checkpoint
@@ -155,11 +162,19 @@ class ExperimentService:
 
     # ---- looks -------------------------------------------------------------------------
 
+    def analysed(self) -> ExperimentTracker:
+        """The tracker the looks and the report read: this sidecar's own, or in a fleet
+        the merged view (refreshed from the latest published counters)."""
+        if self._fleet is None:
+            return self.tracker
+        return self._fleet(self.tracker, self._clock())
+
     def look(self) -> None:
         self.on_snapshot(self.snapshot())
         now = self._clock()
-        events = self.tracker.look(now)
-        result = self.tracker.report(now, history=False)
+        tracker = self.analysed()
+        events = tracker.look(now)
+        result = tracker.report(now, history=False)
         srm = result.srm
         self._srm_warnings = [
             f"{w} (experiment epoch {self.epoch})"
@@ -171,6 +186,8 @@ class ExperimentService:
             "srm_mismatch": bool(self._srm_warnings),
             "metrics": {m.metric: (m.verdict.value, m.p_value) for m in result.metrics},
         }
+        if not self._alerting():
+            return
         started = [("assignments", srm.detail)] if events.srm_started else []
         started += [(metric, "outcome counts") for metric in events.outcome_srm_started]
         for what, detail in started:
@@ -209,7 +226,7 @@ class ExperimentService:
 
     def report(self, metrics: Sequence[str] = (), history: bool = True) -> ExperimentResult:
         self.look()
-        return self.tracker.report(self._clock(), metrics, history)
+        return self.analysed().report(self._clock(), metrics, history)
 
     def status_warnings(self) -> list[str]:
         """Sample-ratio mismatches found at the last look (assignments or outcomes)."""
@@ -301,7 +318,7 @@ class Insights:
     def ab_gate(self) -> GateReading:
         """The A/B gate: a fresh look, then the gate metric's verdict (threshold: alpha)."""
         self.experiment.look()
-        return self.experiment.tracker.gate()
+        return self.experiment.analysed().gate()
 
     def drift_gate(self, threshold: float) -> GateReading:
         """The drift gate: the largest PSI over the input features and the canary's

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -182,3 +183,23 @@ class StateStore(Protocol):
         """Move damaged storage aside (kept for inspection) and start empty; returns where
         it went (None when there was nothing to move)."""
         ...
+
+
+class Leadership(Protocol):
+    """Whether this sidecar drives rollouts: the fleet's leader lease
+    (`sidecar.adapters.fleet.lease.LeaderLease`), or `AlwaysLeader` for one sidecar.
+    `fenced()` sets `leader_fence` to the lease's token for the writes made within."""
+
+    def is_leader(self) -> bool: ...
+
+    def fenced(self) -> AbstractContextManager[int | None]: ...
+
+
+class AlwaysLeader:
+    """One sidecar on a local store: always the leader, no fencing token."""
+
+    def is_leader(self) -> bool:
+        return True
+
+    def fenced(self) -> AbstractContextManager[int | None]:
+        return nullcontext(None)

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 import structlog
 
 from sidecar.app.control import ControlService
+from sidecar.app.ports import AlwaysLeader, Leadership
 from sidecar.app.state import Snapshot
 from sidecar.config import AnalysisConfig
 from sidecar.core.canary.judge import Verdict
@@ -35,7 +36,7 @@ from sidecar.core.canary.sequential import (
     interval_counts,
     quantile_ratios,
 )
-from sidecar.core.canary.window import CumulativeWindows, RollingWindows, VariantWindow
+from sidecar.core.canary.window import CumulativeWindows, VariantWindow, WindowSource
 from sidecar.core.gates import (
     Evaluation,
     GateReading,
@@ -112,7 +113,7 @@ class AlertSink(Protocol):
     def alert(self, event: str, fields: Mapping[str, Any]) -> None: ...
 
 
-def stable_baseline(windows: RollingWindows, lookback: float) -> Callable[[str, float], Baseline]:
+def stable_baseline(windows: WindowSource, lookback: float) -> Callable[[str, float], Baseline]:
     """The baseline a rollout records at its start: the stable's last `lookback` seconds."""
 
     def baseline(variant: str, now: float) -> Baseline:
@@ -138,7 +139,7 @@ class RolloutController:
         self,
         *,
         control: ControlService,
-        windows: RollingWindows,
+        windows: WindowSource,
         evaluator_factory: Callable[[], Evaluator],
         analysis: AnalysisConfig,
         shadow_thresholds: ShadowThresholds,
@@ -148,6 +149,7 @@ class RolloutController:
         ab_gate: Callable[[], GateReading] | None = None,
         drift_gate: Callable[[float], GateReading] | None = None,
         clock: Callable[[], float] = time.time,
+        leadership: Leadership | None = None,
     ) -> None:
         self.control = control
         self.windows = windows
@@ -160,7 +162,9 @@ class RolloutController:
         self._ab_gate = ab_gate
         self._drift_gate = drift_gate
         self.clock = clock
+        self.leadership: Leadership = leadership or AlwaysLeader()
         self.evaluator = evaluator_factory()
+        self._leading = False  # whether `lead()` found this sidecar leading last time
         self.verdicts: dict[str, int] = {}
         self.last_verdict = ""
         self.gates: tuple[GateResult, ...] = ()
@@ -182,13 +186,35 @@ class RolloutController:
                 message="resumed after restart: stage time kept, stage samples restart at 0",
             )
         while True:
+            led = False
             try:
-                await self.tick(self.clock())
+                led = await self.lead()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the controller must keep running
                 log.exception("health.tick_failed")
-            await asyncio.sleep(self.analysis.interval)
+            # A follower checks the lease often, so it acts soon after it takes over.
+            await asyncio.sleep(
+                self.analysis.interval if led else min(self.analysis.interval, 0.25)
+            )
+
+    async def lead(self) -> bool:
+        """`tick(clock())` when this sidecar leads the fleet, with the lease's fencing
+        token set for its writes (so a deposed leader's late write is refused); False (and
+        nothing done) on a follower. A follower that takes over re-enters the running
+        stage from the shared progress (stage time kept, stage samples from then on) and
+        rebuilds its evaluator, which restores the deployment's budget from the checkpoint
+        the previous leader kept (in a fleet: shared in Redis)."""
+        if not self.leadership.is_leader():
+            self._stage_key = None
+            self._leading = False
+            return False
+        if not self._leading:
+            self.evaluator = self.new_evaluator()
+            self._leading = True
+        with self.leadership.fenced():
+            await self.tick(self.clock())
+        return True
 
     async def tick(self, now: float) -> None:
         """One round of measure -> assess -> act at time `now`."""

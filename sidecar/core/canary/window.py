@@ -37,7 +37,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +53,7 @@ __all__ = [
     "LatencyBuckets",
     "RollingWindows",
     "VariantWindow",
+    "WindowSource",
 ]
 
 OK: Final = "OK"
@@ -265,6 +266,32 @@ def _read_only(arr: npt.NDArray[np.generic]) -> None:
     arr.setflags(write=False)
 
 
+def _number(value: Any, name: str, low: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name}: must be >= {low:g}, got {value!r}")
+    return float(value)
+
+
+def _count(data: Mapping[str, Any], name: str) -> int:
+    value = data.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise ValueError(f"{name}: must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _bin(item: Any) -> tuple[int, float]:
+    if not (isinstance(item, list | tuple) and len(item) == 2):
+        raise ValueError("bins: each entry is a [key, count] pair")
+    key, count = item
+    if isinstance(key, bool) or not isinstance(key, int) or not -(2**40) < key < 2**40:
+        raise ValueError(f"bins: key must be an integer, got {key!r}")
+    if _number(count, "bins count", low=0.0) == 0.0:
+        raise ValueError("bins: counts must be > 0")
+    return key, float(count)
+
+
 # ------------------------------------------------------------------ one window
 
 
@@ -411,6 +438,74 @@ class VariantWindow:
     def copy(self) -> VariantWindow:
         """An independent copy."""
         return VariantWindow.merged((self,), self._relative_accuracy, self._bin_limit)
+
+    # -- plain data (fleet statistics) ---------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers that :meth:`from_dict` turns back into an equal window (same
+        counts and sketch buckets): what a fleet member publishes. ``bins`` lists the
+        sketch's non-empty ``[key, count]`` pairs (the zero bucket under ``zero``)."""
+        sketch = self._sketch
+        keys, counts = sketch._bins()
+        nonzero = counts != 0.0
+        return {
+            "accuracy": self._relative_accuracy,
+            "requests": self._requests,
+            "errors": self._errors,
+            "timeouts": self._timeouts,
+            "by_status": dict(self._errors_by_status),
+            "zero": float(sketch._zero_count),
+            "sum": float(sketch._sum),
+            "min": float(sketch._min) if sketch._count else None,
+            "max": float(sketch._max) if sketch._count else None,
+            "bins": [
+                [int(k), float(c)]
+                for k, c in zip(keys[nonzero].tolist(), counts[nonzero].tolist(), strict=True)
+            ],
+        }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any], bin_limit: int = SKETCH_BIN_LIMIT) -> VariantWindow:
+        """The window :meth:`to_dict` described; ``ValueError`` naming the field when the
+        data is not a well-formed window (wrong types, negative or non-finite counts,
+        inconsistent totals, more than ``bin_limit`` bins or status names beyond
+        :data:`MAX_STATUS_NAMES`)."""
+        if not isinstance(data, Mapping):
+            raise ValueError("window: must be an object")
+        out = VariantWindow(_number(data.get("accuracy"), "accuracy"), bin_limit)
+        requests, errors = _count(data, "requests"), _count(data, "errors")
+        timeouts = _count(data, "timeouts")
+        if not timeouts <= errors <= requests:
+            raise ValueError("window: needs timeouts <= errors <= requests")
+        by_status = data.get("by_status", {})
+        if not isinstance(by_status, Mapping) or len(by_status) > MAX_STATUS_NAMES:
+            raise ValueError(f"by_status: at most {MAX_STATUS_NAMES} status names")
+        for name in by_status:
+            if not isinstance(name, str) or len(name) > 64:
+                raise ValueError("by_status: names are strings of at most 64 characters")
+        out._requests, out._errors, out._timeouts = requests, errors, timeouts
+        out._errors_by_status = {str(k): _count(by_status, k) for k in by_status}
+        raw = data.get("bins", [])
+        if not isinstance(raw, list) or len(raw) > bin_limit:
+            raise ValueError(f"bins: a list of at most {bin_limit} [key, count] pairs")
+        pairs = sorted(_bin(item) for item in raw)
+        keys = np.array([k for k, _ in pairs], dtype=np.int64)
+        counts = np.array([c for _, c in pairs], dtype=np.float64)
+        if keys.size > 1 and np.any(np.diff(keys) == 0):
+            raise ValueError("bins: keys must be distinct")
+        sketch = out._sketch
+        zero = _number(data.get("zero", 0.0), "zero", low=0.0)
+        total = float(np.sum(counts)) + zero
+        if total > out.successes + 0.5:
+            raise ValueError("bins: more latencies than successful requests")
+        sketch._add_to_store(keys, counts)
+        sketch._zero_count = zero
+        sketch._count = total
+        if total:
+            sketch._sum = _number(data.get("sum", 0.0), "sum", low=0.0)
+            sketch._min = _number(data.get("min"), "min", low=0.0)
+            sketch._max = _number(data.get("max"), "max", low=sketch._min)
+        return out
 
     # -- reading --------------------------------------------------------------------
 
@@ -671,6 +766,38 @@ class RollingWindows:
             raise ValueError(f"span_s must be a finite number >= 0, got {span_s!r}")
         return self.since(variant, now - span_s, now)
 
+    def export(self, first: int) -> dict[str, dict[int, VariantWindow]]:
+        """Per variant, the buckets kept with index >= ``first`` (the one still filling
+        included), as ``{index: window}``; the windows are the ring's own (read only)."""
+        out: dict[str, dict[int, VariantWindow]] = {}
+        for variant, ring in self._rings.items():
+            held = {
+                index: window
+                for index, window in zip(ring.indices, ring.windows, strict=True)
+                if index is not None and window is not None and index >= first
+            }
+            if held:
+                out[variant] = held
+        return out
+
+
+class WindowSource(Protocol):
+    """What the rollout controller reads: :class:`RollingWindows`, or a fleet's merged
+    view of every member's windows (``sidecar.core.canary.merged.MergedWindows``)."""
+
+    @property
+    def variants(self) -> tuple[str, ...]: ...
+
+    @property
+    def bucket_s(self) -> float: ...
+
+    @property
+    def horizon_s(self) -> float: ...
+
+    def since(self, variant: str, start: float, now: float) -> VariantWindow: ...
+
+    def window(self, variant: str, now: float, span_s: float) -> VariantWindow: ...
+
 
 # ------------------------------------------------------------------ since a stage began
 
@@ -700,7 +827,7 @@ class CumulativeWindows:
         """The ``now`` of the latest :meth:`advance` (the stage start before any)."""
         return self._last
 
-    def advance(self, rolling: RollingWindows, now: float) -> None:
+    def advance(self, rolling: WindowSource, now: float) -> None:
         """Add every variant's complete buckets in ``[last, now)`` to its total.
 
         Raises ``ValueError`` as :meth:`RollingWindows.since` does (e.g. when more than the

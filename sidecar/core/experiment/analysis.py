@@ -16,7 +16,9 @@ documented in docs/statistics.md, section "Experiment analysis".
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -25,6 +27,7 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from sidecar.core.duration import Duration
+from sidecar.core.experiment.counters import ExperimentCounters
 from sidecar.core.experiment.units import bucket_of
 from sidecar.core.gates import GateReading, GateStatus
 from sidecar.core.stats import (
@@ -1384,6 +1387,42 @@ class ExperimentTracker:
             segment_mix=self._mix,
         )
 
+    # ------------------------------------------------------------------ fleet
+
+    def counters(self) -> ExperimentCounters:
+        """The current epoch's counts as plain mergeable data (what a fleet member
+        publishes; `sidecar.core.experiment.counters`)."""
+        cells = {where: (c.n, c.successes, c.mean, c.m2) for where, c in self._cells.items() if c.n}
+        assigned = {v: n for v, n in self._assigned.items() if n}
+        sums = {
+            _bucket_sum_name(where): _flatten_buckets(t)
+            for where, t in self._buckets.items()
+            if t.n
+        }
+        return ExperimentCounters(self._key, assigned, cells, sums)
+
+    def load_counters(self, counters: ExperimentCounters, now: float) -> None:
+        """Make `counters` this tracker's counts (a fleet's merged view: the sequential
+        states and the history carry on while the epoch key stays; another key starts a
+        new epoch at `now`). Cells of unknown metrics, arms or segments are skipped."""
+        key = counters.key
+        if key is None:
+            return
+        if key != self._key:
+            control, treatment, weights = key
+            self.sync(control, treatment, dict(weights), now)
+        self._assigned = defaultdict(int, counters.assigned)
+        for where, cell in self._cells.items():
+            cell.n, cell.successes, cell.mean, cell.m2 = counters.cells.get(where, (0, 0, 0.0, 0.0))
+        k = self.settings.buckets
+        for where in self._buckets:
+            flat = counters.sums.get(_bucket_sum_name(where))
+            totals = BucketTotals(k)
+            if flat is not None and len(flat) == 1 + 4 * k:
+                with contextlib.suppress(ValueError):  # malformed: counted as nothing
+                    totals = _unflatten_buckets(flat, k)
+            self._buckets[where] = totals
+
     # ------------------------------------------------------------------ checkpoint
 
     def to_dict(self) -> dict[str, Any]:
@@ -1791,4 +1830,35 @@ def _srm_from_dict(d: Mapping[str, Any]) -> SrmCheck:
         _float(d["threshold"], "srm.threshold"),
         mismatch,
         _str(d["detail"], "srm.detail"),
+    )
+
+
+def _bucket_sum_name(where: tuple[str, str, str]) -> str:
+    """The `ExperimentCounters.sums` name of one cell's user buckets."""
+    return "buckets:" + json.dumps(list(where), separators=(",", ":"))
+
+
+def _flatten_buckets(totals: BucketTotals) -> tuple[float, ...]:
+    """``[keyless, outcomes..., total..., total_sq..., users...]``: plain sums, so the
+    fleet's element-wise addition is `BucketTotals.merge` (a user hashes to the same
+    bucket on every member, so buckets of several members add up to whole users)."""
+    return (
+        float(totals.keyless),
+        *map(float, totals.outcomes),
+        *totals.total,
+        *totals.total_sq,
+        *map(float, totals.users),
+    )
+
+
+def _unflatten_buckets(flat: Sequence[float], k: int) -> BucketTotals:
+    return BucketTotals.from_json(
+        {
+            "buckets": k,
+            "keyless": round(flat[0]),
+            "outcomes": [round(x) for x in flat[1 : 1 + k]],
+            "total": list(flat[1 + k : 1 + 2 * k]),
+            "total_sq": list(flat[1 + 2 * k : 1 + 3 * k]),
+            "users": [round(x) for x in flat[1 + 3 * k : 1 + 4 * k]],
+        }
     )
