@@ -564,6 +564,10 @@ class AnalysisConfig(_Section):
     webhook_url: Annotated[str, AfterValidator(_webhook)] = ""
     webhook_timeout: PositiveDuration = 2.0
     webhook_retries: Count = 3
+    # A rollout stage still waiting on a gate this long after it started is reported
+    # stalled (status warning, log, alert, metric); a plan stage may set its own. 0: off.
+    progress_deadline: NonNegativeDuration = 3600.0
+    progress_deadline_abort: bool = False  # true: also roll back a stalled stage
 
     @model_validator(mode="after")
     def _horizon_holds_lookback(self) -> AnalysisConfig:

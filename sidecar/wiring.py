@@ -179,11 +179,15 @@ class Sidecar:
         log.info("sidecar.stopped")
 
 
-def _rollout_reading(snapshot: Snapshot) -> dict[str, str]:
+def _rollout_reading(snapshot: Snapshot, stalled: str = "") -> dict[str, str | bool]:
     r = snapshot.state.rollout
     if r is None:
         return {}
-    return {"stage": r.stage.name if r.stage else "", "phase": r.phase.value}
+    return {
+        "stage": r.stage.name if r.stage else "",
+        "phase": r.phase.value,
+        "deadline_exceeded": bool(stalled),
+    }
 
 
 def _host(address: str) -> str:
@@ -337,7 +341,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     telemetry = _telemetry(config)
     pool = UpstreamPool(
         config.variants, config.server.max_message_bytes, telemetry.tracer,
-        client_spans=telemetry.detailed,
+        client_spans=telemetry.detailed, observe=telemetry.metrics.observe_upstream,
     )  # fmt: skip
     a = config.analysis
     alerts = Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries)
@@ -387,7 +391,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
 
 
 def _telemetry(config: Config) -> _Telemetry:
-    metrics = SidecarMetrics()
+    metrics = SidecarMetrics(versions={n: v.model_version for n, v in config.variants.items()})
     windows = RollingWindows(config.analysis.bucket, config.analysis.horizon)
     stats = VariantStatsProcessor([metrics.record, windows.record])
     provider = tracer_provider(config.telemetry, [stats])
@@ -409,15 +413,17 @@ def _mirrors(config: Config, pool: UpstreamPool, stable: str, telemetry: _Teleme
     if shadow is None:
         return _Mirrors()
     tracer = telemetry.tracer if telemetry.detailed else NoOpTracer()
+    observe = telemetry.metrics.observe_shadow
     mirror = ShadowMirror(
-        shadow, pool.upstreams[shadow.variant], decode_outputs, salt=config.flag.salt,
+        shadow, pool.upstreams[shadow.variant].observed_by(observe), decode_outputs,
+        salt=config.flag.salt,
         tracer=tracer,
     )  # fmt: skip
     if not shadow.noise_sample_bp:
         return _Mirrors(mirror)
     noise = ShadowMirror(
         shadow.model_copy(update={"variant": stable, "sample_bp": shadow.noise_sample_bp}),
-        pool.upstreams[stable],
+        pool.upstreams[stable].observed_by(observe),
         decode_outputs,
         salt=f"{config.flag.salt}/noise",
         tracer=tracer,
@@ -518,7 +524,9 @@ def _readings(
         shadow=lambda: mirror.recorder.summary() if mirror else None,
         state=lambda: describe(control.snapshot()),
         verdicts=lambda: dict(controller.verdicts),
-        rollout=lambda: _rollout_reading(control.snapshot()),
+        rollout=lambda: _rollout_reading(
+            control.snapshot(), controller.stalled(control.snapshot().state)
+        ),
         experiment=lambda: experiment.readings,
         drift=insights.drift_levels.current,
         outcomes=outcomes,

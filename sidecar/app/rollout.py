@@ -41,7 +41,7 @@ from sidecar.core.gates import (
     worst,
 )
 from sidecar.core.limits import CONTROL_LIMITS, clip
-from sidecar.core.rollout import Baseline, Phase, RolloutProgress, Stage, StageKind
+from sidecar.core.rollout import Baseline, Phase, RolloutProgress, Stage, StageKind, overdue
 from sidecar.core.routing import BASIS_POINTS
 from sidecar.core.shadow.report import ShadowThresholds
 from sidecar.core.state import DesiredState
@@ -140,6 +140,8 @@ class RolloutController:
         self._cumulative: CumulativeWindows | None = None
         self._stage_key: tuple[float, int] | None = None
         self._warned: set[str] = set()
+        # The stage past its progress deadline (its key) and the warning saying so.
+        self._stalled: tuple[tuple[float, int], str] | None = None
 
     # ---- the loop --------------------------------------------------------------------
 
@@ -212,6 +214,44 @@ class RolloutController:
             )
         elif status is GateStatus.PASS:
             await self._advance(progress, f"stage {stage.name} gates passed", now)
+        else:
+            await self._progress_deadline(key, progress, now)
+
+    async def _progress_deadline(
+        self, key: tuple[float, int], progress: RolloutProgress, now: float
+    ) -> None:
+        """A stage still waiting past its progress deadline: warn (status, log, alert and
+        metric, once per stage), and roll back when `analysis.progress_deadline_abort`."""
+        over = overdue(progress, now, self.analysis.progress_deadline)
+        stage = progress.stage
+        if over is None or stage is None:
+            self._stalled = None
+            return
+        waiting = "; ".join(
+            f"{g.name}: {g.detail}" for g in self.gates if g.status is GateStatus.WAIT
+        )
+        deadline = progress.elapsed(now) - over
+        message = (
+            f"rollout stage {stage.name} is past its progress deadline ({deadline:g} s) by "
+            f"{over:.0f} s, still waiting on: {waiting or 'its gates'}"
+        )
+        first = self._stalled is None or self._stalled[0] != key
+        self._stalled = (key, message)
+        if first:
+            log.warning("rollout.progress_deadline_exceeded", stage=stage.name, message=message)
+            self.alerts.alert(
+                "rollout.progress_deadline_exceeded", {"stage": stage.name, "message": message}
+            )
+        if self.analysis.progress_deadline_abort:
+            await self._roll_back(message, CONTROLLER)
+
+    def stalled(self, state: DesiredState) -> str:
+        """The progress-deadline warning of the stage `state` is in ("" when none)."""
+        progress = state.rollout
+        if self._stalled is None or progress is None or progress.phase is not Phase.RUNNING:
+            return ""
+        key, message = self._stalled
+        return message if key == (progress.stage_started_unix, progress.stage_index) else ""
 
     def _start_stage(self, key: tuple[float, int], stage: Stage, now: float) -> None:
         self._stage_key = key
@@ -410,11 +450,15 @@ class RolloutController:
         return self.analysis.stale_after_hours * 3600
 
     def warnings(self, state: DesiredState, now: float) -> list[str]:
+        stalled = self.stalled(state)
         return [
-            f"variant {v!r} has held 100% of the traffic for {(now - t) / 3600:.1f} h "
-            "without being promoted (promote it or roll back)"
-            for v, t in state.held_full_since.items()
-            if now - t > self._stale_after
+            *([stalled] if stalled else []),
+            *(
+                f"variant {v!r} has held 100% of the traffic for {(now - t) / 3600:.1f} h "
+                "without being promoted (promote it or roll back)"
+                for v, t in state.held_full_since.items()
+                if now - t > self._stale_after
+            ),
         ]
 
 
