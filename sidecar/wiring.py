@@ -51,7 +51,7 @@ from sidecar.app.rollout import (
     stable_baseline,
 )
 from sidecar.app.state import Snapshot, StateHolder
-from sidecar.config import Config, read_drift_reference
+from sidecar.config import Config, ConfigError, load_config, read_drift_reference
 from sidecar.core.canary.window import RollingWindows
 from sidecar.core.experiment import OutcomeLedger
 from sidecar.core.experiment.analysis import ExperimentTracker
@@ -59,6 +59,8 @@ from sidecar.core.experiment.drift import DriftTracker
 from sidecar.core.routing import FlagError
 from sidecar.core.state import DesiredState
 from sidecar.core.tensors import decode_inputs
+from sidecar.logging import set_level
+from sidecar.reload import merge, plan_reload
 
 log = structlog.get_logger("sidecar")
 READINESS_INTERVAL = 2.0
@@ -156,6 +158,54 @@ class Sidecar:
                 )
                 last = ready
             await asyncio.sleep(READINESS_INTERVAL)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration file; apply what can change live (see
+        `sidecar.reload`), keep the rest, and on an invalid file change nothing and log
+        why, naming the field. Never raises: the process keeps serving."""
+        path = self.config.source
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error(
+                "config.reload_refused",
+                file=path,
+                problems=exc.problems,
+                message="invalid configuration; the one in force is kept",
+            )
+            return
+        except Exception as exc:  # never let a reload end the process
+            log.exception("config.reload_failed", file=path, error=str(exc))
+            return
+        plan = plan_reload(self.config, new)
+        merged = merge(self.config, new, plan.live)
+        self._apply(merged, plan.live)
+        self.config = merged
+        log.info(
+            "config.reloaded",
+            file=path,
+            applied=list(plan.live),
+            ignored_stored_state_wins=list(plan.ignored),
+            restart_needed=list(plan.restart),
+        )
+        if plan.restart:
+            log.warning(
+                "config.reload_needs_restart",
+                fields=list(plan.restart),
+                message="these changes take effect only after a restart",
+            )
+
+    def _apply(self, config: Config, live: tuple[str, ...]) -> None:
+        if "server.log_level" in live:
+            set_level(config.server.log_level)
+        if config.shadow is not None:
+            if "shadow.sample_bp" in live and self.dataplane.mirror is not None:
+                self.dataplane.mirror.set_sample_bp(config.shadow.sample_bp)
+            if "shadow.noise_sample_bp" in live and self.dataplane.noise is not None:
+                self.dataplane.noise.set_sample_bp(config.shadow.noise_sample_bp)
+        if any(f.startswith("analysis.") for f in live):
+            judge = config.analysis.judge()
+            self.controller.reconfigure(config.analysis, lambda: JudgeEvaluator(judge))
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, drain in-flight within `grace`."""
@@ -689,7 +739,8 @@ async def serve(
     safe_mode: bool = False,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Run until SIGTERM or SIGINT; drain and return 0.
+    """Run until SIGTERM or SIGINT; drain and return 0. SIGHUP reloads the
+    configuration file (`Sidecar.reload`).
 
     The signal handlers are installed before anything is built or bound, so a signal at
     any point of start-up (even in the first milliseconds after `sidecar.started`) stops
@@ -707,6 +758,8 @@ async def serve(
     sidecar = build(config, safe_mode=safe_mode)
     with _phase("starting the servers (listen.metrics)"):
         await sidecar.start()
+    with contextlib.suppress(NotImplementedError):  # SIGHUP: reload, never exit
+        loop.add_signal_handler(signal.SIGHUP, sidecar.reload)
     # Everything built so far lives as long as the process: move it out of the cyclic
     # collector's reach, so full collections stay short (measured: 47-57 ms pauses
     # without this under load, none over 8 ms with it).

@@ -143,6 +143,17 @@ class RolloutController:
         # The stage past its progress deadline (its key) and the warning saying so.
         self._stalled: tuple[tuple[float, int], str] | None = None
 
+    def reconfigure(
+        self, analysis: AnalysisConfig, evaluator_factory: Callable[[], Evaluator]
+    ) -> None:
+        """New analysis settings (configuration reload), read from the next tick. Changed
+        judge thresholds start a new judge (its check count and alpha spending restart)."""
+        judge_changed = analysis.judge() != self.analysis.judge()
+        self.analysis = analysis
+        self.new_evaluator = evaluator_factory
+        if judge_changed:
+            self.evaluator = evaluator_factory()
+
     # ---- the loop --------------------------------------------------------------------
 
     async def run(self) -> None:
