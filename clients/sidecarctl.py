@@ -1151,12 +1151,14 @@ def _states_with_refresh(
         changes.put(_END)
 
     threading.Thread(target=pump, daemon=True).start()
+    seen = False  # refreshes start after the stream's first state
     while True:
         try:
-            item = changes.get(timeout=interval)
+            item = changes.get(timeout=interval if seen else None)
         except queue.Empty:
             yield client.get_state(), True
             continue
+        seen = True
         if item is _END:
             return
         if isinstance(item, BaseException):
