@@ -697,6 +697,7 @@ class Config(_Section):
             self._flag = self.flag_config.build(self.variants)
         except FlagError as exc:
             problems.append(f"flag.{exc.field}: {exc.message}")
+        problems += _routed_experiment_segments(self.flag_config, self.experiment)
         try:
             self._telemetry = TelemetryConfig.from_environ(context.get("environ", os.environ))
         except ValueError as exc:
@@ -740,6 +741,19 @@ class Config(_Section):
     @property
     def metrics_address(self) -> str:
         return self.listen.metrics
+
+
+def _routed_experiment_segments(flag: FlagConfig, experiment: ExperimentSettings) -> list[str]:
+    """An experiment segment that a segment rule always routes never takes part in the
+    weighted split, so it can never have A/B data: refused, naming both."""
+    rules = {rule.segment: (i, rule.variant) for i, rule in enumerate(flag.segment_rules)}
+    return [
+        f"experiment.segments: {segment!r} is always routed to {rules[segment][1]!r} by "
+        f"flag.segment_rules[{rules[segment][0]}], so it never enters the A/B split; remove "
+        "it from experiment.segments or remove the rule"
+        for segment in experiment.segments
+        if segment in rules
+    ]
 
 
 MAX_REFERENCE_BYTES = 64 * 1024 * 1024

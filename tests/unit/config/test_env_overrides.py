@@ -64,3 +64,16 @@ def test_every_listen_address_has_a_variable() -> None:
     assert {"listen.predict", "listen.control", "listen.metrics"} <= fields
     assert {"control.tls.cert_file", "control.tls.key_file", "control.tls.client_ca_file"} <= fields
     assert {"state.redis.password_file", "state.redis.tls_ca_file"} <= fields
+
+
+def test_an_experiment_segment_a_rule_always_routes_is_refused() -> None:
+    """Such a segment never enters the split, so it could never have A/B data."""
+    raw = example()
+    raw["experiment"]["segments"] = ["beta", "internal"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, "<test>")
+    assert caught.value.problems == [
+        "experiment.segments: 'internal' is always routed to 'canary' by "
+        "flag.segment_rules[0], so it never enters the A/B split; remove it from "
+        "experiment.segments or remove the rule"
+    ]
