@@ -632,15 +632,13 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
 
 
 def version() -> str:
-    """The installed package's version (the source tree's when not installed)."""
+    """The installed package's version ("unknown" when run from a tree not installed)."""
     from importlib import metadata
 
     try:
         return metadata.version("rollout-sidecar")
     except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
-        from sidecar import __version__
-
-        return __version__
+        return "unknown"
 
 
 def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:

@@ -79,25 +79,26 @@ def test_the_image_runs_as_a_numeric_user_with_state_on_its_volume() -> None:
     assert entrypoint[:2] == ["sidecar", "serve"] and "/etc/sidecar/sidecar.yaml" in entrypoint
 
 
-def interpreter_for(uid: int | None) -> tuple[str, str]:
-    """(python, extra PYTHONPATH) the user `uid` can run: this interpreter when it can, else
-    the system's Python of the same version with this environment's packages on the path
-    (this interpreter may live in a folder only root can enter)."""
+def interpreter_for(uid: int | None, code: Path) -> tuple[str, str]:
+    """(python, extra PYTHONPATH) with which the user `uid` can import the sidecar from
+    `code`: this interpreter when it can, else the system's Python of the same version with
+    this environment's packages on the path (this interpreter may live in a folder only
+    root can enter). Skips the test when neither works for that user."""
     if uid is None:
         return sys.executable, ""
-    probe = [sys.executable, "-c", "import grpc, sidecar"]
-    try:
-        subprocess.run(
-            probe, user=uid, check=True, capture_output=True, timeout=TIMEOUT, cwd="/",
-            env={"PYTHONPATH": str(ROOT)},
-        )  # fmt: skip
-        return sys.executable, ""
-    except (PermissionError, subprocess.CalledProcessError):
-        pass
     system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
-    if not system.is_file():
-        pytest.skip(f"no interpreter user {uid} may run (and no {system})")
-    return str(system), sysconfig.get_paths()["purelib"]
+    site = sysconfig.get_paths()["purelib"]
+    for python, extra in ((sys.executable, ""), (str(system), site)):
+        path = os.pathsep.join(p for p in (str(code), extra) if p)
+        try:
+            subprocess.run(
+                [python, "-c", "import grpc, numpy, sidecar.cli"], user=uid, check=True,
+                capture_output=True, timeout=TIMEOUT, cwd="/", env={"PYTHONPATH": path},
+            )  # fmt: skip
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        return python, extra
+    pytest.skip(f"user {uid} can run no Python that imports the sidecar (folders root-only?)")
 
 
 class Started:
@@ -132,7 +133,11 @@ def image_like(mlserver: MLServerProcess) -> Iterator[tuple[Started, Path, Path,
     as_root = os.geteuid() == 0
     top = Path(tempfile.mkdtemp(prefix="sidecar-image-"))
     top.chmod(0o755)  # the numeric user must reach the folders below
-    etc, var = top / "etc-sidecar", top / "var-lib-sidecar"
+    etc, var, code = top / "etc-sidecar", top / "var-lib-sidecar", top / "code"
+    # The package as the image holds it, where the numeric user can read it.
+    shutil.copytree(
+        ROOT / "sidecar", code / "sidecar", ignore=shutil.ignore_patterns("__pycache__")
+    )
     etc.mkdir()
     var.mkdir(mode=0o700)
     if as_root:
@@ -149,14 +154,14 @@ def image_like(mlserver: MLServerProcess) -> Iterator[tuple[Started, Path, Path,
     }
     for name in ("PREDICT", "CONTROL", "METRICS"):
         mapped[f"SIDECAR_LISTEN_{name}"] = "127.0.0.1:0"
-    python, site = interpreter_for(int(uid) if as_root else None)
+    python, site = interpreter_for(int(uid) if as_root else None, code)
     command = [
         python, "-m", "sidecar.cli",
         *(a.replace("/etc/sidecar", str(etc)) for a in entrypoint[1:]),
     ]  # fmt: skip
     child_env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), site) if p),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(code), site) if p),
         "HOME": "/nonexistent",
         "SIDECAR_LOG_FORMAT": "json",
         **mapped,
