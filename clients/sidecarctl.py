@@ -127,6 +127,8 @@ plan file (--plan): JSON (*.json) or YAML (anything else), a list of stages in o
     ab_gate: true           # also wait for the A/B verdict (Ship B or Equivalent passes,
                             # Keep A rolls back); needs experiment.metrics in the config
     max_drift_psi: 0.25     # roll back when an input or prediction PSI reaches 0.25; 0: off
+    progress_deadline: 2h   # report the stage stalled if a gate still waits after this
+                            # (default: the sidecar's analysis.progress_deadline)
   - name: promote           # the canary becomes stable (last stage, optional)
     kind: promote
 Shadow stages come first, canary shares must increase, promote is last. The sidecar refuses
@@ -251,7 +253,7 @@ _PLAN_KINDS = {
 }
 _STAGE_FIELDS = (
     "name", "kind", "canary_percent", "canary_bp", "min_duration", "min_samples", "ab_gate",
-    "max_drift_psi",
+    "max_drift_psi", "progress_deadline",
 )  # fmt: skip
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[hms])+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
@@ -339,6 +341,7 @@ _STAGE_OPTIONS: tuple[tuple[str, Callable[[object], Any], str], ...] = (
     ("min_samples", _plan_samples, "min_samples"),
     ("ab_gate", _plan_flag, "ab_gate"),
     ("max_drift_psi", _plan_psi, "max_drift_psi"),
+    ("progress_deadline", _plan_duration, "progress_deadline_seconds"),
 )
 
 

@@ -143,3 +143,18 @@ def test_bash_completion_completes_subcommands(capsys: pytest.CaptureFixture[str
     done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["start", "status"]
+
+
+def test_a_plan_stage_sets_its_own_progress_deadline() -> None:
+    """`progress_deadline` in a plan file reaches the server's Stage."""
+    from sidecar.adapters.grpc.control import stages_from_proto
+
+    plan = sidecarctl.parse_plan(
+        [
+            {"name": "c5", "kind": "canary", "canary_percent": 5, "progress_deadline": "30m"},
+            {"name": "c50", "kind": "canary", "canary_percent": 25},
+        ]
+    )
+    assert [s.progress_deadline_seconds for s in plan.stages] == [1800.0, 0.0]
+    stages = stages_from_proto(plan)
+    assert [s.progress_deadline_s for s in stages] == [1800.0, 0.0]
