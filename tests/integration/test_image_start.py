@@ -64,6 +64,14 @@ def dockerfile_runtime() -> tuple[dict[str, str], str, list[str], list[str]]:
     return env, user, entrypoint, expose
 
 
+def dockerfile_healthcheck() -> list[str]:
+    """The HEALTHCHECK command of the Dockerfile (exec form)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.startswith("HEALTHCHECK"))
+    command: list[str] = json.loads(line.partition(" CMD ")[2])
+    return command
+
+
 def test_the_image_runs_as_a_numeric_user_with_state_on_its_volume() -> None:
     """What Kubernetes needs from the image: numeric USER, the state on /var/lib/sidecar,
     every listen address on all interfaces, the metrics port exposed."""
@@ -102,8 +110,10 @@ def interpreter_for(uid: int | None, code: Path) -> tuple[str, str]:
 
 
 class Started:
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
+    def __init__(self, proc: subprocess.Popen[str], python: str, env: dict[str, str]) -> None:
         self.proc = proc
+        self.python = python
+        self.env = env
         self.events: list[dict[str, Any]] = []
         self.lines: list[str] = []
         self.started = threading.Event()
@@ -172,7 +182,7 @@ def image_like(mlserver: MLServerProcess) -> Iterator[tuple[Started, Path, Path,
         user=int(uid) if as_root else None, group=int(gid or uid) if as_root else None,
         extra_groups=[] if as_root else None,
     )  # fmt: skip
-    started = Started(proc)
+    started = Started(proc, python, child_env)
     try:
         if not started.started.wait(TIMEOUT):
             raise AssertionError(f"did not start (exit {proc.poll()}):\n{''.join(started.lines)}")
@@ -230,6 +240,12 @@ def test_started_as_the_image_does_it_serves(
             time.sleep(0.2)
     assert result.as_numpy("predict") is not None
     assert result.get_response().model_version in ("v1", "v2")
+    # The image's HEALTHCHECK command, run against this sidecar, says healthy.
+    check = [
+        started.python if part == "python" else part.replace("127.0.0.1:8500", info["predict"])
+        for part in dockerfile_healthcheck()
+    ]
+    assert subprocess.run(check, timeout=TIMEOUT, check=False, env=started.env).returncode == 0
     assert (var / "sidecar.db").is_file()
     assert sorted(p.name for p in etc.iterdir()) == ["sidecar.yaml"]
     assert stat.S_IMODE(etc.stat().st_mode) == 0o555
