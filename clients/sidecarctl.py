@@ -82,7 +82,8 @@ never printed). Reads need a viewer token, writes an operator token. Prefer --to
 the environment variable: a --token value is visible to other users in the process list.
 
 A fleet (sidecars sharing one state in Redis) is addressed through any member: point
---target at one of them, or at a Service in front of them all.
+--target at one of them, at a Service in front of them all, or list several
+(--target ipv4:10.0.0.7:8501,10.0.0.8:8501: the first that answers is used).
 
 Exit codes: 0 done; 1 the sidecar refused the call (error: CODE: message on stderr);
 2 usage error; 3 the sidecar could not be reached (UNAVAILABLE / DEADLINE_EXCEEDED);

@@ -158,3 +158,15 @@ def test_a_plan_stage_sets_its_own_progress_deadline() -> None:
     assert [s.progress_deadline_seconds for s in plan.stages] == [1800.0, 0.0]
     stages = stages_from_proto(plan)
     assert [s.progress_deadline_s for s in stages] == [1800.0, 0.0]
+
+
+def test_any_member_of_a_fleet_answers(
+    fake: FakeControl, served: tuple[FakeControl, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Several members in one --target (gRPC's ipv4: list): a member that is down is
+    skipped and the next one answers (the state is shared, so any member will do)."""
+    _, port = served
+    down = "127.0.0.1:9"  # discard port: nothing listens
+    r = run(capsys, "--target", f"ipv4:{down},127.0.0.1:{port}", "-o", "json", "status")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["revision"] == 7
