@@ -41,7 +41,15 @@ from sidecar.core.gates import (
     worst,
 )
 from sidecar.core.limits import CONTROL_LIMITS, clip
-from sidecar.core.rollout import Baseline, Phase, RolloutProgress, Stage, StageKind, overdue
+from sidecar.core.rollout import (
+    Baseline,
+    Phase,
+    RolloutProgress,
+    Stage,
+    StageKind,
+    overdue,
+    projected_finish,
+)
 from sidecar.core.routing import BASIS_POINTS
 from sidecar.core.shadow.report import ShadowThresholds
 from sidecar.core.state import DesiredState
@@ -140,8 +148,10 @@ class RolloutController:
         self._cumulative: CumulativeWindows | None = None
         self._stage_key: tuple[float, int] | None = None
         self._warned: set[str] = set()
-        # The stage past its progress deadline (its key) and the warning saying so.
+        # The stage past its progress deadline (its key) and the warning saying so; and one
+        # whose sample minimum, at the rate so far, would be met only after it.
         self._stalled: tuple[tuple[float, int], str] | None = None
+        self._at_risk: tuple[tuple[float, int], str] | None = None
 
     def reconfigure(
         self, analysis: AnalysisConfig, evaluator_factory: Callable[[], Evaluator]
@@ -235,8 +245,10 @@ class RolloutController:
         metric, once per stage), and roll back when `analysis.progress_deadline_abort`."""
         over = overdue(progress, now, self.analysis.progress_deadline)
         stage = progress.stage
+        self._at_risk = None
         if over is None or stage is None:
             self._stalled = None
+            self._project(key, progress, now)
             return
         waiting = "; ".join(
             f"{g.name}: {g.detail}" for g in self.gates if g.status is GateStatus.WAIT
@@ -256,12 +268,34 @@ class RolloutController:
         if self.analysis.progress_deadline_abort:
             await self._roll_back(message, CONTROLLER)
 
+    def _project(self, key: tuple[float, int], progress: RolloutProgress, now: float) -> None:
+        """Before the deadline: warn when the sample minimum, at the rate seen so far,
+        would be reached only after it."""
+        stage, elapsed = progress.stage, progress.elapsed(now)
+        deadline = (stage.progress_deadline_s if stage else 0) or self.analysis.progress_deadline
+        gate = next((g for g in self.gates if g.name == "min_samples"), None)
+        if stage is None or deadline <= 0 or gate is None or gate.status is not GateStatus.WAIT:
+            return
+        finish = projected_finish(gate.value, gate.threshold, elapsed)
+        if finish is not None and finish > deadline:
+            self._at_risk = (
+                key,
+                f"rollout stage {stage.name} will miss its progress deadline ({deadline:g} s): "
+                f"at the rate so far its {gate.threshold:.0f} samples take about "
+                f"{finish:.0f} s (raise the traffic share or lower min_samples)",
+            )
+
     def stalled(self, state: DesiredState) -> str:
         """The progress-deadline warning of the stage `state` is in ("" when none)."""
+        return self._current(self._stalled, state)
+
+    @staticmethod
+    def _current(noted: tuple[tuple[float, int], str] | None, state: DesiredState) -> str:
+        """The noted message while `state`'s rollout is RUNNING in that stage, else ""."""
         progress = state.rollout
-        if self._stalled is None or progress is None or progress.phase is not Phase.RUNNING:
+        if noted is None or progress is None or progress.phase is not Phase.RUNNING:
             return ""
-        key, message = self._stalled
+        key, message = noted
         return message if key == (progress.stage_started_unix, progress.stage_index) else ""
 
     def _start_stage(self, key: tuple[float, int], stage: Stage, now: float) -> None:
@@ -462,8 +496,10 @@ class RolloutController:
 
     def warnings(self, state: DesiredState, now: float) -> list[str]:
         stalled = self.stalled(state)
+        at_risk = self._current(self._at_risk, state)
         return [
             *([stalled] if stalled else []),
+            *([at_risk] if at_risk else []),
             *(
                 f"variant {v!r} has held 100% of the traffic for {(now - t) / 3600:.1f} h "
                 "without being promoted (promote it or roll back)"

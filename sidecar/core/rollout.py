@@ -211,6 +211,16 @@ def overdue(progress: RolloutProgress, now: float, default_deadline: float) -> f
     return over if over > 0 else None
 
 
+def projected_finish(samples: float, needed: float, elapsed: float) -> float | None:
+    """Seconds into the stage at which `needed` samples are reached at the rate seen so
+    far (`samples` in `elapsed` seconds); None when nothing has been seen yet."""
+    if samples <= 0 or elapsed <= 0:
+        return None
+    if samples >= needed:
+        return elapsed
+    return elapsed * needed / samples
+
+
 @dataclass(frozen=True)
 class Baseline:
     requests: int = 0

@@ -4,7 +4,14 @@ reported (status warning, log, alert, metric reading) once, never silently; with
 
 from __future__ import annotations
 
-from sidecar.core.rollout import Phase, RolloutProgress, Stage, StageKind, overdue
+from sidecar.core.rollout import (
+    Phase,
+    RolloutProgress,
+    Stage,
+    StageKind,
+    overdue,
+    projected_finish,
+)
 from tests.unit.rollout.test_controller import Harness
 
 # A stage whose sample minimum cannot be met at 5% of 100 requests per tick.
@@ -12,14 +19,17 @@ STALLING = (Stage("c5", StageKind.CANARY, 500, min_duration_s=0.0, min_samples=1
 
 
 async def test_a_stalled_stage_raises_the_progress_deadline_warning() -> None:
-    """Deadline 2 s (ticks of 0.1 s): no warning before it; after it, one status warning
-    naming the stage and the gate it waits on, one alert; the rollout keeps RUNNING."""
+    """Deadline 2 s (ticks of 0.1 s): before it, only the projection (the sample minimum
+    cannot be met in time at this rate); after it, one status warning naming the stage and
+    the gate it waits on, one alert; the rollout keeps RUNNING."""
     h = Harness({"stable": 10_000, "canary": 0}, progress_deadline=2.0)
     await h.control.start_rollout("ops", "go", 0, STALLING, force=False)
     for _ in range(15):  # 1.5 s
         await h.tick(stable=95, canary=5)
-    assert h.controller.warnings(h.state, h.clock()) == []
+    (early,) = h.controller.warnings(h.state, h.clock())
+    assert "c5 will miss its progress deadline" in early and "samples take about" in early
     assert h.controller.stalled(h.state) == ""
+    assert not [e for e, _ in h.alerts.events if e == "rollout.progress_deadline_exceeded"]
     for _ in range(10):  # 2.5 s
         await h.tick(stable=95, canary=5)
     warnings = h.controller.warnings(h.state, h.clock())
@@ -53,6 +63,28 @@ async def test_a_stage_deadline_beats_the_default_and_abort_rolls_back() -> None
     assert rollout is not None and not rollout.phase.active
     assert h.state.weights["canary"] == 0 and "Rollback" in h.methods()
     assert h.controller.warnings(h.state, h.clock()) == []
+
+
+async def test_a_stage_on_course_to_meet_its_minimum_raises_nothing() -> None:
+    """Samples arriving fast enough for the deadline: no projection warning, no stall."""
+    h = Harness({"stable": 10_000, "canary": 0}, progress_deadline=20.0)
+    plan = (Stage("c5", StageKind.CANARY, 500, min_duration_s=0.0, min_samples=10**6),)
+    await h.control.start_rollout("ops", "go", 0, plan, force=False)
+    for _ in range(10):  # 1 s, 10 canary requests a tick: 10**6 would take 10**4 s
+        await h.tick(stable=90, canary=10)
+    assert len(h.controller.warnings(h.state, h.clock())) == 1  # this one cannot make it
+    fast = Harness({"stable": 10_000, "canary": 0}, progress_deadline=20.0)
+    plan = (Stage("c5", StageKind.CANARY, 500, min_duration_s=30.0, min_samples=1000),)
+    await fast.control.start_rollout("ops", "go", 0, plan, force=False)
+    for _ in range(10):  # 100 canary requests a second: 1000 within 10 s
+        await fast.tick(stable=90, canary=10)
+    assert fast.controller.warnings(fast.state, fast.clock()) == []
+
+
+def test_projected_finish() -> None:
+    assert projected_finish(100, 1000, 10.0) == 100.0
+    assert projected_finish(0, 1000, 10.0) is None
+    assert projected_finish(2000, 1000, 10.0) == 10.0
 
 
 def test_overdue_counts_running_time_only() -> None:
