@@ -5,8 +5,9 @@ every changed field into one of three lists:
 
 - `live`: applied at once: `server.log_level`, `server.shutdown_grace`, `shadow.sample_bp`,
   `shadow.noise_sample_bp` (while the noise mirror runs), and the `analysis` settings the
-  rollout controller reads each tick (interval, lookback, judge thresholds, minimums,
-  `stale_after_hours`, the progress deadline);
+  rollout controller reads on each tick (`interval`, `stale_after_hours`,
+  `progress_deadline`, `progress_deadline_abort`). The judge's thresholds are not among
+  them: the judge and its false-rollback budget are built once per deployment;
 - `ignored`: `flag.*`: the stored routing state wins over the file after the first start
   (change it with `sidecarctl`);
 - `restart`: everything else (listen addresses, variants, credentials, state, windows,
@@ -25,21 +26,15 @@ from typing import Any
 from sidecar.config import Config
 
 LIVE_FIELDS = frozenset(
-    {"server.log_level", "server.shutdown_grace", "shadow.sample_bp", "shadow.noise_sample_bp"}
-)
-# analysis.* is live except what the windows, the alert sender and the shadow report are
-# built from.
-RESTART_ANALYSIS = frozenset(
     {
-        "analysis.bucket",
-        "analysis.horizon",
-        "analysis.webhook_url",
-        "analysis.webhook_timeout",
-        "analysis.webhook_retries",
-        "analysis.shadow_min_agreement",
-        "analysis.shadow_min_comparisons",
-        "analysis.shadow_max_p95_ratio",
-        "analysis.shadow_max_error_ratio",
+        "server.log_level",
+        "server.shutdown_grace",
+        "shadow.sample_bp",
+        "shadow.noise_sample_bp",
+        "analysis.interval",
+        "analysis.stale_after_hours",
+        "analysis.progress_deadline",
+        "analysis.progress_deadline_abort",
     }
 )
 
@@ -81,8 +76,6 @@ def _is_live(field: str, old: Config, new: Config) -> bool:
         )
     if field.startswith("shadow."):
         return field in LIVE_FIELDS and old.shadow is not None and new.shadow is not None
-    if field.startswith("analysis."):
-        return field not in RESTART_ANALYSIS
     return field in LIVE_FIELDS
 
 

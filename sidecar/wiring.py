@@ -204,8 +204,7 @@ class Sidecar:
             if "shadow.noise_sample_bp" in live and self.dataplane.noise is not None:
                 self.dataplane.noise.set_sample_bp(config.shadow.noise_sample_bp)
         if any(f.startswith("analysis.") for f in live):
-            judge = config.analysis.judge()
-            self.controller.reconfigure(config.analysis, lambda: JudgeEvaluator(judge))
+            self.controller.reconfigure(config.analysis)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, drain in-flight within `grace`."""

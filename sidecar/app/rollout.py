@@ -153,16 +153,11 @@ class RolloutController:
         self._stalled: tuple[tuple[float, int], str] | None = None
         self._at_risk: tuple[tuple[float, int], str] | None = None
 
-    def reconfigure(
-        self, analysis: AnalysisConfig, evaluator_factory: Callable[[], Evaluator]
-    ) -> None:
-        """New analysis settings (configuration reload), read from the next tick. Changed
-        judge thresholds start a new judge (its check count and alpha spending restart)."""
-        judge_changed = analysis.judge() != self.analysis.judge()
+    def reconfigure(self, analysis: AnalysisConfig) -> None:
+        """New analysis settings (configuration reload), read from the next tick: the tick
+        interval, the stale-variant report, the progress deadline. The judge is not rebuilt
+        (its thresholds and false-rollback budget need a restart)."""
         self.analysis = analysis
-        self.new_evaluator = evaluator_factory
-        if judge_changed:
-            self.evaluator = evaluator_factory()
 
     # ---- the loop --------------------------------------------------------------------
 
