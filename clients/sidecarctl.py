@@ -1,7 +1,7 @@
 """`sidecarctl`: the operator's command line for the sidecar's Control API.
 
 Run `sidecarctl --help` and `sidecarctl COMMAND --help`. Exit codes: 0 done, 1 the sidecar
-refused (message on stderr), 2 usage error, 3 the sidecar could not be reached, 4 `rollout
+refused (message on stderr), 2 usage error, 3 the sidecar could not be reached, 5 `rollout
 status --watch` saw the rollout end ABORTED or ROLLED_BACK.
 """
 
@@ -56,7 +56,7 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
-EXIT_ROLLOUT_FAILED = 4  # rollout status --watch: the rollout ended ABORTED or ROLLED_BACK
+EXIT_ROLLOUT_FAILED = 5  # rollout status --watch: the rollout ended ABORTED or ROLLED_BACK
 FAILED_PHASES = ("ABORTED", "ROLLED_BACK")
 
 MAX_BP = 10_000
@@ -87,7 +87,7 @@ A fleet (sidecars sharing one state in Redis) is addressed through any member: p
 
 Exit codes: 0 done; 1 the sidecar refused the call (error: CODE: message on stderr);
 2 usage error; 3 the sidecar could not be reached (UNAVAILABLE / DEADLINE_EXCEEDED);
-4 `rollout status --watch` saw the rollout end ABORTED or ROLLED_BACK (for CI)."""
+5 `rollout status --watch` saw the rollout end ABORTED or ROLLED_BACK (for CI)."""
 
 EPILOG = """\
 examples:
@@ -1024,7 +1024,7 @@ def _add_rollout_commands(c: _CommandFactory) -> None:
         "stage's progress (time and samples against its minimums), its gates (PASS / FAIL /\n"
         "WAIT with value and threshold), the last health verdict and stable's baseline.\n"
         "Read-only. --watch polls every --interval seconds until Ctrl-C or until the rollout\n"
-        "ends: exit 0 when it SUCCEEDED, 4 when it ended ROLLED_BACK or ABORTED (as\n"
+        "ends: exit 0 when it SUCCEEDED, 5 when it ended ROLLED_BACK or ABORTED (as\n"
         "`kubectl argo rollouts status` does), so CI can wait on it.",
         "sidecarctl rollout status --watch --interval 5",
         sub=rollout,

@@ -47,10 +47,10 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_rollout_status_watch_exits_4_when_the_rollout_fails(
     fake: FakeControl, capsys: pytest.CaptureFixture[str], phase: str
 ) -> None:
-    """CI waits with `rollout status --watch`: an aborted or rolled back rollout is exit 4."""
+    """CI waits with `rollout status --watch`: an aborted or rolled back rollout is exit 5 (4 is the fleet write wait's)."""
     fake.rollout_polls = [rollout(), rollout(stage_index=3), rollout(phase)]
     r = run(capsys, "-o", "json", "rollout", "status", "--watch", "--interval", "0.01")
-    assert r.code == sidecarctl.EXIT_ROLLOUT_FAILED == 4, r.err
+    assert r.code == sidecarctl.EXIT_ROLLOUT_FAILED == 5, r.err
     assert methods(fake) == ["GetRollout"] * 3
 
 
