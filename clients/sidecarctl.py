@@ -622,6 +622,12 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     _add_promotion_commands(factory)
     _add_report_commands(factory)
     _add_rollout_commands(factory)
+    _add_completion_command(commands)
+    return parser
+
+
+def _add_completion_command(commands: argparse._SubParsersAction[_Parser]) -> None:
+    """completion: a shell completion script (needs no sidecar)."""
     p = commands.add_parser(
         "completion",
         help="print a shell completion script (bash or zsh)",
@@ -632,7 +638,6 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     )
     p.add_argument("shell", choices=SHELLS, help="bash or zsh")
     p.set_defaults(handler=None)
-    return parser
 
 
 def version() -> str:
