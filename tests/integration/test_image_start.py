@@ -100,7 +100,7 @@ def interpreter_for(uid: int | None, code: Path) -> tuple[str, str]:
         path = os.pathsep.join(p for p in (str(code), extra) if p)
         try:
             subprocess.run(
-                [python, "-c", "import grpc, numpy, sidecar.cli"], user=uid, check=True,
+                [python, "-c", "import sidecar.cli, sidecar.wiring"], user=uid, check=True,
                 capture_output=True, timeout=TIMEOUT, cwd="/", env={"PYTHONPATH": path},
             )  # fmt: skip
         except (OSError, subprocess.CalledProcessError):
