@@ -37,7 +37,7 @@ lint: venv ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: venv venv-mlserver check-generated lint ## Lint, type check and run every test
+test: venv venv-mlserver check-generated lint check-deploy ## Lint, type check, validate deploy/, run every test
 	$(VENV)/bin/pytest tests/unit -q -p no:cacheprovider
 	$(VENV)/bin/pytest tests/integration -q -p no:cacheprovider
 
@@ -55,10 +55,21 @@ bench: venv ## Benchmarks: data plane, kill-switch propagation, canary judge, A/
 	$(PY) bench/fleet.py
 	$(PY) bench/fleet_failover.py
 
+check-deploy: venv ## Validate deploy/: kustomize + Kubernetes schemas, Compose schema, promtool rules and tests, dashboard
+	$(PY) scripts/check_deploy.py
+
+IMAGE ?= rollout-sidecar:dev
+image: ## Build the sidecar image (needs a Docker engine; none on the development machines)
+	@docker info >/dev/null 2>&1 || { echo "image: no Docker engine reachable (docker info failed)"; exit 1; }
+	docker build -t $(IMAGE) .
+
+image-size: image ## Build the image and print its size
+	@docker image inspect $(IMAGE) --format '{{.Size}}' | awk '{printf "$(IMAGE): %.1f MB\n", $$1 / 1e6}'
+
 demo: venv venv-mlserver ## Real rollout demo: MLServer + sidecar; split, shadow, kill switch, A/B report, gated rollout
 	$(PY) examples/demo.py
 
 clean: ## Remove virtual environments and caches
 	rm -rf $(VENV) $(MLVENV) .mypy_cache .ruff_cache .pytest_cache
 
-.PHONY: help venv venv-mlserver generate check-generated lint test test-unit bench demo clean
+.PHONY: help venv venv-mlserver generate check-generated lint check-deploy image image-size test test-unit bench demo clean

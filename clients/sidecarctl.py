@@ -1,7 +1,8 @@
 """`sidecarctl`: the operator's command line for the sidecar's Control API.
 
 Run `sidecarctl --help` and `sidecarctl COMMAND --help`. Exit codes: 0 done, 1 the sidecar
-refused (message on stderr), 2 usage error, 3 the sidecar could not be reached.
+refused (message on stderr), 2 usage error, 3 the sidecar could not be reached, 5 `rollout
+status --watch` saw the rollout end ABORTED or ROLLED_BACK.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import argparse
 import json
 import math
 import os
+import queue
 import re
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -56,10 +59,14 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_FLEET_LAGGING = 4
+EXIT_ROLLOUT_FAILED = 5  # rollout status --watch: the rollout ended ABORTED or ROLLED_BACK
+FAILED_PHASES = ("ABORTED", "ROLLED_BACK")
 
 MAX_BP = 10_000
 
 _Formatter = argparse.RawDescriptionHelpFormatter
+OUTPUT_FORMATS = ("table", "json", "yaml")
+SHELLS = ("bash", "zsh")
 
 DESCRIPTION = """\
 Operate a running rollout sidecar through its Control API: inspect the routing state, move
@@ -77,9 +84,14 @@ Credentials: --token, else --token-file, else $SIDECARCTL_TOKEN (sent as a beare
 never printed). Reads need a viewer token, writes an operator token. Prefer --token-file or
 the environment variable: a --token value is visible to other users in the process list.
 
+A fleet (sidecars sharing one state in Redis) is addressed through any member: point
+--target at one of them, at a Service in front of them all, or list several
+(--target ipv4:10.0.0.7:8501,10.0.0.8:8501: the first that answers is used).
+
 Exit codes: 0 done; 1 the sidecar refused the call (error: CODE: message on stderr);
 2 usage error; 3 the sidecar could not be reached (UNAVAILABLE / DEADLINE_EXCEEDED);
-4 a write with --wait was stored, but some fleet members had not applied it in time.
+4 a write with --wait was stored, but some fleet members had not applied it in time;
+5 `rollout status --watch` saw the rollout end ABORTED or ROLLED_BACK (for CI).
 
 Fleet (state.backend: redis): every member serves the same state; a write through any
 member is stored in Redis and acknowledged, and every member applies it at once. With
@@ -100,7 +112,9 @@ examples:
   sidecarctl rollout start --reason "model v2" && sidecarctl rollout status --watch
   sidecarctl drill --reason "quarterly rollback rehearsal"
   sidecarctl report --html experiment.html
-  sidecarctl audit --limit 20"""
+  sidecarctl audit --limit 20
+  sidecarctl status -o yaml
+  source <(sidecarctl completion bash)"""
 
 PLAN_FORMAT = """\
 plan file (--plan): JSON (*.json) or YAML (anything else), a list of stages in order:
@@ -125,6 +139,8 @@ plan file (--plan): JSON (*.json) or YAML (anything else), a list of stages in o
     ab_gate: true           # also wait for the A/B verdict (Ship B or Equivalent passes,
                             # Keep A rolls back); needs experiment.metrics in the config
     max_drift_psi: 0.25     # roll back when an input or prediction PSI reaches 0.25; 0: off
+    progress_deadline: 2h   # report the stage stalled if a gate still waits after this
+                            # (default: the sidecar's analysis.progress_deadline)
   - name: promote           # the canary becomes stable (last stage, optional)
     kind: promote
 Shadow stages come first, canary shares must increase, promote is last. The sidecar refuses
@@ -249,7 +265,7 @@ _PLAN_KINDS = {
 }
 _STAGE_FIELDS = (
     "name", "kind", "canary_percent", "canary_bp", "min_duration", "min_samples", "ab_gate",
-    "max_drift_psi",
+    "max_drift_psi", "progress_deadline",
 )  # fmt: skip
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[hms])+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
@@ -337,6 +353,7 @@ _STAGE_OPTIONS: tuple[tuple[str, Callable[[object], Any], str], ...] = (
     ("min_samples", _plan_samples, "min_samples"),
     ("ab_gate", _plan_flag, "ab_gate"),
     ("max_drift_psi", _plan_psi, "max_drift_psi"),
+    ("progress_deadline", _plan_duration, "progress_deadline_seconds"),
 )
 
 
@@ -524,9 +541,9 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     group.add_argument(
         "-o",
         "--output",
-        choices=("table", "json"),
+        choices=OUTPUT_FORMATS,
         default=default("table"),
-        help="table for people (default), json for scripts",
+        help="table for people (default), json or yaml for scripts",
     )
     group.add_argument(
         "--timeout",
@@ -625,6 +642,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
         formatter_class=_Formatter,
     )
     parser.secrets = secrets
+    parser.add_argument("--version", action="version", version=f"sidecarctl {version()}")
     _add_global_options(parser, suppress=False)
     common = _Parser(add_help=False)
     _add_global_options(common, suppress=True)
@@ -636,6 +654,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     _add_report_commands(factory)
     _add_rollout_commands(factory)
     _add_fleet_commands(factory)
+    _add_completion_command(commands)
     return parser
 
 
@@ -653,6 +672,82 @@ def _add_fleet_commands(c: _CommandFactory) -> None:
     p.set_defaults(handler=cmd_fleet)
 
 
+def _add_completion_command(commands: argparse._SubParsersAction[_Parser]) -> None:
+    """completion: a shell completion script (needs no sidecar)."""
+    p = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for SHELL. bash: `source <(sidecarctl completion "
+        "bash)` (or save it under /etc/bash_completion.d/); zsh: `source <(sidecarctl "
+        "completion zsh)`. Completes commands, subcommands and options.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("shell", choices=SHELLS, help="bash or zsh")
+    p.set_defaults(handler=None)
+
+
+def version() -> str:
+    """The installed package's version ("unknown" when run from a tree not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("rollout-sidecar")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown"
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """A completion script built from the parser itself (so it never goes stale): for each
+    command path, the subcommands and options that may follow."""
+    words: dict[str, list[str]] = {}
+
+    def walk(current: argparse.ArgumentParser, path: str) -> None:
+        found: list[str] = []
+        for action in current._actions:
+            found += [o for o in action.option_strings if o.startswith("--")]
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found.append(name)
+                    walk(sub, f"{path} {name}".strip())
+            elif action.choices and not action.option_strings:
+                found += [str(c) for c in action.choices]
+        words[path] = sorted(set(found))
+
+    walk(parser, "")
+    cases = "\n".join(
+        f'        "{path}") words="{" ".join(options)}" ;;'
+        for path, options in sorted(words.items())
+    )
+    script = f"""# sidecarctl completion ({shell}); generated by `sidecarctl completion {shell}`
+_sidecarctl() {{
+    local cur path word i
+    cur="${{COMP_WORDS[COMP_CWORD]}}"
+    path=""
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        word="${{COMP_WORDS[i]}}"
+        [[ "$word" == -* ]] && continue
+        case "$path${{path:+ }}$word" in
+{_known_paths(words)}
+        esac
+    done
+    local words=""
+    case "$path" in
+{cases}
+    esac
+    COMPREPLY=($(compgen -W "$words" -- "$cur"))
+}}
+complete -F _sidecarctl sidecarctl
+"""
+    if shell == "zsh":
+        script = "autoload -U +X bashcompinit && bashcompinit\n" + script
+    return script
+
+
+def _known_paths(words: Mapping[str, list[str]]) -> str:
+    paths = " | ".join(f'"{p}"' for p in sorted(words) if p)
+    return f'            {paths}) path="$path${{path:+ }}$word" ;;'
+
+
 def _add_routing_commands(c: _CommandFactory) -> None:
     """status, weights, kill: read the routing state, split traffic, the kill switch."""
     p = c.add(
@@ -668,8 +763,15 @@ def _add_routing_commands(c: _CommandFactory) -> None:
         "-w",
         "--watch",
         action="store_true",
-        help="keep running and print the state again on every change until Ctrl-C "
-        "(json: one object per line)",
+        help="keep running and print the state again on every change, and every --interval "
+        "seconds with fresh request counts, until Ctrl-C (json: one object per line)",
+    )
+    p.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=_interval,
+        default=5.0,
+        help="with --watch: re-read and print the state this often between changes (default: 5)",
     )
     p.set_defaults(handler=cmd_status)
 
@@ -973,8 +1075,8 @@ def _add_rollout_commands(c: _CommandFactory) -> None:
         "stage's progress (time and samples against its minimums), its gates (PASS / FAIL /\n"
         "WAIT with value and threshold), the last health verdict and stable's baseline.\n"
         "Read-only. --watch polls every --interval seconds until Ctrl-C or until the rollout\n"
-        "ends (SUCCEEDED, ROLLED_BACK or ABORTED), then exits 0: read the final phase from the\n"
-        "output.",
+        "ends: exit 0 when it SUCCEEDED, 5 when it ended ROLLED_BACK or ABORTED (as\n"
+        "`kubectl argo rollouts status` does), so CI can wait on it.",
         "sidecarctl rollout status --watch --interval 5",
         sub=rollout,
     )
@@ -1020,8 +1122,9 @@ def _add_rollout_commands(c: _CommandFactory) -> None:
 class Console:
     """stdout/stderr writer that redacts secrets and flushes (watch output goes to pipes)."""
 
-    def __init__(self, json_mode: bool, secrets: Sequence[str]) -> None:
-        self.json_mode = json_mode
+    def __init__(self, json_mode: bool, secrets: Sequence[str], *, yaml_mode: bool = False) -> None:
+        self.json_mode = json_mode or yaml_mode  # machine-readable output (json or yaml)
+        self.yaml_mode = yaml_mode
         self.secrets = tuple(s for s in secrets if s)
 
     def out(self, text: str) -> None:
@@ -1031,7 +1134,13 @@ class Console:
         print(_redact(text, self.secrets), file=sys.stderr, flush=True)
 
     def data(self, value: Any, *, compact: bool = False) -> None:
-        self.out(json.dumps(value, indent=None if compact else 2, ensure_ascii=False))
+        """One document: JSON (compact: one line, for streams), or YAML (compact: a
+        `---`-separated document of a stream)."""
+        if self.yaml_mode:
+            text = yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip("\n")
+            self.out(f"---\n{text}" if compact else text)
+        else:
+            self.out(json.dumps(value, indent=None if compact else 2, ensure_ascii=False))
 
     def state(self, state: cpb.State, *, compact: bool = False) -> None:
         if self.json_mode:
@@ -1060,11 +1169,12 @@ def cmd_status(client: ControlClient, args: argparse.Namespace, console: Console
     with client.watch_state() as watch:
         try:
             first = True
-            for state in watch:
+            for state, refreshed in _states_with_refresh(client, watch, args.interval):
                 if not console.json_mode:
                     if not first:
                         console.out("")
-                    console.out(f"=== revision {state.revision} ===")
+                    when = f" (refreshed {_utc_now()})" if refreshed else ""
+                    console.out(f"=== revision {state.revision}{when} ===")
                 first = False
                 console.state(state, compact=True)
                 if ask_rollout and not console.json_mode:
@@ -1072,6 +1182,46 @@ def cmd_status(client: ControlClient, args: argparse.Namespace, console: Console
         except KeyboardInterrupt:
             watch.cancel()
     return EXIT_OK
+
+
+_END = object()
+
+
+def _states_with_refresh(
+    client: ControlClient, watch: Any, interval: float
+) -> Iterator[tuple[cpb.State, bool]]:
+    """Each streamed state (False), and between changes a fresh read every `interval`
+    seconds (True: the request counts move without a new revision). Ends with the stream;
+    a stream error is raised here."""
+    changes: queue.Queue[object] = queue.Queue(maxsize=64)
+
+    def pump() -> None:
+        try:
+            for state in watch:
+                changes.put(state)
+        except BaseException as exc:  # handed to the main thread
+            changes.put(exc)
+        changes.put(_END)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen = False  # refreshes start after the stream's first state
+    while True:
+        try:
+            item = changes.get(timeout=interval if seen else None)
+        except queue.Empty:
+            yield client.get_state(), True
+            continue
+        seen = True
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        assert isinstance(item, cpb.State)
+        yield item, False
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _show_active_rollout(client: ControlClient, console: Console) -> bool:
@@ -1226,7 +1376,7 @@ def cmd_rollout_status(client: ControlClient, args: argparse.Namespace, console:
             first = False
             console.rollout(rollout, compact=True)
             if rollout.phase not in ACTIVE_PHASES:
-                return EXIT_OK
+                return EXIT_ROLLOUT_FAILED if rollout.phase in FAILED_PHASES else EXIT_OK
             time.sleep(interval)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -1479,14 +1629,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
+    if args.command == "completion":
+        print(completion_script(parser, args.shell), end="")
+        return EXIT_OK
     json_mode = args.output == "json"
+    yaml_mode = args.output == "yaml"
     secrets = list(_argv_tokens(argv))
     try:
         token = _resolve_token(args)
     except _UsageError as exc:
-        Console(json_mode, secrets).err(f"sidecarctl: error: {exc}")
+        Console(json_mode, secrets, yaml_mode=yaml_mode).err(f"sidecarctl: error: {exc}")
         return EXIT_USAGE
-    console = Console(json_mode, [*secrets, token or ""])
+    console = Console(json_mode, [*secrets, token or ""], yaml_mode=yaml_mode)
     target: str = args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
     handler: Handler = args.handler
 

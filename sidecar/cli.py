@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         for sig in STOP_SIGNALS:
             signal.signal(sig, _remember)
+        # SIGHUP reloads once serving (wiring.serve); until then it must not end the process.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         return _run(args)
     except Exception as exc:  # one line, never a traceback (SIDECAR_DEBUG=1 adds it)

@@ -573,6 +573,10 @@ class AnalysisConfig(_Section):
     webhook_url: Annotated[str, AfterValidator(_webhook)] = ""
     webhook_timeout: PositiveDuration = 2.0
     webhook_retries: Count = 3
+    # A rollout stage still waiting on a gate this long after it started is reported
+    # stalled (status warning, log, alert, metric); a plan stage may set its own. 0: off.
+    progress_deadline: NonNegativeDuration = 3600.0
+    progress_deadline_abort: bool = False  # true: also roll back a stalled stage
 
     @model_validator(mode="after")
     def _horizon_holds_lookback(self) -> AnalysisConfig:
@@ -613,12 +617,18 @@ class AnalysisConfig(_Section):
         )
 
 
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+
+
 @dataclass(frozen=True)
 class TelemetryConfig:
-    """From the standard OpenTelemetry environment variables."""
+    """From the standard OpenTelemetry environment variables. `protocol`: OTLP over gRPC
+    (default) or HTTP (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else
+    `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` or `http/protobuf`)."""
 
     service_name: str = "rollout-sidecar"
     export: bool = False
+    protocol: str = "grpc"
 
     @staticmethod
     def from_environ(environ: Mapping[str, str]) -> TelemetryConfig:
@@ -626,9 +636,21 @@ class TelemetryConfig:
             "OTEL_EXPORTER_OTLP_ENDPOINT"
         )
         exporter = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+        variable = (
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+            if environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            else "OTEL_EXPORTER_OTLP_PROTOCOL"
+        )
+        protocol = environ.get(variable, "").strip().lower() or "grpc"
+        if protocol not in OTLP_PROTOCOLS:
+            raise ValueError(
+                f"${variable}: must be grpc or http/protobuf (OTLP over gRPC or HTTP), "
+                f"got {protocol!r}"
+            )
         return TelemetryConfig(
             service_name=environ.get("OTEL_SERVICE_NAME") or "rollout-sidecar",
             export=bool(endpoint) and exporter != "none",
+            protocol=protocol,
         )
 
 
@@ -691,9 +713,13 @@ class Config(_Section):
             self._flag = self.flag_config.build(self.variants)
         except FlagError as exc:
             problems.append(f"flag.{exc.field}: {exc.message}")
+        problems += _routed_experiment_segments(self.flag_config, self.experiment)
+        try:
+            self._telemetry = TelemetryConfig.from_environ(context.get("environ", os.environ))
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
             raise ValueError("\n".join(problems))
-        self._telemetry = TelemetryConfig.from_environ(context.get("environ", os.environ))
         self._source = str(context.get("source", "<embedded>"))
         return self
 
@@ -731,6 +757,19 @@ class Config(_Section):
     @property
     def metrics_address(self) -> str:
         return self.listen.metrics
+
+
+def _routed_experiment_segments(flag: FlagConfig, experiment: ExperimentSettings) -> list[str]:
+    """An experiment segment that a segment rule always routes never takes part in the
+    weighted split, so it can never have A/B data: refused, naming both."""
+    rules = {rule.segment: (i, rule.variant) for i, rule in enumerate(flag.segment_rules)}
+    return [
+        f"experiment.segments: {segment!r} is always routed to {rules[segment][1]!r} by "
+        f"flag.segment_rules[{rules[segment][0]}], so it never enters the A/B split; remove "
+        "it from experiment.segments or remove the rule"
+        for segment in experiment.segments
+        if segment in rules
+    ]
 
 
 MAX_REFERENCE_BYTES = 64 * 1024 * 1024
@@ -888,24 +927,79 @@ def yaml_error(exc: yaml.YAMLError) -> str:
     return f"{where}{' '.join(str(problem).split())}"
 
 
+# Environment overrides: variable -> the field it sets (over the file's value). Every listen
+# address and every path to a secret, plus the state paths an image points at its volume.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "SIDECAR_LISTEN_PREDICT": ("listen", "predict"),
+    "SIDECAR_LISTEN_CONTROL": ("listen", "control"),
+    "SIDECAR_LISTEN_METRICS": ("listen", "metrics"),
+    "SIDECAR_CONTROL_TLS_CERT_FILE": ("control", "tls", "cert_file"),
+    "SIDECAR_CONTROL_TLS_KEY_FILE": ("control", "tls", "key_file"),
+    "SIDECAR_CONTROL_TLS_CLIENT_CA_FILE": ("control", "tls", "client_ca_file"),
+    "SIDECAR_STATE_PATH": ("state", "path"),
+    "SIDECAR_STATE_EXPERIMENT_PATH": ("state", "experiment_path"),
+    "SIDECAR_REDIS_URL": ("state", "redis", "url"),
+    "SIDECAR_REDIS_PASSWORD_FILE": ("state", "redis", "password_file"),
+    "SIDECAR_REDIS_TLS_CA_FILE": ("state", "redis", "tls_ca_file"),
+}
+
+
+def _with_env_overrides(doc: Any, environ: Mapping[str, str]) -> tuple[Any, dict[str, str]]:
+    """The document with each set `ENV_OVERRIDES` variable's value in its field (an empty
+    value is ignored), and field path -> variable for the error messages."""
+    used: dict[str, str] = {}
+    if not isinstance(doc, dict):
+        return doc, used
+    for variable, path in ENV_OVERRIDES.items():
+        value = environ.get(variable, "")
+        if not value:
+            continue
+        section = doc
+        for key in path[:-1]:
+            child = section.get(key)
+            if child is None:
+                child = section[key] = {}
+            if not isinstance(child, dict):
+                break  # the file's own shape is wrong: its message says so
+            section = child
+        else:
+            section[path[-1]] = value
+            used[".".join(path)] = variable
+    return doc, used
+
+
+def _name_variables(problems: list[str], used: Mapping[str, str]) -> list[str]:
+    """A problem about a field an environment variable set says which variable."""
+    out = []
+    for problem in problems:
+        for field, variable in used.items():
+            if problem.startswith(f"{field}:") or problem.startswith(f"{field}."):
+                problem = f"{problem} (set by ${variable})"
+                break
+        out.append(problem)
+    return out
+
+
 def parse_config(raw: Any, source: str = "<embedded>", base: Path | None = None) -> Config:
     """Validate a parsed YAML document; raise `ConfigError` listing every problem.
 
     Validated as JSON (YAML's data model), which is what strictness means for a file:
     lists are arrays, mappings objects, ``"64"`` a string. Then the files `serve` will
-    write are checked (`_state_file_problems`)."""
+    write are checked (`_state_file_problems`). `SIDECAR_*` variables of `ENV_OVERRIDES`
+    set their fields over the file's values."""
     try:
-        text = json.dumps(_prepared(raw), default=str)
+        doc, used = _with_env_overrides(_prepared(raw), os.environ)
+        text = json.dumps(doc, default=str)
     except (RecursionError, ValueError) as exc:
         raise ConfigError(source, [f"<file>: cannot be read as data: {exc}"]) from None
     context = {"base": base, "source": source, "environ": os.environ}
     try:
         config = Config.model_validate_json(text, context=context)
     except ValidationError as exc:
-        raise ConfigError(source, _problems(exc)) from None
+        raise ConfigError(source, _name_variables(_problems(exc), used)) from None
     problems = _state_file_problems(config)
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, _name_variables(problems, used))
     return config
 
 

@@ -71,7 +71,7 @@ from sidecar.app.rollout import (
     stable_baseline,
 )
 from sidecar.app.state import Snapshot, StateHolder
-from sidecar.config import Config, read_drift_reference
+from sidecar.config import Config, ConfigError, load_config, read_drift_reference
 from sidecar.core.canary.merged import MergedWindows
 from sidecar.core.canary.window import RollingWindows, WindowSource
 from sidecar.core.experiment import Attribution, OutcomeLedger
@@ -82,6 +82,8 @@ from sidecar.core.routing import FlagError
 from sidecar.core.state import DesiredState
 from sidecar.core.stats.lazy import warm_up
 from sidecar.core.tensors import decode_inputs
+from sidecar.logging import set_level
+from sidecar.reload import merge, plan_reload
 
 log = structlog.get_logger("sidecar")
 READINESS_INTERVAL = 2.0
@@ -189,6 +191,53 @@ class Sidecar:
                 last = ready
             await asyncio.sleep(READINESS_INTERVAL)
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration file; apply what can change live (see
+        `sidecar.reload`), keep the rest, and on an invalid file change nothing and log
+        why, naming the field. Never raises: the process keeps serving."""
+        path = self.config.source
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error(
+                "config.reload_refused",
+                file=path,
+                problems=exc.problems,
+                message="invalid configuration; the one in force is kept",
+            )
+            return
+        except Exception as exc:  # never let a reload end the process
+            log.exception("config.reload_failed", file=path, error=str(exc))
+            return
+        plan = plan_reload(self.config, new)
+        merged = merge(self.config, new, plan.live)
+        self._apply(merged, plan.live)
+        self.config = merged
+        log.info(
+            "config.reloaded",
+            file=path,
+            applied=list(plan.live),
+            ignored_stored_state_wins=list(plan.ignored),
+            restart_needed=list(plan.restart),
+        )
+        if plan.restart:
+            log.warning(
+                "config.reload_needs_restart",
+                fields=list(plan.restart),
+                message="these changes take effect only after a restart",
+            )
+
+    def _apply(self, config: Config, live: tuple[str, ...]) -> None:
+        if "server.log_level" in live:
+            set_level(config.server.log_level)
+        if config.shadow is not None:
+            if "shadow.sample_bp" in live and self.dataplane.mirror is not None:
+                self.dataplane.mirror.set_sample_bp(config.shadow.sample_bp)
+            if "shadow.noise_sample_bp" in live and self.dataplane.noise is not None:
+                self.dataplane.noise.set_sample_bp(config.shadow.noise_sample_bp)
+        if any(f.startswith("analysis.") for f in live):
+            self.controller.reconfigure(config.analysis)
+
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, drain in-flight within `grace`."""
         grace = self.config.server.shutdown_grace if grace is None else grace
@@ -215,11 +264,15 @@ class Sidecar:
         log.info("sidecar.stopped")
 
 
-def _rollout_reading(snapshot: Snapshot) -> dict[str, str]:
+def _rollout_reading(snapshot: Snapshot, stalled: str = "") -> dict[str, str | bool]:
     r = snapshot.state.rollout
     if r is None:
         return {}
-    return {"stage": r.stage.name if r.stage else "", "phase": r.phase.value}
+    return {
+        "stage": r.stage.name if r.stage else "",
+        "phase": r.phase.value,
+        "deadline_exceeded": bool(stalled),
+    }
 
 
 def _host(address: str) -> str:
@@ -512,7 +565,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     lead = _lead(config, fleet, telemetry.windows, lambda: experiment.tracker.counters())
     pool = UpstreamPool(
         config.variants, config.server.max_message_bytes, telemetry.tracer,
-        client_spans=telemetry.detailed,
+        client_spans=telemetry.detailed, observe=telemetry.metrics.observe_upstream,
     )  # fmt: skip
     a = config.analysis
     alerts = Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries)
@@ -567,7 +620,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
 
 
 def _telemetry(config: Config) -> _Telemetry:
-    metrics = SidecarMetrics()
+    metrics = SidecarMetrics(versions={n: v.model_version for n, v in config.variants.items()})
     windows = RollingWindows(config.analysis.bucket, config.analysis.horizon)
     stats = VariantStatsProcessor([metrics.record, windows.record])
     provider = tracer_provider(config.telemetry, [stats])
@@ -601,15 +654,17 @@ def _mirrors(config: Config, pool: UpstreamPool, stable: str, telemetry: _Teleme
     if shadow is None:
         return _Mirrors()
     tracer = telemetry.tracer if telemetry.detailed else NoOpTracer()
+    observe = telemetry.metrics.observe_shadow
     mirror = ShadowMirror(
-        shadow, pool.upstreams[shadow.variant], reply_outputs, salt=config.flag.salt,
+        shadow, pool.upstreams[shadow.variant].observed_by(observe), reply_outputs,
+        salt=config.flag.salt,
         tracer=tracer,
     )  # fmt: skip
     if not shadow.noise_sample_bp:
         return _Mirrors(mirror)
     noise = ShadowMirror(
         shadow.model_copy(update={"variant": stable, "sample_bp": shadow.noise_sample_bp}),
-        pool.upstreams[stable],
+        pool.upstreams[stable].observed_by(observe),
         reply_outputs,
         salt=f"{config.flag.salt}/noise",
         tracer=tracer,
@@ -724,7 +779,9 @@ def _readings(
         shadow=lambda: mirror.recorder.summary() if mirror else None,
         state=lambda: describe(control.snapshot()),
         verdicts=lambda: dict(controller.verdicts),
-        rollout=lambda: _rollout_reading(control.snapshot()),
+        rollout=lambda: _rollout_reading(
+            control.snapshot(), controller.stalled(control.snapshot().state)
+        ),
         experiment=lambda: experiment.readings,
         drift=insights.drift_levels.current,
         outcomes=outcomes,
@@ -891,7 +948,8 @@ async def serve(
     safe_mode: bool = False,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Run until SIGTERM or SIGINT; drain and return 0.
+    """Run until SIGTERM or SIGINT; drain and return 0. SIGHUP reloads the
+    configuration file (`Sidecar.reload`).
 
     The signal handlers are installed before anything is built or bound, so a signal at
     any point of start-up (even in the first milliseconds after `sidecar.started`) stops
@@ -912,6 +970,8 @@ async def serve(
     # SERVING now; the statistics' scipy modules load in a worker thread meanwhile
     # (sidecar.core.stats.lazy), instead of before serving or on the event loop at first use.
     warm = asyncio.get_running_loop().run_in_executor(None, warm_up)
+    with contextlib.suppress(NotImplementedError):  # SIGHUP: reload, never exit
+        loop.add_signal_handler(signal.SIGHUP, sidecar.reload)
     # Everything built so far lives as long as the process: move it out of the cyclic
     # collector's reach, so full collections stay short (measured: 47-57 ms pauses
     # without this under load, none over 8 ms with it).

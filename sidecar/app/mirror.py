@@ -65,6 +65,10 @@ class ShadowMirror(Generic[Req, Resp]):
     def in_flight(self) -> int:
         return self._in_flight
 
+    def set_sample_bp(self, sample_bp: int) -> None:
+        """A new sampling share from the next offered request (configuration reload)."""
+        self.settings = self.settings.model_copy(update={"sample_bp": sample_bp})
+
     def offer(
         self,
         request: Req,

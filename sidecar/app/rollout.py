@@ -49,7 +49,15 @@ from sidecar.core.gates import (
     worst,
 )
 from sidecar.core.limits import CONTROL_LIMITS, clip
-from sidecar.core.rollout import Baseline, Phase, RolloutProgress, Stage, StageKind
+from sidecar.core.rollout import (
+    Baseline,
+    Phase,
+    RolloutProgress,
+    Stage,
+    StageKind,
+    overdue,
+    projected_finish,
+)
 from sidecar.core.routing import BASIS_POINTS
 from sidecar.core.shadow.report import ShadowThresholds
 from sidecar.core.state import DesiredState
@@ -172,6 +180,16 @@ class RolloutController:
         self._cumulative: CumulativeWindows | None = None
         self._stage_key: tuple[float, int] | None = None
         self._warned: set[str] = set()
+        # The stage past its progress deadline (its key) and the warning saying so; and one
+        # whose sample minimum, at the rate so far, would be met only after it.
+        self._stalled: tuple[tuple[float, int], str] | None = None
+        self._at_risk: tuple[tuple[float, int], str] | None = None
+
+    def reconfigure(self, analysis: AnalysisConfig) -> None:
+        """New analysis settings (configuration reload), read from the next tick: the tick
+        interval, the stale-variant report, the progress deadline. The judge is not rebuilt
+        (its thresholds and false-rollback budget need a restart)."""
+        self.analysis = analysis
 
     # ---- the loop --------------------------------------------------------------------
 
@@ -273,6 +291,68 @@ class RolloutController:
             )
         elif status is GateStatus.PASS:
             await self._advance(progress, f"stage {stage.name} gates passed", now)
+        else:
+            await self._progress_deadline(key, progress, now)
+
+    async def _progress_deadline(
+        self, key: tuple[float, int], progress: RolloutProgress, now: float
+    ) -> None:
+        """A stage still waiting past its progress deadline: warn (status, log, alert and
+        metric, once per stage), and roll back when `analysis.progress_deadline_abort`."""
+        over = overdue(progress, now, self.analysis.progress_deadline)
+        stage = progress.stage
+        self._at_risk = None
+        if over is None or stage is None:
+            self._stalled = None
+            self._project(key, progress, now)
+            return
+        waiting = "; ".join(
+            f"{g.name}: {g.detail}" for g in self.gates if g.status is GateStatus.WAIT
+        )
+        deadline = progress.elapsed(now) - over
+        message = (
+            f"rollout stage {stage.name} is past its progress deadline ({deadline:g} s) by "
+            f"{over:.0f} s, still waiting on: {waiting or 'its gates'}"
+        )
+        first = self._stalled is None or self._stalled[0] != key
+        self._stalled = (key, message)
+        if first:
+            log.warning("rollout.progress_deadline_exceeded", stage=stage.name, message=message)
+            self.alerts.alert(
+                "rollout.progress_deadline_exceeded", {"stage": stage.name, "message": message}
+            )
+        if self.analysis.progress_deadline_abort:
+            await self._roll_back(message, CONTROLLER)
+
+    def _project(self, key: tuple[float, int], progress: RolloutProgress, now: float) -> None:
+        """Before the deadline: warn when the sample minimum, at the rate seen so far,
+        would be reached only after it."""
+        stage, elapsed = progress.stage, progress.elapsed(now)
+        deadline = (stage.progress_deadline_s if stage else 0) or self.analysis.progress_deadline
+        gate = next((g for g in self.gates if g.name == "min_samples"), None)
+        if stage is None or deadline <= 0 or gate is None or gate.status is not GateStatus.WAIT:
+            return
+        finish = projected_finish(gate.value, gate.threshold, elapsed)
+        if finish is not None and finish > deadline:
+            self._at_risk = (
+                key,
+                f"rollout stage {stage.name} will miss its progress deadline ({deadline:g} s): "
+                f"at the rate so far its {gate.threshold:.0f} samples take about "
+                f"{finish:.0f} s (raise the traffic share or lower min_samples)",
+            )
+
+    def stalled(self, state: DesiredState) -> str:
+        """The progress-deadline warning of the stage `state` is in ("" when none)."""
+        return self._current(self._stalled, state)
+
+    @staticmethod
+    def _current(noted: tuple[tuple[float, int], str] | None, state: DesiredState) -> str:
+        """The noted message while `state`'s rollout is RUNNING in that stage, else ""."""
+        progress = state.rollout
+        if noted is None or progress is None or progress.phase is not Phase.RUNNING:
+            return ""
+        key, message = noted
+        return message if key == (progress.stage_started_unix, progress.stage_index) else ""
 
     def _start_stage(self, key: tuple[float, int], stage: Stage, now: float) -> None:
         self._stage_key = key
@@ -483,11 +563,17 @@ class RolloutController:
         return self.analysis.stale_after_hours * 3600
 
     def warnings(self, state: DesiredState, now: float) -> list[str]:
+        stalled = self.stalled(state)
+        at_risk = self._current(self._at_risk, state)
         return [
-            f"variant {v!r} has held 100% of the traffic for {(now - t) / 3600:.1f} h "
-            "without being promoted (promote it or roll back)"
-            for v, t in state.held_full_since.items()
-            if now - t > self._stale_after
+            *([stalled] if stalled else []),
+            *([at_risk] if at_risk else []),
+            *(
+                f"variant {v!r} has held 100% of the traffic for {(now - t) / 3600:.1f} h "
+                "without being promoted (promote it or roll back)"
+                for v, t in state.held_full_since.items()
+                if now - t > self._stale_after
+            ),
         ]
 
 

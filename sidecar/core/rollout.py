@@ -50,6 +50,9 @@ class Stage:
     min_samples: int = 0
     ab_gate: bool = False  # the experiment's gate metric must say Ship B or Equivalent
     max_drift_psi: float = 0.0  # 0: no drift gate
+    # Seconds the stage may wait on a gate before it is reported stalled; 0: the default
+    # (`analysis.progress_deadline`).
+    progress_deadline_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +63,7 @@ class Stage:
             "min_samples": self.min_samples,
             "ab_gate": self.ab_gate,
             "max_drift_psi": self.max_drift_psi,
+            "progress_deadline_s": self.progress_deadline_s,
         }
 
     @staticmethod
@@ -72,6 +76,7 @@ class Stage:
             int(data["min_samples"]),
             bool(data.get("ab_gate", False)),
             float(data.get("max_drift_psi", 0.0)),
+            float(data.get("progress_deadline_s", 0.0)),
         )
 
 
@@ -142,11 +147,14 @@ def _check_common(stage: Stage, where: str, names: set[str], *, has_experiment: 
     for field, value in (
         ("min_duration_seconds", stage.min_duration_s),
         ("max_drift_psi", stage.max_drift_psi),
+        ("progress_deadline_seconds", stage.progress_deadline_s),
     ):
         if not math.isfinite(value):
             raise PlanError(f"{where}.{field}", f"must be a finite number, got {value!r}")
-    if stage.min_duration_s < 0 or stage.min_samples < 0:
-        raise PlanError(where, "min_duration_seconds and min_samples must be >= 0")
+    if min(stage.min_duration_s, stage.min_samples, stage.progress_deadline_s) < 0:
+        raise PlanError(
+            where, "min_duration_seconds, min_samples and progress_deadline_seconds must be >= 0"
+        )
     if stage.ab_gate and stage.kind is not StageKind.CANARY:
         raise PlanError(f"{where}.ab_gate", "only canary stages can wait for the A/B test")
     if stage.ab_gate and not has_experiment:
@@ -185,6 +193,32 @@ def skipped_steps(stages: Sequence[Stage], *, has_shadow: bool) -> list[str]:
             skips.append(f"{stage.name}: {previous} -> {stage.canary_bp} bp (more than 5x)")
         previous = stage.canary_bp
     return skips
+
+
+def overdue(progress: RolloutProgress, now: float, default_deadline: float) -> float | None:
+    """Seconds the current stage has run past its progress deadline (the stage's own, else
+    `default_deadline`; 0: none), or None when it is within it, has none, or is not
+    RUNNING. Paused time does not count (`RolloutProgress.elapsed`). Whether a gate is
+    still waiting is the caller's to say: a stage past its deadline only advances later
+    when all its gates pass."""
+    stage = progress.stage
+    if stage is None or progress.phase is not Phase.RUNNING or stage.kind is StageKind.PROMOTE:
+        return None
+    deadline = stage.progress_deadline_s or default_deadline
+    if deadline <= 0:
+        return None
+    over = progress.elapsed(now) - deadline
+    return over if over > 0 else None
+
+
+def projected_finish(samples: float, needed: float, elapsed: float) -> float | None:
+    """Seconds into the stage at which `needed` samples are reached at the rate seen so
+    far (`samples` in `elapsed` seconds); None when nothing has been seen yet."""
+    if samples <= 0 or elapsed <= 0:
+        return None
+    if samples >= needed:
+        return elapsed
+    return elapsed * needed / samples
 
 
 @dataclass(frozen=True)

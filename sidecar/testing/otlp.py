@@ -1,5 +1,6 @@
-"""An OTLP/gRPC trace receiver for tests, built on the official `opentelemetry-proto`
-service definitions (what Jaeger and the OpenTelemetry Collector ingest).
+"""OTLP trace receivers for tests, built on the official `opentelemetry-proto` messages
+(what Jaeger and the OpenTelemetry Collector ingest): `OtlpReceiver` over gRPC,
+`OtlpHttpReceiver` over HTTP (`POST /v1/traces`, protobuf body, as `http/protobuf`).
 
     with OtlpReceiver() as receiver:
         ... export to receiver.endpoint ...
@@ -8,11 +9,13 @@ service definitions (what Jaeger and the OpenTelemetry Collector ingest).
 
 from __future__ import annotations
 
+import gzip
 import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
@@ -144,3 +147,55 @@ class OtlpReceiver:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class OtlpHttpReceiver(OtlpReceiver):
+    """The same receiver over OTLP/HTTP: `POST /v1/traces` with a protobuf
+    `ExportTraceServiceRequest` (gzip or not); `endpoint` is the base URL the exporter
+    appends `/v1/traces` to."""
+
+    MAX_BODY = 16 * 1024 * 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._http: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> OtlpHttpReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if self.path != "/v1/traces" or not 0 < length <= receiver.MAX_BODY:
+                    self.send_error(404 if self.path != "/v1/traces" else 400)
+                    return
+                body = self.rfile.read(length)
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+                receiver._add(request, dict(self.headers.items()))
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._http.server_address[1])
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def __enter__(self) -> OtlpHttpReceiver:
+        return self.start()

@@ -248,6 +248,7 @@ def stages_from_proto(plan: cpb.RolloutPlan) -> tuple[Stage, ...]:
                 stage.min_samples,
                 stage.ab_gate,
                 stage.max_drift_psi,
+                stage.progress_deadline_seconds,
             )
         )
     return tuple(out)
@@ -273,6 +274,7 @@ def rollout_message(snapshot: Snapshot, controller: RolloutController, now: floa
                     min_samples=s.min_samples,
                     ab_gate=s.ab_gate,
                     max_drift_psi=s.max_drift_psi,
+                    progress_deadline_seconds=s.progress_deadline_s,
                 )
                 for s in r.stages
             ]

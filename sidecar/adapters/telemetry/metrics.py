@@ -1,17 +1,35 @@
 """Prometheus metrics (prometheus-client), on their own listen address.
 
 Request metrics are fed by the span processor (one sink call per finished server span);
-shadow, state and rollout metrics are read at scrape time from the sidecar's own
-summaries, so they cost nothing on the request path.
+upstream and shadow call latencies by the upstream adapter (`observe_upstream`,
+`observe_shadow`); shadow, state and rollout metrics are read at scrape time from the
+sidecar's own summaries, so they cost nothing on the request path.
+
+Conventions: every series that names a variant also carries its `model_version` (the
+configured one; variant names swap roles after a promote, versions do not). The request
+and error counters of every configured variant exist at zero from start-up (so `rate()`
+and absent-series alerts work before the first request or error). `sidecar_build_info`
+carries the version; the standard `process_*` and `python_info` series come from
+prometheus-client's process and platform collectors.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -83,6 +101,15 @@ class _ScrapeCollector(Collector):
             )  # fmt: skip
             stage.add_metric([str(rollout.get("stage", "")), str(rollout.get("phase", ""))], 1)
             yield stage
+            stalled = GaugeMetricFamily(
+                "sidecar_rollout_progress_deadline_exceeded",
+                "1 when the running stage is past its progress deadline with a gate still waiting",
+                labels=["stage"],
+            )
+            stalled.add_metric(
+                [str(rollout.get("stage", ""))], 1 if rollout.get("deadline_exceeded") else 0
+            )
+            yield stalled
         verdicts = CounterMetricFamily(
             "sidecar_canary_verdicts", "Health checker verdicts", labels=["verdict"]
         )
@@ -156,24 +183,55 @@ class SidecarMetrics:
     """Request metrics (fed by the span processor through `record`) and, once `bind` gave
     them their `Readings`, the scrape-time ones."""
 
-    def __init__(self, readings: Readings | None = None) -> None:
+    def __init__(
+        self, readings: Readings | None = None, *, versions: Mapping[str, str] | None = None
+    ) -> None:
+        """`versions`: each configured variant's model version (its counters start at 0)."""
         self.registry = CollectorRegistry()
+        self.versions = dict(versions or {})
         self.requests = Counter(
-            "sidecar_requests", "Requests served, by variant and gRPC status",
-            ["variant", "status"], registry=self.registry,
+            "sidecar_requests", "Requests served, by variant, model version and gRPC status",
+            ["variant", "model_version", "status"], registry=self.registry,
         )  # fmt: skip
         self.errors = Counter(
-            "sidecar_request_errors", "Requests that ended in an error status",
-            ["variant", "status"], registry=self.registry,
+            "sidecar_request_errors",
+            "Requests that ended in an error status (by status: sidecar_requests_total)",
+            ["variant", "model_version"], registry=self.registry,
         )  # fmt: skip
         self.latency = Histogram(
             "sidecar_request_duration_seconds", "Request latency at the sidecar, by variant",
-            ["variant"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            ["variant", "model_version"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.upstream_latency = Histogram(
+            "sidecar_upstream_duration_seconds",
+            "Latency of the served call to the model server, by variant and status",
+            ["variant", "model_version", "status"], buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.shadow_latency = Histogram(
+            "sidecar_shadow_duration_seconds",
+            "Latency of mirrored calls (shadow and noise mirrors), by variant and status",
+            ["variant", "model_version", "status"], buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        build = Gauge(
+            "sidecar_build_info", "Always 1; the labels say what is running",
+            ["version", "python_version", "grpc_version"], registry=self.registry,
+        )  # fmt: skip
+        from sidecar import __version__
+
+        build.labels(__version__, platform.python_version(), grpc.__version__).set(1)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.readings: Readings | None = None
         if readings is not None:
             self.bind(readings)
         self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._call_children: dict[tuple[int, str, str], Any] = {}
+        for variant, version in self.versions.items():
+            self.requests.labels(variant, version, "OK")
+            self.errors.labels(variant, version)
+            self.latency.labels(variant, version)
         self.port = 0
 
     def bind(self, readings: Readings) -> None:
@@ -189,10 +247,11 @@ class SidecarMetrics:
         key = (variant, status)
         children = self._children.get(key)
         if children is None:
+            version = self.versions.get(variant, "")
             children = (
-                self.requests.labels(variant, status),
-                self.errors.labels(variant, status) if status != "OK" else None,
-                self.latency.labels(variant),
+                self.requests.labels(variant, version, status),
+                self.errors.labels(variant, version) if status != "OK" else None,
+                self.latency.labels(variant, version),
             )
             self._children[key] = children
         requests, errors, latency = children
@@ -200,6 +259,23 @@ class SidecarMetrics:
         if errors is not None:
             errors.inc()
         latency.observe(duration)
+
+    def observe_upstream(self, variant: str, duration: float, status: str) -> None:
+        """A served call to the model server ended (constant time)."""
+        self._observe(0, variant, duration, status)
+
+    def observe_shadow(self, variant: str, duration: float, status: str) -> None:
+        """A mirrored call ended (constant time)."""
+        self._observe(1, variant, duration, status)
+
+    def _observe(self, which: int, variant: str, duration: float, status: str) -> None:
+        key = (which, variant, status)
+        child = self._call_children.get(key)
+        if child is None:
+            histogram = self.shadow_latency if which else self.upstream_latency
+            child = histogram.labels(variant, self.versions.get(variant, ""), status)
+            self._call_children[key] = child
+        child.observe(duration)
 
     def serve(self, address: str) -> int:
         """Expose /metrics on host:port (port 0 allowed); returns the bound port."""

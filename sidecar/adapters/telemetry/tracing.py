@@ -4,7 +4,8 @@
   `OTEL_TRACES_SAMPLER_ARG` variables (default parent-based always-on) decides what is
   exported; spans it would drop are still recorded (RECORD_ONLY), so the window
   statistics behind the health checker see every request.
-- Export: OTLP/gRPC (`BatchSpanProcessor` + `OTLPSpanExporter`) when
+- Export: OTLP over gRPC, or over HTTP when `OTEL_EXPORTER_OTLP_PROTOCOL` (or
+  `..._TRACES_PROTOCOL`) is `http/protobuf` (`BatchSpanProcessor` + `OTLPSpanExporter`), when
   `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set and
   `OTEL_TRACES_EXPORTER` is not `none`; the exporter reads its other standard
   `OTEL_EXPORTER_OTLP_*` variables (headers, timeout, insecure) itself.
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.span import TraceState
@@ -69,7 +70,18 @@ def tracer_provider(
     for processor in processors:
         provider.add_span_processor(processor)
     if telemetry.export:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(_exporter(telemetry.protocol)))
     return provider
+
+
+def _exporter(protocol: str) -> SpanExporter:
+    """The OTLP exporter for `protocol`; each reads its own `OTEL_EXPORTER_OTLP_*`."""
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+
+        return HttpExporter()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()

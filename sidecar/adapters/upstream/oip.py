@@ -7,7 +7,8 @@ naming the variant, so "which model server failed?" has an answer at the caller.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 import grpc
 from opentelemetry import trace
@@ -22,6 +23,12 @@ from sidecar.config import VariantSpec
 from sidecar.errors import UpstreamError
 
 _SERVICE = "/inference.GRPCInferenceService/"
+# (variant, seconds, gRPC status name): a latency histogram's sink, called once per call.
+Observe = Callable[[str, float, str], None]
+
+
+def _ignore(variant: str, seconds: float, status: str) -> None:
+    return None
 
 
 class OipUpstream:
@@ -34,9 +41,12 @@ class OipUpstream:
         tracer: Tracer | None = None,
         *,
         client_spans: bool = True,
+        observe: Observe = _ignore,
     ) -> None:
         self.name = spec.name
         self.spec = spec
+        self._observe = observe
+        self._channel = channel
         self._tracer = tracer or trace.get_tracer(__name__)
         self._client_spans = client_spans
         host, _, port = spec.address.rpartition(":")
@@ -93,14 +103,17 @@ class OipUpstream:
         )
         outgoing = list(metadata)
         spans.inject(outgoing, span)
+        started = time.perf_counter()
         try:
             response: bytes = await self._infer(data, timeout=timeout, metadata=outgoing or None)
         except grpc.aio.AioRpcError as exc:
             error = self._error(exc, "failed")
+            self._observe(self.name, time.perf_counter() - started, error.status)
             if span is not None:
                 spans.set_status(span, error.status, error.message)
             raise error from None
         else:
+            self._observe(self.name, time.perf_counter() - started, "OK")
             if span is not None:
                 spans.set_status(span, "OK")
         finally:
@@ -127,6 +140,14 @@ class OipUpstream:
             return False
         return bool(reply.ready)
 
+    def observed_by(self, observe: Observe) -> OipUpstream:
+        """The same model on the same channel, its call latencies sent to `observe` (the
+        mirrors' calls go to the shadow histogram, not the served one)."""
+        return OipUpstream(
+            self.spec, self._channel, self._tracer, client_spans=self._client_spans,
+            observe=observe,
+        )  # fmt: skip
+
     async def metadata(self, *, timeout: float) -> oip.ModelMetadataResponse:
         try:
             reply: oip.ModelMetadataResponse = await self._metadata(
@@ -150,6 +171,7 @@ class UpstreamPool:
         tracer: Tracer | None = None,
         *,
         client_spans: bool = True,
+        observe: Observe = _ignore,
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -163,7 +185,13 @@ class UpstreamPool:
                     spec.address, options=options
                 )
         self.upstreams: dict[str, OipUpstream] = {
-            name: OipUpstream(spec, self.channels[spec.address], tracer, client_spans=client_spans)
+            name: OipUpstream(
+                spec,
+                self.channels[spec.address],
+                tracer,
+                client_spans=client_spans,
+                observe=observe,
+            )
             for name, spec in variants.items()
         }
 

@@ -512,10 +512,11 @@ def test_rollout_status_watch_json_stops_when_rollout_succeeds(
 def test_rollout_status_watch_table_stops_when_rolled_back(
     fake: FakeControl, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The table watch re-renders under a timestamp header per poll and stops at ROLLED_BACK."""
+    """The table watch re-renders under a timestamp header per poll and stops at ROLLED_BACK,
+    exiting 5 (a failed rollout, for CI)."""
     fake.rollout_polls = [rollout(), rollout("ROLLED_BACK")]
     r = run(capsys, "rollout", "status", "--watch", "--interval", "0.01")
-    assert r.code == 0, r.err
+    assert r.code == 5, r.err
     assert len(re.findall(r"^=== \S+Z  every 0.01s, Ctrl-C to stop ===$", r.out, re.M)) == 2
     assert r.out.index("rollout RUNNING") < r.out.index("rollout ROLLED BACK at stage 3 of 6")
     assert "\x1b" not in r.out  # not a terminal: no screen clearing

@@ -33,7 +33,11 @@ def test_example_config_is_valid_and_complete() -> None:
     assert config.flag.user_overrides["qa-user-1"] == "canary"
     assert [m.name for m in config.experiment.metrics] == ["converted", "revenue"]
     assert config.experiment.metrics[0].baseline == 0.10 and config.experiment.gate_metric
-    assert config.experiment.segments == ("beta", "internal")
+    assert config.experiment.segments == ("beta",)
+    # No experiment segment is one a segment rule always routes (it could have no A/B data).
+    assert not set(config.experiment.segments) & {
+        r.segment for r in config.flag_config.segment_rules
+    }
     assert config.drift.enabled and config.drift.major == 0.25
     assert config.shadow.noise_sample_bp == 1000
 

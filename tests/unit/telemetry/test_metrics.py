@@ -70,10 +70,19 @@ async def test_metrics_endpoint_reports_variants_and_shadow() -> None:
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await stub.ModelInfer(bad)
             m = await settled(sc.metrics.port, answered=40)
-    stable = m[("sidecar_requests_total", (("status", "OK"), ("variant", "stable")))]
-    canary = m[("sidecar_requests_total", (("status", "OK"), ("variant", "canary")))]
+    stable = m[(REQUESTS, (("model_version", "stable"), ("status", "OK"), ("variant", "stable")))]
+    canary = m[(REQUESTS, (("model_version", "canary"), ("status", "OK"), ("variant", "canary")))]
     assert stable + canary == 40 and stable > 0 and canary > 0
-    assert m[("sidecar_request_duration_seconds_count", (("variant", "stable"),))] == stable
+    stable_labels = (("model_version", "stable"), ("variant", "stable"))
+    assert m[("sidecar_request_duration_seconds_count", stable_labels)] == stable
+    # The served upstream calls and the mirrored ones have their own histograms.
+    upstream = "sidecar_upstream_duration_seconds_count"
+    assert m[(upstream, (*stable_labels[:1], ("status", "OK"), stable_labels[1]))] == stable
+    shadow_calls = "sidecar_shadow_duration_seconds_count"
+    assert (
+        m[(shadow_calls, (("model_version", "stable"), ("status", "OK"), ("variant", "shadow")))]
+        == 40
+    )
     agree = m[("sidecar_shadow_comparisons_total", (("result", "agree"),))]
     disagree = m[("sidecar_shadow_comparisons_total", (("result", "disagree"),))]
     assert agree == stable and disagree == canary

@@ -717,7 +717,7 @@ class ExperimentReport(_message.Message):
     def __init__(self, generated_unix_time: _Optional[float] = ..., epoch: _Optional[int] = ..., started_unix_time: _Optional[float] = ..., control_variant: _Optional[str] = ..., treatment_variant: _Optional[str] = ..., srm: _Optional[_Union[SampleRatioCheck, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[MetricResult, _Mapping]]] = ..., shadow: _Optional[_Union[ShadowReport, _Mapping]] = ..., drift: _Optional[_Union[DriftReport, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., looks: _Optional[int] = ..., last_look_unix_time: _Optional[float] = ..., revision: _Optional[int] = ..., unit: _Optional[str] = ..., alpha: _Optional[float] = ..., segment_mix: _Optional[_Union[SegmentMixCheck, _Mapping]] = ...) -> None: ...
 
 class RolloutStage(_message.Message):
-    __slots__ = ("name", "kind", "canary_bp", "min_duration_seconds", "min_samples", "ab_gate", "max_drift_psi")
+    __slots__ = ("name", "kind", "canary_bp", "min_duration_seconds", "min_samples", "ab_gate", "max_drift_psi", "progress_deadline_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CANARY_BP_FIELD_NUMBER: _ClassVar[int]
@@ -725,6 +725,7 @@ class RolloutStage(_message.Message):
     MIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     AB_GATE_FIELD_NUMBER: _ClassVar[int]
     MAX_DRIFT_PSI_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: StageKind
     canary_bp: int
@@ -732,7 +733,8 @@ class RolloutStage(_message.Message):
     min_samples: int
     ab_gate: bool
     max_drift_psi: float
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[StageKind, str]] = ..., canary_bp: _Optional[int] = ..., min_duration_seconds: _Optional[float] = ..., min_samples: _Optional[int] = ..., ab_gate: _Optional[bool] = ..., max_drift_psi: _Optional[float] = ...) -> None: ...
+    progress_deadline_seconds: float
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[StageKind, str]] = ..., canary_bp: _Optional[int] = ..., min_duration_seconds: _Optional[float] = ..., min_samples: _Optional[int] = ..., ab_gate: _Optional[bool] = ..., max_drift_psi: _Optional[float] = ..., progress_deadline_seconds: _Optional[float] = ...) -> None: ...
 
 class RolloutPlan(_message.Message):
     __slots__ = ("stages",)
