@@ -12,7 +12,7 @@ from typing import Any
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar.config import parse_config
-from sidecar.testing.credentials import control_section
+from sidecar.testing.configs import config_dict as config_dict  # re-exported
 from sidecar.wiring import Sidecar, build
 
 # Analysis settings for component tests: fast ticks and small minimums. Scripted in-process
@@ -60,45 +60,6 @@ def scripted_model(labels: Mapping[str, int]) -> Any:
         return b""
 
     return respond
-
-
-def config_dict(
-    variants: Mapping[str, str | tuple[str, str]],
-    *,
-    weights: Mapping[str, int],
-    shadow: Mapping[str, Any] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """A minimal configuration: `variants` maps name -> address or (address, version)."""
-    out: dict[str, Any] = {
-        "listen": {"predict": "127.0.0.1:0", "control": "127.0.0.1:0"},
-        "model": "classifier",
-        "variants": {
-            name: {
-                "address": spec if isinstance(spec, str) else spec[0],
-                "model_name": "classifier",
-                "model_version": name if isinstance(spec, str) else spec[1],
-            }
-            for name, spec in variants.items()
-        },
-        "flag": {
-            "key": "classifier-rollout",
-            "stable": "stable",
-            "canary": "canary" if "canary" in variants else None,
-            "weights": dict(weights),
-        },
-        "server": {"log_level": "warning", "shutdown_grace": 2.0},
-        "control": control_section(),
-        "state": {"backend": "memory"},
-    }
-    if shadow is not None:
-        out["shadow"] = dict(shadow)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
 
 
 @asynccontextmanager

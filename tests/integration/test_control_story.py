@@ -5,10 +5,8 @@ and a crash, promote, roll back, audit; racing operators; credentials; bad state
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import numpy.typing as npt
 import pytest
 import tritonclient.grpc as grpcclient
 
+from sidecar.testing.control_cli import ok, sidecarctl, status_json
 from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, control_section
 from sidecar.testing.mlserver import MLServerProcess
 from sidecar.testing.process import SidecarProcess
@@ -48,23 +47,11 @@ def story_config(mlserver: str) -> dict[str, Any]:
 def ctl(
     sc: SidecarProcess, *args: str, token: str | None = OPERATOR_TOKEN
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SIDECARCTL_TOKEN"}
-    if token is not None:
-        env["SIDECARCTL_TOKEN"] = token
-    return subprocess.run(
-        [sys.executable, "-m", "clients.sidecarctl", "--target", sc.control_address, *args],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
-    )  # fmt: skip
-
-
-def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
-    return done.stdout
+    return sidecarctl(sc.control_address, *args, token=token)
 
 
 def state(sc: SidecarProcess) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(ok(ctl(sc, "status", "-o", "json", token=VIEWER_TOKEN)))
-    return data
+    return status_json(sc.control_address, VIEWER_TOKEN)
 
 
 def served_versions(

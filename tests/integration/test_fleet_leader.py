@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +27,9 @@ import redis
 import tritonclient.grpc as grpcclient
 
 from clients.predict import PredictClient
-from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, control_section
+from sidecar.testing.configs import config_dict
+from sidecar.testing.control_cli import ok, sidecarctl, status_json
+from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN
 from sidecar.testing.mlserver import MLServerProcess
 from sidecar.testing.process import SidecarProcess
 from sidecar.testing.redis import RedisServer
@@ -39,67 +39,38 @@ LEASE_KEY = "sidecar:{{{fleet}}}:lease"
 
 
 def fleet_config(mlserver: str, redis_url: str, fleet: str) -> dict[str, Any]:
-    return {
-        "listen": {"predict": "127.0.0.1:0", "control": "127.0.0.1:0"},
-        "model": "classifier",
-        "variants": {
-            "stable": {"address": mlserver, "model_name": "classifier", "model_version": "v1"},
-            "canary": {"address": mlserver, "model_name": "classifier", "model_version": "v2"},
-        },
-        "flag": {
-            "key": "classifier-rollout",
-            "stable": "stable",
-            "canary": "canary",
-            "weights": {"stable": 10_000, "canary": 0},
-        },
-        "control": control_section(),
-        "state": {
-            "backend": "redis",
-            "redis": {
-                "url": redis_url,
-                "fleet": fleet,
-                "heartbeat_interval": 0.5,
-                "member_ttl": 3.0,
-                "resync_interval": 1.0,
-                "lease_ttl": 1.5,
-                "stats_interval": 0.3,
-            },
-        },
-        # Same model server behind both variants: the latency guards are widened so the
-        # health judge passes a healthy canary; this test is about who drives the plan.
-        "analysis": {
-            "interval": 0.3,
-            "lookback": 3.0,
-            "bucket": 0.5,
-            "horizon": 60.0,
-            "min_requests": 20,
-            "min_latency_samples": 20,
-            "max_p50_ratio": 5.0,
-            "max_p95_ratio": 5.0,
-        },
-        "experiment": {"metrics": [{"name": "click", "kind": "bool", "minimum_effect": 0.05}]},
-        "server": {"log_level": "info"},
+    redis = {"url": redis_url, "fleet": fleet, "heartbeat_interval": 0.5, "member_ttl": 3.0}
+    timing = {"resync_interval": 1.0, "lease_ttl": 1.5, "stats_interval": 0.3}
+    # Same model server behind both variants: the latency guards are widened so the
+    # health judge passes a healthy canary; this test is about who drives the plan.
+    analysis = {
+        "interval": 0.3,
+        "lookback": 3.0,
+        "bucket": 0.5,
+        "horizon": 60.0,
+        "min_requests": 20,
+        "min_latency_samples": 20,
+        "max_p50_ratio": 5.0,
+        "max_p95_ratio": 5.0,
     }
+    return config_dict(
+        {"stable": (mlserver, "v1"), "canary": (mlserver, "v2")},
+        weights={"stable": 10_000, "canary": 0},
+        state={"backend": "redis", "redis": {**redis, **timing}},
+        analysis=analysis,
+        experiment={"metrics": [{"name": "click", "kind": "bool", "minimum_effect": 0.05}]},
+        server={"log_level": "info"},
+    )
 
 
 def ctl(
-    sc: SidecarProcess, *args: str, token: str = OPERATOR_TOKEN
+    sc: SidecarProcess, *args: str, token: str | None = OPERATOR_TOKEN
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SIDECARCTL_TOKEN": token}
-    return subprocess.run(
-        [sys.executable, "-m", "clients.sidecarctl", "--target", sc.control_address, *args],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
-    )  # fmt: skip
-
-
-def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
-    return done.stdout
+    return sidecarctl(sc.control_address, *args, token=token)
 
 
 def state(sc: SidecarProcess) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(ok(ctl(sc, "status", "-o", "json", token=VIEWER_TOKEN)))
-    return data
+    return status_json(sc.control_address, VIEWER_TOKEN)
 
 
 def report(sc: SidecarProcess) -> dict[str, Any]:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +30,9 @@ import tritonclient.grpc as grpcclient
 
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
-from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, bearer, control_section
+from sidecar.testing.configs import config_dict
+from sidecar.testing.control_cli import ok, sidecarctl, status_json
+from sidecar.testing.credentials import OPERATOR_TOKEN, VIEWER_TOKEN, bearer
 from sidecar.testing.mlserver import MLServerProcess
 from sidecar.testing.process import SidecarProcess
 from sidecar.testing.redis import RedisServer
@@ -43,53 +43,23 @@ STATE_KEY = "sidecar:{{{fleet}}}:state"
 
 
 def fleet_config(mlserver: str, redis_url: str, fleet: str, **redis_extra: Any) -> dict[str, Any]:
-    return {
-        "listen": {"predict": "127.0.0.1:0", "control": "127.0.0.1:0"},
-        "model": "classifier",
-        "variants": {
-            "stable": {"address": mlserver, "model_name": "classifier", "model_version": "v1"},
-            "canary": {"address": mlserver, "model_name": "classifier", "model_version": "v2"},
-        },
-        "flag": {
-            "key": "classifier-rollout",
-            "stable": "stable",
-            "canary": "canary",
-            "weights": {"stable": 10_000, "canary": 0},
-        },
-        "control": control_section(),
-        "state": {
-            "backend": "redis",
-            "redis": {
-                "url": redis_url,
-                "fleet": fleet,
-                "heartbeat_interval": 0.5,
-                "member_ttl": 3.0,
-                "resync_interval": 1.0,
-                **redis_extra,
-            },
-        },
-        "server": {"log_level": "info"},
-    }
+    redis = {"url": redis_url, "fleet": fleet, "heartbeat_interval": 0.5, "member_ttl": 3.0}
+    return config_dict(
+        {"stable": (mlserver, "v1"), "canary": (mlserver, "v2")},
+        weights={"stable": 10_000, "canary": 0},
+        state={"backend": "redis", "redis": {**redis, "resync_interval": 1.0, **redis_extra}},
+        server={"log_level": "info"},
+    )
 
 
 def ctl(
-    sc: SidecarProcess, *args: str, token: str = OPERATOR_TOKEN
+    sc: SidecarProcess, *args: str, token: str | None = OPERATOR_TOKEN
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SIDECARCTL_TOKEN": token}
-    return subprocess.run(
-        [sys.executable, "-m", "clients.sidecarctl", "--target", sc.control_address, *args],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
-    )  # fmt: skip
-
-
-def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
-    return done.stdout
+    return sidecarctl(sc.control_address, *args, token=token)
 
 
 def state(sc: SidecarProcess) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(ok(ctl(sc, "status", "-o", "json", token=VIEWER_TOKEN)))
-    return data
+    return status_json(sc.control_address, VIEWER_TOKEN)
 
 
 def poll(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_config import example
 
 from sidecar.config import ENV_OVERRIDES, ConfigError, parse_config
-from tests.unit.config.test_config import example
 
 
 def test_listen_and_state_paths_come_from_the_environment(

@@ -6,9 +6,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from test_config import example
+
 from sidecar.config import Config, parse_config
 from sidecar.reload import merge, plan_reload
-from tests.unit.config.test_config import example
 
 
 def config(change: dict[str, dict[str, Any]] | None = None) -> Config:

@@ -4,6 +4,8 @@ reported (status warning, log, alert, metric reading) once, never silently; with
 
 from __future__ import annotations
 
+from test_controller import Harness
+
 from sidecar.core.rollout import (
     Phase,
     RolloutProgress,
@@ -12,7 +14,6 @@ from sidecar.core.rollout import (
     overdue,
     projected_finish,
 )
-from tests.unit.rollout.test_controller import Harness
 
 # A stage whose sample minimum cannot be met at 5% of 100 requests per tick.
 STALLING = (Stage("c5", StageKind.CANARY, 500, min_duration_s=0.0, min_samples=10**9),)

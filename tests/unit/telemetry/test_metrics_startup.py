@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+from test_metrics import scrape
+
 from sidecar import __version__
 from sidecar.testing.fault_upstream import FaultInjectingUpstream
 from sidecar.testing.inprocess import config_dict, running_sidecar, scripted_model
-from tests.unit.telemetry.test_metrics import scrape
 
 
 async def test_counters_of_every_variant_are_zero_before_the_first_request() -> None:
