@@ -422,27 +422,7 @@ def sequential_update_means(
     need = max(state.min_events, 2)
     s2 = (vc / nc if nc > 0 else 0.0) + (vt / nt if nt > 0 else 0.0)
     evaluated = nc >= need and nt >= need and s2 > 0.0 and math.isfinite(s2)
-    if evaluated:
-        tau2 = state.tau_squared
-        log_lr = log_likelihood_ratio(d, s2, tau2)
-        half = confidence_halfwidth(s2, tau2, state.alpha)
-        lower, upper = d - half, d + half
-        p_look = math.exp(min(0.0, -log_lr))
-    else:
-        log_lr, lower, upper, p_look = 0.0, -math.inf, math.inf, 1.0
-    new_state = _advance(state, nc, nt, p_look, lower, upper)
-    return SequentialLook(
-        successes_control=0,
-        n_control=nc,
-        successes_treatment=0,
-        n_treatment=nt,
-        difference=d,
-        variance=s2,
-        evaluated=evaluated,
-        log_likelihood_ratio=log_lr,
-        interval=Interval(lower, upper, 1.0 - state.alpha, "msprt"),
-        state=new_state,
-    )
+    return _estimate_look(state, nc, nt, d, s2, evaluated)
 
 
 def sequential_update_estimate(
@@ -471,6 +451,15 @@ def sequential_update_estimate(
     d = float(difference)
     s2 = float(variance)
     ok = bool(evaluated) and math.isfinite(d) and math.isfinite(s2) and s2 > 0.0
+    return _estimate_look(state, nc, nt, d, s2, ok)
+
+
+def _estimate_look(
+    state: SequentialState, nc: int, nt: int, d: float, s2: float, ok: bool
+) -> SequentialLook:
+    """One look from ``d`` and ``s^2`` (checked by the caller): the likelihood ratio, the
+    always-valid p-value and the confidence sequence (clipped to ``[-1, 1]`` for a bounded
+    state); when not ``ok`` the p-value and interval carry over."""
     edge = 1.0 if state.bounded else math.inf
     if ok:
         log_lr = log_likelihood_ratio(d, s2, state.tau_squared)
