@@ -1699,6 +1699,9 @@ def fan_out(handler: Handler, connect: Callable[[str], ControlClient]) -> Handle
             stale = [m.member_id for m in answer.members if not m.live]
             if stale:
                 console.err(f"skipped (not live): {', '.join(_clean_id(i) for i in stale)}")
+        if not members:
+            console.err(f"no live member in fleet {_clean_id(answer.fleet)}: nothing asked")
+            return EXIT_REFUSED
         if len(members) > MAX_ALL_MEMBERS:
             console.err(f"more than {MAX_ALL_MEMBERS} live members: asking the first ones")
             members = members[:MAX_ALL_MEMBERS]

@@ -176,3 +176,11 @@ def test_fleet_table_and_json_show_the_control_address(
     assert row.split()[-1] == fleet.b_address
     doc = json.loads(run(capsys, "fleet", "-o", "json").out)
     assert [m["control_address"] for m in doc["members"]][:2] == [fleet.a_address, fleet.b_address]
+
+
+def test_no_live_member_is_an_error(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    for m in fleet.a.fleet.members:
+        m.live = False
+    r = run(capsys, "--all", "status")
+    assert r.code == 1 and "no live member in fleet iris" in r.err
+    assert [c.method for c in fleet.b.calls] == []
