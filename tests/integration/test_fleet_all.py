@@ -27,9 +27,8 @@ def test_status_all_lists_every_members_answer(
 ) -> None:
     """Each member answers for itself: requests sent to m1 alone show in m1's served
     count only."""
-    config = fleet_config(mlserver.grpc_address, "", "all")
     with RedisServer() as redis_server:
-        config["state"]["redis"]["url"] = redis_server.url
+        config = fleet_config(mlserver.grpc_address, redis_server.url, "all")
         m: list[SidecarProcess] = []
         try:
             for i in range(3):
