@@ -1600,7 +1600,7 @@ def all_refusal(args: argparse.Namespace) -> str | None:
     """Why `--all` cannot run this command (None: it can): writes, streams, files."""
     if hasattr(args, "reason"):
         return (
-            f"--all runs read commands only; `{args.command}` is a write: send it once, through "
+            "--all runs read commands only and this one is a write: send it once, through "
             "any member (every member applies it from Redis), and add --wait to be answered "
             "once every live member has applied it"
         )

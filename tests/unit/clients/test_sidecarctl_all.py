@@ -108,7 +108,7 @@ def test_all_after_the_command_json_and_yaml(
     [
         (["kill", "on", "--reason", "incident"], "read commands only"),
         (["weights", "stable=100%", "--reason", "r", "--wait"], "add --wait"),
-        (["rollout", "abort", "--reason", "r"], "is a write"),
+        (["rollout", "abort", "--reason", "r"], "this one is a write"),
         (["status", "--watch"], "--watch"),
     ],
 )
