@@ -267,12 +267,13 @@ def render_fleet(answer: cpb.ListFleetMembersResponse, now: float) -> str:
             "yes" if m.ready else "NO",
             "yes" if m.live else "NO",
             f"{max(0.0, now - m.last_seen_unix_time):.1f}s ago",
+            _clean(m.control_address) or NONE,
         ]
         for m in answer.members
     ]
     head = f"fleet {_clean(answer.fleet)}   revision {answer.revision}   members {len(rows)}"
     table = _table(
-        ["MEMBER", "HOST", "VERSION", "APPLIED", "LAG", "READY", "LIVE", "SEEN"],
+        ["MEMBER", "HOST", "VERSION", "APPLIED", "LAG", "READY", "LIVE", "SEEN", "CONTROL"],
         rows,
         right=(3, 4),
     )

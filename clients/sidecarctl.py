@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -96,7 +97,10 @@ Exit codes: 0 done; 1 the sidecar refused the call (error: CODE: message on stde
 Fleet (state.backend: redis): every member serves the same state; a write through any
 member is stored in Redis and acknowledged, and every member applies it at once. With
 --wait the answer comes once every live member has applied it (or --wait-timeout passed,
-listing those that had not). `sidecarctl fleet` lists the members."""
+listing those that had not). `sidecarctl fleet` lists the members. `--all` runs a read
+command against every live member (the Control address each advertises in its heartbeat,
+state.redis.advertise_control) and labels each answer; exit 0 when every member answered,
+else the largest member exit code. Writes refuse --all: one member stores a write for all."""
 
 EPILOG = """\
 examples:
@@ -107,6 +111,7 @@ examples:
   sidecarctl kill on --reason "canary error rate 4x stable"
   sidecarctl kill on --wait --reason "incident 42"     # answered once every member applied it
   sidecarctl fleet
+  sidecarctl --all status                               # every live member's answer
   sidecarctl override set user-42 canary --reason "QA account sees the new model"
   sidecarctl promote --reason "canary healthy for 24h"
   sidecarctl rollout start --reason "model v2" && sidecarctl rollout status --watch
@@ -544,6 +549,13 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         choices=OUTPUT_FORMATS,
         default=default("table"),
         help="table for people (default), json or yaml for scripts",
+    )
+    group.add_argument(
+        "--all",
+        action="store_true",
+        default=default(False),
+        help="fleet: run this read command against every live member (listed by the one "
+        "--target reaches), each answer labelled; writes are refused (use --wait)",
     )
     group.add_argument(
         "--timeout",
@@ -1577,6 +1589,170 @@ def cmd_report(client: ControlClient, args: argparse.Namespace, console: Console
     return EXIT_OK
 
 
+# -- --all: every live fleet member ---------------------------------------------------------
+
+MAX_ALL_MEMBERS = 256
+MAX_ALL_WORKERS = 8
+MAX_ADDRESS = 255
+
+
+def all_refusal(args: argparse.Namespace) -> str | None:
+    """Why `--all` cannot run this command (None: it can): writes, streams, files."""
+    if hasattr(args, "reason"):
+        return (
+            "--all runs read commands only and this one is a write: send it once, through "
+            "any member (every member applies it from Redis), and add --wait to be answered "
+            "once every live member has applied it"
+        )
+    if getattr(args, "watch", False):
+        return "--all does not combine with --watch: watch one member (they serve one state)"
+    if getattr(args, "html", None):
+        return "--all does not combine with --html: write the page from one member"
+    return None
+
+
+def _connector(args: argparse.Namespace, token: str | None) -> Callable[[str], ControlClient]:
+    """A client for one member's address, with the command line's credentials and TLS."""
+
+    def connect(address: str) -> ControlClient:
+        return ControlClient(
+            address,
+            token=token,
+            ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
+            timeout=args.timeout,
+        )
+
+    return connect
+
+
+class _Capture(Console):
+    """A member's output, kept to be printed labelled: documents (json/yaml) and lines."""
+
+    def __init__(self, parent: Console) -> None:
+        super().__init__(parent.json_mode, parent.secrets, yaml_mode=parent.yaml_mode)
+        self.documents: list[Any] = []
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+
+    def out(self, text: str) -> None:
+        self.lines.append(_redact(text, self.secrets))
+
+    def err(self, text: str) -> None:
+        self.errors.append(_redact(text, self.secrets))
+
+    def data(self, value: Any, *, compact: bool = False) -> None:
+        self.documents.append(value)
+
+
+@dataclass
+class _MemberAnswer:
+    member_id: str
+    address: str
+    code: int
+    output: _Capture
+
+
+def _usable_address(address: str) -> bool:
+    return 0 < len(address) <= MAX_ADDRESS and address.isascii() and address.isprintable()
+
+
+def _ask_member(
+    handler: Handler,
+    args: argparse.Namespace,
+    parent: Console,
+    connect: Callable[[str], ControlClient],
+    member: tuple[str, str],
+) -> _MemberAnswer:
+    member_id, address = member
+    capture = _Capture(parent)
+    if not _usable_address(address):
+        capture.err(
+            "error: its heartbeat advertises no Control address (a sidecar older than "
+            "state.redis.advertise_control?)"
+        )
+        return _MemberAnswer(member_id, address, EXIT_REFUSED, capture)
+    try:
+        with connect(address) as client:
+            code = handler(client, args, capture)
+    except ControlError as exc:
+        capture.err(f"error: {exc.code}: {exc.message}")
+        code = EXIT_UNREACHABLE if exc.unreachable else EXIT_REFUSED
+    except (OSError, ValueError) as exc:
+        capture.err(f"error: {exc}")
+        code = EXIT_USAGE
+    return _MemberAnswer(member_id, address, code, capture)
+
+
+def fan_out(handler: Handler, connect: Callable[[str], ControlClient]) -> Handler:
+    """`--all`: the handler run against every live member that the client's target lists
+    (a sidecar not in a fleet: against that one), each answer printed labelled; members
+    not live are named on stderr and skipped. Exit: the largest member exit code."""
+
+    def run_all(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+        answer = client.fleet_members()
+        if not answer.members:
+            members = [(client.target, client.target)]
+        else:
+            members = [(m.member_id, m.control_address) for m in answer.members if m.live]
+            stale = [m.member_id for m in answer.members if not m.live]
+            if stale:
+                console.err(f"skipped (not live): {', '.join(_clean_id(i) for i in stale)}")
+        if not members:
+            console.err(f"no live member in fleet {_clean_id(answer.fleet)}: nothing asked")
+            return EXIT_REFUSED
+        if len(members) > MAX_ALL_MEMBERS:
+            console.err(f"more than {MAX_ALL_MEMBERS} live members: asking the first ones")
+            members = members[:MAX_ALL_MEMBERS]
+        workers = max(1, min(MAX_ALL_WORKERS, len(members)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            answers = list(
+                pool.map(lambda m: _ask_member(handler, args, console, connect, m), members)
+            )
+        _print_all(console, answer, answers)
+        return max((a.code for a in answers), default=EXIT_OK)
+
+    return run_all
+
+
+def _clean_id(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _print_all(
+    console: Console, fleet: cpb.ListFleetMembersResponse, answers: Sequence[_MemberAnswer]
+) -> None:
+    if console.json_mode:
+        console.data(
+            {
+                "fleet": fleet.fleet or None,
+                "members": [
+                    {
+                        "member_id": a.member_id,
+                        "control_address": a.address,
+                        "exit_code": a.code,
+                        "answer": a.output.documents[0]
+                        if len(a.output.documents) == 1
+                        else (a.output.documents or None),
+                        "errors": a.output.errors,
+                    }
+                    for a in answers
+                ],
+            }
+        )
+        return
+    for i, a in enumerate(answers):
+        if i:
+            console.out("")
+        label = f"{_clean_id(a.member_id)} ({_clean_id(a.address) or 'no control address'})"
+        console.out(f"=== {label} ===")
+        for line in a.output.lines:
+            console.out(line)
+        for line in a.output.errors:
+            console.err(f"[{_clean_id(a.member_id)}] {line}")
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -1643,6 +1819,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(json_mode, [*secrets, token or ""], yaml_mode=yaml_mode)
     target: str = args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
     handler: Handler = args.handler
+    if args.all:
+        refusal = all_refusal(args)
+        if refusal:
+            console.err(f"sidecarctl: error: {refusal}")
+            return EXIT_USAGE
+        handler = fan_out(handler, _connector(args, token))
 
     try:
         client = ControlClient(

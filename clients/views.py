@@ -421,6 +421,7 @@ def fleet_to_dict(answer: cpb.ListFleetMembersResponse) -> dict[str, Any]:
                 "live": m.live,
                 "last_seen": iso(m.last_seen_unix_time),
                 "last_seen_unix_time": m.last_seen_unix_time,
+                "control_address": m.control_address,
             }
             for m in answer.members
         ],

@@ -466,6 +466,19 @@ def _redis_url(value: str) -> str:
 
 
 _FLEET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_ADVERTISE = 255
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+
+
+def _advertise(value: str) -> str:
+    """`state.redis.advertise_control`: empty (derived) or a bounded host:port."""
+    if not value:
+        return value
+    if len(value) > MAX_ADVERTISE:
+        raise ValueError(f"must be at most {MAX_ADVERTISE} characters")
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError("must be host:port in printable ASCII without spaces")
+    return _address(value)
 
 
 class RedisConfig(_Section):
@@ -484,6 +497,10 @@ class RedisConfig(_Section):
     resync_interval: PositiveDuration = 5.0  # re-read the state even without a notice
     lease_ttl: PositiveDuration = 5.0  # the rollout leader's lease
     stats_interval: PositiveDuration = 2.0  # publish mergeable statistics this often
+    # The Control address other members and operators dial (host:port; port 0: the bound
+    # port). Empty: listen.control when its host is not a wildcard, else $POD_IP (else the
+    # host name) with the bound port. $SIDECAR_ADVERTISE_CONTROL sets it.
+    advertise_control: Annotated[str, AfterValidator(_advertise)] = ""
 
     @model_validator(mode="after")
     def _one_password_source(self) -> RedisConfig:
@@ -497,6 +514,19 @@ class RedisConfig(_Section):
         host = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or socket.gethostname()
         explicit = self.member_id or os.environ.get("SIDECAR_MEMBER_ID", "")
         return explicit or f"{host}:{os.getpid()}", host
+
+    def advertised_control(self, listen: str, port: int) -> str:
+        """The Control address this member advertises in its heartbeat: `advertise_control`
+        (a port 0 there means the bound `port`), else `listen` (listen.control) when its
+        host is a specific address, else $POD_IP, else the pod or host name, with `port`."""
+        if self.advertise_control:
+            host, _, given = self.advertise_control.rpartition(":")
+            return f"{host}:{port if int(given) == 0 else given}"
+        host = listen.rpartition(":")[0]
+        if host in _WILDCARD_HOSTS:
+            host = os.environ.get("POD_IP") or self.member()[1]
+            host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"{host}:{port}"
 
     def password(self) -> str | None:
         """The password from the environment or the file (None when neither is set);
@@ -941,6 +971,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SIDECAR_REDIS_URL": ("state", "redis", "url"),
     "SIDECAR_REDIS_PASSWORD_FILE": ("state", "redis", "password_file"),
     "SIDECAR_REDIS_TLS_CA_FILE": ("state", "redis", "tls_ca_file"),
+    "SIDECAR_ADVERTISE_CONTROL": ("state", "redis", "advertise_control"),
 }
 
 

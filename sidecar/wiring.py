@@ -597,6 +597,10 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         servers = _servers(
             config, dataplane, pool, telemetry.server_tracer, control, insights, controller, fleet
         )
+    if fleet is not None:  # heartbeats carry the address operators and members dial
+        fleet.control_address = config.state.redis.advertised_control(
+            config.control_address, servers.control_port
+        )
     return Sidecar(
         config=config,
         pool=pool,

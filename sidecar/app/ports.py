@@ -86,6 +86,7 @@ class MemberStatus:
     ready: bool
     last_seen_unix: float
     live: bool  # seen within `member_ttl`
+    control_address: str = ""  # its advertised Control address ("" if it advertises none)
 
 
 class Fleet(Protocol):

@@ -7,7 +7,8 @@
   `WatchState` streams see it). A stored document this version cannot read, or one that
   does not fit this sidecar's variants, is logged and not applied: the last applied state
   keeps serving.
-- **Membership**: a heartbeat (id, host, version, applied revision, ready) goes into the
+- **Membership**: a heartbeat (id, host, version, applied revision, ready, the Control
+  address it advertises, `state.redis.advertise_control`) goes into the
   members hash every `heartbeat_interval` and at once after each applied revision (so a
   write that waits sees it without a heartbeat's delay). `seen` is Redis's own clock
   (`TIME`, inside the script), so members' clocks need not agree; a member not seen for
@@ -103,6 +104,7 @@ class FleetMember:
         self.resync_interval = resync_interval
         self.ready = False
         self.reseeds = 0
+        self.control_address = ""  # advertised in the heartbeat; set once Control is bound
         self._clock = clock
         self._sync_lock = asyncio.Lock()
         self._heartbeat = client.register_script(HEARTBEAT_SCRIPT)
@@ -262,6 +264,7 @@ class FleetMember:
             "version": self.version,
             "applied_revision": self.holder.current.revision,
             "ready": self.ready,
+            "control_address": self.control_address,
         }
 
     async def beat(self) -> None:
@@ -331,6 +334,18 @@ def _member(raw: bytes, now: float, ttl: float) -> MemberStatus | None:
             ready=bool(data.get("ready", False)),
             last_seen_unix=seen,
             live=now - seen <= ttl,
+            control_address=_control_address(data.get("control_address")),
         )
     except (ValueError, KeyError, TypeError):
         return None
+
+
+MAX_CONTROL_ADDRESS = 255
+
+
+def _control_address(value: object) -> str:
+    """The advertised Control address of a heartbeat; "" when absent or not a bounded
+    printable string (an entry from an older member, or a damaged one)."""
+    if not isinstance(value, str) or len(value) > MAX_CONTROL_ADDRESS:
+        return ""
+    return value if value.isascii() and value.isprintable() else ""

@@ -467,6 +467,7 @@ class ControlServicer:
                     ready=m.ready,
                     last_seen_unix_time=m.last_seen_unix,
                     live=m.live,
+                    control_address=m.control_address,
                 )
                 for m in members[: self.limits.fleet_members_listed]
             ],

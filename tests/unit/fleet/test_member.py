@@ -210,3 +210,18 @@ async def test_change_notice_carries_small_documents(make: Factory) -> None:
     assert member.holder.current.revision == 3
     assert len(member.holder.current.state.user_overrides) == 5000
     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def test_heartbeat_carries_the_advertised_control_address(make: Factory) -> None:
+    """The heartbeat lists the member's Control address; an older member's entry (none)
+    or a damaged one (not a bounded printable string) lists as ""."""
+    a = make("a")
+    a.control_address = "10.0.0.7:8501"
+    await a.beat()
+    for member_id, value in [("old", None), ("long", "h" * 300 + ":1"), ("bin", "a\x00:1")]:
+        entry = {"id": member_id, "applied_revision": 1, "seen": 9e9}
+        if value is not None:
+            entry["control_address"] = value
+        await a.client.hset(a.keys.members, member_id, json.dumps(entry))
+    listed = {m.member_id: m.control_address for m in await a.members()}
+    assert listed == {"a": "10.0.0.7:8501", "old": "", "long": "", "bin": ""}

@@ -294,3 +294,46 @@ def test_lost_document_with_an_audit_log_is_not_initialised_again(
     assert store.load() is None
     snapshot = initial_snapshot(cfg, store, safe_mode=True)
     assert snapshot.state.kill_switch and snapshot.revision == 4
+
+
+def test_advertised_control_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """advertise_control wins (port 0: the bound port); else listen.control when its host
+    is specific; else $POD_IP, else the pod/host name, with the bound port."""
+    from sidecar.config import RedisConfig
+
+    monkeypatch.setenv("POD_NAME", "iris-7f9c")
+    monkeypatch.delenv("POD_IP", raising=False)
+    given = RedisConfig(advertise_control="iris-0.iris:8501")
+    assert given.advertised_control("0.0.0.0:8501", 8501) == "iris-0.iris:8501"
+    assert RedisConfig(advertise_control="10.1.2.3:0").advertised_control("x:0", 4242) == (
+        "10.1.2.3:4242"
+    )
+    assert RedisConfig().advertised_control("127.0.0.1:0", 4242) == "127.0.0.1:4242"
+    assert RedisConfig().advertised_control("0.0.0.0:8501", 8501) == "iris-7f9c:8501"
+    monkeypatch.setenv("POD_IP", "10.244.1.9")
+    assert RedisConfig().advertised_control("0.0.0.0:8501", 8501) == "10.244.1.9:8501"
+    monkeypatch.setenv("POD_IP", "fd00::9")
+    assert RedisConfig().advertised_control("[::]:8501", 8501) == "[fd00::9]:8501"
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("no-port", "host:port"),
+        ("h:99999", "0..65535"),
+        ("a b:1", "without spaces"),
+        ("h" * 256 + ":1", "at most 255"),
+    ],
+)
+def test_advertise_control_is_validated_naming_the_field(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch, value: str, words: str
+) -> None:
+    """A bad address, from the file or $SIDECAR_ADVERTISE_CONTROL, is refused naming both."""
+    from sidecar.config import ConfigError
+
+    monkeypatch.setenv("SIDECAR_ADVERTISE_CONTROL", value)
+    with pytest.raises(ConfigError) as caught:
+        config(server, "adv")
+    text = str(caught.value)
+    assert "state.redis.advertise_control" in text and words in text
+    assert "$SIDECAR_ADVERTISE_CONTROL" in text

@@ -857,7 +857,7 @@ class ListFleetMembersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FleetMember(_message.Message):
-    __slots__ = ("member_id", "host", "version", "applied_revision", "lag", "ready", "last_seen_unix_time", "live")
+    __slots__ = ("member_id", "host", "version", "applied_revision", "lag", "ready", "last_seen_unix_time", "live", "control_address")
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -866,6 +866,7 @@ class FleetMember(_message.Message):
     READY_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     member_id: str
     host: str
     version: str
@@ -874,7 +875,8 @@ class FleetMember(_message.Message):
     ready: bool
     last_seen_unix_time: float
     live: bool
-    def __init__(self, member_id: _Optional[str] = ..., host: _Optional[str] = ..., version: _Optional[str] = ..., applied_revision: _Optional[int] = ..., lag: _Optional[int] = ..., ready: _Optional[bool] = ..., last_seen_unix_time: _Optional[float] = ..., live: _Optional[bool] = ...) -> None: ...
+    control_address: str
+    def __init__(self, member_id: _Optional[str] = ..., host: _Optional[str] = ..., version: _Optional[str] = ..., applied_revision: _Optional[int] = ..., lag: _Optional[int] = ..., ready: _Optional[bool] = ..., last_seen_unix_time: _Optional[float] = ..., live: _Optional[bool] = ..., control_address: _Optional[str] = ...) -> None: ...
 
 class ListFleetMembersResponse(_message.Message):
     __slots__ = ("fleet", "revision", "members")
