@@ -401,6 +401,7 @@ class SrmCheck:
     threshold: float
     mismatch: bool
     detail: str
+    unit: str = UNIT  # what `arms[].observed` counts: USER_UNIT or UNIT (requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -879,8 +880,7 @@ class ExperimentTracker:
         requests = ", ".join(f"{v}={n}" for v, n in sorted(self._assigned.items()) if n)
         contrast = f"requests {requests} (not the unit: users send several)"
         if not any(self._keyless.values()):
-            detail = f"{users.detail}; unit user; {contrast}"
-            return replace(users, detail=detail)
+            return replace(users, detail=f"{users.detail}; {contrast}", unit=USER_UNIT)
         keyless = self._srm_on(self._keyless, "keyless requests")
         flagged = users if users.mismatch or not keyless.mismatch else keyless
         other = keyless if flagged is users else users
@@ -896,6 +896,7 @@ class ExperimentTracker:
             flagged.threshold,
             users.mismatch or keyless.mismatch,
             detail,
+            USER_UNIT,
         )
 
     def _srm_on(self, tally: Mapping[str, int], noun: str) -> SrmCheck:
@@ -1857,6 +1858,7 @@ def _srm_to_dict(s: SrmCheck) -> dict[str, Any]:
         "threshold": s.threshold,
         "mismatch": s.mismatch,
         "detail": s.detail,
+        "unit": s.unit,
     }
 
 
@@ -1883,6 +1885,7 @@ def _srm_from_dict(d: Mapping[str, Any]) -> SrmCheck:
         _float(d["threshold"], "srm.threshold"),
         mismatch,
         _str(d["detail"], "srm.detail"),
+        USER_UNIT if d.get("unit") == USER_UNIT else UNIT,
     )
 
 

@@ -76,6 +76,7 @@ def test_sticky_users_on_a_fair_split_do_not_flag_while_their_request_counts_wou
     member.tracker.look(1.0)
     check = member.tracker.report(1.0).srm
     assert not check.mismatch, check.detail
+    assert check.unit == "user"
     assert [a.observed for a in check.arms] == users
     assert check.p_value == pytest.approx(stats.binomtest(users[0], 2000, 0.5).pvalue, rel=1e-9)
     assert "users" in check.detail and "requests" in check.detail
@@ -149,7 +150,7 @@ def test_without_keys_the_check_stays_on_request_counts() -> None:
     member.tracker.look(1.0)
     check = member.tracker.report(1.0).srm
     assert [a.observed for a in check.arms] == [700, 300]
-    assert check.mismatch
+    assert check.mismatch and check.unit == "request"
 
 
 def test_fleet_merge_adds_users_and_keyless_requests() -> None:
@@ -245,3 +246,9 @@ def test_the_checkpoint_keeps_the_user_counts() -> None:
     assert restored.counters().keyless == {A: 1}
     restored.look(2.0)
     assert restored.report(2.0).srm.p_value == member.tracker.report(1.0).srm.p_value
+    restored_check = (
+        ExperimentTracker.from_dict(json.loads(json.dumps(member.tracker.to_dict())), SETTINGS)
+        .report(2.0)
+        .srm
+    )
+    assert restored_check.unit == "user"
