@@ -2,8 +2,9 @@
 
 `ExperimentTracker` compares the control (stable, "A") with the treatment (canary, "B") of
 the current *epoch*: an epoch lasts as long as the control, the treatment and the weights of
-the serving variants stay the same (`sync`). The request path calls `assigned` (one dict
-increment per request routed by the weighted split) and, when the app reports an outcome
+the serving variants stay the same (`sync`). The request path calls `assigned` (a dict
+increment per request routed by the weighted split, and one per new user or keyless
+request: the sample-ratio check's units) and, when the app reports an outcome
 that the `OutcomeLedger` attributed to a request of the current epoch, `outcome` (a few
 float operations on sufficient statistics; never a list). `look` (periodic, off the request
 path) folds the cumulative counts into one mSPRT per metric and per declared segment,
