@@ -878,18 +878,16 @@ class ExperimentTracker:
         if not any(self._users.values()):
             return self._srm_on(self._assigned, "assignments")
         users = self._srm_on(self._users, "users")
-        requests = ", ".join(f"{v}={n}" for v, n in sorted(self._assigned.items()) if n)
+        order = [v for v in (self._control, self._treatment) if v]
+        order += sorted(v for v in self._assigned if v not in order)
+        requests = ", ".join(f"{v}={self._assigned[v]}" for v in order if self._assigned.get(v))
         contrast = f"requests {requests} (not the unit: users send several)"
         if not any(self._keyless.values()):
             return replace(users, detail=f"{users.detail}; {contrast}", unit=USER_UNIT)
         keyless = self._srm_on(self._keyless, "keyless requests")
         flagged = users if users.mismatch or not keyless.mismatch else keyless
         other = keyless if flagged is users else users
-        which = "users" if flagged is users else "keyless requests"
-        detail = (
-            f"{flagged.detail} [{which}]; {other.detail} "
-            f"[{'keyless requests' if flagged is users else 'users'}]; {contrast}"
-        )
+        detail = f"{flagged.detail}; {other.detail}; {contrast}"
         return SrmCheck(
             users.arms,
             flagged.chi_square,
@@ -932,7 +930,8 @@ class ExperimentTracker:
             f"{v}={e:.1f}" for v, e in zip(names, result.expected, strict=True) if e > 0
         )
         numbers = (
-            f"observed {counts}; expected {expected} from weights "
+            f"observed {'' if noun == 'assignments' else noun + ' '}{counts}; "
+            f"expected {expected} from weights "
             f"{'/'.join(str(w) for w in weights if w > 0)} bp; "
             f"chi-square {_fmt(result.statistic)}, {result.method} p {_fmt_p(result.p_value)}"
         )
