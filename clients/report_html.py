@@ -511,7 +511,8 @@ def _srm_plot(plotter: _Plotter, report: cpb.ExperimentReport) -> str | None:
         )
         ax.bar_label(observed, labels=[str(a.observed) for a in arms], padding=2)
         ax.set_xticks(list(x), [_label(a.variant or NONE, 24) for a in arms])
-        ax.set_ylabel("share of assigned requests (%)")
+        counted = "users" if srm.unit == "user" else "requests"
+        ax.set_ylabel(f"share of assigned {counted} (%)")
         verdict = "MISMATCH" if srm.mismatch else "ok"
         ax.set_title(f"sample ratio: {verdict} (p = {p_value_text(srm.p_value)})")
         ax.legend(loc="upper right")

@@ -23,6 +23,7 @@ from sidecar.app.ports import Metadata, Req, Resp, Upstream
 from sidecar.app.state import StateHolder
 from sidecar.config import UpstreamConfig, VariantSpec
 from sidecar.core.experiment import Attribution, OutcomeError, OutcomeLedger, UnknownRequest
+from sidecar.core.experiment.units import unit_hash
 from sidecar.core.limits import fits, utf8_len
 from sidecar.core.routing import Flag, Reason, Resolution, RoutingContext, evaluate
 from sidecar.errors import ErrorCode, InvalidRequest, NotFound, SidecarError
@@ -128,10 +129,13 @@ class DataPlane(Generic[Req, Resp]):
         flag = snapshot.flag
         resolution = evaluate(flag, RoutingContext(targeting_key, segment, request_id))
         epoch = -1  # part of the A/B experiment only when the weighted split chose
+        unit = None  # the targeting key's unit hash, computed once (also remembered)
         if self.experiment is not None and resolution.reason in _SPLIT:
             epoch = self.experiment.on_snapshot(snapshot)
-            if self.outcomes.admit(targeting_key, epoch):
-                self.experiment.tracker.assigned(resolution.variant)
+            unit = unit_hash(targeting_key) if targeting_key else None
+            admitted, first = self.outcomes.enter(unit, epoch)
+            if admitted:  # first: a new user for the sample-ratio check (None: keyless)
+                self.experiment.tracker.assigned(resolution.variant, first)
             else:  # the key's share of this epoch is full: served, not in the experiment
                 epoch = -1
         span = trace.get_current_span()
@@ -158,7 +162,9 @@ class DataPlane(Generic[Req, Resp]):
         done = self._clock()
         latency = done - started
         self.served[resolution.variant] += 1
-        self.outcomes.remember(request_id, resolution.variant, segment, done, epoch, targeting_key)
+        self.outcomes.remember(
+            request_id, resolution.variant, segment, done, epoch, targeting_key, unit
+        )
         for mirror in (self.mirror, self.noise):
             if mirror is None or (
                 mirror is self.noise and resolution.variant != mirror.settings.variant

@@ -3,7 +3,8 @@ routing state: epochs follow the weights, looks run on a timer, events are logge
 alerted, and the running state is checkpointed so a restart loses nothing.
 
 The request path only calls `on_snapshot` (when the snapshot object changed) and
-`ExperimentTracker.assigned` (one dict increment). Everything else runs in `run`, in the
+`ExperimentTracker.assigned` (one or two dict increments: requests, and users or keyless
+requests for the sample-ratio check). Everything else runs in `run`, in the
 rollout gate and in `report`.
 """
 

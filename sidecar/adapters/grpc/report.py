@@ -247,6 +247,7 @@ def experiment_report(
             threshold=srm.threshold,
             mismatch=srm.mismatch,
             detail=srm.detail,
+            unit=srm.unit,
         ),
         metrics=[_metric(m) for m in result.metrics],
         shadow=shadow,

@@ -2,8 +2,9 @@
 
 `ExperimentTracker` compares the control (stable, "A") with the treatment (canary, "B") of
 the current *epoch*: an epoch lasts as long as the control, the treatment and the weights of
-the serving variants stay the same (`sync`). The request path calls `assigned` (one dict
-increment per request routed by the weighted split) and, when the app reports an outcome
+the serving variants stay the same (`sync`). The request path calls `assigned` (a dict
+increment per request routed by the weighted split, and one per new user or keyless
+request: the sample-ratio check's units) and, when the app reports an outcome
 that the `OutcomeLedger` attributed to a request of the current epoch, `outcome` (a few
 float operations on sufficient statistics; never a list). `look` (periodic, off the request
 path) folds the cumulative counts into one mSPRT per metric and per declared segment,
@@ -22,7 +23,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
@@ -401,6 +402,7 @@ class SrmCheck:
     threshold: float
     mismatch: bool
     detail: str
+    unit: str = UNIT  # what `arms[].observed` counts: USER_UNIT or UNIT (requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -609,7 +611,9 @@ class ExperimentTracker:
         )
 
     def _reset(self) -> None:
-        self._assigned: defaultdict[str, int] = defaultdict(int)
+        self._assigned: defaultdict[str, int] = defaultdict(int)  # requests
+        self._users: defaultdict[str, int] = defaultdict(int)  # first assignments of keys
+        self._keyless: defaultdict[str, int] = defaultdict(int)  # requests without a key
         arms = [self._control] if self._control else []
         if self._treatment is not None:
             arms.append(self._treatment)
@@ -676,9 +680,18 @@ class ExperimentTracker:
 
     # ------------------------------------------------------------------ hot path
 
-    def assigned(self, variant: str) -> None:
-        """One request routed by the weighted split in the current epoch (hot path)."""
+    def assigned(self, variant: str, first: bool | None = None) -> None:
+        """One request routed by the weighted split in the current epoch (hot path).
+
+        `first`: None for a request without a targeting key (its own unit); True for the
+        first assignment of a targeting key in this epoch (a new user), False for a
+        repeat. The sample-ratio check counts users when there are any, and the keyless
+        requests apart (see `_srm_check`)."""
         self._assigned[variant] += 1
+        if first is None:
+            self._keyless[variant] += 1
+        elif first:
+            self._users[variant] += 1
 
     def outcome(
         self,
@@ -857,11 +870,41 @@ class ExperimentTracker:
     # ------------------------------------------------------------------ SRM
 
     def _srm_check(self) -> SrmCheck:
+        """The sample ratio of the epoch's assignments. With keyed users (sticky routing)
+        the unit is the user: the check counts first assignments of each targeting key per
+        arm (a user's requests all go to one arm, so request counts vary far more than the
+        binomial allows), and the keyless requests (each its own unit) are checked apart;
+        either mismatching is a mismatch. Without keyed users: the request counts."""
+        if not any(self._users.values()):
+            return self._srm_on(self._assigned, "assignments")
+        users = self._srm_on(self._users, "users")
+        order = [v for v in (self._control, self._treatment) if v]
+        order += sorted(v for v in self._assigned if v not in order)
+        requests = ", ".join(f"{v}={self._assigned[v]}" for v in order if self._assigned.get(v))
+        contrast = f"requests {requests} (not the unit: users send several)"
+        if not any(self._keyless.values()):
+            return replace(users, detail=f"{users.detail}; {contrast}", unit=USER_UNIT)
+        keyless = self._srm_on(self._keyless, "keyless requests")
+        flagged = users if users.mismatch or not keyless.mismatch else keyless
+        other = keyless if flagged is users else users
+        detail = f"{flagged.detail}; {other.detail}; {contrast}"
+        return SrmCheck(
+            users.arms,
+            flagged.chi_square,
+            flagged.p_value,
+            flagged.threshold,
+            users.mismatch or keyless.mismatch,
+            detail,
+            USER_UNIT,
+        )
+
+    def _srm_on(self, tally: Mapping[str, int], noun: str) -> SrmCheck:
+        """The exact SRM test of `tally` (per variant) against the epoch's weights."""
         threshold = self.settings.srm_threshold
         first = [v for v in (self._control, self._treatment) if v in self._weights]
         names = first + sorted(v for v in self._weights if v not in first)
-        names += sorted(v for v, c in self._assigned.items() if c > 0 and v not in self._weights)
-        observed = [self._assigned.get(v, 0) for v in names]
+        names += sorted(v for v, c in tally.items() if c > 0 and v not in self._weights)
+        observed = [tally.get(v, 0) for v in names]
         weights = [self._weights.get(v, 0) for v in names]
         total = sum(observed)
         arms = tuple(
@@ -872,7 +915,7 @@ class ExperimentTracker:
         serving = sum(1 for w in weights if w > 0)
         stray = [v for v, w, o in zip(names, weights, observed, strict=True) if w == 0 and o > 0]
         if total == 0:
-            return SrmCheck(arms, 0.0, 1.0, threshold, False, "no assignments yet")
+            return SrmCheck(arms, 0.0, 1.0, threshold, False, f"no {noun} yet")
         if serving < 2:
             if stray and total >= SRM_MIN_TOTAL:
                 detail = (
@@ -887,12 +930,13 @@ class ExperimentTracker:
             f"{v}={e:.1f}" for v, e in zip(names, result.expected, strict=True) if e > 0
         )
         numbers = (
-            f"observed {counts}; expected {expected} from weights "
+            f"observed {'' if noun == 'assignments' else noun + ' '}{counts}; "
+            f"expected {expected} from weights "
             f"{'/'.join(str(w) for w in weights if w > 0)} bp; "
             f"chi-square {_fmt(result.statistic)}, {result.method} p {_fmt_p(result.p_value)}"
         )
         if total < SRM_MIN_TOTAL:
-            detail = f"{numbers}; not checked below {SRM_MIN_TOTAL} assignments"
+            detail = f"{numbers}; not checked below {SRM_MIN_TOTAL} {noun}"
             return SrmCheck(arms, result.statistic, result.p_value, threshold, False, detail)
         if result.mismatch:
             why = "traffic to a variant with weight 0: a routing fault; " if stray else ""
@@ -979,9 +1023,9 @@ class ExperimentTracker:
         threshold = self.settings.srm_threshold
         first = [v for v in (self._control, self._treatment) if v in self._weights]
         names = first + sorted(v for v in self._weights if v not in first)
+        counts = self._users if any(self._users.values()) else self._assigned
         arms = tuple(
-            ArmCount(v, self._assigned.get(v, 0), 0.0, self._weights[v] / BASIS_POINTS_TOTAL)
-            for v in names
+            ArmCount(v, counts.get(v, 0), 0.0, self._weights[v] / BASIS_POINTS_TOTAL) for v in names
         )
         return SrmCheck(arms, 0.0, 1.0, threshold, False, "no look yet")
 
@@ -1399,7 +1443,9 @@ class ExperimentTracker:
             for where, t in self._buckets.items()
             if t.n
         }
-        return ExperimentCounters(self._key, assigned, cells, sums)
+        users = {v: n for v, n in self._users.items() if n}
+        keyless = {v: n for v, n in self._keyless.items() if n}
+        return ExperimentCounters(self._key, assigned, cells, sums, users, keyless)
 
     def load_counters(self, counters: ExperimentCounters, now: float) -> None:
         """Make `counters` this tracker's counts (a fleet's merged view: the sequential
@@ -1412,6 +1458,8 @@ class ExperimentTracker:
             control, treatment, weights = key
             self.sync(control, treatment, dict(weights), now)
         self._assigned = defaultdict(int, counters.assigned)
+        self._users = defaultdict(int, counters.users)
+        self._keyless = defaultdict(int, counters.keyless)
         for where, cell in self._cells.items():
             cell.n, cell.successes, cell.mean, cell.m2 = counters.cells.get(where, (0, 0, 0.0, 0.0))
         k = self.settings.buckets
@@ -1464,6 +1512,8 @@ class ExperimentTracker:
             "treatment": self._treatment,
             "weights": dict(self._weights),
             "assigned": dict(self._assigned),
+            "users": dict(self._users),
+            "keyless": dict(self._keyless),
             "looks": self._looks,
             "last_look": self._last_look,
             "srm": None if self._srm is None else _srm_to_dict(self._srm),
@@ -1543,6 +1593,10 @@ class ExperimentTracker:
         """Assignments, looks and the sample ratio checks."""
         for k, v in _mapping(data["assigned"], "assigned").items():
             self._assigned[_str(k, "assigned")] = _int(v, f"assigned.{k}")
+        for field_name, target in (("users", self._users), ("keyless", self._keyless)):
+            # absent in checkpoints written before users were counted: request-level
+            for k, v in _mapping(data.get(field_name, {}), field_name).items():
+                target[_str(k, field_name)] = _int(v, f"{field_name}.{k}")
         self._looks = _int(data["looks"], "looks")
         last_look = data["last_look"]
         self._last_look = None if last_look is None else _float(last_look, "last_look")
@@ -1804,6 +1858,7 @@ def _srm_to_dict(s: SrmCheck) -> dict[str, Any]:
         "threshold": s.threshold,
         "mismatch": s.mismatch,
         "detail": s.detail,
+        "unit": s.unit,
     }
 
 
@@ -1830,6 +1885,7 @@ def _srm_from_dict(d: Mapping[str, Any]) -> SrmCheck:
         _float(d["threshold"], "srm.threshold"),
         mismatch,
         _str(d["detail"], "srm.detail"),
+        USER_UNIT if d.get("unit") == USER_UNIT else UNIT,
     )
 
 

@@ -11,6 +11,11 @@ publishes, and what the fleet's report is computed from.
   intermediate state would merge its older counts into the new epoch (as it would count
   them locally).
 - ``assigned``: requests the weighted split routed, per variant (plain sums).
+- ``users``: first assignments of a targeting key in the epoch, per variant (plain sums:
+  the sample-ratio check's unit when routing is sticky per user). A user that two members
+  both served counts once at each (the fleet total over-counts such users; their arm is
+  the same everywhere, so the ratio the check tests is unchanged in expectation).
+- ``keyless``: requests without a targeting key, per variant (plain sums; checked apart).
 - ``cells``: per (metric, arm, segment), ``(n, successes, mean, m2)`` — the tracker's own
   sufficient statistics. They merge with Chan et al.'s parallel formula (exact, and
   better conditioned than sums of squares), which is associative like an addition.
@@ -84,6 +89,8 @@ class ExperimentCounters:
     assigned: Mapping[str, int] = field(default_factory=dict)
     cells: Mapping[tuple[str, str, str], Cell] = field(default_factory=dict)
     sums: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    users: Mapping[str, int] = field(default_factory=dict)
+    keyless: Mapping[str, int] = field(default_factory=dict)
 
     def merge(self, other: ExperimentCounters) -> ExperimentCounters:
         """Both members' counts; ValueError when the epochs differ."""
@@ -105,7 +112,14 @@ class ExperimentCounters:
                 raise ValueError(f"sums.{name}: {len(values)} entries, expected {len(mine_sums)}")
             else:
                 sums[name] = tuple(x + y for x, y in zip(mine_sums, values, strict=True))
-        return ExperimentCounters(self.key, assigned, cells, sums)
+        return ExperimentCounters(
+            self.key,
+            assigned,
+            cells,
+            sums,
+            _add(self.users, other.users),
+            _add(self.keyless, other.keyless),
+        )
 
     @staticmethod
     def merged(parts: Iterable[ExperimentCounters], key: EpochKey | None) -> ExperimentCounters:
@@ -125,6 +139,8 @@ class ExperimentCounters:
             "assigned": dict(self.assigned),
             "cells": [[m, v, s, *cell] for (m, v, s), cell in self.cells.items()],
             "sums": {name: list(values) for name, values in self.sums.items()},
+            "users": dict(self.users),
+            "keyless": dict(self.keyless),
         }
 
     @staticmethod
@@ -144,7 +160,21 @@ class ExperimentCounters:
             cells[where] = cell if where not in cells else chan_merge(cells[where], cell)
         sums_raw = _object(data.get("sums", {}), "sums", MAX_SUM_ARRAYS)
         sums = {_name(k, "sums"): _floats(v, f"sums.{k}") for k, v in sums_raw.items()}
-        return ExperimentCounters(key, assigned, cells, sums)
+        users = _counts(data.get("users", {}), "users")  # absent from older members
+        keyless = _counts(data.get("keyless", {}), "keyless")
+        return ExperimentCounters(key, assigned, cells, sums, users, keyless)
+
+
+def _add(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for variant, n in b.items():
+        out[variant] = out.get(variant, 0) + n
+    return out
+
+
+def _counts(value: Any, name: str) -> dict[str, int]:
+    raw = _object(value, name)
+    return {_name(k, name): _int(v, f"{name}.{k}") for k, v in raw.items()}
 
 
 def _object(value: Any, name: str, limit: int = MAX_NAMES) -> Mapping[str, Any]:

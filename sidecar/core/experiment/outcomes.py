@@ -179,17 +179,21 @@ class OutcomeLedger:
         now: float,
         epoch: int = -1,
         targeting_key: str = "",
+        unit: int | None = None,
     ) -> None:
         """Remember what served `request_id` (request path: one insert, maybe one eviction).
 
         `epoch` is the experiment epoch of the weighted split that routed it; -1 when the
-        request is not part of the experiment. Only a hash of `targeting_key` is kept."""
+        request is not part of the experiment. Only a hash of `targeting_key` is kept
+        (`unit`: that hash when the caller computed it already)."""
+        if unit is None and targeting_key:
+            unit = unit_hash(targeting_key)
         self._served[request_id] = _Served(
             variant,
             self.segment_of(segment),
             now,
             epoch,
-            unit_hash(targeting_key) if targeting_key else None,
+            unit,
         )
         if len(self._served) > self.max_requests:
             self._served.popitem(last=False)
@@ -205,6 +209,25 @@ class OutcomeLedger:
             return True
         self.capped_assignments += 1
         return False
+
+    def enter(self, unit: int | None, epoch: int) -> tuple[bool, bool | None]:
+        """(admitted, first) for a request the split routed in `epoch` (request path).
+
+        `unit` is `unit_hash` of the targeting key (None: a keyless request, always
+        admitted, `first` None). For a key: admitted unless it had `max_per_key`
+        assignments in this epoch, and `first` when the tally had no entry for (key,
+        epoch) yet: the sample-ratio check counts users with it. The tally is kept for
+        every key (also with no cap), so it stays bounded by `max_keys`; a key it forgot
+        (least recently used) is counted as a new user again (`forgotten` counts how often
+        a tally was dropped, an upper bound on such double counts)."""
+        if unit is None:
+            return True, None
+        key = hash((unit, epoch, _ASSIGNMENTS))
+        first = key not in self._tally
+        if self._take(key):
+            return True, first
+        self.capped_assignments += 1
+        return False, first
 
     def _expire(self, now: float) -> None:
         while self._served:

@@ -138,6 +138,7 @@ async def test_report_counts_split_outcomes_per_arm_and_segment(
     arms = {a.variant: a.observed for a in rep.srm.arms}
     assert arms == {"stable": served["stable"], "canary": served["canary"] - 1}
     assert not rep.srm.mismatch
+    assert rep.srm.unit == "user"  # one request per key: users = requests here
     assert metric(rep, "revenue").kind == "number"
     assert rep.unit == "user" and rep.looks >= 1  # keyed requests: users are the unit
     assert conv.unit == "user" and conv.control.users == conv.control.n  # a request each

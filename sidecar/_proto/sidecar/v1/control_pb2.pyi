@@ -615,20 +615,22 @@ class ArmCount(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., observed: _Optional[int] = ..., observed_share: _Optional[float] = ..., expected_share: _Optional[float] = ...) -> None: ...
 
 class SampleRatioCheck(_message.Message):
-    __slots__ = ("arms", "chi_square", "p_value", "threshold", "mismatch", "detail")
+    __slots__ = ("arms", "chi_square", "p_value", "threshold", "mismatch", "detail", "unit")
     ARMS_FIELD_NUMBER: _ClassVar[int]
     CHI_SQUARE_FIELD_NUMBER: _ClassVar[int]
     P_VALUE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MISMATCH_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
     arms: _containers.RepeatedCompositeFieldContainer[ArmCount]
     chi_square: float
     p_value: float
     threshold: float
     mismatch: bool
     detail: str
-    def __init__(self, arms: _Optional[_Iterable[_Union[ArmCount, _Mapping]]] = ..., chi_square: _Optional[float] = ..., p_value: _Optional[float] = ..., threshold: _Optional[float] = ..., mismatch: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+    unit: str
+    def __init__(self, arms: _Optional[_Iterable[_Union[ArmCount, _Mapping]]] = ..., chi_square: _Optional[float] = ..., p_value: _Optional[float] = ..., threshold: _Optional[float] = ..., mismatch: _Optional[bool] = ..., detail: _Optional[str] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class DriftFeature(_message.Message):
     __slots__ = ("name", "kind", "variant", "reference_n", "current_n", "psi", "level", "ks_statistic", "ks_p_value", "edges", "reference_share", "current_share", "categorical")
