@@ -59,7 +59,7 @@ from sidecar.adapters.fleet.keys import FleetKeys
 from sidecar.core.canary.merged import MergedWindows
 from sidecar.core.canary.window import RollingWindows, VariantWindow
 from sidecar.core.experiment.analysis import ExperimentSettings, ExperimentTracker
-from sidecar.core.experiment.counters import ExperimentCounters
+from sidecar.core.experiment.counters import EpochKey, ExperimentCounters
 from sidecar.core.experiment.outcomes import Attribution, UnknownMetric, WrongValueType
 
 log = structlog.get_logger("sidecar.fleet")
@@ -272,14 +272,42 @@ class FleetExperiment:
         self.view = ExperimentTracker(settings)
         self.stats = stats
         self.members = 1
+        # Per member, its latest counters of the current epoch key, kept when its document
+        # disappears (expired, or Redis unreachable), so the fleet's counts never go down
+        # because a member stopped publishing; a member whose counts went down (restarted
+        # without its checkpoint) has its earlier counters kept apart in `_retired`.
+        self._key: EpochKey | None = None
+        self._last: dict[str, ExperimentCounters] = {}
+        self._retired: list[ExperimentCounters] = []
 
     def __call__(self, local: ExperimentTracker, now: float) -> ExperimentTracker:
         mine = local.counters()
-        others = [s.experiment for s in self.stats.others.values() if s.experiment is not None]
-        same = [c for c in others if c.key == mine.key]
-        self.members = 1 + len(same)
-        self.view.load_counters(ExperimentCounters.merged([mine, *same], mine.key), now)
+        if mine.key != self._key:
+            self._key, self._last, self._retired = mine.key, {}, []
+        for member, snapshot in self.stats.others.items():
+            counters = snapshot.experiment
+            if counters is None or counters.key != mine.key:
+                continue
+            before = self._last.get(member)
+            if before is not None and not _covers(counters, before):
+                self._retired.append(before)
+                del self._retired[:-RETIRED_KEPT]
+            self._last[member] = counters
+        parts = [mine, *self._last.values(), *self._retired]
+        self.members = 1 + len(self._last)
+        self.view.load_counters(ExperimentCounters.merged(parts, mine.key), now)
         return self.view
+
+
+RETIRED_KEPT = 256
+"""Earlier incarnations of restarted members kept in the fleet's counts (bounded)."""
+
+
+def _covers(new: ExperimentCounters, old: ExperimentCounters) -> bool:
+    """Whether `new` counts at least what `old` did (the same member, carrying on)."""
+    if any(new.assigned.get(v, 0) < n for v, n in old.assigned.items()):
+        return False
+    return all(new.cells.get(w, (0, 0, 0.0, 0.0))[0] >= c[0] for w, c in old.cells.items())
 
 
 class OutcomeForwarder:

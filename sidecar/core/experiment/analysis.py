@@ -1450,10 +1450,17 @@ class ExperimentTracker:
     def load_counters(self, counters: ExperimentCounters, now: float) -> None:
         """Make `counters` this tracker's counts (a fleet's merged view: the sequential
         states and the history carry on while the epoch key stays; another key starts a
-        new epoch at `now`). Cells of unknown metrics, arms or segments are skipped."""
+        new epoch at `now`). Cells of unknown metrics, arms or segments are skipped.
+
+        Counts that went down (a member's statistics expired, or it restarted without its
+        checkpoint) cannot continue cumulative sequential tests: the view then starts a new
+        epoch at `now` on the merged counts (its tests start afresh; a restart only ever
+        discards the running evidence, so the tests stay valid)."""
         key = counters.key
         if key is None:
             return
+        if key == self._key and self._counts_went_down(counters):
+            self._key = None
         if key != self._key:
             control, treatment, weights = key
             self.sync(control, treatment, dict(weights), now)
@@ -1470,6 +1477,12 @@ class ExperimentTracker:
                 with contextlib.suppress(ValueError):  # malformed: counted as nothing
                     totals = _unflatten_buckets(flat, k)
             self._buckets[where] = totals
+
+    def _counts_went_down(self, counters: ExperimentCounters) -> bool:
+        for where, cell in self._cells.items():
+            if counters.cells.get(where, (0, 0, 0.0, 0.0))[0] < cell.n:
+                return True
+        return any(counters.assigned.get(v, 0) < n for v, n in self._assigned.items())
 
     # ------------------------------------------------------------------ checkpoint
 

@@ -343,3 +343,31 @@ def test_user_buckets_merge_across_members_to_one_trackers_buckets() -> None:
     assert w.unit == "user"  # the comparison is of the user-level analysis
     assert g.unit == w.unit
     assert g.p_value == pytest.approx(w.p_value, rel=1e-9, abs=1e-12)
+
+
+def test_fleet_view_whose_counts_go_down_starts_afresh_instead_of_failing() -> None:
+    """A fleet view loaded with fewer counts than before (a member's statistics expired,
+    or it restarted without its checkpoint) starts a new epoch on the merged counts; a
+    look and a report still work and read the new counts."""
+    rng = np.random.default_rng(3)
+    members = [_tracker() for _ in range(2)]
+    for i in range(2000):
+        t = members[i % 2]
+        arm = "canary" if rng.random() < 0.5 else "stable"
+        t.assigned(arm)
+        t.outcome(1, arm, "x", "click", bool(rng.random() < 0.2))
+        t.outcome(1, arm, "x", "revenue", float(rng.normal(100.0, 5.0)))
+    key = members[0].counters().key
+    both = ExperimentCounters.merged([m.counters() for m in members], key)
+    view = ExperimentTracker(SETTINGS)
+    view.load_counters(both, 0.0)
+    view.look(1.0)
+    first_epoch = view.report(1.0).epoch
+    view.load_counters(members[0].counters(), 2.0)  # the other member's counts are gone
+    view.look(3.0)
+    report = view.report(3.0)
+    assert report.epoch == first_epoch + 1
+    click = {m.metric: m for m in report.metrics}["click"]
+    assert click.control.n + click.treatment.n == sum(
+        c[0] for (m, _, _), c in members[0].counters().cells.items() if m == "click"
+    )
