@@ -96,8 +96,7 @@ def _whole_path(sidecar: Any, tracer: Tracer, data: bytes, answer: bytes) -> Any
         upstream._infer = grpc_call  # in-process stand-in for the upstream's gRPC call
     servicer = InferenceServicer(sidecar.config, dp, dp.upstreams["stable"], tracer)
     contexts = [
-        _Context((("x-user-id", f"u{n}"), ("user-agent", "grpc-python/1.0")))
-        for n in range(4096)
+        _Context((("x-user-id", f"u{n}"), ("user-agent", "grpc-python/1.0"))) for n in range(4096)
     ]
     counter = iter(range(10**12))
 
@@ -207,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, us in results.items():
         print(f"  {name:<{width}}  {us:7.2f} µs")
     total = sum(
-        us for name, us in results.items() if name not in (EXPORT_ROW, WHOLE_ROW) and not name.startswith(BEFORE)
+        us
+        for name, us in results.items()
+        if name not in (EXPORT_ROW, WHOLE_ROW) and not name.startswith(BEFORE)
     )
     print(f"  {'sum (default: no export)':<{width}}  {total:7.2f} µs")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sidecar.core.experiment.analysis import OTHER_SEGMENT  # undeclared segments
-from sidecar.core.experiment.units import unit_hash
+from sidecar.core.experiment.units import unit_hash, unit_of
 from sidecar.core.limits import shown
 
 MAX_METRICS = 64
@@ -179,29 +179,30 @@ class OutcomeLedger:
         now: float,
         epoch: int = -1,
         targeting_key: str = "",
+        unit: int | None = None,
     ) -> None:
         """Remember what served `request_id` (request path: one insert, maybe one eviction).
 
         `epoch` is the experiment epoch of the weighted split that routed it; -1 when the
-        request is not part of the experiment. Only a hash of `targeting_key` is kept."""
-        self._served[request_id] = _Served(
-            variant,
-            self.segment_of(segment),
-            now,
-            epoch,
-            unit_hash(targeting_key) if targeting_key else None,
-        )
+        request is not part of the experiment. Only a hash of `targeting_key` is kept:
+        `unit`, when the caller already has it (`unit_of(targeting_key)`), else computed."""
+        if unit is None:
+            unit = unit_of(targeting_key)
+        self._served[request_id] = _Served(variant, self.segment_of(segment), now, epoch, unit)
         if len(self._served) > self.max_requests:
             self._served.popitem(last=False)
             self.evicted += 1
 
-    def admit(self, targeting_key: str, epoch: int) -> bool:
+    def admit(self, targeting_key: str, epoch: int, unit: int | None = None) -> bool:
         """Whether a request the split routed in `epoch` enters the experiment (request
         path): False once `targeting_key` had `max_per_key` of them in this epoch. Keyless
-        requests are always admitted (each is its own unit)."""
+        requests are always admitted (each is its own unit). `unit`: the key's
+        `unit_of(targeting_key)` when the caller already has it (else computed here)."""
         if not self.max_per_key or not targeting_key:
             return True
-        if self._take(hash((unit_hash(targeting_key), epoch, _ASSIGNMENTS))):
+        if unit is None:
+            unit = unit_hash(targeting_key)
+        if self._take(hash((unit, epoch, _ASSIGNMENTS))):
             return True
         self.capped_assignments += 1
         return False
