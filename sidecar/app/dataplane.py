@@ -41,10 +41,35 @@ class Served(NamedTuple, Generic[Resp]):
 _SPLIT = (Reason.SPLIT, Reason.SPLIT_NO_KEY)
 
 
+class _RandomHex:
+    """32 hex digits at a time from the OS's CSPRNG, read `batch` ids at once: one
+    `getrandom` system call per `batch` requests instead of one per request. Every id is
+    still 128 fresh random bits, never reused; the buffer is dropped in a forked child."""
+
+    def __init__(self, batch: int = 256) -> None:
+        self._size = 32 * batch
+        self._hex = ""
+        self._at = self._size
+        os.register_at_fork(after_in_child=self._drop)
+
+    def _drop(self) -> None:
+        self._hex, self._at = "", self._size
+
+    def __call__(self) -> str:
+        at = self._at
+        if at >= self._size:
+            self._hex, at = os.urandom(self._size // 2).hex(), 0
+        self._at = at + 32
+        return self._hex[at : at + 32]
+
+
+_random_hex = _RandomHex()
+
+
 def new_request_id() -> str:
-    """32 hex digits, 128 random bits (unguessable: outcome reports name requests by it);
-    os.urandom directly, a fifth of what uuid4().hex costs."""
-    return os.urandom(16).hex()
+    """32 hex digits, 128 random bits (unguessable: outcome reports name requests by it),
+    from os.urandom read in batches (`_RandomHex`): a tenth of what uuid4().hex costs."""
+    return _random_hex()
 
 
 MAX_KEY_BYTES = 256  # default of `predict.max_key_bytes`

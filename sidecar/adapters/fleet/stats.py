@@ -46,7 +46,6 @@ import contextlib
 import hashlib
 import json
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -56,6 +55,7 @@ import redis.asyncio
 import structlog
 
 from sidecar.adapters.fleet.keys import FleetKeys
+from sidecar.app.dataplane import new_request_id
 from sidecar.core.canary.merged import MergedWindows
 from sidecar.core.canary.window import RollingWindows, VariantWindow
 from sidecar.core.experiment.analysis import ExperimentSettings, ExperimentTracker
@@ -82,7 +82,7 @@ def short_id(member: str) -> str:
 def request_ids(member: str) -> Callable[[], str]:
     """Request ids of a fleet member: ``<short id>-<32 hex digits>``."""
     prefix = short_id(member) + "-"
-    return lambda: prefix + uuid.uuid4().hex
+    return lambda: prefix + new_request_id()
 
 
 def owner_of(request_id: str) -> str | None:

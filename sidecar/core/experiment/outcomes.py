@@ -199,13 +199,16 @@ class OutcomeLedger:
             self._served.popitem(last=False)
             self.evicted += 1
 
-    def admit(self, targeting_key: str, epoch: int) -> bool:
+    def admit(self, targeting_key: str, epoch: int, unit: int | None = None) -> bool:
         """Whether a request the split routed in `epoch` enters the experiment (request
         path): False once `targeting_key` had `max_per_key` of them in this epoch. Keyless
-        requests are always admitted (each is its own unit)."""
+        requests are always admitted (each is its own unit). `unit`: the key's
+        `unit_of(targeting_key)` when the caller already has it (else computed here)."""
         if not self.max_per_key or not targeting_key:
             return True
-        if self._take(hash((unit_hash(targeting_key), epoch, _ASSIGNMENTS))):
+        if unit is None:
+            unit = unit_hash(targeting_key)
+        if self._take(hash((unit, epoch, _ASSIGNMENTS))):
             return True
         self.capped_assignments += 1
         return False

@@ -242,3 +242,18 @@ def test_a_key_enters_an_epoch_at_most_n_times() -> None:
     assert ledger.capped_assignments == 2 and ledger.stats()["capped_assignments"] == 2
     uncapped = OutcomeLedger(kinds=KINDS)
     assert all(uncapped.admit("mallory", 1) for _ in range(100))
+
+
+def test_a_unit_handed_in_counts_as_the_key_it_was_hashed_from() -> None:
+    """The request path hashes a key once (`unit_of`) and hands the unit to `admit` and
+    `remember`: the same admissions and the same stored unit as when they hash it."""
+    from sidecar.core.experiment.units import unit_hash, unit_of
+
+    assert unit_of("") is None and unit_of("mallory") == unit_hash("mallory")
+    ledger = OutcomeLedger(kinds=KINDS, max_per_key=2)
+    unit = unit_of("mallory")
+    assert [ledger.admit("mallory", 1, unit) for _ in range(2)] == [True, True]
+    assert not ledger.admit("mallory", 1)  # the handed-in unit filled the key's share
+    ledger.remember("r1", "stable", "", 0.0, 1, "mallory", unit)
+    ledger.remember("r2", "stable", "", 0.0, 1, "mallory")
+    assert ledger._served["r1"].unit == ledger._served["r2"].unit == unit_hash("mallory")
