@@ -38,7 +38,7 @@ lint: venv ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/mypy
 
 test: venv venv-mlserver check-generated lint check-deploy ## Lint, type check, validate deploy/, run every test
-	$(VENV)/bin/pytest tests/unit -q -p no:cacheprovider
+	$(VENV)/bin/pytest tests/unit -q -n 2 -p no:cacheprovider
 	$(VENV)/bin/pytest tests/integration -q -p no:cacheprovider
 
 test-unit: venv ## Unit and component tests only (no MLServer)
