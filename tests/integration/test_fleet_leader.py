@@ -10,12 +10,11 @@ is asked; counts made while Redis is down arrive in the fleet's report after it 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy.typing as npt
 import pytest
 import redis
 import tritonclient.grpc as grpcclient
+from test_fleet_state import members
 
 from clients.predict import PredictClient
 from sidecar.testing.configs import config_dict
@@ -99,21 +99,6 @@ def leaders(m: list[SidecarProcess]) -> list[int]:
         if taken > lost and sc.returncode is None:
             out.append(i)
     return out
-
-
-@contextlib.contextmanager
-def members(config: dict[str, Any], tmp_path: Path, n: int = 3) -> Iterator[list[SidecarProcess]]:
-    started: list[SidecarProcess] = []
-    try:
-        for i in range(n):
-            sc = SidecarProcess(
-                config, run_dir=tmp_path / f"member-{i}", extra_env={"SIDECAR_MEMBER_ID": f"m{i}"}
-            )
-            started.append(sc.start())
-        yield started
-    finally:
-        for sc in started:
-            sc.stop()
 
 
 def _load(

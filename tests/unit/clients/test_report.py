@@ -19,12 +19,11 @@ import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from test_sidecarctl import TOKEN, FakeControl, free_port, run, shadow_report, start_server
+from test_sidecarctl import TOKEN, FakeControl, free_port, run, shadow_report
 
 from clients.control import ControlClient
 from clients.render_text import render_experiment, render_shadow
@@ -319,24 +318,6 @@ def blocked_report() -> cpb.ExperimentReport:
         unit="request",
         alpha=0.05,
     )
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeControl, int]]:
-    fake = FakeControl()
-    server, port = start_server(fake)
-    yield fake, port
-    server.stop(grace=None)
-
-
-@pytest.fixture
-def fake(served: tuple[FakeControl, int], monkeypatch: pytest.MonkeyPatch) -> FakeControl:
-    """This module's FAKE server, reset, with the CLI's environment cleared and aimed at it."""
-    fake, port = served
-    fake.reset()
-    monkeypatch.delenv("SIDECARCTL_TOKEN", raising=False)
-    monkeypatch.setenv("SIDECARCTL_TARGET", f"127.0.0.1:{port}")
-    return fake
 
 
 @pytest.fixture(scope="module")

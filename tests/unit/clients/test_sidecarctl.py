@@ -317,24 +317,6 @@ def start_server(
     return server, port
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeControl, int]]:
-    fake = FakeControl()
-    server, port = start_server(fake)
-    yield fake, port
-    server.stop(grace=None)
-
-
-@pytest.fixture
-def fake(served: tuple[FakeControl, int], monkeypatch: pytest.MonkeyPatch) -> FakeControl:
-    """The module's fake server, reset, with the CLI's environment cleared and aimed at it."""
-    fake, port = served
-    fake.reset()
-    monkeypatch.delenv("SIDECARCTL_TOKEN", raising=False)
-    monkeypatch.setenv("SIDECARCTL_TARGET", f"127.0.0.1:{port}")
-    return fake
-
-
 @pytest.fixture
 def target(served: tuple[FakeControl, int]) -> str:
     return f"127.0.0.1:{served[1]}"

@@ -8,33 +8,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 import yaml
-from test_sidecarctl import FakeControl, canned_state, run, start_server
+from test_sidecarctl import FakeControl, canned_state, run
 from test_sidecarctl_rollout import methods, rollout
 
 from clients import sidecarctl
 from clients.control import ControlClient
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeControl, int]]:
-    fake = FakeControl()
-    server, port = start_server(fake)
-    yield fake, port
-    server.stop(grace=None)
-
-
-@pytest.fixture
-def fake(served: tuple[FakeControl, int], monkeypatch: pytest.MonkeyPatch) -> FakeControl:
-    """This module's FAKE server, reset, with the CLI's environment aimed at it."""
-    fake, port = served
-    fake.reset()
-    monkeypatch.delenv("SIDECARCTL_TOKEN", raising=False)
-    monkeypatch.setenv("SIDECARCTL_TARGET", f"127.0.0.1:{port}")
-    return fake
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

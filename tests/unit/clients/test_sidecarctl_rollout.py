@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from test_sidecarctl import TOKEN, FakeControl, canned_state, default_plan, run, start_server
+from test_sidecarctl import TOKEN, FakeControl, canned_state, default_plan, run
 
 from clients.control import ControlClient, ControlError
 from clients.render_text import progress_bar, render_drill, render_rollout
@@ -64,24 +63,6 @@ def rollout(
         baseline_requests=5000,
         revision=12,
     )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeControl, int]]:
-    fake = FakeControl()
-    server, port = start_server(fake)
-    yield fake, port
-    server.stop(grace=None)
-
-
-@pytest.fixture
-def fake(served: tuple[FakeControl, int], monkeypatch: pytest.MonkeyPatch) -> FakeControl:
-    """This module's FAKE server, reset, with the CLI's environment cleared and aimed at it."""
-    fake, port = served
-    fake.reset()
-    monkeypatch.delenv("SIDECARCTL_TOKEN", raising=False)
-    monkeypatch.setenv("SIDECARCTL_TARGET", f"127.0.0.1:{port}")
-    return fake
 
 
 def methods(fake: FakeControl) -> list[str]:
