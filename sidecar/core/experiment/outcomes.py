@@ -47,7 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sidecar.core.experiment.analysis import OTHER_SEGMENT  # undeclared segments
-from sidecar.core.experiment.units import unit_hash
+from sidecar.core.experiment.units import unit_hash, unit_of
 from sidecar.core.limits import shown
 
 MAX_METRICS = 64
@@ -200,18 +200,10 @@ class OutcomeLedger:
             self.evicted += 1
 
     def admit(self, targeting_key: str, epoch: int, unit: int | None = None) -> bool:
-        """Whether a request the split routed in `epoch` enters the experiment (request
-        path): False once `targeting_key` had `max_per_key` of them in this epoch. Keyless
-        requests are always admitted (each is its own unit). `unit`: the key's
-        `unit_of(targeting_key)` when the caller already has it (else computed here)."""
-        if not self.max_per_key or not targeting_key:
-            return True
-        if unit is None:
-            unit = unit_hash(targeting_key)
-        if self._take(hash((unit, epoch, _ASSIGNMENTS))):
-            return True
-        self.capped_assignments += 1
-        return False
+        """Whether a request the split routed in `epoch` enters the experiment: `enter`
+        for a targeting key (`unit`: its `unit_of(targeting_key)` when the caller already
+        has it). Keyless requests are always admitted (each is its own unit)."""
+        return self.enter(unit_of(targeting_key) if unit is None else unit, epoch)[0]
 
     def enter(self, unit: int | None, epoch: int) -> tuple[bool, bool | None]:
         """(admitted, first) for a request the split routed in `epoch` (request path).
