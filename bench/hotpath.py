@@ -94,7 +94,9 @@ def _whole_path(sidecar: Any, tracer: Tracer, data: bytes, answer: bytes) -> Any
 
     for upstream in dp.upstreams.values():
         upstream._infer = grpc_call  # in-process stand-in for the upstream's gRPC call
-    servicer = InferenceServicer(sidecar.config, dp, dp.upstreams["stable"], tracer)
+    servicer = InferenceServicer(
+        {sidecar.config.model: dp}, tracer, sidecar.config.upstream.default_deadline
+    )
     contexts = [
         _Context((("x-user-id", f"u{n}"), ("user-agent", "grpc-python/1.0"))) for n in range(4096)
     ]

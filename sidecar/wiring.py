@@ -595,7 +595,7 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     )
     with _phase("binding the listen addresses (listen)"):
         servers = _servers(
-            config, dataplane, pool, telemetry.server_tracer, control, insights, controller, fleet
+            config, dataplane, telemetry.server_tracer, control, insights, controller, fleet
         )
     if fleet is not None:  # heartbeats carry the address operators and members dial
         fleet.control_address = config.state.redis.advertised_control(
@@ -795,7 +795,6 @@ def _readings(
 def _servers(
     config: Config,
     dataplane: DataPlane[InferBytes, InferReply],
-    pool: UpstreamPool,
     tracer: Tracer,
     control: ControlService,
     insights: Insights,
@@ -811,10 +810,12 @@ def _servers(
     ]
     predict_server = grpc.aio.server(options=options)
     health_servicer = health_aio.HealthServicer()
-    stable = pool.upstreams[config.flag.stable]
-    add_inference_servicer(InferenceServicer(config, dataplane, stable, tracer), predict_server)
+    routes = {config.model: dataplane}
+    add_inference_servicer(
+        InferenceServicer(routes, tracer, config.upstream.default_deadline), predict_server
+    )
     predict_pb2_grpc.add_PredictServicer_to_server(
-        PredictServicer(config, dataplane, tracer), predict_server
+        PredictServicer(config, routes, tracer), predict_server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, predict_server)
     reflection.enable_server_reflection(

@@ -4,7 +4,7 @@ call, convert the response. Routing decisions live in the application layer."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -26,6 +26,7 @@ from sidecar.adapters.upstream.oip import OipUpstream
 from sidecar.adapters.upstream.wire import InferBytes, InferReply
 from sidecar.app.dataplane import DataPlane, Served
 from sidecar.config import Config
+from sidecar.core.limits import clip
 from sidecar.core.routing import Reason
 from sidecar.errors import InvalidRequest, ModelNotFound, SidecarError, UpstreamError
 
@@ -71,27 +72,37 @@ def _failed(span: Span, exc: BaseException, context: Context) -> None:
         spans.set_status(span, "INTERNAL", type(exc).__name__)
 
 
+Routes = Mapping[str, DataPlane[InferBytes, InferReply]]
+
+
+class _Routed:
+    """The routed models, by the name apps use (in configuration order: the first is the
+    primary, which answers Predict requests that name no model)."""
+
+    def __init__(self, routes: Routes) -> None:
+        if not routes:
+            raise ValueError("no routed model")
+        self.routes = routes
+        self.primary = next(iter(routes))
+
+    def find(self, name: str) -> DataPlane[InferBytes, InferReply]:
+        """The data plane routing `name`, else ModelNotFound naming what is routed."""
+        dataplane = self.routes.get(name)
+        if dataplane is None:
+            routed = ", ".join(repr(m) for m in list(self.routes)[:8])
+            raise ModelNotFound(
+                f"model {shown(name)} is not served here; this sidecar routes {clip(routed, 512)}"
+            )
+        return dataplane
+
+
 class InferenceServicer:
     """Open Inference Protocol front door: apps point here instead of the model server."""
 
-    def __init__(
-        self,
-        config: Config,
-        dataplane: DataPlane[InferBytes, InferReply],
-        stable: OipUpstream,
-        tracer: Tracer,
-    ) -> None:
+    def __init__(self, routes: Routes, tracer: Tracer, probe_timeout: float) -> None:
         self.tracer = tracer
-        self.model = config.model
-        self.dataplane = dataplane
-        self.stable = stable
-        self.probe_timeout = config.upstream.default_deadline
-
-    def _check_model(self, name: str) -> None:
-        if name != self.model:
-            raise ModelNotFound(
-                f"model {shown(name)} is not served here; this sidecar routes {self.model!r}"
-            )
+        self.routed = _Routed(routes)
+        self.probe_timeout = probe_timeout
 
     async def ModelInfer(self, request: bytes, context: Context) -> bytes:
         """The request arrives as bytes (see `handlers`): the top-level scan reads the model
@@ -102,16 +113,16 @@ class InferenceServicer:
         with spans.server_span(self.tracer, OIP_SERVICE, "ModelInfer", metadata) as span:
             try:
                 payload = InferBytes.scanned(request)
-                self._check_model(payload.head.model_name)
+                dataplane = self.routed.find(payload.head.model_name)
                 user, segment = _routing_headers(metadata)
-                served = await self.dataplane.infer(
+                served = await dataplane.infer(
                     payload,
                     targeting_key=user,
                     segment=segment,
                     time_remaining=context.time_remaining(),
                     metadata=(),
                 )
-                answer = served.response.named(self.model)
+                answer = served.response.named(dataplane.model)
             except Exception as exc:
                 _failed(span, exc, context)
                 await abort(context, exc)
@@ -130,16 +141,20 @@ class InferenceServicer:
     async def ServerReady(
         self, request: oip.ServerReadyRequest, context: Context
     ) -> oip.ServerReadyResponse:
-        return oip.ServerReadyResponse(ready=await self.dataplane.stable_ready(self.probe_timeout))
+        for dataplane in self.routed.routes.values():
+            if not await dataplane.stable_ready(self.probe_timeout):
+                return oip.ServerReadyResponse(ready=False)
+        return oip.ServerReadyResponse(ready=True)
 
     async def ModelReady(
         self, request: oip.ModelReadyRequest, context: Context
     ) -> oip.ModelReadyResponse:
         try:
-            self._check_model(request.name)
+            dataplane = self.routed.find(request.name)
         except SidecarError as exc:
             await abort(context, exc)
-        return oip.ModelReadyResponse(ready=await self.dataplane.stable_ready(self.probe_timeout))
+            raise
+        return oip.ModelReadyResponse(ready=await dataplane.stable_ready(self.probe_timeout))
 
     async def ServerMetadata(
         self, request: oip.ServerMetadataRequest, context: Context
@@ -150,14 +165,14 @@ class InferenceServicer:
         self, request: oip.ModelMetadataRequest, context: Context
     ) -> oip.ModelMetadataResponse:
         try:
-            self._check_model(request.name)
-            stable = self.dataplane.upstreams[self.dataplane.state.current.flag.stable]
+            dataplane = self.routed.find(request.name)
+            stable = dataplane.upstreams[dataplane.state.current.flag.stable]
             assert isinstance(stable, OipUpstream)
             reply = await stable.metadata(timeout=self.probe_timeout)
         except Exception as exc:
             await abort(context, exc)
             raise
-        reply.name = self.model
+        reply.name = dataplane.model
         return reply
 
 
@@ -168,14 +183,8 @@ class PredictServicer:
     `Predict` never does. The reason's detail (bucket, split) is answered only with
     `predict.expose_reason_detail`."""
 
-    def __init__(
-        self,
-        config: Config,
-        dataplane: DataPlane[InferBytes, InferReply],
-        tracer: Tracer,
-    ) -> None:
-        self.model = config.model
-        self.dataplane = dataplane
+    def __init__(self, config: Config, routes: Routes, tracer: Tracer) -> None:
+        self.routed = _Routed(routes)
         self.tracer = tracer
         self.expose_reason_detail = config.predict.expose_reason_detail
         tokens = config.predict.auth.tokens
@@ -186,13 +195,9 @@ class PredictServicer:
         with spans.server_span(self.tracer, PREDICT_SERVICE, "Predict", metadata) as span:
             try:
                 payload = predict_to_oip(request.inference)
-                if payload.model_name not in ("", self.model):
-                    raise ModelNotFound(
-                        f"model {shown(payload.model_name)} is not served here; "
-                        f"this sidecar routes {self.model!r}"
-                    )
+                dataplane = self.routed.find(payload.model_name or self.routed.primary)
                 check_infer_request(payload)
-                served = await self.dataplane.infer(
+                served = await dataplane.infer(
                     InferBytes.of(payload),
                     targeting_key=request.context.targeting_key,
                     segment=request.context.segment,
@@ -207,7 +212,7 @@ class PredictServicer:
         answer = served.response.message()
         upstream_model = answer.model_name or served.variant.model_name
         upstream_version = answer.model_version or served.variant.model_version
-        answer.model_name = self.model
+        answer.model_name = dataplane.model
         return pb.PredictResponse(
             inference=oip_to_predict(answer),
             variant=served.resolution.variant,
@@ -235,7 +240,8 @@ class PredictServicer:
                 value = request.number_value
                 if not math.isfinite(value):
                     raise InvalidRequest("number_value: must be a finite number")
-            attribution = self.dataplane.report_outcome(request.request_id, request.metric, value)
+            dataplane = self.routed.routes[self.routed.primary]
+            attribution = dataplane.report_outcome(request.request_id, request.metric, value)
         except Exception as exc:
             await abort(context, exc)
             raise
