@@ -281,6 +281,29 @@ class UpstreamConfig(_Section):
         return self
 
 
+class PassThroughConfig(_Section):
+    """`passthrough:` — the default upstream for models this sidecar does not route: their
+    ModelInfer, ModelReady, ModelMetadata and repository calls go there unchanged (no
+    flag, not counted). Absent: such models get NOT_FOUND. A deadline left out is the
+    `upstream:` one."""
+
+    address: Address
+    default_deadline: PositiveDuration | None = None  # None: upstream.default_deadline
+    max_deadline: PositiveDuration | None = None  # None: upstream.max_deadline
+    # Calls in flight at once; one more is refused with RESOURCE_EXHAUSTED (so models
+    # nobody routes cannot take every slot of the sidecar).
+    max_in_flight: PositiveInt = 256
+
+    def limits(self, upstream: UpstreamConfig) -> UpstreamConfig:
+        """The deadlines of pass-through calls: these, else the `upstream:` ones."""
+        return upstream.model_copy(
+            update={
+                "default_deadline": self.default_deadline or upstream.default_deadline,
+                "max_deadline": self.max_deadline or upstream.max_deadline,
+            }
+        )
+
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # gRPC's own limit is 2 GiB; larger ones fail at bind
 
 
@@ -706,6 +729,7 @@ class Config(_Section):
     experiment: ExperimentSettings = ExperimentSettings()
     drift: DriftSettings = DriftSettings()
     predict: PredictConfig = PredictConfig()
+    passthrough: PassThroughConfig | None = None  # None: unrouted models get NOT_FOUND
 
     _flag: Flag = PrivateAttr()
     _telemetry: TelemetryConfig = PrivateAttr(default_factory=TelemetryConfig)
@@ -754,6 +778,20 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _versions_and_passthrough(self) -> Config:
+        problems = _duplicate_versions(self.variants, self.shadow)
+        if self.passthrough is not None:
+            limits = self.passthrough.limits(self.upstream)
+            if limits.default_deadline > limits.max_deadline:
+                problems.append(
+                    "passthrough.default_deadline: must not exceed passthrough.max_deadline "
+                    "(or upstream.max_deadline when that is not set)"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _app_tokens_are_not_control_tokens(self) -> Config:
         control = {t.sha256 for t in self.control.auth.tokens}
         for i, token in enumerate(self.predict.auth.tokens):
@@ -787,6 +825,27 @@ class Config(_Section):
     @property
     def metrics_address(self) -> str:
         return self.listen.metrics
+
+
+def _duplicate_versions(
+    variants: Mapping[str, VariantSpec], shadow: ShadowConfig | None
+) -> list[str]:
+    """A request naming a version is served by the variant whose `model_version` it is,
+    so two variants that can serve (every variant but the shadow) must not share a
+    non-empty version."""
+    owner: dict[str, str] = {}
+    problems = []
+    for name, spec in variants.items():
+        if not spec.model_version or (shadow is not None and name == shadow.variant):
+            continue
+        first = owner.setdefault(spec.model_version, name)
+        if first != name:
+            problems.append(
+                f"variants.{name}.model_version: {spec.model_version!r} is also "
+                f"variants.{first}.model_version; a request naming a version must reach one "
+                "variant (give each served variant its own version, or leave it empty)"
+            )
+    return problems
 
 
 def _routed_experiment_segments(flag: FlagConfig, experiment: ExperimentSettings) -> list[str]:

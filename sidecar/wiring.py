@@ -57,6 +57,7 @@ from sidecar.adapters.telemetry.processor import VariantStatsProcessor
 from sidecar.adapters.telemetry.spans import StatsTracer
 from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
 from sidecar.adapters.upstream.oip import UpstreamPool
+from sidecar.adapters.upstream.passthrough import PassThrough
 from sidecar.adapters.upstream.wire import InferBytes, InferReply
 from sidecar.app.control import ControlService, RolloutSetup, describe
 from sidecar.app.dataplane import DataPlane
@@ -595,8 +596,9 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
     )
     with _phase("binding the listen addresses (listen)"):
         servers = _servers(
-            config, dataplane, telemetry.server_tracer, control, insights, controller, fleet
-        )
+            config, dataplane, telemetry.server_tracer, control, insights, controller, fleet,
+            passthrough=_passthrough(config, pool),
+        )  # fmt: skip
     if fleet is not None:  # heartbeats carry the address operators and members dial
         fleet.control_address = config.state.redis.advertised_control(
             config.control_address, servers.control_port
@@ -621,6 +623,14 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         fleet=fleet,
         lead=lead,
     )
+
+
+def _passthrough(config: Config, pool: UpstreamPool) -> PassThrough | None:
+    """The upstream for models no flag routes (`passthrough:`), on the pool's channels."""
+    settings = config.passthrough
+    if settings is None:
+        return None
+    return PassThrough(settings, config.upstream, pool.channel(settings.address))
 
 
 def _telemetry(config: Config) -> _Telemetry:
@@ -800,6 +810,7 @@ def _servers(
     insights: Insights,
     controller: RolloutController,
     fleet: FleetMember | None = None,
+    passthrough: PassThrough | None = None,
 ) -> _Servers:
     """The predict server (front door, Predict, health, reflection) and the Control
     server, bound to their addresses."""
@@ -812,7 +823,8 @@ def _servers(
     health_servicer = health_aio.HealthServicer()
     routes = {config.model: dataplane}
     add_inference_servicer(
-        InferenceServicer(routes, tracer, config.upstream.default_deadline), predict_server
+        InferenceServicer(routes, tracer, config.upstream.default_deadline, passthrough),
+        predict_server,
     )
     predict_pb2_grpc.add_PredictServicer_to_server(
         PredictServicer(config, routes, tracer), predict_server

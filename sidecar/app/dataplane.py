@@ -8,6 +8,7 @@ shadow.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -24,8 +25,16 @@ from sidecar.app.state import StateHolder
 from sidecar.config import UpstreamConfig, VariantSpec
 from sidecar.core.experiment import Attribution, OutcomeError, OutcomeLedger, UnknownRequest
 from sidecar.core.experiment.units import unit_hash
-from sidecar.core.limits import fits, utf8_len
-from sidecar.core.routing import Flag, Reason, Resolution, RoutingContext, evaluate
+from sidecar.core.limits import fits, shown, utf8_len
+from sidecar.core.routing import (
+    Flag,
+    Reason,
+    Resolution,
+    RoutingContext,
+    evaluate,
+    served_variants,
+    variant_for_version,
+)
 from sidecar.errors import ErrorCode, InvalidRequest, NotFound, SidecarError
 
 
@@ -123,6 +132,8 @@ class DataPlane(Generic[Req, Resp]):
         # In a fleet: hands an outcome for another member's request id to that member
         # (None: the id is this sidecar's, its own ledger decides).
         self._forward = forward
+        self._versions = {name: spec.model_version for name, spec in variants.items()}
+        self._shadow = mirror.settings.variant if mirror is not None else None
 
     def timeout_for(self, time_remaining: float | None) -> float:
         """The caller's deadline, capped by the configured maximum (default when unset)."""
@@ -138,21 +149,26 @@ class DataPlane(Generic[Req, Resp]):
         segment: str,
         time_remaining: float | None,
         metadata: Metadata,
+        version: str = "",
     ) -> Served[Resp]:
-        """Route one request and return the chosen variant's answer.
+        """Route one request and return the chosen variant's answer. A `version` (the
+        model version the request names) is served by the served variant with that
+        `model_version` (reason VERSION_REQUESTED, outside the experiment) unless the kill
+        switch is on.
 
         Raises `UpstreamError` (the upstream's status passes through) or `SidecarError`
-        (`InvalidRequest` for a key or segment over `max_key_bytes`, before anything is
-        counted).
+        (`InvalidRequest` for a key or segment over `max_key_bytes`, `NotFound` for a
+        version no served variant has, before anything is counted).
         """
         check_key(
             "targeting key (context.targeting_key, x-user-id)", targeting_key, self.max_key_bytes
         )
         check_key("segment (context.segment, x-segment)", segment, self.max_key_bytes)
-        request_id = self._request_ids()
         snapshot = self.state.current
         flag = snapshot.flag
-        resolution = evaluate(flag, RoutingContext(targeting_key, segment, request_id))
+        requested = self.requested(flag, version) if version else ""
+        request_id = self._request_ids()
+        resolution = evaluate(flag, RoutingContext(targeting_key, segment, request_id, requested))
         epoch = -1  # part of the A/B experiment only when the weighted split chose
         unit = None  # the targeting key's unit hash, computed once (also remembered)
         if self.experiment is not None and resolution.reason in _SPLIT:
@@ -239,9 +255,47 @@ class DataPlane(Generic[Req, Resp]):
             )
         return attribution
 
+    def requested(self, flag: Flag, version: str) -> str:
+        """The served variant whose model version is `version`, else `NotFound` (as the
+        model server answers a version it does not have)."""
+        variant = variant_for_version(flag, self._versions, version, self._shadow)
+        if variant is None:
+            served = [self._versions[v] for v in served_variants(flag, self._shadow)]
+            raise NotFound(
+                f"model {shown(self.model)} has no version {shown(version)} here; served "
+                f"versions: {', '.join(repr(v) for v in served if v) or 'none named'}"
+            )
+        return variant
+
+    def serving(self, version: str) -> str:
+        """The variant that answers ready / metadata calls for `version`: the stable one
+        when empty, else the served variant with that version (`NotFound` otherwise)."""
+        flag = self.state.current.flag
+        return self.requested(flag, version) if version else flag.stable
+
     async def stable_ready(self, timeout: float) -> bool:
         """Whether the stable variant's model is ready (ready means stable is ready)."""
         return await self.variant_ready(self.state.current.flag.stable, timeout)
+
+    async def version_ready(self, version: str, timeout: float) -> bool:
+        """Whether the variant answering `version` is ready (the stable one when empty);
+        false for a version no served variant has."""
+        try:
+            variant = self.serving(version)
+        except NotFound:
+            return False
+        return await self.variant_ready(variant, timeout)
+
+    async def versions_ready(self, timeout: float) -> list[tuple[str, bool]]:
+        """(model version, ready) of each served variant, one entry per version (ready
+        when every variant with it is), stable first."""
+        names = served_variants(self.state.current.flag, self._shadow)
+        ready = await asyncio.gather(*(self.variant_ready(n, timeout) for n in names))
+        out: dict[str, bool] = {}
+        for name, ok in zip(names, ready, strict=True):
+            version = self._versions[name]
+            out[version] = out.get(version, True) and ok
+        return list(out.items())
 
     async def variant_ready(self, variant: str, timeout: float) -> bool:
         upstream = self.upstreams.get(variant)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from opentelemetry.trace import Span, Tracer
@@ -23,12 +23,19 @@ from sidecar.adapters.grpc.converters import (
 from sidecar.adapters.grpc.errors import abort, status_for
 from sidecar.adapters.telemetry import spans
 from sidecar.adapters.upstream.oip import OipUpstream
+from sidecar.adapters.upstream.passthrough import PassThrough, PassThroughError
 from sidecar.adapters.upstream.wire import InferBytes, InferReply
 from sidecar.app.dataplane import DataPlane, Served
 from sidecar.config import Config
 from sidecar.core.limits import clip
 from sidecar.core.routing import Reason
-from sidecar.errors import InvalidRequest, ModelNotFound, SidecarError, UpstreamError
+from sidecar.errors import (
+    FailedPrecondition,
+    InvalidRequest,
+    ModelNotFound,
+    SidecarError,
+    UpstreamError,
+)
 
 Context = grpc.aio.ServicerContext[object, object]
 USER_HEADER = "x-user-id"
@@ -64,7 +71,9 @@ def annotate(span: Span, served: Served[InferReply], segment: str) -> None:
 
 
 def _failed(span: Span, exc: BaseException, context: Context) -> None:
-    if isinstance(exc, UpstreamError):  # which variant failed, for the caller too
+    if isinstance(exc, PassThroughError):  # no variant: the upstream's trailers as they came
+        context.set_trailing_metadata(exc.trailers)
+    elif isinstance(exc, UpstreamError):  # which variant failed, for the caller too
         context.set_trailing_metadata((("x-variant", exc.variant),))
     if isinstance(exc, SidecarError):
         spans.set_status(span, status_for(exc).name, exc.message)
@@ -89,20 +98,50 @@ class _Routed:
         """The data plane routing `name`, else ModelNotFound naming what is routed."""
         dataplane = self.routes.get(name)
         if dataplane is None:
-            routed = ", ".join(repr(m) for m in list(self.routes)[:8])
-            raise ModelNotFound(
-                f"model {shown(name)} is not served here; this sidecar routes {clip(routed, 512)}"
-            )
+            raise self.not_found(name)
         return dataplane
+
+    def not_found(self, name: str) -> ModelNotFound:
+        routed = ", ".join(repr(m) for m in list(self.routes)[:8])
+        return ModelNotFound(
+            f"model {shown(name)} is not served here; this sidecar routes {clip(routed, 512)}"
+        )
+
+    def guarded(self) -> frozenset[str]:
+        """Model names a repository load / unload must not touch: the routed models and
+        every model name their variants ask their servers for."""
+        names = {spec.model_name for dp in self.routes.values() for spec in dp.variants.values()}
+        return frozenset(names | set(self.routes))
+
+
+Message = TypeVar("Message", bound=Any)
+
+
+async def _abort(context: Context, exc: BaseException) -> None:
+    if isinstance(exc, PassThroughError):
+        context.set_trailing_metadata(exc.trailers)
+    await abort(context, exc)
 
 
 class InferenceServicer:
-    """Open Inference Protocol front door: apps point here instead of the model server."""
+    """Open Inference Protocol front door: apps point here instead of the model server.
 
-    def __init__(self, routes: Routes, tracer: Tracer, probe_timeout: float) -> None:
+    A model no flag routes goes to the pass-through upstream unchanged (`passthrough`;
+    None: NOT_FOUND). A routed model's calls naming a version answer for the served
+    variant with that `model_version` (NOT_FOUND / not ready when none has it)."""
+
+    def __init__(
+        self,
+        routes: Routes,
+        tracer: Tracer,
+        probe_timeout: float,
+        passthrough: PassThrough | None = None,
+    ) -> None:
         self.tracer = tracer
         self.routed = _Routed(routes)
         self.probe_timeout = probe_timeout
+        self.passthrough = passthrough
+        self.guarded = self.routed.guarded()
 
     async def ModelInfer(self, request: bytes, context: Context) -> bytes:
         """The request arrives as bytes (see `handlers`): the top-level scan reads the model
@@ -113,7 +152,9 @@ class InferenceServicer:
         with spans.server_span(self.tracer, OIP_SERVICE, "ModelInfer", metadata) as span:
             try:
                 payload = InferBytes.scanned(request)
-                dataplane = self.routed.find(payload.head.model_name)
+                dataplane = self.routed.routes.get(payload.head.model_name)
+                if dataplane is None:
+                    return await self._pass_infer(payload, span, context)
                 user, segment = _routing_headers(metadata)
                 served = await dataplane.infer(
                     payload,
@@ -121,6 +162,7 @@ class InferenceServicer:
                     segment=segment,
                     time_remaining=context.time_remaining(),
                     metadata=(),
+                    version=payload.head.model_version,
                 )
                 answer = served.response.named(dataplane.model)
             except Exception as exc:
@@ -131,6 +173,36 @@ class InferenceServicer:
         context.set_trailing_metadata(
             (("x-variant", served.resolution.variant), ("x-request-id", served.request_id))
         )
+        return answer
+
+    async def _pass_infer(self, payload: InferBytes, span: Span, context: Context) -> bytes:
+        """A model not routed here: its bytes to the pass-through upstream, its answer
+        back as it came. The span names the model and says pass-through (no flag
+        decision on it, so no statistics count it)."""
+        head = payload.head
+        span.set_attributes(
+            {spans.MODEL_NAME: head.model_name, spans.MODEL_VERSION: head.model_version}
+        )
+        span.set_attribute(spans.PASSTHROUGH, True)
+        relayed = await self._relay("ModelInfer", head.model_name, payload.data, context)
+        spans.set_status(span, "OK")
+        return relayed
+
+    async def _relay(self, method: str, model: str, data: bytes, context: Context) -> bytes:
+        """`data` to the pass-through upstream; its answer bytes (trailers set on
+        `context`). ModelNotFound when no pass-through is configured."""
+        if self.passthrough is None:
+            raise self.routed.not_found(model)
+        relayed = await self.passthrough.call(method, data, time_remaining=context.time_remaining())
+        if relayed.trailers:
+            context.set_trailing_metadata(relayed.trailers)
+        return relayed.data
+
+    async def _relay_message(
+        self, method: str, model: str, request: Any, kind: type[Message], context: Context
+    ) -> Message:
+        data = await self._relay(method, model, request.SerializeToString(), context)
+        answer: Message = kind.FromString(data)
         return answer
 
     async def ServerLive(
@@ -149,12 +221,19 @@ class InferenceServicer:
     async def ModelReady(
         self, request: oip.ModelReadyRequest, context: Context
     ) -> oip.ModelReadyResponse:
+        """A routed model: the readiness of the variant serving `version` (stable when
+        empty; not ready for a version no served variant has); else passed through."""
         try:
-            dataplane = self.routed.find(request.name)
-        except SidecarError as exc:
-            await abort(context, exc)
+            dataplane = self.routed.routes.get(request.name)
+            if dataplane is None:
+                return await self._relay_message(
+                    "ModelReady", request.name, request, oip.ModelReadyResponse, context
+                )
+            ready = await dataplane.version_ready(request.version, self.probe_timeout)
+        except Exception as exc:
+            await _abort(context, exc)
             raise
-        return oip.ModelReadyResponse(ready=await dataplane.stable_ready(self.probe_timeout))
+        return oip.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(
         self, request: oip.ServerMetadataRequest, context: Context
@@ -164,16 +243,81 @@ class InferenceServicer:
     async def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: Context
     ) -> oip.ModelMetadataResponse:
+        """A routed model: the metadata of the variant serving `version` (stable when
+        empty; NOT_FOUND for a version no served variant has), named as the routed model;
+        else passed through."""
         try:
-            dataplane = self.routed.find(request.name)
-            stable = dataplane.upstreams[dataplane.state.current.flag.stable]
-            assert isinstance(stable, OipUpstream)
-            reply = await stable.metadata(timeout=self.probe_timeout)
+            dataplane = self.routed.routes.get(request.name)
+            if dataplane is None:
+                return await self._relay_message(
+                    "ModelMetadata", request.name, request, oip.ModelMetadataResponse, context
+                )
+            upstream = dataplane.upstreams[dataplane.serving(request.version)]
+            assert isinstance(upstream, OipUpstream)
+            reply = await upstream.metadata(timeout=self.probe_timeout)
         except Exception as exc:
-            await abort(context, exc)
+            await _abort(context, exc)
             raise
         reply.name = dataplane.model
         return reply
+
+    async def RepositoryIndex(
+        self, request: oip.RepositoryIndexRequest, context: Context
+    ) -> oip.RepositoryIndexResponse:
+        """Each routed model (one entry per served variant's version, READY or
+        UNAVAILABLE from its readiness), then the pass-through upstream's entries for
+        models not routed here (when one is configured; its failure passes through)."""
+        try:
+            models = [
+                oip.RepositoryIndexResponse.ModelIndex(
+                    name=name, version=version, state="READY" if ok else "UNAVAILABLE",
+                    reason="" if ok else "not ready",
+                )
+                for name, dataplane in self.routed.routes.items()
+                for version, ok in await dataplane.versions_ready(self.probe_timeout)
+                if ok or not request.ready
+            ]  # fmt: skip
+            if self.passthrough is not None:
+                passed = await self._relay_message(
+                    "RepositoryIndex", "", request, oip.RepositoryIndexResponse, context
+                )
+                models += (m for m in passed.models if m.name not in self.routed.routes)
+        except Exception as exc:
+            await _abort(context, exc)
+            raise
+        return oip.RepositoryIndexResponse(models=models)
+
+    async def RepositoryModelLoad(
+        self, request: oip.RepositoryModelLoadRequest, context: Context
+    ) -> oip.RepositoryModelLoadResponse:
+        return await self._repository_change(
+            "RepositoryModelLoad", request, oip.RepositoryModelLoadResponse, context
+        )
+
+    async def RepositoryModelUnload(
+        self, request: oip.RepositoryModelUnloadRequest, context: Context
+    ) -> oip.RepositoryModelUnloadResponse:
+        return await self._repository_change(
+            "RepositoryModelUnload", request, oip.RepositoryModelUnloadResponse, context
+        )
+
+    async def _repository_change(
+        self, method: str, request: Any, kind: type[Message], context: Context
+    ) -> Message:
+        """Load / unload: refused (FAILED_PRECONDITION) for a routed model or a model a
+        variant asks its server for; passed through for any other (NOT_FOUND without a
+        pass-through upstream)."""
+        try:
+            name = request.model_name
+            if name in self.guarded:
+                raise FailedPrecondition(
+                    f"model {shown(name)} is routed by this sidecar (or answers one of its "
+                    f"variants): {method} it on its model server, not through the sidecar"
+                )
+            return await self._relay_message(method, name, request, kind, context)
+        except Exception as exc:
+            await _abort(context, exc)
+            raise
 
 
 class PredictServicer:
@@ -203,6 +347,7 @@ class PredictServicer:
                     segment=request.context.segment,
                     time_remaining=context.time_remaining(),
                     metadata=(),
+                    version=payload.model_version,
                 )
             except Exception as exc:
                 _failed(span, exc, context)
@@ -277,6 +422,19 @@ def inference_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodH
             servicer.ModelMetadata, oip.ModelMetadataRequest, oip.ModelMetadataResponse
         ),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(servicer.ModelInfer),
+        "RepositoryIndex": _typed(
+            servicer.RepositoryIndex, oip.RepositoryIndexRequest, oip.RepositoryIndexResponse
+        ),
+        "RepositoryModelLoad": _typed(
+            servicer.RepositoryModelLoad,
+            oip.RepositoryModelLoadRequest,
+            oip.RepositoryModelLoadResponse,
+        ),
+        "RepositoryModelUnload": _typed(
+            servicer.RepositoryModelUnload,
+            oip.RepositoryModelUnloadRequest,
+            oip.RepositoryModelUnloadResponse,
+        ),
     }
 
 

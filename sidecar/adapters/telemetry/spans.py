@@ -5,7 +5,8 @@ Server span per Predict / ModelInfer call, named ``{package.Service}/{Method}``,
 decision as ``feature_flag.key``, ``feature_flag.result.variant``,
 ``feature_flag.result.reason``, ``feature_flag.provider.name``, plus the model that
 answered (``sidecar.model.name``, ``sidecar.model.version``) and ``sidecar.request_id``.
-Health RPCs are not traced.
+A model not routed here (pass-through) has the model and ``sidecar.passthrough`` only: no
+flag decision, so no statistics count it. Health RPCs are not traced.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ MODEL_NAME = "sidecar.model.name"
 MODEL_VERSION = "sidecar.model.version"
 VARIANT = "sidecar.variant"
 SEGMENT = "sidecar.segment"
+PASSTHROUGH = "sidecar.passthrough"  # true: a model not routed here, sent on unchanged
 
 # grpc.StatusCode values, without importing grpc here.
 STATUS_NAMES = (

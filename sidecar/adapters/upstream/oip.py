@@ -173,17 +173,14 @@ class UpstreamPool:
         client_spans: bool = True,
         observe: Observe = _ignore,
     ) -> None:
-        options = [
+        self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", 30_000),
         ]
         self.channels: dict[str, grpc.aio.Channel] = {}
         for spec in variants.values():
-            if spec.address not in self.channels:
-                self.channels[spec.address] = grpc.aio.insecure_channel(
-                    spec.address, options=options
-                )
+            self.channel(spec.address)
         self.upstreams: dict[str, OipUpstream] = {
             name: OipUpstream(
                 spec,
@@ -194,6 +191,15 @@ class UpstreamPool:
             )
             for name, spec in variants.items()
         }
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The one channel to `address` (opened on first use, closed with the pool)."""
+        channel = self.channels.get(address)
+        if channel is None:
+            channel = self.channels[address] = grpc.aio.insecure_channel(
+                address, options=self._options
+            )
+        return channel
 
     async def close(self) -> None:
         for channel in self.channels.values():

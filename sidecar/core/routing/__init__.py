@@ -13,6 +13,7 @@ from sidecar.core.routing.model import (
     RoutingView,
     SegmentRule,
 )
+from sidecar.core.routing.versions import served_variants, variant_for_version
 
 __all__ = [
     "BASIS_POINTS",
@@ -28,5 +29,7 @@ __all__ = [
     "SegmentRule",
     "bucket",
     "evaluate",
+    "served_variants",
     "shadow_sampled",
+    "variant_for_version",
 ]

@@ -1,4 +1,10 @@
-"""Flag evaluation: kill switch -> user overrides -> segment rules -> weighted split -> default.
+"""Flag evaluation: kill switch -> requested version -> user overrides -> segment rules ->
+weighted split -> default.
+
+A requested version (`RoutingContext.requested`: the served variant whose `model_version`
+the request named, resolved by the data plane) is served by that variant unless the kill
+switch is on. It is a rule like a user override: whatever suspends the overrides suspends
+it too.
 
 `evaluate` never raises: whatever goes wrong, it answers the flag's default variant with
 reason ERROR (OpenFeature's contract: a value and a reason, never an exception).
@@ -20,6 +26,7 @@ class RoutingContext(NamedTuple):
     targeting_key: str = ""
     segment: str = ""
     bucketing_key: str = ""
+    requested: str = ""  # a served variant the request asked for by its version ("": none)
 
 
 class Resolution(NamedTuple):
@@ -34,6 +41,8 @@ class Resolution(NamedTuple):
         """Human-readable reason, for spans, logs and the Predict response."""
         if self.reason is Reason.KILL_SWITCH:
             return f"kill switch on: all traffic to stable variant {self.variant!r}"
+        if self.reason is Reason.VERSION_REQUESTED:
+            return f"version requested: served by variant {self.variant!r}"
         if self.reason is Reason.USER_OVERRIDE:
             return f"user override for targeting key -> {self.variant!r}"
         if self.reason is Reason.SEGMENT_RULE:
@@ -64,6 +73,8 @@ def evaluate(flag: Flag, ctx: RoutingContext) -> Resolution:
         rules = flag.routing
         if rules.kill_switch:
             return Resolution(rules.stable, Reason.KILL_SWITCH)
+        if ctx.requested:  # next to the overrides: suspended with them
+            return Resolution(ctx.requested, Reason.VERSION_REQUESTED)
         key = ctx.targeting_key
         if key:
             override = rules.user_overrides.get(key)

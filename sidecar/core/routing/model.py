@@ -40,6 +40,7 @@ class Reason(enum.Enum):
     SPLIT_NO_KEY = "SPLIT_NO_KEY"
     DEFAULT = "DEFAULT"
     ERROR = "ERROR"
+    VERSION_REQUESTED = "VERSION_REQUESTED"  # the request named a served variant's version
 
 
 class FlagError(ValueError):

@@ -18,6 +18,7 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_SPLIT_NO_KEY: _ClassVar[Reason]
     REASON_DEFAULT: _ClassVar[Reason]
     REASON_ERROR: _ClassVar[Reason]
+    REASON_VERSION_REQUESTED: _ClassVar[Reason]
 REASON_UNSPECIFIED: Reason
 REASON_KILL_SWITCH: Reason
 REASON_USER_OVERRIDE: Reason
@@ -26,6 +27,7 @@ REASON_SPLIT: Reason
 REASON_SPLIT_NO_KEY: Reason
 REASON_DEFAULT: Reason
 REASON_ERROR: Reason
+REASON_VERSION_REQUESTED: Reason
 
 class RoutingContext(_message.Message):
     __slots__ = ("targeting_key", "segment", "attributes")
