@@ -50,14 +50,17 @@ def build_request(
     attributes: Mapping[str, str] | None = None,
     outputs: Sequence[str] = (),
     model: str = "",
+    version: str = "",
 ) -> pb.PredictRequest:
-    """A PredictRequest with typed contents for each numpy input."""
+    """A PredictRequest with typed contents for each numpy input (`version`: served by
+    the variant with that model version, outside the experiment)."""
     request = pb.PredictRequest(
         context=pb.RoutingContext(
             targeting_key=targeting_key, segment=segment, attributes=dict(attributes or {})
         )
     )
     request.inference.model_name = model
+    request.inference.model_version = version
     for name, array in inputs.items():
         fill_input(request.inference.inputs.add(), name, np.asarray(array))
     for name in outputs:
@@ -97,14 +100,17 @@ class PredictClient:
         attributes: Mapping[str, str] | None = None,
         outputs: Sequence[str] = (),
         timeout: float | None = None,
+        version: str = "",
     ) -> Prediction:
-        """Route one inference through the sidecar."""
+        """Route one inference through the sidecar (`version`: the variant serving that
+        model version answers; NOT_FOUND when none does)."""
         request = build_request(
             inputs,
             targeting_key=targeting_key,
             segment=segment,
             attributes=attributes,
             outputs=outputs,
+            version=version,
         )
         response: pb.PredictResponse = self._stub.Predict(
             request, timeout=timeout if timeout is not None else self.timeout

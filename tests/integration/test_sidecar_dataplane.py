@@ -360,9 +360,10 @@ def test_appended_model_fields_are_honoured_by_mlserver(
 ) -> None:
     """The sidecar appends the variant's model_name / model_version to the caller's
     bytes: MLServer honours the last value (the same request sent straight to MLServer
-    with the same fields appended answers the same), whatever version the caller named."""
+    with the same fields appended answers the same). The caller names no version (a
+    version no served variant has is NOT_FOUND: test_passthrough_versions.py)."""
     request = base_request(iris_x, rows=150)
-    request.model_version = "v-caller"  # overridden by the variant's version
+    request.model_version = ""  # the variant's version is appended
     request.id = "req-1"
     direct_raw = grpc.insecure_channel(mlserver.grpc_address).unary_unary(
         "/inference.GRPCInferenceService/ModelInfer"
