@@ -180,10 +180,13 @@ class InferenceServicer:
         back as it came. The span names the model and says pass-through (no flag
         decision on it, so no statistics count it)."""
         head = payload.head
-        span.set_attributes(
-            {spans.MODEL_NAME: head.model_name, spans.MODEL_VERSION: head.model_version}
+        span.set_attributes(  # the caller's words, bounded
+            {
+                spans.MODEL_NAME: clip(head.model_name, 256),
+                spans.MODEL_VERSION: clip(head.model_version, 256),
+                spans.PASSTHROUGH: True,
+            }
         )
-        span.set_attribute(spans.PASSTHROUGH, True)
         relayed = await self._relay("ModelInfer", head.model_name, payload.data, context)
         spans.set_status(span, "OK")
         return relayed
