@@ -31,8 +31,8 @@ METHODS = (
     "ModelInfer", "ModelReady", "ModelMetadata",
     "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
 )  # fmt: skip
-MAX_TRAILERS = 32
-MAX_TRAILER_BYTES = 8192
+MAX_TRAILERS = 16  # the app's client limits all metadata (8 KiB by default)
+MAX_TRAILER_BYTES = 4096
 _HOP_BY_HOP = frozenset({"content-type", "te", "user-agent", "content-length"})
 NAME = "the pass-through model server"
 
@@ -65,7 +65,7 @@ def relayed_trailers(metadata: Iterable[Any] | None) -> Trailers:
             continue
         if key.startswith(("grpc-", ":")) or key in _HOP_BY_HOP:
             continue
-        size += len(key) + len(value)
+        size += len(key) + (len(value) if isinstance(value, bytes) else len(value.encode()))
         if len(out) >= MAX_TRAILERS or size > MAX_TRAILER_BYTES:
             break
         out.append((key, value))

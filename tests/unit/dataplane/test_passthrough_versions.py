@@ -18,6 +18,7 @@ from conftest import counted, infer_request, stub
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.sidecar.v1 import predict_pb2, predict_pb2_grpc
+from sidecar.adapters.upstream.passthrough import MAX_TRAILER_BYTES, MAX_TRAILERS, relayed_trailers
 from sidecar.testing.fault_upstream import Fault, FaultInjectingUpstream
 from sidecar.testing.inprocess import config_dict, running_sidecar
 
@@ -367,3 +368,14 @@ async def test_repository_load_and_unload_refuse_routed_models_and_pass_others(
         assert recorder.received == []
         await client.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name="other"))
         assert [m for m, _ in recorder.received] == ["RepositoryModelLoad"]
+
+
+def test_relayed_trailers_drop_grpc_names_and_stay_bounded() -> None:
+    """gRPC's own, pseudo and hop-by-hop names are dropped; at most MAX_TRAILERS entries
+    and MAX_TRAILER_BYTES bytes pass, in the upstream's order."""
+    raw = [("grpc-status", "0"), (":path", "/x"), ("content-type", "a"), ("x-a", "1"), ("x-b-bin", b"\x00")]  # fmt: skip
+    assert relayed_trailers(raw) == (("x-a", "1"), ("x-b-bin", b"\x00"))
+    many = [(f"x-{i}", "v") for i in range(MAX_TRAILERS + 5)]
+    assert relayed_trailers(many) == tuple(many[:MAX_TRAILERS])
+    big = [("x-big", "é" * (MAX_TRAILER_BYTES // 2)), ("x-small", "1")]
+    assert relayed_trailers(big) == () and relayed_trailers(None) == ()
