@@ -779,7 +779,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _versions_and_passthrough(self) -> Config:
-        problems = _duplicate_versions(self.variants, self.shadow)
+        problems: list[str] = []
         if self.passthrough is not None:
             limits = self.passthrough.limits(self.upstream)
             if limits.default_deadline > limits.max_deadline:
@@ -825,27 +825,6 @@ class Config(_Section):
     @property
     def metrics_address(self) -> str:
         return self.listen.metrics
-
-
-def _duplicate_versions(
-    variants: Mapping[str, VariantSpec], shadow: ShadowConfig | None
-) -> list[str]:
-    """A request naming a version is served by the variant whose `model_version` it is,
-    so two variants that can serve (every variant but the shadow) must not share a
-    non-empty version."""
-    owner: dict[str, str] = {}
-    problems = []
-    for name, spec in variants.items():
-        if not spec.model_version or (shadow is not None and name == shadow.variant):
-            continue
-        first = owner.setdefault(spec.model_version, name)
-        if first != name:
-            problems.append(
-                f"variants.{name}.model_version: {spec.model_version!r} is also "
-                f"variants.{first}.model_version; a request naming a version must reach one "
-                "variant (give each served variant its own version, or leave it empty)"
-            )
-    return problems
 
 
 def _routed_experiment_segments(flag: FlagConfig, experiment: ExperimentSettings) -> list[str]:

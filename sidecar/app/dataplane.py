@@ -33,7 +33,7 @@ from sidecar.core.routing import (
     RoutingContext,
     evaluate,
     served_variants,
-    variant_for_version,
+    variants_for_version,
 )
 from sidecar.errors import ErrorCode, InvalidRequest, NotFound, SidecarError
 
@@ -166,9 +166,14 @@ class DataPlane(Generic[Req, Resp]):
         check_key("segment (context.segment, x-segment)", segment, self.max_key_bytes)
         snapshot = self.state.current
         flag = snapshot.flag
-        requested = self.requested(flag, version) if version else ""
+        named = self.requested(flag, version) if version else ()
         request_id = self._request_ids()
-        resolution = evaluate(flag, RoutingContext(targeting_key, segment, request_id, requested))
+        resolution = evaluate(
+            flag,
+            RoutingContext(targeting_key, segment, request_id, named[0] if len(named) == 1 else ""),
+        )
+        if len(named) > 1:  # a version several variants share: routed as usual, within them
+            resolution = self._within(named, resolution)
         epoch = -1  # part of the A/B experiment only when the weighted split chose
         unit = None  # the targeting key's unit hash, computed once (also remembered)
         if self.experiment is not None and resolution.reason in _SPLIT:
@@ -255,23 +260,31 @@ class DataPlane(Generic[Req, Resp]):
             )
         return attribution
 
-    def requested(self, flag: Flag, version: str) -> str:
-        """The served variant whose model version is `version`, else `NotFound` (as the
-        model server answers a version it does not have)."""
-        variant = variant_for_version(flag, self._versions, version, self._shadow)
-        if variant is None:
+    @staticmethod
+    def _within(named: tuple[str, ...], resolution: Resolution) -> Resolution:
+        """The usual choice when it has the requested version (or the kill switch chose);
+        else the first variant that has it (stable first)."""
+        if resolution.variant in named or resolution.reason is Reason.KILL_SWITCH:
+            return resolution
+        return Resolution(named[0], Reason.VERSION_REQUESTED)
+
+    def requested(self, flag: Flag, version: str) -> tuple[str, ...]:
+        """The served variants whose model version is `version` (stable first), else
+        `NotFound` (as the model server answers a version it does not have)."""
+        variants = variants_for_version(flag, self._versions, version, self._shadow)
+        if not variants:
             served = [self._versions[v] for v in served_variants(flag, self._shadow)]
             raise NotFound(
                 f"model {shown(self.model)} has no version {shown(version)} here; served "
                 f"versions: {', '.join(repr(v) for v in served if v) or 'none named'}"
             )
-        return variant
+        return variants
 
     def serving(self, version: str) -> str:
         """The variant that answers ready / metadata calls for `version`: the stable one
         when empty, else the served variant with that version (`NotFound` otherwise)."""
         flag = self.state.current.flag
-        return self.requested(flag, version) if version else flag.stable
+        return self.requested(flag, version)[0] if version else flag.stable
 
     async def stable_ready(self, timeout: float) -> bool:
         """Whether the stable variant's model is ready (ready means stable is ready)."""

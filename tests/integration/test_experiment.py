@@ -203,9 +203,7 @@ def run_plan_until_done(
 
 @pytest.mark.parametrize(
     ("canary", "phase"),
-    # classifier-weak's one version is left to MLServer (""): serving variants may not
-    # share a version (stable is v1), as a request naming "v1" must reach one variant
-    [(("classifier-weak", ""), "ROLLED_BACK"), (("classifier", "v2"), "SUCCEEDED")],
+    [(("classifier-weak", "v1"), "ROLLED_BACK"), (("classifier", "v2"), "SUCCEEDED")],
     ids=["worse-canary-rolled-back", "equivalent-canary-promoted"],
 )
 def test_fifty_percent_stage_waits_for_the_ab_verdict(

@@ -13,7 +13,11 @@ from sidecar.core.routing.model import (
     RoutingView,
     SegmentRule,
 )
-from sidecar.core.routing.versions import served_variants, variant_for_version
+from sidecar.core.routing.versions import (
+    served_variants,
+    variant_for_version,
+    variants_for_version,
+)
 
 __all__ = [
     "BASIS_POINTS",
@@ -32,4 +36,5 @@ __all__ = [
     "served_variants",
     "shadow_sampled",
     "variant_for_version",
+    "variants_for_version",
 ]

@@ -2,8 +2,9 @@
 
 Versions are matched against the variants' configured `model_version`
 (`variants.<name>.model_version`). The variants that can serve are the flag's stable and
-canary and every variant with a weight; the shadow never serves. Configuration refuses
-two such variants with the same non-empty version, so a version names at most one.
+canary and every variant with a weight; the shadow never serves. Several served variants
+may share a version (a canary of the same model version on another server, as Triton's
+`1` / `1`): a request for it is routed as any other, and answered by one of them.
 """
 
 from __future__ import annotations
@@ -23,14 +24,20 @@ def served_variants(flag: Flag, shadow: str | None = None) -> tuple[str, ...]:
     return tuple(v for v in names if v == flag.stable or v != shadow)
 
 
+def variants_for_version(
+    flag: Flag, versions: Mapping[str, str], version: str, shadow: str | None = None
+) -> tuple[str, ...]:
+    """The served variants whose model version is `version`, stable first; empty when none
+    is (an empty `version` names no variant)."""
+    if not version:
+        return ()
+    return tuple(n for n in served_variants(flag, shadow) if versions.get(n) == version)
+
+
 def variant_for_version(
     flag: Flag, versions: Mapping[str, str], version: str, shadow: str | None = None
 ) -> str | None:
-    """The served variant whose model version is `version`; None when none is (an empty
-    `version` names no variant)."""
-    if not version:
-        return None
-    for name in served_variants(flag, shadow):
-        if versions.get(name) == version:
-            return name
-    return None
+    """The one served variant whose model version is `version`, else None (none, or
+    several: then the version does not choose between them)."""
+    named = variants_for_version(flag, versions, version, shadow)
+    return named[0] if len(named) == 1 else None

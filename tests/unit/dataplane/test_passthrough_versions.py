@@ -283,6 +283,31 @@ async def test_unknown_version_is_not_found_and_counts_nothing(
         assert model_server.calls.get("ModelInfer", 0) == 0
 
 
+async def test_a_version_variants_share_is_routed_as_usual_between_them(
+    model_server: FaultInjectingUpstream,
+) -> None:
+    """Stable and canary with one version (on two servers, say): a request naming it is
+    split as usual (reason SPLIT, in the experiment), so both serve it; another version is
+    still NOT_FOUND."""
+    raw = routed(model_server, experiment=OUTCOMES)
+    raw["flag"]["weights"] = {"stable": 5_000, "canary": 5_000}
+    for name in ("stable", "canary"):
+        raw["variants"][name]["model_version"] = "same"
+    async with running_sidecar(raw) as sc:
+        client = predict_pb2_grpc.PredictStub(grpc.aio.insecure_channel(f"127.0.0.1:{sc.predict_port}"))  # fmt: skip
+        reasons = set()
+        for i in range(40):
+            request = predict_request("same")
+            request.context.targeting_key = f"user-{i}"
+            answer = await client.Predict(request)
+            reasons.add(answer.reason)
+        assert reasons == {predict_pb2.REASON_SPLIT}
+        assert sc.dataplane.served["stable"] > 0 and sc.dataplane.served["canary"] > 0
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.Predict(predict_request("v9"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_kill_switch_beats_a_requested_version(model_server: FaultInjectingUpstream) -> None:
     """With the kill switch on, a request for the canary's version is served by stable,
     and the answer's model version says so."""
