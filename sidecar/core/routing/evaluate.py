@@ -1,5 +1,9 @@
 """Flag evaluation: kill switch -> user overrides -> segment rules -> weighted split -> default.
 
+While the rules are suspended (after a rollback or an aborted rollout, until an operator
+restores them), user overrides and segment rules are skipped: those requests take the
+split or the default like everyone else's.
+
 `evaluate` never raises: whatever goes wrong, it answers the flag's default variant with
 reason ERROR (OpenFeature's contract: a value and a reason, never an exception).
 """
@@ -65,14 +69,15 @@ def evaluate(flag: Flag, ctx: RoutingContext) -> Resolution:
         if rules.kill_switch:
             return Resolution(rules.stable, Reason.KILL_SWITCH)
         key = ctx.targeting_key
-        if key:
-            override = rules.user_overrides.get(key)
-            if override is not None:
-                return Resolution(override, Reason.USER_OVERRIDE)
-        if ctx.segment:
-            ruled = flag.rule_by_segment.get(ctx.segment)
-            if ruled is not None:
-                return Resolution(ruled, Reason.SEGMENT_RULE, rule=ctx.segment)
+        if not rules.rules_suspended:
+            if key:
+                override = rules.user_overrides.get(key)
+                if override is not None:
+                    return Resolution(override, Reason.USER_OVERRIDE)
+            if ctx.segment:
+                ruled = flag.rule_by_segment.get(ctx.segment)
+                if ruled is not None:
+                    return Resolution(ruled, Reason.SEGMENT_RULE, rule=ctx.segment)
         if key:
             reason = Reason.SPLIT
         elif ctx.bucketing_key:
