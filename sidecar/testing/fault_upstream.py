@@ -32,13 +32,15 @@ class CallRecord:
 @dataclass
 class Fault:
     """What the upstream does to the next calls. `status` set: fail with it; `hang`: never
-    answer (until the caller's deadline); `delay`: wait first (no CPU)."""
+    answer (until the caller's deadline); `delay`: wait first (no CPU); `trailers`: send
+    this trailing metadata (with the answer or the failure)."""
 
     status: grpc.StatusCode | None = None
     message: str = "injected fault"
     delay: float = 0.0
     hang: bool = False
     methods: frozenset[str] = frozenset({"ModelInfer"})
+    trailers: tuple[tuple[str, str | bytes], ...] = ()
 
 
 def _identity(data: bytes) -> bytes:
@@ -91,6 +93,8 @@ class FaultInjectingUpstream:
                     await asyncio.Event().wait()
                 if fault.delay:
                     await asyncio.sleep(fault.delay)
+                if fault.trailers:
+                    context.set_trailing_metadata(fault.trailers)
                 if fault.status is not None:
                     await context.abort(fault.status, fault.message)
             if self.respond is not None:
