@@ -5,6 +5,7 @@ requests and the audit log, and through the service alone for abort and edge cas
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +22,10 @@ from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import predict_pb2 as pb
 from sidecar._proto.sidecar.v1 import predict_pb2_grpc as pb_grpc
+from sidecar.adapters.store.sqlite import SqliteStore
+from sidecar.app.ports import AuditEntry
 from sidecar.core.rollout import Phase
+from sidecar.core.state import DesiredState
 from sidecar.errors import FailedPrecondition
 from sidecar.testing.clock import FakeClock
 from sidecar.testing.credentials import VIEWER_TOKEN, bearer
@@ -170,3 +174,17 @@ async def test_abort_and_a_reverted_promotion_suspend_the_rules() -> None:
     await service.promote("ops", "ship", 0)
     reverted = await service.rollback("ops", "undo", 0)
     assert reverted.state.promotions[-1].reverted and reverted.state.rules_suspended
+
+
+def test_the_sqlite_store_keeps_the_suspension(tmp_path: Path) -> None:
+    """A suspended state committed to SQLite loads back suspended, reason and rules kept."""
+    service, _ = service_on(FakeClock())
+    state = DesiredState.from_flag(service.template, revision=3).evolve(
+        user_overrides={"qa-1": "canary"}
+    )
+    suspended = state.suspend_rules("Rollback by health-checker: error_rate 0.5")
+    store = SqliteStore(tmp_path / "sidecar.db")
+    store.commit(suspended, AuditEntry(1.0, "health-checker", "Rollback", "r", 2, 3, {}))
+    loaded = SqliteStore(tmp_path / "sidecar.db").load()
+    assert loaded == suspended and loaded is not None and loaded.rules_suspended
+    assert loaded.rules_suspended_reason == "Rollback by health-checker: error_rate 0.5"
