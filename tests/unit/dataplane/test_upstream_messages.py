@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 
 from sidecar._proto.sidecar.v1 import predict_pb2, predict_pb2_grpc
 from sidecar.adapters.upstream.failures import FailureLog, app_message, scrub
+from sidecar.adapters.upstream.oip import _finished_trailers
 from sidecar.adapters.upstream.trailers import (
     MAX_TRAILER_BYTES,
     MAX_TRAILERS,
@@ -163,3 +164,22 @@ async def test_upstream_trailers_reach_the_app_on_success_and_failure(
     assert ("x-model-latency-ms", "3") in failed and ("x-cache", "miss") in failed
     assert [v for k, v in failed if k == "x-variant"] == ["stable"]
     assert info.value.details() == "variant 'stable' failed: bad tensor"
+
+
+def test_reading_a_finished_calls_trailers_falls_back_when_grpc_keeps_them_elsewhere() -> None:
+    """An object without grpc.aio's finished-call status reads as None (the adapter then
+    asks the public `trailing_metadata()`), never as "no trailers"."""
+
+    class Elsewhere:
+        async def trailing_metadata(self) -> tuple[()]:
+            return ()
+
+    class Odd:
+        class _cython_call:  # grpc.aio's attribute name
+            class _status:
+                @staticmethod
+                def trailing_metadata() -> list[tuple[str, str]]:
+                    return [("x-a", "1")]  # not the tuple grpc holds: not trusted
+
+    assert _finished_trailers(Elsewhere()) is None
+    assert _finished_trailers(Odd()) is None
