@@ -150,9 +150,9 @@ def _suspended_line(flag: cpb.FlagState) -> list[str]:
         return []
     why = _clean(flag.rules_suspended_reason) or "no reason recorded"
     return [
-        f"RULES SUSPENDED since {why}: the user overrides and segment rules below are kept "
-        "but not applied (their requests take the weights); `sidecarctl rules restore` "
-        "applies them again"
+        f"RULES SUSPENDED since {why}",
+        "  the user overrides and segment rules below are kept but not applied (their "
+        "requests take the weights); `sidecarctl rules restore` applies them again",
     ]
 
 
