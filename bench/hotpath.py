@@ -81,6 +81,29 @@ class _Context:
         pass
 
 
+class _NoTrailers:
+    """A finished call's status as grpc.aio holds it: no trailing metadata (the usual)."""
+
+    @staticmethod
+    def trailing_metadata() -> tuple[()]:
+        return ()
+
+
+class _FinishedCall:
+    """Stands in for a grpc.aio call that answers at once: awaitable for the answer's
+    bytes, its trailing metadata read as `OipUpstream` reads a finished call's."""
+
+    class _cython_call:  # grpc.aio's attribute name
+        _status = _NoTrailers()
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    def __await__(self) -> Any:
+        return self.answer
+        yield  # a generator: awaiting it returns at once
+
+
 def _whole_path(sidecar: Any, tracer: Tracer, data: bytes, answer: bytes) -> Any:
     """`InferenceServicer.ModelInfer` as a request runs it (span, scan, route, experiment
     admission, upstream latency metrics, outcome ledger, drift, trailers), with every
@@ -89,8 +112,8 @@ def _whole_path(sidecar: Any, tracer: Tracer, data: bytes, answer: bytes) -> Any
     keys, as in bench/dataplane.py."""
     dp = sidecar.dataplane
 
-    async def grpc_call(request: bytes, *, timeout: float, metadata: Any) -> bytes:
-        return answer
+    def grpc_call(request: bytes, *, timeout: float, metadata: Any) -> _FinishedCall:
+        return _FinishedCall(answer)
 
     for upstream in dp.upstreams.values():
         upstream._infer = grpc_call  # in-process stand-in for the upstream's gRPC call

@@ -319,9 +319,15 @@ class ControlClient:
         return self._unary(self._stub.Promote, request, cpb.State)
 
     def rollback(self, *, reason: str, expected_revision: int = 0) -> cpb.State:
-        """All traffic to stable; with no canary traffic, revert the last promotion."""
+        """All traffic to stable, user overrides and segment rules suspended; with no canary
+        traffic, revert the last promotion."""
         request = cpb.RollbackRequest(reason=reason, expected_revision=expected_revision)
         return self._unary(self._stub.Rollback, request, cpb.State)
+
+    def restore_rules(self, *, reason: str, expected_revision: int = 0) -> cpb.State:
+        """Apply the user overrides and segment rules a rollback suspended again."""
+        request = cpb.RestoreRulesRequest(reason=reason, expected_revision=expected_revision)
+        return self._unary(self._stub.RestoreRules, request, cpb.State)
 
     # -- rollouts (each write returns the Rollout after it) --------------------------------
 

@@ -144,17 +144,30 @@ def _variant_table(state: cpb.State) -> str:
     )
 
 
+def _suspended_line(flag: cpb.FlagState) -> list[str]:
+    """The rules' suspension (after a rollback), or nothing."""
+    if not flag.rules_suspended:
+        return []
+    why = _clean(flag.rules_suspended_reason) or "no reason recorded"
+    return [
+        f"RULES SUSPENDED since {why}",
+        "  the user overrides and segment rules below are kept but not applied (their "
+        "requests take the weights); `sidecarctl rules restore` applies them again",
+    ]
+
+
 def _rule_lines(flag: cpb.FlagState) -> list[str]:
-    """User overrides, segment rules and the known segments."""
-    lines = []
+    """User overrides, segment rules (marked when suspended) and the known segments."""
+    lines = _suspended_line(flag)
+    mark = " (suspended)" if flag.rules_suspended else ""
     count = max(flag.user_override_count, len(flag.user_overrides))
     if count > len(flag.user_overrides):
         lines.append(
-            f"user overrides: {count}, the first {len(flag.user_overrides)} by targeting key "
-            "(all: `sidecarctl override list`):"
+            f"user overrides{mark}: {count}, the first {len(flag.user_overrides)} by targeting "
+            "key (all: `sidecarctl override list`):"
         )
     elif flag.user_overrides:
-        lines.append("user overrides (targeting key -> variant):")
+        lines.append(f"user overrides{mark} (targeting key -> variant):")
         lines.extend(
             f"  {_clean(key)} -> {_clean(variant)}"
             for key, variant in sorted(flag.user_overrides.items())
@@ -162,7 +175,7 @@ def _rule_lines(flag: cpb.FlagState) -> list[str]:
     else:
         lines.append("user overrides: none")
     if flag.segment_rules:
-        lines.append("segment rules (segment -> variant):")
+        lines.append(f"segment rules{mark} (segment -> variant):")
         lines.extend(f"  {_clean(r.segment)} -> {_clean(r.variant)}" for r in flag.segment_rules)
     else:
         lines.append("segment rules: none")

@@ -72,7 +72,8 @@ SHELLS = ("bash", "zsh")
 DESCRIPTION = """\
 Operate a running rollout sidecar through its Control API: inspect the routing state, move
 traffic between the stable and canary model variants, pin users or segments to a variant,
-flip the kill switch, promote or roll back, run a gated rollout plan (shadow, canary steps,
+flip the kill switch, promote or roll back (every request to stable, pinned users and
+segments included, until `rules restore`), run a gated rollout plan (shadow, canary steps,
 promote) and rehearse an automatic rollback, and read the audit log, the shadow comparison
 and the experiment report (A/B verdicts, as tables, JSON or a self-contained HTML page).
 
@@ -114,6 +115,8 @@ examples:
   sidecarctl --all status                               # every live member's answer
   sidecarctl override set user-42 canary --reason "QA account sees the new model"
   sidecarctl promote --reason "canary healthy for 24h"
+  sidecarctl rollback --reason "p95 regression"         # overrides and segment rules suspended
+  sidecarctl rules restore --reason "canary fixed"      # ... until restored
   sidecarctl rollout start --reason "model v2" && sidecarctl rollout status --watch
   sidecarctl drill --reason "quarterly rollback rehearsal"
   sidecarctl report --html experiment.html
@@ -897,6 +900,27 @@ def _add_rule_commands(c: _CommandFactory) -> None:
     p.add_argument("segment", metavar="SEGMENT", help="a segment name")
     p.set_defaults(handler=cmd_segment_clear)
 
+    p = c.add(
+        "rules",
+        "restore the user overrides and segment rules a rollback suspended",
+        "A rollback (manual, automatic or an aborted rollout) sends every request to stable:\n"
+        "the user overrides and segment rules are kept but suspended (`status` shows them\n"
+        "as SUSPENDED, with the rollback's reason). Rules set while suspended are stored\n"
+        "suspended too. Only `rules restore` applies them again (audited).",
+        'sidecarctl rules restore --reason "canary fixed; QA users back on it"',
+    )
+    rules = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = c.add(
+        "restore",
+        "apply the suspended user overrides and segment rules again",
+        "Apply the user overrides and segment rules again from the next request on (refused,\n"
+        "exit 1 FAILED_PRECONDITION, when they are not suspended).",
+        'sidecarctl rules restore --reason "canary fixed; QA users back on it"',
+        writes=True,
+        sub=rules,
+    )
+    p.set_defaults(handler=cmd_rules_restore)
+
 
 def _add_promotion_commands(c: _CommandFactory) -> None:
     """promote, rollback: the blue-green switches."""
@@ -912,10 +936,13 @@ def _add_promotion_commands(c: _CommandFactory) -> None:
 
     p = c.add(
         "rollback",
-        "send all traffic to stable; or undo the last promotion",
-        "All traffic goes to the stable variant at once. If the canary\n"
-        "already has no traffic, this reverts the last promotion instead: the previous stable\n"
-        "serves everything again.",
+        "send all traffic to stable (overrides and segment rules too); or undo a promotion",
+        "All traffic goes to the stable variant at once, including users and segments pinned\n"
+        "by an override or segment rule: those rules are kept but suspended until\n"
+        "`sidecarctl rules restore`. If nothing but stable has traffic, this reverts the last\n"
+        "promotion instead: the previous stable serves everything again (rules suspended too).\n"
+        "The automatic rollback (health-checker) and `rollout abort` do the same. The kill\n"
+        "switch is the separate, instant lever that ignores every rule while it is on.",
         'sidecarctl rollback --reason "p95 latency regression"',
         writes=True,
     )
@@ -1074,7 +1101,8 @@ def _add_rollout_commands(c: _CommandFactory) -> None:
         "abort",
         "stop the rollout and send all traffic to stable",
         "Stop the plan (phase ABORTED) and send all traffic to the stable variant at once, as\n"
-        "`sidecarctl rollback` does. Start a new rollout to try again.",
+        "`sidecarctl rollback` does (user overrides and segment rules suspended until\n"
+        "`sidecarctl rules restore`). Start a new rollout to try again.",
         'sidecarctl rollout abort --reason "accuracy regression in offline eval"',
         writes=True,
         sub=rollout,
@@ -1514,6 +1542,16 @@ def cmd_rollback(client: ControlClient, args: argparse.Namespace, console: Conso
         console,
         "rolled back",
         lambda: client.rollback(reason=args.reason, expected_revision=args.expect_revision),
+    )
+
+
+def cmd_rules_restore(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+    return _write(
+        client,
+        args,
+        console,
+        "user overrides and segment rules restored",
+        lambda: client.restore_rules(reason=args.reason, expected_revision=args.expect_revision),
     )
 
 

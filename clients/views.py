@@ -390,6 +390,8 @@ def state_to_dict(state: cpb.State) -> dict[str, Any]:
         "user_overrides": dict(sorted(flag.user_overrides.items())),
         "user_override_count": max(flag.user_override_count, len(flag.user_overrides)),
         "segment_rules": [{"segment": r.segment, "variant": r.variant} for r in flag.segment_rules],
+        "rules_suspended": flag.rules_suspended,
+        "rules_suspended_reason": flag.rules_suspended_reason,
         "segments": list(flag.segments),
         "shadow": _shadow_settings_to_dict(state),
         "promotions": [_promotion_to_dict(p) for p in state.promotions],

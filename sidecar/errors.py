@@ -65,11 +65,21 @@ class PermissionDenied(SidecarError):
 
 class UpstreamError(SidecarError):
     """An upstream model server call failed; `status` is its gRPC status code name
-    (``"NOT_FOUND"``, ``"UNAVAILABLE"``, ...), passed through to the caller."""
+    (``"NOT_FOUND"``, ``"UNAVAILABLE"``, ...), passed through to the caller. The message
+    names the variant, never the upstream's address; `trailers` are the upstream's
+    trailing metadata the app may see (filtered by the adapter; usually none)."""
 
     code = ErrorCode.UPSTREAM
 
-    def __init__(self, message: str, *, status: str, variant: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: str,
+        variant: str,
+        trailers: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.variant = variant
+        self.trailers = trailers

@@ -47,7 +47,7 @@ from sidecar.core.rollout import (
     StageKind,
     validate_plan,
 )
-from sidecar.core.routing import BASIS_POINTS, Flag, FlagError, SegmentRule
+from sidecar.core.routing import BASIS_POINTS, Flag, FlagError, Overrides, SegmentRule
 from sidecar.core.state import DesiredState, Promotion, diff
 from sidecar.errors import (
     ErrorCode,
@@ -440,34 +440,63 @@ class ControlService:
         plan running, revert the last promotion."""
         self.check_reason(reason)
 
+        method = "AbortRollout" if end_rollout is Phase.ABORTED else "Rollback"
+        why = f"{method} by {principal}: {reason}"
+
         async def mutate(s: DesiredState) -> DesiredState:
             elsewhere = {n: w for n, w in s.weights.items() if n != s.stable and w > 0}
             active = s.rollout is not None and s.rollout.phase.active
-            if elsewhere or active:
+            if elsewhere or active or _rules_elsewhere(s):
                 weights = all_traffic_to(s.weights, s.stable)
                 rollout = (
                     s.rollout.evolve(phase=end_rollout, message=reason)
                     if s.rollout is not None and active
                     else s.rollout
                 )
-                return s.evolve(weights=weights, rollout=rollout)
-            last = s.promotions[-1] if s.promotions else None
-            if last is None or last.reverted or last.to_variant != s.stable:
-                raise FailedPrecondition(
-                    "weights: all traffic is already on the stable variant and there is no "
-                    "promotion to revert"
-                )
-            previous = last.from_variant
-            if not await self._ready(previous):
-                raise FailedPrecondition(
-                    f"stable: previous stable variant {previous!r} is not ready (ModelReady)"
-                )
-            record = Promotion(self._clock(), principal, s.stable, previous, reason, reverted=True)
-            return _swap_roles(s, record)
+                return s.evolve(weights=weights, rollout=rollout).suspend_rules(why)
+            return (await self._revert_promotion(s, principal, reason)).suspend_rules(why)
 
         return await self.apply(
             principal=principal,
             method="Rollback",
+            reason=reason,
+            expected_revision=expected_revision,
+            mutate=mutate,
+        )
+
+    async def _revert_promotion(self, s: DesiredState, principal: str, reason: str) -> DesiredState:
+        """The previous stable back in the stable role with all traffic (FailedPrecondition
+        when there is no promotion to revert or that variant is not ready)."""
+        last = s.promotions[-1] if s.promotions else None
+        if last is None or last.reverted or last.to_variant != s.stable:
+            raise FailedPrecondition(
+                "weights: all traffic is already on the stable variant and there is no "
+                "promotion to revert"
+            )
+        previous = last.from_variant
+        if not await self._ready(previous):
+            raise FailedPrecondition(
+                f"stable: previous stable variant {previous!r} is not ready (ModelReady)"
+            )
+        record = Promotion(self._clock(), principal, s.stable, previous, reason, reverted=True)
+        return _swap_roles(s, record)
+
+    async def restore_rules(self, principal: str, reason: str, expected_revision: int) -> Snapshot:
+        """Apply the user overrides and segment rules again after a rollback suspended
+        them (FailedPrecondition when they are not suspended)."""
+        self.check_reason(reason)
+
+        def mutate(s: DesiredState) -> DesiredState:
+            if not s.rules_suspended:
+                raise FailedPrecondition(
+                    "rules_suspended: the user overrides and segment rules are not suspended; "
+                    "nothing to restore"
+                )
+            return s.restore_rules()
+
+        return await self.apply(
+            principal=principal,
+            method="RestoreRules",
             reason=reason,
             expected_revision=expected_revision,
             mutate=mutate,
@@ -634,6 +663,16 @@ class RolloutSetup:
     baseline: Callable[[str, float], Baseline] = _no_baseline
 
 
+def _rules_elsewhere(s: DesiredState) -> bool:
+    """Whether a user override or segment rule in force sends requests off the stable
+    variant (a rollback has something to take away even with every weight on stable)."""
+    if s.rules_suspended:
+        return False
+    if any(r.variant != s.stable for r in s.segment_rules):
+        return True
+    return any(v != s.stable for v in Overrides.of(s.user_overrides).as_dict().values())
+
+
 def all_traffic_to(weights: Mapping[str, int], variant: str) -> dict[str, int]:
     """Weights giving `variant` 100% and every other variant 0."""
     return {name: 0 for name in weights} | {variant: BASIS_POINTS}
@@ -667,5 +706,6 @@ def describe(snapshot: Snapshot) -> dict[str, Any]:
         "canary": s.canary,
         "weights": dict(s.weights),
         "kill_switch": s.kill_switch,
+        "rules_suspended": s.rules_suspended,
         "safe_mode": snapshot.safe_mode,
     }

@@ -172,8 +172,8 @@ class DataPlane(Generic[Req, Resp]):
             flag,
             RoutingContext(targeting_key, segment, request_id, named[0] if len(named) == 1 else ""),
         )
-        if len(named) > 1:  # a version several variants share: routed as usual, within them
-            resolution = self._within(named, resolution)
+        if len(named) > 1 and not flag.routing.rules_suspended:
+            resolution = self._within(named, resolution)  # a version variants share
         epoch = -1  # part of the A/B experiment only when the weighted split chose
         unit = None  # the targeting key's unit hash, computed once (also remembered)
         if self.experiment is not None and resolution.reason in _SPLIT:

@@ -59,6 +59,8 @@ class DesiredState(RoutingView):
     rollout: RolloutProgress | None = None
     # Non-stable variant -> since when it has held 100% of the traffic (flag lifecycle).
     held_full_since: Mapping[str, float] = field(default_factory=dict)
+    # Why the rules are suspended ("Rollback by health-checker: <reason>"); "" when not.
+    rules_suspended_reason: str = ""
 
     @staticmethod
     def from_flag(flag: Flag, *, revision: int = 1, unix_time: float = 0.0) -> DesiredState:
@@ -77,6 +79,17 @@ class DesiredState(RoutingView):
         if rules:
             changes["routing"] = changes.get("routing", self.routing).evolve(**rules)
         return replace(self, **changes)
+
+    def suspend_rules(self, why: str) -> DesiredState:
+        """A copy whose user overrides and segment rules are kept but not applied (a
+        rollback); an earlier suspension's reason is kept."""
+        if self.rules_suspended:
+            return self
+        return self.evolve(rules_suspended=True, rules_suspended_reason=why)
+
+    def restore_rules(self) -> DesiredState:
+        """A copy whose user overrides and segment rules apply again."""
+        return self.evolve(rules_suspended=False, rules_suspended_reason="")
 
     def with_override(self, key: str, variant: str | None) -> DesiredState:
         """A copy with one user override set (None: removed), in time proportional to the
@@ -98,6 +111,7 @@ class DesiredState(RoutingView):
             "update_reason": self.update_reason,
             "rollout": self.rollout.to_dict() if self.rollout else None,
             "held_full_since": dict(self.held_full_since),
+            "rules_suspended_reason": self.rules_suspended_reason,
         }
 
     def _rules_without_overrides(self) -> dict[str, Any]:
@@ -156,6 +170,9 @@ class DesiredState(RoutingView):
                 _str(k, "held_full_since"): float(v)
                 for k, v in data.get("held_full_since", {}).items()
             },
+            rules_suspended_reason=_str(
+                data.get("rules_suspended_reason", ""), "rules_suspended_reason"
+            ),
         )
 
 

@@ -164,12 +164,17 @@ class ModelSpec:
       * ``logreg_copy``: trained exactly like ``logreg``, so it answers identically.
       * ``stump``: ``DecisionTreeClassifier(max_depth=1)``: a clearly worse model (it
         cannot tell versicolor from virginica; about 67% accurate on iris).
+
+    ``trailers``: (name, value) pairs the model puts in its response's
+    ``parameters.headers``, which MLServer sends as gRPC trailing metadata (served by a
+    small subclass of the sklearn runtime written next to the model).
     """
 
     name: str
     version: str = "v1"
     kind: ModelKind = "logreg"
     random_state: int = 0
+    trailers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for label, value in (("name", self.name), ("version", self.version)):
@@ -188,11 +193,32 @@ class ModelSpec:
 
     def settings(self) -> dict[str, object]:
         """The ``model-settings.json`` content MLServer reads."""
-        return {
-            "name": self.name,
-            "implementation": "mlserver_sklearn.SKLearnModel",
-            "parameters": {"uri": "./model.joblib", "version": self.version},
-        }
+        parameters: dict[str, object] = {"uri": "./model.joblib", "version": self.version}
+        implementation = "mlserver_sklearn.SKLearnModel"
+        if self.trailers:
+            implementation = f"{_TRAILING_MODULE}.TrailingSKLearnModel"
+            parameters["extra"] = {"trailers": dict(self.trailers)}
+        return {"name": self.name, "implementation": implementation, "parameters": parameters}
+
+
+_TRAILING_MODULE: Final = "trailing_runtime"
+_TRAILING_RUNTIME: Final = """
+from mlserver.types import Parameters
+from mlserver_sklearn import SKLearnModel
+
+
+# The sklearn runtime; its answers carry the headers of its settings' extra parameters,
+# which MLServer sends as gRPC trailing metadata.
+class TrailingSKLearnModel(SKLearnModel):
+
+    async def predict(self, payload):
+        response = await super().predict(payload)
+        extra = self.settings.parameters.extra or {}
+        if response.parameters is None:
+            response.parameters = Parameters()
+        response.parameters.headers = dict(extra.get("trailers", {}))
+        return response
+"""
 
 
 _TRAIN_SCRIPT: Final = """
@@ -276,6 +302,8 @@ def write_model_repository(
 
     # Settings last: a folder with model-settings.json always has its model.joblib.
     for spec in spec_list:
+        if spec.trailers:
+            (root / spec.folder / f"{_TRAILING_MODULE}.py").write_text(_TRAILING_RUNTIME)
         settings_path = root / spec.folder / MODEL_SETTINGS_FILE
         settings_path.write_text(json.dumps(spec.settings(), indent=2) + "\n")
     return root

@@ -64,6 +64,7 @@ CONTROL_ROLES: Mapping[str, str] = MappingProxyType(
         "ClearSegmentRule": OPERATOR,
         "Promote": OPERATOR,
         "Rollback": OPERATOR,
+        "RestoreRules": OPERATOR,
         # rollout writes
         "StartRollout": OPERATOR,
         "PauseRollout": OPERATOR,

@@ -121,7 +121,9 @@ def state_message(
             )
             for v in config.variants.values()
         ],
-        flag=flag_state(flag, clip(s.kill_switch_reason, text), shown),
+        flag=flag_state(
+            flag, clip(s.kill_switch_reason, text), shown, clip(s.rules_suspended_reason, text)
+        ),
         shadow=cpb.ShadowSettings(
             variant=shadow.variant,
             sample_bp=shadow.sample_bp,
@@ -553,6 +555,12 @@ class ControlServicer:
         return await self._write(
             context,
             lambda who: self.service.rollback(who, request.reason, request.expected_revision),
+        )
+
+    async def RestoreRules(self, request: cpb.RestoreRulesRequest, context: Context) -> cpb.State:
+        return await self._write(
+            context,
+            lambda who: self.service.restore_rules(who, request.reason, request.expected_revision),
         )
 
     async def GetAuditLog(

@@ -38,7 +38,10 @@ def segment_rule_from_proto(message: cpb.SegmentRule | cpb.SetSegmentRuleRequest
 
 
 def flag_state(
-    flag: Flag, kill_switch_reason: str = "", user_overrides: Mapping[str, str] | None = None
+    flag: Flag,
+    kill_switch_reason: str = "",
+    user_overrides: Mapping[str, str] | None = None,
+    rules_suspended_reason: str = "",
 ) -> cpb.FlagState:
     """The flag in force: its static parts and every routing rule; `user_overrides`, when
     given, is the part of the overrides to list (`user_override_count` counts them all)."""
@@ -59,6 +62,8 @@ def flag_state(
         user_override_count=len(routing.user_overrides),
         segment_rules=[segment_rule_to_proto(r) for r in routing.segment_rules],
         segments=sorted(flag.segments),
+        rules_suspended=routing.rules_suspended,
+        rules_suspended_reason=rules_suspended_reason,
     )
 
 
@@ -72,4 +77,5 @@ def routing_from_flag_state(message: cpb.FlagState) -> RoutingState:
         kill_switch=message.kill_switch,
         user_overrides=dict(message.user_overrides),
         segment_rules=tuple(segment_rule_from_proto(r) for r in message.segment_rules),
+        rules_suspended=message.rules_suspended,
     )

@@ -70,11 +70,15 @@ def annotate(span: Span, served: Served[InferReply], segment: str) -> None:
     spans.set_status(span, "OK")
 
 
-def _failed(span: Span, exc: BaseException, context: Context) -> None:
+def _failed(
+    span: Span, exc: BaseException, context: Context, upstream_trailers: bool = False
+) -> None:
     if isinstance(exc, PassThroughError):  # no variant: the upstream's trailers as they came
         context.set_trailing_metadata(exc.trailers)
     elif isinstance(exc, UpstreamError):  # which variant failed, for the caller too
-        context.set_trailing_metadata((("x-variant", exc.variant),))
+        own = (("x-variant", exc.variant),)
+        passed = exc.trailers if upstream_trailers else ()
+        context.set_trailing_metadata(passed + own if passed else own)
     if isinstance(exc, SidecarError):
         spans.set_status(span, status_for(exc).name, exc.message)
     else:
@@ -166,13 +170,13 @@ class InferenceServicer:
                 )
                 answer = served.response.named(dataplane.model)
             except Exception as exc:
-                _failed(span, exc, context)
+                _failed(span, exc, context, upstream_trailers=True)
                 await abort(context, exc)
                 raise
             annotate(span, served, segment)
-        context.set_trailing_metadata(
-            (("x-variant", served.resolution.variant), ("x-request-id", served.request_id))
-        )
+        own = (("x-variant", served.resolution.variant), ("x-request-id", served.request_id))
+        passed = served.response.trailers  # the upstream's, filtered (usually none)
+        context.set_trailing_metadata(passed + own if passed else own)
         return answer
 
     async def _pass_infer(self, payload: InferBytes, span: Span, context: Context) -> bytes:

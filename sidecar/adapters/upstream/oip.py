@@ -2,7 +2,10 @@
 
 One long-lived `grpc.aio` channel per distinct address, shared by every variant that
 lives there. gRPC failures become `UpstreamError` with the upstream's status and a message
-naming the variant, so "which model server failed?" has an answer at the caller.
+naming the variant, so "which model server failed?" has an answer at the caller; the
+address and gRPC's debug string go to the log only (`failures.py`: rate-limited per
+variant and status). The upstream's trailing metadata comes back with the answer or the
+error, filtered for the app (`trailers.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from opentelemetry.util.types import AttributeValue
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar.adapters.telemetry import spans
+from sidecar.adapters.upstream.failures import FailureLog, app_message
+from sidecar.adapters.upstream.trailers import Trailers, passed_trailers
 from sidecar.adapters.upstream.wire import InferBytes, InferReply, ScanError
 from sidecar.app.ports import Metadata
 from sidecar.config import VariantSpec
@@ -27,8 +32,21 @@ _SERVICE = "/inference.GRPCInferenceService/"
 Observe = Callable[[str, float, str], None]
 
 
+_LOGGED = 2048  # bytes of an upstream's details / debug string in one log line
+
+
 def _ignore(variant: str, seconds: float, status: str) -> None:
     return None
+
+
+def _finished_trailers(call: object) -> tuple[tuple[str, str | bytes], ...] | None:
+    """A finished call's trailing metadata as gRPC holds it, without a coroutine or a
+    copy (the common case is none: `()`); None when this grpc version keeps it elsewhere."""
+    try:
+        raw = call._cython_call._status.trailing_metadata()  # type: ignore[attr-defined]
+    except AttributeError:
+        return None
+    return raw if isinstance(raw, tuple) else None
 
 
 class OipUpstream:
@@ -42,10 +60,12 @@ class OipUpstream:
         *,
         client_spans: bool = True,
         observe: Observe = _ignore,
+        failures: FailureLog | None = None,
     ) -> None:
         self.name = spec.name
         self.spec = spec
         self._observe = observe
+        self._failures = failures if failures is not None else FailureLog()
         self._channel = channel
         self._tracer = tracer or trace.get_tracer(__name__)
         self._client_spans = client_spans
@@ -75,15 +95,23 @@ class OipUpstream:
             response_deserializer=oip.ModelMetadataResponse.FromString,
         )
 
-    def _error(self, exc: grpc.aio.AioRpcError, what: str) -> UpstreamError:
-        code = exc.code()
-        details = exc.details() or code.name
-        message = f"variant {self.name!r} ({self.spec.address}) {what}: {details}"
-        if code == grpc.StatusCode.UNAVAILABLE:
-            message = f"variant {self.name!r} upstream {self.spec.address} unavailable: {details}"
-        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            message = f"variant {self.name!r} ({self.spec.address}) did not answer in time"
-        return UpstreamError(message, status=code.name, variant=self.name)
+    def _error(
+        self, exc: grpc.aio.AioRpcError, what: str, trailers: Trailers = ()
+    ) -> UpstreamError:
+        """The failure for the app (variant named, no address) and, rate-limited, for
+        the log (address, the upstream's details, gRPC's debug string)."""
+        status = exc.code().name
+        details = exc.details() or status
+        self._failures.failed(
+            self.name,
+            status,
+            call=what,
+            address=self.spec.address,
+            details=details[:_LOGGED],
+            debug=(exc.debug_error_string() or "")[:_LOGGED],
+        )
+        message = app_message(self.name, status, what, details, self.spec.address)
+        return UpstreamError(message, status=status, variant=self.name, trailers=trailers)
 
     async def infer(self, request: InferBytes, *, timeout: float, metadata: Metadata) -> InferReply:
         """Send `request` as this variant's model (its bytes with this variant's model name
@@ -104,10 +132,11 @@ class OipUpstream:
         outgoing = list(metadata)
         spans.inject(outgoing, span)
         started = time.perf_counter()
+        call = self._infer(data, timeout=timeout, metadata=outgoing or None)
         try:
-            response: bytes = await self._infer(data, timeout=timeout, metadata=outgoing or None)
+            response: bytes = await call
         except grpc.aio.AioRpcError as exc:
-            error = self._error(exc, "failed")
+            error = self._error(exc, "failed", passed_trailers(exc.trailing_metadata()))
             self._observe(self.name, time.perf_counter() - started, error.status)
             if span is not None:
                 spans.set_status(span, error.status, error.message)
@@ -119,14 +148,19 @@ class OipUpstream:
         finally:
             if span is not None:
                 span.end()
-        reply = InferReply(response)
+        raw = _finished_trailers(call)
+        if raw is None:  # another grpc version: the public (allocating) way
+            raw = tuple((key, value) for key, value in await call.trailing_metadata())
+        reply = InferReply(response, passed_trailers(raw))
         try:
             reply.head  # noqa: B018  (scanned once here: a malformed answer is the upstream's)
         except ScanError as exc:
+            self._failures.failed(self.name, "MALFORMED", address=self.spec.address, error=str(exc))
             raise UpstreamError(
-                f"variant {self.name!r} ({self.spec.address}) answered a malformed message: {exc}",
+                f"variant {self.name!r} answered a malformed message: {exc}",
                 status="INTERNAL",
                 variant=self.name,
+                trailers=reply.trailers,
             ) from None
         return reply
 
@@ -145,7 +179,7 @@ class OipUpstream:
         mirrors' calls go to the shadow histogram, not the served one)."""
         return OipUpstream(
             self.spec, self._channel, self._tracer, client_spans=self._client_spans,
-            observe=observe,
+            observe=observe, failures=self._failures,
         )  # fmt: skip
 
     async def metadata(self, *, timeout: float) -> oip.ModelMetadataResponse:
@@ -179,6 +213,7 @@ class UpstreamPool:
             ("grpc.keepalive_time_ms", 30_000),
         ]
         self.channels: dict[str, grpc.aio.Channel] = {}
+        failures = FailureLog()  # one rate limit per (variant, status) for the process
         for spec in variants.values():
             self.channel(spec.address)
         self.upstreams: dict[str, OipUpstream] = {
@@ -188,6 +223,7 @@ class UpstreamPool:
                 tracer,
                 client_spans=client_spans,
                 observe=observe,
+                failures=failures,
             )
             for name, spec in variants.items()
         }

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
+from sidecar.adapters.upstream.trailers import NO_TRAILERS, Trailers
 from sidecar.errors import InvalidRequest
 
 # A request has about two top-level fields per input tensor (the tensor and its raw
@@ -184,12 +185,14 @@ class InferBytes:
 
 
 class InferReply:
-    """An upstream's `ModelInferResponse` bytes, parsed only on demand."""
+    """An upstream's `ModelInferResponse` bytes, parsed only on demand, and the trailing
+    metadata the app gets from it (`trailers.passed_trailers`; usually none)."""
 
-    __slots__ = ("_head", "_message", "data")
+    __slots__ = ("_head", "_message", "data", "trailers")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, trailers: Trailers = NO_TRAILERS) -> None:
         self.data = data
+        self.trailers = trailers
         self._head: Head | None = None
         self._message: oip.ModelInferResponse | None = None
 

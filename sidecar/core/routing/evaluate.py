@@ -6,6 +6,10 @@ the request named, resolved by the data plane) is served by that variant unless 
 switch is on. It is a rule like a user override: whatever suspends the overrides suspends
 it too.
 
+While the rules are suspended (after a rollback or an aborted rollout, until an operator
+restores them), user overrides and segment rules are skipped: those requests take the
+split or the default like everyone else's.
+
 `evaluate` never raises: whatever goes wrong, it answers the flag's default variant with
 reason ERROR (OpenFeature's contract: a value and a reason, never an exception).
 """
@@ -67,23 +71,34 @@ class Resolution(NamedTuple):
         return f"default variant {self.variant!r}"
 
 
+def _ruled(flag: Flag, ctx: RoutingContext) -> Resolution | None:
+    """The requested version, the user override or the segment rule that applies; None
+    when none does (and always while the rules are suspended)."""
+    if flag.routing.rules_suspended:  # after a rollback: every request to the split (stable)
+        return None
+    if ctx.requested:
+        return Resolution(ctx.requested, Reason.VERSION_REQUESTED)
+    if ctx.targeting_key:
+        override = flag.routing.user_overrides.get(ctx.targeting_key)
+        if override is not None:
+            return Resolution(override, Reason.USER_OVERRIDE)
+    if ctx.segment:
+        ruled = flag.rule_by_segment.get(ctx.segment)
+        if ruled is not None:
+            return Resolution(ruled, Reason.SEGMENT_RULE, rule=ctx.segment)
+    return None
+
+
 def evaluate(flag: Flag, ctx: RoutingContext) -> Resolution:
     """Choose the variant for one request. Pure, deterministic, never raises."""
     try:
         rules = flag.routing
         if rules.kill_switch:
             return Resolution(rules.stable, Reason.KILL_SWITCH)
-        if ctx.requested:  # next to the overrides: suspended with them
-            return Resolution(ctx.requested, Reason.VERSION_REQUESTED)
+        ruled = _ruled(flag, ctx)
+        if ruled is not None:
+            return ruled
         key = ctx.targeting_key
-        if key:
-            override = rules.user_overrides.get(key)
-            if override is not None:
-                return Resolution(override, Reason.USER_OVERRIDE)
-        if ctx.segment:
-            ruled = flag.rule_by_segment.get(ctx.segment)
-            if ruled is not None:
-                return Resolution(ruled, Reason.SEGMENT_RULE, rule=ctx.segment)
         if key:
             reason = Reason.SPLIT
         elif ctx.bucketing_key:

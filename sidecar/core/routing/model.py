@@ -3,7 +3,8 @@
 Two parts, one shape each:
 
 - `RoutingState` holds the run-time rules operators change (stable, canary, default,
-  weights, kill switch, user overrides, segment rules). `DesiredState` persists it; it is
+  weights, kill switch, user overrides, segment rules, and whether those rules are
+  suspended since a rollback). `DesiredState` persists it; it is
   plain data and only trusted once compiled into a `Flag`.
 - `Flag` is the routing flag a request is evaluated against: the static parts from
   configuration (key, salt, variants, declared segments) plus a validated `RoutingState`
@@ -201,6 +202,9 @@ class RoutingState:
     kill_switch: bool = False
     user_overrides: Mapping[str, str] = field(default_factory=dict)
     segment_rules: tuple[SegmentRule, ...] = ()
+    # Rollback / abort suspend the user overrides and segment rules (kept, not applied)
+    # until an operator restores them (Control.RestoreRules).
+    rules_suspended: bool = False
 
     def __post_init__(self) -> None:
         # One `Overrides` per state, so that changes to it are tracked (see `Overrides`).
@@ -219,6 +223,7 @@ class RoutingState:
             "kill_switch": self.kill_switch,
             "user_overrides": dict(Overrides.of(self.user_overrides).as_dict()),
             "segment_rules": [[r.segment, r.variant] for r in self.segment_rules],
+            "rules_suspended": self.rules_suspended,
         }
 
     @staticmethod
@@ -243,6 +248,7 @@ class RoutingState:
                 SegmentRule(_json(str, r[0], "segment_rules"), _json(str, r[1], "segment_rules"))
                 for r in data.get("segment_rules", [])
             ),
+            rules_suspended=_json(bool, data.get("rules_suspended", False), "rules_suspended"),
         )
 
 
@@ -293,6 +299,10 @@ class RoutingView:
     def segment_rules(self) -> tuple[SegmentRule, ...]:
         return self.routing.segment_rules
 
+    @property
+    def rules_suspended(self) -> bool:
+        return self.routing.rules_suspended
+
 
 @dataclass(frozen=True)
 class Flag(RoutingView):
@@ -321,6 +331,7 @@ class Flag(RoutingView):
         user_overrides: Mapping[str, str] | None = None,
         segments: Iterable[str] = (),
         segment_rules: Iterable[SegmentRule] = (),
+        rules_suspended: bool = False,
     ) -> Flag:
         """Validate every field and return the flag, or raise `FlagError` naming the field."""
         routing = RoutingState(
@@ -331,6 +342,7 @@ class Flag(RoutingView):
             kill_switch=kill_switch,
             user_overrides=user_overrides or {},
             segment_rules=tuple(segment_rules),
+            rules_suspended=rules_suspended,
         )
         return Flag.compile(
             key=key, salt=salt, variants=variants, segments=segments, routing=routing
@@ -423,6 +435,8 @@ def _check_routing(r: RoutingState, known: set[str], segments: frozenset[str]) -
     default = stable if r.default in (None, "") else _need_variant("default", r.default, known)
     if not isinstance(r.kill_switch, bool):
         raise FlagError("kill_switch", f"must be true or false, got {r.kill_switch!r}")
+    if not isinstance(r.rules_suspended, bool):
+        raise FlagError("rules_suspended", f"must be true or false, got {r.rules_suspended!r}")
     return RoutingState(
         stable=stable,
         canary=canary,
@@ -431,6 +445,7 @@ def _check_routing(r: RoutingState, known: set[str], segments: frozenset[str]) -
         kill_switch=r.kill_switch,
         user_overrides=_check_overrides(r.user_overrides, known),
         segment_rules=_check_segment_rules(r.segment_rules, known, segments),
+        rules_suspended=r.rules_suspended,
     )
 
 

@@ -172,6 +172,12 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
         if isinstance(request, cpb.SetKillSwitchRequest):
             new.flag.kill_switch = request.on
             new.flag.kill_switch_reason = request.reason
+        if isinstance(request, cpb.RollbackRequest):  # the rules are suspended, as the sidecar does
+            new.flag.rules_suspended = True
+            new.flag.rules_suspended_reason = f"Rollback by alice: {request.reason}"
+        if isinstance(request, cpb.RestoreRulesRequest):
+            new.flag.rules_suspended = False
+            new.flag.rules_suspended_reason = ""
         self.state = new
         return new
 
@@ -216,6 +222,9 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
 
     def Rollback(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
         return self._write("Rollback", request, context)
+
+    def RestoreRules(self, request: Message, context: grpc.ServicerContext) -> cpb.State:
+        return self._write("RestoreRules", request, context)
 
     def _rollout_write(
         self, method: str, request: Message, context: grpc.ServicerContext, phase: str
@@ -370,6 +379,7 @@ WRITES: list[tuple[list[str], str, Message]] = [
     (["segment", "clear", "beta"], "ClearSegmentRule", cpb.ClearSegmentRuleRequest(segment="beta")),
     (["promote"], "Promote", cpb.PromoteRequest()),
     (["rollback"], "Rollback", cpb.RollbackRequest()),
+    (["rules", "restore"], "RestoreRules", cpb.RestoreRulesRequest()),
 ]
 
 
@@ -1067,3 +1077,57 @@ def test_fleet_lists_members_as_table_and_json(
         ("pod-a:1", 0, True),
         ("pod-b:1", 2, False),
     ]
+
+
+# ------------------------------------------------------------- suspended rules (rollback)
+
+
+def test_rollback_then_status_shows_the_rules_suspended_and_restore_clears_it(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a rollback, `status` marks the overrides and segment rules SUSPENDED with the
+    rollback's reason (text, json and yaml); `rules restore` sends RestoreRules and the
+    state it prints has them in force again."""
+    assert run(capsys, "rollback", "--reason", "p95 regression").code == 0
+    text = run(capsys, "status").out
+    assert "RULES SUSPENDED since Rollback by alice: p95 regression" in text
+    assert "user overrides (suspended) (targeting key -> variant):" in text
+    assert "segment rules (suspended) (segment -> variant):" in text
+    assert "`sidecarctl rules restore`" in text
+    document = json.loads(run(capsys, "status", "--output", "json").out)
+    assert document["rules_suspended"] is True
+    assert document["rules_suspended_reason"] == "Rollback by alice: p95 regression"
+    assert "rules_suspended: true" in run(capsys, "status", "-o", "yaml").out
+
+    restored = run(capsys, "rules", "restore", "--reason", "canary fixed", "--expect-revision", "8")
+    assert restored.code == 0
+    assert "SUSPENDED" not in restored.out and "(suspended)" not in restored.out
+    assert "revision 8 -> 9" in restored.out
+    call = fake.writes()[-1]
+    assert call.method == "RestoreRules"
+    assert call.request == cpb.RestoreRulesRequest(reason="canary fixed", expected_revision=8)
+
+
+def test_rules_restore_refused_exits_1_with_the_servers_message(
+    fake: FakeControl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing suspended: the server's FAILED_PRECONDITION reaches the operator, exit 1."""
+    fake.failures["RestoreRules"] = (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "rules_suspended: the user overrides and segment rules are not suspended",
+    )
+    result = run(capsys, "rules", "restore", "--reason", "x")
+    assert result.code == 1
+    assert "FAILED_PRECONDITION: rules_suspended" in result.err
+
+
+def test_rollback_and_rules_help_say_what_happens_to_the_rules(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`rollback --help` says pinned users and segments go to stable too, until restored."""
+    r = run(capsys, "rollback", "--help")
+    assert r.code == 0
+    assert "pinned" in r.out and "suspended" in r.out and "sidecarctl rules restore" in r.out
+    r = run(capsys, "rules", "restore", "--help")
+    assert r.code == 0 and "sidecarctl rules restore --reason" in r.out
+    assert "rules" in run(capsys, "--help").out

@@ -39,7 +39,8 @@ def test_example_config_is_valid_and_complete() -> None:
         r.segment for r in config.flag_config.segment_rules
     }
     assert config.drift.enabled and config.drift.major == 0.25
-    assert config.shadow.noise_sample_bp == 1000
+    # A realistic sample: every mirrored request is one more inference upstream.
+    assert config.shadow.sample_bp == 500 and config.shadow.noise_sample_bp == 100
 
 
 def mutate(path: str, value: Any) -> dict[str, Any]:

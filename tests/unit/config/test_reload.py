@@ -29,7 +29,7 @@ def test_live_ignored_and_restart_fields_are_sorted_apart() -> None:
     new = config(
         {
             "server": {"log_level": "debug", "max_message_bytes": 1 << 20},
-            "shadow": {"sample_bp": 500, "noise_sample_bp": 200, "max_in_flight": 8},
+            "shadow": {"sample_bp": 1000, "noise_sample_bp": 200, "max_in_flight": 8},
             "analysis": {
                 "interval": 5,
                 "min_requests": 50,
@@ -59,7 +59,7 @@ def test_live_ignored_and_restart_fields_are_sorted_apart() -> None:
     merged = merge(old, new, plan.live)
     assert merged.server.log_level == "debug" and merged.server.max_message_bytes == 4194304
     assert merged.analysis.interval == 5 and merged.analysis.bucket == old.analysis.bucket
-    assert merged.shadow is not None and merged.shadow.sample_bp == 500
+    assert merged.shadow is not None and merged.shadow.sample_bp == 1000
     assert merged.shadow.max_in_flight == 64 and merged.listen == old.listen
     assert merged.flag is old.flag and merged.source == old.source
 

@@ -91,7 +91,7 @@ class SegmentRule(_message.Message):
     def __init__(self, segment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class FlagState(_message.Message):
-    __slots__ = ("key", "stable_variant", "canary_variant", "default_variant", "weights", "kill_switch", "user_overrides", "segment_rules", "segments", "kill_switch_reason", "user_override_count")
+    __slots__ = ("key", "stable_variant", "canary_variant", "default_variant", "weights", "kill_switch", "user_overrides", "segment_rules", "segments", "kill_switch_reason", "user_override_count", "rules_suspended", "rules_suspended_reason")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,8 @@ class FlagState(_message.Message):
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     KILL_SWITCH_REASON_FIELD_NUMBER: _ClassVar[int]
     USER_OVERRIDE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RULES_SUSPENDED_FIELD_NUMBER: _ClassVar[int]
+    RULES_SUSPENDED_REASON_FIELD_NUMBER: _ClassVar[int]
     key: str
     stable_variant: str
     canary_variant: str
@@ -128,7 +130,9 @@ class FlagState(_message.Message):
     segments: _containers.RepeatedScalarFieldContainer[str]
     kill_switch_reason: str
     user_override_count: int
-    def __init__(self, key: _Optional[str] = ..., stable_variant: _Optional[str] = ..., canary_variant: _Optional[str] = ..., default_variant: _Optional[str] = ..., weights: _Optional[_Mapping[str, int]] = ..., kill_switch: _Optional[bool] = ..., user_overrides: _Optional[_Mapping[str, str]] = ..., segment_rules: _Optional[_Iterable[_Union[SegmentRule, _Mapping]]] = ..., segments: _Optional[_Iterable[str]] = ..., kill_switch_reason: _Optional[str] = ..., user_override_count: _Optional[int] = ...) -> None: ...
+    rules_suspended: bool
+    rules_suspended_reason: str
+    def __init__(self, key: _Optional[str] = ..., stable_variant: _Optional[str] = ..., canary_variant: _Optional[str] = ..., default_variant: _Optional[str] = ..., weights: _Optional[_Mapping[str, int]] = ..., kill_switch: _Optional[bool] = ..., user_overrides: _Optional[_Mapping[str, str]] = ..., segment_rules: _Optional[_Iterable[_Union[SegmentRule, _Mapping]]] = ..., segments: _Optional[_Iterable[str]] = ..., kill_switch_reason: _Optional[str] = ..., user_override_count: _Optional[int] = ..., rules_suspended: _Optional[bool] = ..., rules_suspended_reason: _Optional[str] = ...) -> None: ...
 
 class ShadowSettings(_message.Message):
     __slots__ = ("variant", "sample_bp", "max_in_flight", "deadline_seconds", "comparator")
@@ -903,3 +907,11 @@ class SegmentMixCheck(_message.Message):
     mismatch: bool
     detail: str
     def __init__(self, p_value: _Optional[float] = ..., chi_square: _Optional[float] = ..., checked: _Optional[bool] = ..., mismatch: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class RestoreRulesRequest(_message.Message):
+    __slots__ = ("reason", "expected_revision")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    expected_revision: int
+    def __init__(self, reason: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...

@@ -140,6 +140,11 @@ class ControlStub:
                 request_serializer=sidecar_dot_v1_dot_control__pb2.ListFleetMembersRequest.SerializeToString,
                 response_deserializer=sidecar_dot_v1_dot_control__pb2.ListFleetMembersResponse.FromString,
                 _registered_method=True)
+        self.RestoreRules = channel.unary_unary(
+                '/sidecar.v1.Control/RestoreRules',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.RestoreRulesRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -206,8 +211,10 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Rollback(self, request, context):
-        """All traffic to the stable variant at once. With no canary traffic to remove, it
-        reverts the last promotion instead (the previous stable serves everything again).
+        """All traffic to the stable variant at once, user overrides and segment rules included:
+        they are kept but suspended (FlagState.rules_suspended) until RestoreRules. With no
+        canary traffic to remove, it reverts the last promotion instead (the previous stable
+        serves everything again; the rules are suspended too).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -266,7 +273,8 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AbortRollout(self, request, context):
-        """Stop the plan and send all traffic to stable (the Rollback path).
+        """Stop the plan and send all traffic to stable (the Rollback path: the user overrides and
+        segment rules are suspended until RestoreRules).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -289,6 +297,14 @@ class ControlServicer:
     def ListFleetMembers(self, request, context):
         """Fleet mode (state.backend: redis): every member with its applied revision, lag and
         readiness. A single sidecar answers with itself only (fleet empty).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreRules(self, request, context):
+        """Apply the user overrides and segment rules again after a rollback (or an aborted
+        rollout) suspended them; FAILED_PRECONDITION when they are not suspended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -401,6 +417,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListFleetMembers,
                     request_deserializer=sidecar_dot_v1_dot_control__pb2.ListFleetMembersRequest.FromString,
                     response_serializer=sidecar_dot_v1_dot_control__pb2.ListFleetMembersResponse.SerializeToString,
+            ),
+            'RestoreRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreRules,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.RestoreRulesRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -970,6 +991,33 @@ class Control:
             '/sidecar.v1.Control/ListFleetMembers',
             sidecar_dot_v1_dot_control__pb2.ListFleetMembersRequest.SerializeToString,
             sidecar_dot_v1_dot_control__pb2.ListFleetMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/RestoreRules',
+            sidecar_dot_v1_dot_control__pb2.RestoreRulesRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.State.FromString,
             options,
             channel_credentials,
             insecure,
