@@ -821,7 +821,7 @@ class Config(ModelSection):
 
     @property
     def unit(self) -> str:
-        """"" for the file itself and the primary's view; a further model's name in its
+        """ "" for the file itself and the primary's view; a further model's name in its
         view (its state files and keys carry it)."""
         return self._unit
 

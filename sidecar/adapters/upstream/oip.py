@@ -162,7 +162,9 @@ class OipUpstream:
 
 
 class UpstreamPool:
-    """Channels per address and an `OipUpstream` per variant."""
+    """Channels per address and an `OipUpstream` per variant. `channels` (address ->
+    channel) may be shared by the pools of several routed models: each address gets one
+    channel, closed by the pool that opened it."""
 
     def __init__(
         self,
@@ -172,18 +174,20 @@ class UpstreamPool:
         *,
         client_spans: bool = True,
         observe: Observe = _ignore,
+        channels: dict[str, grpc.aio.Channel] | None = None,
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", 30_000),
         ]
-        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.channels: dict[str, grpc.aio.Channel] = {} if channels is None else channels
+        self._opened: list[grpc.aio.Channel] = []
         for spec in variants.values():
             if spec.address not in self.channels:
-                self.channels[spec.address] = grpc.aio.insecure_channel(
-                    spec.address, options=options
-                )
+                channel = grpc.aio.insecure_channel(spec.address, options=options)
+                self.channels[spec.address] = channel
+                self._opened.append(channel)
         self.upstreams: dict[str, OipUpstream] = {
             name: OipUpstream(
                 spec,
@@ -196,5 +200,5 @@ class UpstreamPool:
         }
 
     async def close(self) -> None:
-        for channel in self.channels.values():
+        for channel in self._opened:
             await channel.close(None)
