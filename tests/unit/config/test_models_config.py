@@ -144,3 +144,30 @@ def test_a_model_name_that_cannot_name_a_file_is_refused(name: str) -> None:
     raw["models"] = {name: section()}
     found = problems(raw)
     assert any(p.startswith("models:") and "1..128" in p for p in found), found
+
+
+def test_sighup_sorts_a_further_models_fields_like_the_primarys() -> None:
+    """`models.ranker.shadow.sample_bp` is live (applied to the ranker only),
+    `models.ranker.flag.*` ignored (the stored state wins), its variants need a restart."""
+    from sidecar.reload import merge, plan_reload, unit_fields
+
+    old = parse_config(two_models())
+    raw = two_models()
+    raw["models"]["ranker"]["shadow"]["sample_bp"] = 2000
+    raw["models"]["ranker"]["flag"]["weights"] = {"stable": 5000, "canary": 5000}
+    raw["models"]["ranker"]["variants"]["canary"]["model_name"] = "other"
+    new = parse_config(raw)
+    plan = plan_reload(old, new)
+    assert plan.live == ("models.ranker.shadow.sample_bp",)
+    assert set(plan.ignored) == {
+        "models.ranker.flag.weights.canary",
+        "models.ranker.flag.weights.stable",
+    }
+    assert plan.restart == ("models.ranker.variants.canary.model_name",)
+    assert unit_fields(plan.live, "ranker", old.model) == ("shadow.sample_bp",)
+    assert unit_fields(plan.live, "classifier", old.model) == ()
+    merged = merge(old, new, plan.live)
+    view = merged.for_model("ranker")
+    assert view.shadow is not None and view.shadow.sample_bp == 2000
+    assert view.variants["canary"].model_name == "ranker-b"  # restart-only: kept
+    assert dict(view.flag.weights) == {"stable": 9000, "canary": 1000}
