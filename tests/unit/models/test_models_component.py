@@ -16,6 +16,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from clients.predict import PredictClient
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
@@ -189,6 +190,12 @@ async def test_outcomes_go_to_the_ledger_of_the_model_that_served(sidecar: Sidec
             )
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    second = await predict.Predict(req)
+    with PredictClient(f"127.0.0.1:{sidecar.predict_port}") as client:
+        attributed = await asyncio.to_thread(
+            client.report_outcome, second.request_id, "clicked", False, model="ranker"
+        )
+    assert attributed == ("stable", "")
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
