@@ -586,7 +586,7 @@ def _migrate_file_state(config: Config, store: StateStore, now: float) -> Snapsh
     (`state.json` in the database's folder) is committed as it was, so an upgrade keeps
     the kill switch, weights and overrides in force. Its audit log (`audit.jsonl`) is left
     where it is, named in the `Migrate` entry; leftover temporary files are removed."""
-    if config.state.backend != "sqlite":
+    if config.state.backend != "sqlite" or config.unit:  # the old store held the primary only
         return None
     folder = Path(config.state.path).parent
     old = folder / "state.json"

@@ -4,9 +4,12 @@ and drift; the per-model view the wiring builds a routed unit from."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from test_config import run_cli
 
 from sidecar.config import MAX_ROUTED_MODELS, ConfigError, parse_config, sibling_path
 from sidecar.testing.configs import config_dict
@@ -171,3 +174,32 @@ def test_sighup_sorts_a_further_models_fields_like_the_primarys() -> None:
     assert view.shadow is not None and view.shadow.sample_bp == 2000
     assert view.variants["canary"].model_name == "ranker-b"  # restart-only: kept
     assert dict(view.flag.weights) == {"stable": 9000, "canary": 1000}
+
+
+def test_check_config_names_the_further_routed_models(tmp_path: Path) -> None:
+    """`sidecar check-config` on a file with `models:` exits 0 and names them."""
+    path = tmp_path / "sidecar.yaml"
+    raw = two_models()
+    raw["state"] = {"backend": "memory"}
+    path.write_text(yaml.safe_dump(raw))
+    done = run_cli("check-config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "also routes 'ranker'" in done.stdout
+
+
+def test_the_old_file_store_is_migrated_into_the_primary_only(tmp_path: Path) -> None:
+    """A `state.json` left by the old file store belongs to the primary model: a further
+    model starts from its own configuration in its own database file."""
+    from sidecar.adapters.store.sqlite import SqliteStore
+    from sidecar.wiring import initial_snapshot
+
+    raw = two_models()
+    raw["state"] = {"path": str(tmp_path / "sidecar.db")}
+    (tmp_path / "state.json").write_text("{not the ranker's")
+    view = parse_config(raw).for_model("ranker")
+    store = SqliteStore(view.state.path)
+    snapshot = initial_snapshot(view, store, safe_mode=False)
+    assert snapshot.revision == 1 and snapshot.flag.key == "ranker-rollout"
+    assert [e.method for e in store.read_audit(0, 5, 1 << 20)] == ["Initialize"]
+    assert (tmp_path / "sidecar.ranker.db").is_file()
+    store.close()
