@@ -28,7 +28,7 @@ from opentelemetry.trace import NoOpTracer, Tracer
 
 from sidecar import __version__
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2_grpc
-from sidecar.adapters.alerts import Alerts
+from sidecar.adapters.alerts import Alerts, ModelAlerts
 from sidecar.adapters.fleet import connection as fleet_connection
 from sidecar.adapters.fleet.keys import FleetKeys
 from sidecar.adapters.fleet.lease import LeaderLease, SharedCheckpoint
@@ -718,7 +718,7 @@ def _unit(config: Config, shared: _Shared, *, safe_mode: bool) -> RoutedUnit:
         snapshot = initial_snapshot(config, store, safe_mode=safe_mode)
     state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
     fleet = _fleet(config, store, state)
-    telemetry, alerts = shared.telemetry, shared.alerts
+    telemetry, alerts = shared.telemetry, ModelAlerts(shared.alerts, config.model)
     metrics = telemetry.metrics.models[config.model]
     own_windows = telemetry.windows[config.model]
     lead = _lead(config, fleet, own_windows, lambda: experiment.tracker.counters())
@@ -833,7 +833,7 @@ def _insights(
     windows: RollingWindows,
     mirrors: _Mirrors,
     experiment: ExperimentService,
-    alerts: Alerts,
+    alerts: ModelAlerts,
 ) -> Insights:
     a = config.analysis
     levels = DriftLevels(alerts)
@@ -888,7 +888,7 @@ def _controller(
     config: Config,
     control: ControlService,
     windows: WindowSource,
-    alerts: Alerts,
+    alerts: ModelAlerts,
     insights: Insights,
     mirrors: _Mirrors,
     lead: FleetLead | None = None,
@@ -1048,7 +1048,7 @@ def _bind_control(server: grpc.aio.Server, config: Config) -> int:
 
 
 def _experiment(
-    config: Config, state: StateHolder, alerts: Alerts, lead: FleetLead | None = None
+    config: Config, state: StateHolder, alerts: ModelAlerts, lead: FleetLead | None = None
 ) -> ExperimentService:
     settings = config.experiment
     checkpoint = (
