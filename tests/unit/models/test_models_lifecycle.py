@@ -1,26 +1,30 @@
-"""Readiness with several routed models: the routed services' health is SERVING only
-while every routed model's stable variant is ready (`Sidecar.all_ready`), and WatchState
-streams the addressed model's states."""
+"""Several routed models in one process: the routed services' health is SERVING only
+while every routed model's stable variant is ready (`Sidecar.all_ready`), WatchState
+streams the addressed model's states, SIGHUP applies a model's live fields to it."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 from sidecar._proto.sidecar.v1 import control_pb2_grpc as cpb_grpc
+from sidecar.config import load_config
 from sidecar.testing.credentials import OPERATOR_TOKEN, bearer
 from sidecar.testing.fault_upstream import Fault, FaultInjectingUpstream
 from sidecar.testing.inprocess import config_dict, running_sidecar, scripted_model
-from sidecar.wiring import Sidecar
+from sidecar.wiring import Sidecar, build
 
 OPS = bearer(OPERATOR_TOKEN)
 SERVICE = "inference.GRPCInferenceService"
 
 
-def config(primary: str, ranker: str) -> dict[str, object]:
+def config(primary: str, ranker: str) -> dict[str, Any]:
     raw = config_dict({"stable": primary}, weights={"stable": 10_000})
     raw["models"] = {
         "ranker": {
@@ -88,3 +92,31 @@ async def test_watch_state_follows_the_addressed_model() -> None:
         watch.cancel()
         primary = await stub.GetState(cpb.GetStateRequest(), metadata=OPS)
         assert primary.revision == 1 and not primary.flag.kill_switch
+
+
+async def test_sighup_applies_a_models_live_shadow_share_to_that_model_only(
+    tmp_path: Path,
+) -> None:
+    """`models.ranker.shadow.sample_bp` changed in the file: after `reload` the ranker's
+    mirror samples the new share, the primary's keeps its own."""
+    async with FaultInjectingUpstream(respond=scripted_model({})) as up:
+        raw = config(up.address, up.address)
+        raw["variants"]["shadow"] = {"address": up.address, "model_name": "c"}  # type: ignore[index]
+        raw["shadow"] = {"variant": "shadow", "sample_bp": 100}
+        models: Any = raw["models"]
+        models["ranker"]["variants"]["shadow"] = {"address": up.address, "model_name": "rk"}
+        models["ranker"]["shadow"] = {"variant": "shadow", "sample_bp": 200}
+        path = tmp_path / "sidecar.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        sc = build(load_config(path))
+        await sc.start()
+        try:
+            models["ranker"]["shadow"]["sample_bp"] = 5000
+            path.write_text(yaml.safe_dump(raw))
+            sc.reload()
+            ranker, primary = sc.unit("ranker").dataplane.mirror, sc.primary.dataplane.mirror
+            assert ranker is not None and primary is not None
+            assert (ranker.settings.sample_bp, primary.settings.sample_bp) == (5000, 100)
+            assert sc.config.for_model("ranker").shadow.sample_bp == 5000  # type: ignore[union-attr]
+        finally:
+            await sc.stop(grace=1.0)
