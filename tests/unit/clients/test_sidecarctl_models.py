@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_report import ship_report
 from test_sidecarctl import FakeControl, run
 
 from clients.render_text import render_experiment
+from clients.report_html import render_html
 from clients.views import experiment_to_dict
 from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 
@@ -95,7 +97,12 @@ def test_models_lists_the_routed_models_as_a_table_json_and_yaml(
 
 
 def test_the_experiment_report_names_its_model() -> None:
-    """The report's header line and its JSON name the routed model."""
-    report = cpb.ExperimentReport(model="ranker", control_variant="stable")
-    assert render_experiment(report).splitlines()[0].startswith("model ranker: experiment")
-    assert experiment_to_dict(report)["model"] == "ranker"
+    """The report's header line, its JSON and its HTML page name the routed model."""
+    report = ship_report()
+    report.model = "ranker<b>"
+    lines = render_experiment(report).splitlines()
+    assert any(line.startswith("model ranker<b>: experiment epoch") for line in lines)
+    assert experiment_to_dict(report)["model"] == "ranker<b>"
+    page = render_html(report)
+    assert "<h1>Experiment report: ranker&lt;b&gt;</h1>" in page
+    assert "<title>Experiment report (ranker&lt;b&gt;):" in page
