@@ -21,6 +21,9 @@ Rollouts: `start_rollout` (the server's default plan, or a `RolloutPlan`), `paus
 `resume_rollout`, `abort_rollout`, `get_rollout` (print it with `render_rollout`), and
 `run_drill` to rehearse an automatic rollback.
 
+Several routed models: every call addresses one, named by `model` (sent as the `x-model`
+header; None: the sidecar's primary model); `list_models` lists them.
+
 Every call carries `authorization: Bearer <token>` when a token is set. Server refusals and
 transport failures are raised as `ControlError(code, message)` (code is the gRPC status
 name, e.g. "ABORTED" for a stale `expected_revision`). This module is the client only: the
@@ -142,6 +145,7 @@ class ControlClient:
         key_file: str | Path | None = None,
         timeout: float = 5.0,
         max_receive_bytes: int = 64 * 1024 * 1024,
+        model: str | None = None,
     ) -> None:
         if (cert_file is None) != (key_file is None):
             raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
@@ -151,9 +155,11 @@ class ControlClient:
         #: `x-fleet-wait-seconds` header; None: answered once stored). `State.
         #: fleet_not_applied` lists the members that had not when the wait ended.
         self.fleet_wait: float | None = None
+        #: The routed model every call addresses (`x-model`; None: the primary).
+        self.model = model
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
-        )
+        ) + ((("x-model", model),) if model else ())
         options = [("grpc.max_receive_message_length", max_receive_bytes)]
         if ca_file is not None or cert_file is not None:
             credentials = grpc.ssl_channel_credentials(
@@ -194,6 +200,10 @@ class ControlClient:
             cpb.ListFleetMembersRequest(),
             cpb.ListFleetMembersResponse,
         )
+
+    def list_models(self) -> cpb.ListModelsResponse:
+        """Every routed model of the sidecar with its flag in force (the primary first)."""
+        return self._unary(self._stub.ListModels, cpb.ListModelsRequest(), cpb.ListModelsResponse)
 
     def watch_state(self) -> StateWatch:
         """The current state, then every change (no deadline; `cancel()` the watch to stop)."""

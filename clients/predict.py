@@ -124,6 +124,7 @@ class PredictClient:
         value: bool | float,
         *,
         timeout: float | None = None,
+        model: str = "",
     ) -> tuple[str, str]:
         """Report what happened after a prediction (a click, a label, a conversion, a
         score). `request_id` is `Prediction.request_id` (or the front door's x-request-id
@@ -132,8 +133,10 @@ class PredictClient:
         A repeated report of the same request and metric is counted once; an unknown or
         expired id raises NOT_FOUND; a metric that is not configured, or a value of the
         wrong type for the metric, raises INVALID_ARGUMENT; a missing or unknown app token
-        (when the sidecar requires one) raises UNAUTHENTICATED."""
-        request = pb.ReportOutcomeRequest(request_id=request_id, metric=metric)
+        (when the sidecar requires one) raises UNAUTHENTICATED. `model`: the routed model
+        that served the request (each has its own ledger; "" = the sidecar's primary
+        model; a model it does not route raises NOT_FOUND)."""
+        request = pb.ReportOutcomeRequest(request_id=request_id, metric=metric, model=model)
         if isinstance(value, bool):
             request.bool_value = value
         else:

@@ -266,6 +266,25 @@ def _fleet_lines(state: cpb.State) -> list[str]:
     return lines
 
 
+def render_models(answer: cpb.ListModelsResponse) -> str:
+    """One row per routed model: its flag, stable, canary, weights, kill switch, revision."""
+    rows = [
+        [
+            _clean(m.name) + (" (primary)" if m.primary else ""),
+            _clean(m.flag_key) or NONE,
+            _clean(m.stable) or NONE,
+            _clean(m.canary) or NONE,
+            " ".join(f"{_clean(v)}={bp / 100:g}%" for v, bp in sorted(m.weights.items())) or NONE,
+            "ON" if m.kill_switch else "off",
+            str(m.revision),
+        ]
+        for m in answer.models
+    ]
+    return _table(
+        ["MODEL", "FLAG", "STABLE", "CANARY", "WEIGHTS", "KILL", "REVISION"], rows, right=(6,)
+    )
+
+
 def render_fleet(answer: cpb.ListFleetMembersResponse, now: float) -> str:
     """One row per member: applied revision, lag, readiness, last seen."""
     if not answer.members:
@@ -631,8 +650,10 @@ def _header_lines(report: cpb.ExperimentReport) -> list[str]:
     treatment = _clean(report.treatment_variant) or NONE
     alpha = f"{report.alpha:g}" if report.alpha > 0 else NONE
     last = f", last at {when(report.last_look_unix_time)}" if report.looks else ""
+    model = f"model {_clean(report.model)}: " if report.model else ""
     return [
-        f"experiment epoch {report.epoch}: control (A) {control} vs treatment (B) {treatment}",
+        f"{model}experiment epoch {report.epoch}: control (A) {control} vs treatment (B) "
+        f"{treatment}",
         f"started {when(report.started_unix_time)}   unit {_clean(report.unit) or NONE}   "
         f"alpha {alpha}   looks {report.looks}{last}",
         f"generated {when(report.generated_unix_time)}   revision {report.revision}",

@@ -743,7 +743,8 @@ def _header(report: cpb.ExperimentReport) -> str:
         f"{report.looks} looks, last {when(report.last_look_unix_time)} · generated "
         f"{when(report.generated_unix_time)} · revision {report.revision}"
     )
-    return f"<header><h1>Experiment report</h1>{_tag('p', meta, 'meta')}</header>"
+    heading = f"Experiment report: {_e(report.model)}" if report.model else "Experiment report"
+    return f"<header><h1>{heading}</h1>{_tag('p', meta, 'meta')}</header>"
 
 
 def _difference_text(m: cpb.MetricResult) -> str:
@@ -1203,7 +1204,8 @@ def render_html(report: cpb.ExperimentReport) -> str:
     require_matplotlib()
     plotter = _Plotter()
     title = (
-        f"Experiment report: {report.control_variant or NONE} vs "
+        f"Experiment report{f' ({report.model})' if report.model else ''}: "
+        f"{report.control_variant or NONE} vs "
         f"{report.treatment_variant or NONE} (epoch {report.epoch})"
     )
     sections = [

@@ -33,6 +33,7 @@ from clients.render_text import (
     render_drill,
     render_experiment,
     render_fleet,
+    render_models,
     render_overrides,
     render_rollout,
     render_shadow,
@@ -45,6 +46,7 @@ from clients.views import (
     drill_to_dict,
     experiment_to_dict,
     fleet_to_dict,
+    models_to_dict,
     rollout_to_dict,
     shadow_to_dict,
     state_to_dict,
@@ -54,6 +56,8 @@ from sidecar._proto.sidecar.v1 import control_pb2 as cpb
 DEFAULT_TARGET = "127.0.0.1:8501"
 TARGET_ENV = "SIDECARCTL_TARGET"
 TOKEN_ENV = "SIDECARCTL_TOKEN"
+MODEL_ENV = "SIDECARCTL_MODEL"
+MAX_MODEL_NAME = 256  # the sidecar's bound on the x-model header
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -90,6 +94,11 @@ A fleet (sidecars sharing one state in Redis) is addressed through any member: p
 --target at one of them, at a Service in front of them all, or list several
 (--target ipv4:10.0.0.7:8501,10.0.0.8:8501: the first that answers is used).
 
+Several routed models (configuration `models:`): every command addresses one of them,
+--model NAME (else $SIDECARCTL_MODEL, else the sidecar's primary model), each with its own
+state, audit log, rollout and experiment. `sidecarctl models` lists them; an unknown name
+is refused (exit 1, NOT_FOUND naming the routed models).
+
 Exit codes: 0 done; 1 the sidecar refused the call (error: CODE: message on stderr);
 2 usage error; 3 the sidecar could not be reached (UNAVAILABLE / DEADLINE_EXCEEDED);
 4 a write with --wait was stored, but some fleet members had not applied it in time;
@@ -112,6 +121,8 @@ examples:
   sidecarctl kill on --reason "canary error rate 4x stable"
   sidecarctl kill on --wait --reason "incident 42"     # answered once every member applied it
   sidecarctl fleet
+  sidecarctl models                                     # the routed models
+  sidecarctl --model ranker weights canary=10% stable=90% --reason "ranker canary"
   sidecarctl --all status                               # every live member's answer
   sidecarctl override set user-42 canary --reason "QA account sees the new model"
   sidecarctl promote --reason "canary healthy for 24h"
@@ -210,6 +221,15 @@ def parse_weight(text: str) -> tuple[str, int]:
     if not 0 <= bp <= MAX_BP:
         raise argparse.ArgumentTypeError(f"{text!r}: weight must be between 0 and 100% (10000 bp)")
     return name, bp
+
+
+def _model_name(text: str) -> str:
+    """A routed model's name: non-empty printable ASCII (it travels as gRPC metadata)."""
+    if not text or len(text) > MAX_MODEL_NAME or not (text.isascii() and text.isprintable()):
+        raise argparse.ArgumentTypeError(
+            f"a model name is 1..{MAX_MODEL_NAME} printable ASCII characters"
+        )
+    return text
 
 
 def _reason(text: str) -> str:
@@ -547,6 +567,14 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         help="PEM private key of the client certificate",
     )
     group.add_argument(
+        "--model",
+        metavar="NAME",
+        type=_model_name,
+        default=default(None),
+        help=f"the routed model to address (sent as x-model; default: ${MODEL_ENV}, else the "
+        "sidecar's primary model); `sidecarctl models` lists them",
+    )
+    group.add_argument(
         "-o",
         "--output",
         choices=OUTPUT_FORMATS,
@@ -669,6 +697,7 @@ def build_parser(secrets: Sequence[str] = ()) -> _Parser:
     _add_report_commands(factory)
     _add_rollout_commands(factory)
     _add_fleet_commands(factory)
+    _add_model_commands(factory)
     _add_completion_command(commands)
     return parser
 
@@ -685,6 +714,19 @@ def _add_fleet_commands(c: _CommandFactory) -> None:
         "sidecarctl fleet --output json",
     )
     p.set_defaults(handler=cmd_fleet)
+
+
+def _add_model_commands(c: _CommandFactory) -> None:
+    """models: the routed models of this sidecar."""
+    p = c.add(
+        "models",
+        "list the routed models: flag, stable, canary, weights, kill switch, revision",
+        "List every model this sidecar routes (the primary first), each with its own flag in\n"
+        "force. Every other command addresses one of them: --model NAME (or $SIDECARCTL_MODEL;\n"
+        "default: the primary). Read-only.",
+        ["sidecarctl models", "sidecarctl --model ranker weights stable=90 canary=10 --reason r"],
+    )
+    p.set_defaults(handler=cmd_models)
 
 
 def _add_completion_command(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -1305,6 +1347,15 @@ def _write(
     return EXIT_OK
 
 
+def cmd_models(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
+    answer = client.list_models()
+    if console.json_mode:
+        console.data(models_to_dict(answer))
+    else:
+        console.out(render_models(answer))
+    return EXIT_OK
+
+
 def cmd_fleet(client: ControlClient, args: argparse.Namespace, console: Console) -> int:
     answer = client.fleet_members()
     if console.json_mode:
@@ -1660,6 +1711,7 @@ def _connector(args: argparse.Namespace, token: str | None) -> Callable[[str], C
             cert_file=args.cert_file,
             key_file=args.key_file,
             timeout=args.timeout,
+            model=_model(args),
         )
 
     return connect
@@ -1809,6 +1861,18 @@ class _UsageError(Exception):
     pass
 
 
+def _model(args: argparse.Namespace) -> str | None:
+    """--model, else $SIDECARCTL_MODEL; None: the sidecar's primary model."""
+    model: str | None = args.model
+    if model is None:
+        env = os.environ.get(MODEL_ENV, "").strip()
+        try:
+            model = _model_name(env) if env else None
+        except argparse.ArgumentTypeError as exc:
+            raise _UsageError(f"${MODEL_ENV}: {exc}") from None
+    return model
+
+
 def _resolve_token(args: argparse.Namespace) -> str | None:
     """--token, else --token-file, else $SIDECARCTL_TOKEN; None when none is set."""
     token: str | None = args.token
@@ -1851,7 +1915,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = list(_argv_tokens(argv))
     try:
         token = _resolve_token(args)
-    except _UsageError as exc:
+        args.model = _model(args)
+    except (_UsageError, argparse.ArgumentTypeError) as exc:
         Console(json_mode, secrets, yaml_mode=yaml_mode).err(f"sidecarctl: error: {exc}")
         return EXIT_USAGE
     console = Console(json_mode, [*secrets, token or ""], yaml_mode=yaml_mode)
@@ -1872,6 +1937,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cert_file=args.cert_file,
             key_file=args.key_file,
             timeout=args.timeout,
+            model=_model(args),
         )
     except (OSError, ValueError) as exc:
         console.err(f"sidecarctl: error: {exc}")

@@ -407,6 +407,25 @@ def state_to_dict(state: cpb.State) -> dict[str, Any]:
     }
 
 
+def models_to_dict(answer: cpb.ListModelsResponse) -> dict[str, Any]:
+    """The routed models with their flags in force, JSON-ready."""
+    return {
+        "models": [
+            {
+                "name": m.name,
+                "primary": m.primary,
+                "flag_key": m.flag_key,
+                "stable": m.stable,
+                "canary": m.canary or None,
+                "weights": dict(m.weights),
+                "kill_switch": m.kill_switch,
+                "revision": m.revision,
+            }
+            for m in answer.models
+        ]
+    }
+
+
 def fleet_to_dict(answer: cpb.ListFleetMembersResponse) -> dict[str, Any]:
     """The fleet's members, JSON-ready (times also as ISO 8601)."""
     return {
@@ -796,6 +815,7 @@ def experiment_to_dict(report: cpb.ExperimentReport) -> dict[str, Any]:
     come also as ISO 8601, verdicts as SHIP_B / KEEP_A / EQUIVALENT / CONTINUE / BLOCKED."""
     shadow = report.shadow
     return {
+        "model": report.model,
         "generated_at": iso(report.generated_unix_time),
         "generated_unix_time": report.generated_unix_time,
         "epoch": report.epoch,

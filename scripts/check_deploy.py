@@ -346,7 +346,7 @@ def exported_series() -> set[str]:
     """The `sidecar_*` series the sidecar exports, read from its metrics module."""
     source = (ROOT / "sidecar/adapters/telemetry/metrics.py").read_text()
     families = set(re.findall(r'"(sidecar_[a-z0-9_]+)"', source))
-    counters = set(re.findall(r'CounterMetricFamily\(\s*"(sidecar_[a-z0-9_]+)"', source))
+    counters = set(re.findall(r'CounterMetricFamily[(,]\s*"(sidecar_[a-z0-9_]+)"', source))
     counters |= set(re.findall(r'Counter\(\s*"(sidecar_[a-z0-9_]+)"', source))
     histograms = set(re.findall(r'Histogram\(\s*"(sidecar_[a-z0-9_]+)"', source))
     out = set(families)

@@ -98,8 +98,13 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"{path}: ok (model {config.model!r}, variants {', '.join(config.variants)}, "
             f"weights {dict(config.flag.weights)}, shadow "
-            f"{config.shadow.variant if config.shadow else 'off'}; "
-            "listen addresses are bound by serve only)"
+            f"{config.shadow.variant if config.shadow else 'off'}"
+            + (
+                f"; also routes {', '.join(repr(m) for m in config.models)}"
+                if config.models
+                else ""
+            )
+            + "; listen addresses are bound by serve only)"
         )
         return 0
     configure_logging(config.server.log_level, env_log_format())

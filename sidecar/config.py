@@ -710,30 +710,23 @@ class TelemetryConfig:
 # --------------------------------------------------------------------------- the file
 
 
-class Config(_Section):
-    """The whole configuration file. `flag` is the validated routing `Flag`; the YAML
-    section it comes from is `flag_config`."""
+MAX_ROUTED_MODELS = 32  # routed models per sidecar, the primary included
+_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # also a file name part and a Redis key part
 
-    listen: ListenConfig = ListenConfig()
-    model: Annotated[str, _non_empty("the model name apps call (a non-empty string)")] = Field(
-        "", validate_default=True
-    )
+
+class ModelSection(_Section):
+    """One routed model's own sections: its `variants`, `flag`, `shadow` (optional),
+    `experiment` and `drift` (optional). The file's top level is the primary routed model
+    (`model:` and these sections); `models.<name>` holds each further one. `flag` is the
+    validated routing `Flag`; the YAML section it comes from is `flag_config`."""
+
     variants: dict[str, VariantSpec] = Field(default_factory=dict, validate_default=True)
     flag_config: FlagConfig = Field(alias="flag")
     shadow: ShadowConfig | None = None  # None: no shadow mirroring
-    upstream: UpstreamConfig = UpstreamConfig()
-    server: ServerConfig = ServerConfig()
-    control: ControlConfig = Field(default_factory=dict, validate_default=True)
-    state: StateConfig = Field(default_factory=dict, validate_default=True)
-    analysis: AnalysisConfig = AnalysisConfig()
     experiment: ExperimentSettings = ExperimentSettings()
     drift: DriftSettings = DriftSettings()
-    predict: PredictConfig = PredictConfig()
-    passthrough: PassThroughConfig | None = None  # None: unrouted models get NOT_FOUND
 
     _flag: Flag = PrivateAttr()
-    _telemetry: TelemetryConfig = PrivateAttr(default_factory=TelemetryConfig)
-    _source: str = PrivateAttr("<embedded>")
 
     @field_validator("variants")
     @classmethod
@@ -755,8 +748,7 @@ class Config(_Section):
         return drift
 
     @model_validator(mode="after")
-    def _cross_sections(self, info: ValidationInfo) -> Config:
-        context = info.context or {}
+    def _model_cross_sections(self) -> ModelSection:
         problems = []
         if self.shadow is not None and self.shadow.variant not in self.variants:
             problems.append(
@@ -768,6 +760,75 @@ class Config(_Section):
         except FlagError as exc:
             problems.append(f"flag.{exc.field}: {exc.message}")
         problems += _routed_experiment_segments(self.flag_config, self.experiment)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def flag(self) -> Flag:
+        return self._flag
+
+
+def _routed_names(models: dict[str, ModelSection]) -> dict[str, ModelSection]:
+    if len(models) > MAX_ROUTED_MODELS - 1:
+        raise ValueError(
+            f"at most {MAX_ROUTED_MODELS - 1} models besides the primary (top-level `model`), "
+            f"got {len(models)}"
+        )
+    bad = [n for n in models if not re.fullmatch(_MODEL_NAME, n)]
+    if bad:
+        raise ValueError(
+            f"model name {clip_name(bad[0])!r}: must be 1..128 of A-Z a-z 0-9 . _ - "
+            "(starting with a letter or digit): it names the model's state files and keys"
+        )
+    return models
+
+
+def clip_name(name: str, limit: int = 64) -> str:
+    return name if len(name) <= limit else f"{name[:limit]}..."
+
+
+def sibling_path(path: str, name: str) -> str:
+    """`path` for routed model `name`: `var/sidecar.db` -> `var/sidecar.<name>.db`."""
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}.{name}{p.suffix}"))
+
+
+class Config(ModelSection):
+    """The whole configuration file. Its top-level `model`, `variants`, `flag`, `shadow`,
+    `experiment` and `drift` are the primary routed model; `models` maps each further
+    routed model to its own `ModelSection`. `for_model(name)` is the per-model view the
+    wiring builds one routed unit from."""
+
+    listen: ListenConfig = ListenConfig()
+    model: Annotated[str, _non_empty("the model name apps call (a non-empty string)")] = Field(
+        "", validate_default=True
+    )
+    upstream: UpstreamConfig = UpstreamConfig()
+    server: ServerConfig = ServerConfig()
+    control: ControlConfig = Field(default_factory=dict, validate_default=True)
+    state: StateConfig = Field(default_factory=dict, validate_default=True)
+    analysis: AnalysisConfig = AnalysisConfig()
+    predict: PredictConfig = PredictConfig()
+    passthrough: PassThroughConfig | None = None  # None: unrouted models get NOT_FOUND
+    # Further routed models (name -> its own sections); `analysis` and the rest are shared.
+    models: Annotated[dict[str, ModelSection], AfterValidator(_routed_names)] = Field(
+        default_factory=dict
+    )
+
+    _telemetry: TelemetryConfig = PrivateAttr(default_factory=TelemetryConfig)
+    _source: str = PrivateAttr("<embedded>")
+    _unit: str = PrivateAttr("")  # a per-model view of a further model: its name
+
+    @model_validator(mode="after")
+    def _cross_sections(self, info: ValidationInfo) -> Config:
+        context = info.context or {}
+        problems = []
+        if self.model in self.models:
+            problems.append(
+                f"models.{clip_name(self.model)}: the primary model (top-level `model`) is "
+                "routed already; name each routed model once"
+            )
         try:
             self._telemetry = TelemetryConfig.from_environ(context.get("environ", os.environ))
         except ValueError as exc:
@@ -776,6 +837,50 @@ class Config(_Section):
             raise ValueError("\n".join(problems))
         self._source = str(context.get("source", "<embedded>"))
         return self
+
+    @property
+    def routed_models(self) -> tuple[str, ...]:
+        """Every routed model's name, the primary first."""
+        return (self.model, *self.models)
+
+    @property
+    def unit(self) -> str:
+        """ "" for the file itself and the primary's view; a further model's name in its
+        view (its state files and keys carry it)."""
+        return self._unit
+
+    def for_model(self, name: str) -> Config:
+        """The configuration as one routed model sees it: the top-level model sections are
+        `name`'s, and its state lives apart (SQLite: `state.<name>.db` and
+        `experiment.<name>.json` next to the primary's; Redis: fleet `<fleet>/<name>`).
+        Shared sections stay. KeyError for a name that is not routed."""
+        if name == self.model:
+            return self
+        section = self.models[name]
+        state = self.state.model_copy(
+            update={
+                "path": sibling_path(self.state.path, name),
+                "experiment_path": sibling_path(self.state.experiment_path, name),
+                "redis": self.state.redis.model_copy(
+                    update={"fleet": f"{self.state.redis.fleet}/{name}"}
+                ),
+            }
+        )
+        view = self.model_copy(
+            update={
+                "model": name,
+                "variants": section.variants,
+                "flag_config": section.flag_config,
+                "shadow": section.shadow,
+                "experiment": section.experiment,
+                "drift": section.drift,
+                "state": state,
+                "models": {},
+            }
+        )
+        view._flag = section.flag
+        view._unit = name
+        return view
 
     @model_validator(mode="after")
     def _versions_and_passthrough(self) -> Config:
@@ -801,10 +906,6 @@ class Config(_Section):
                     "an app token must not open the Control API"
                 )
         return self
-
-    @property
-    def flag(self) -> Flag:
-        return self._flag
 
     @property
     def telemetry(self) -> TelemetryConfig:
@@ -955,13 +1056,21 @@ def _prepared(raw: Any) -> Any:
     """YAML ``null`` means "the default" (the key is dropped); a variant is named by its
     key. Done on the document, so that validation stays in JSON mode."""
     doc = _without_nulls(raw)
-    variants = doc.get("variants") if isinstance(doc, dict) else None
+    _name_variants(doc)
+    models = doc.get("models") if isinstance(doc, dict) else None
+    if isinstance(models, Mapping):
+        for section in models.values():
+            _name_variants(section)
+    return doc
+
+
+def _name_variants(section: Any) -> None:
+    variants = section.get("variants") if isinstance(section, dict) else None
     if isinstance(variants, Mapping):
-        doc["variants"] = {
+        section["variants"] = {
             str(n): {**v, "name": str(n)} if isinstance(v, Mapping) else v
             for n, v in variants.items()
         }
-    return doc
 
 
 class UniqueKeyLoader(yaml.SafeLoader):

@@ -28,7 +28,7 @@ from opentelemetry.trace import NoOpTracer, Tracer
 
 from sidecar import __version__
 from sidecar._proto.sidecar.v1 import control_pb2, control_pb2_grpc, predict_pb2_grpc
-from sidecar.adapters.alerts import Alerts
+from sidecar.adapters.alerts import Alerts, ModelAlerts
 from sidecar.adapters.fleet import connection as fleet_connection
 from sidecar.adapters.fleet.keys import FleetKeys
 from sidecar.adapters.fleet.lease import LeaderLease, SharedCheckpoint
@@ -43,6 +43,7 @@ from sidecar.adapters.fleet.stats import request_ids as fleet_request_ids
 from sidecar.adapters.grpc.auth import Authenticator, AuthInterceptor
 from sidecar.adapters.grpc.control import ControlServicer
 from sidecar.adapters.grpc.converters import decode_outputs
+from sidecar.adapters.grpc.models import ControlRouter
 from sidecar.adapters.grpc.servicers import (
     InferenceServicer,
     PredictServicer,
@@ -53,7 +54,7 @@ from sidecar.adapters.store.memory import MemoryStateStore
 from sidecar.adapters.store.redis import RedisStore
 from sidecar.adapters.store.sqlite import SqliteStore
 from sidecar.adapters.telemetry.metrics import Readings, SidecarMetrics
-from sidecar.adapters.telemetry.processor import VariantStatsProcessor
+from sidecar.adapters.telemetry.processor import Sink, VariantStatsProcessor
 from sidecar.adapters.telemetry.spans import StatsTracer
 from sidecar.adapters.telemetry.tracing import INSTRUMENTATION, tracer_provider
 from sidecar.adapters.upstream.oip import UpstreamPool
@@ -72,7 +73,7 @@ from sidecar.app.rollout import (
     stable_baseline,
 )
 from sidecar.app.state import Snapshot, StateHolder
-from sidecar.config import Config, ConfigError, load_config, read_drift_reference
+from sidecar.config import Config, ConfigError, load_config, read_drift_reference, sibling_path
 from sidecar.core.canary.merged import MergedWindows
 from sidecar.core.canary.window import RollingWindows, WindowSource
 from sidecar.core.experiment import Attribution, OutcomeLedger
@@ -84,7 +85,7 @@ from sidecar.core.state import DesiredState
 from sidecar.core.stats.lazy import warm_up
 from sidecar.core.tensors import decode_inputs
 from sidecar.logging import set_level
-from sidecar.reload import merge, plan_reload
+from sidecar.reload import merge, plan_reload, unit_fields
 
 log = structlog.get_logger("sidecar")
 READINESS_INTERVAL = 2.0
@@ -94,28 +95,141 @@ DRIFT_SLICE = 8  # requests decoded between yields to the event loop (about 0.3 
 
 
 @dataclass
-class Sidecar:
-    """A built, not yet started, sidecar."""
+class RoutedUnit:
+    """One routed model's parts, built from its per-model view of the configuration
+    (`Config.for_model`): its state (store, holder, fleet membership and lead), upstream
+    pool (channels shared), mirrors, experiment, insights, data plane, Control service and
+    servicer, rollout controller and windows."""
 
     config: Config
     pool: UpstreamPool
     dataplane: DataPlane[InferBytes, InferReply]
+    control: ControlService
+    controller: RolloutController
+    experiment: ExperimentService
+    insights: Insights
+    windows: RollingWindows
+    readings: Readings
+    fleet: FleetMember | None = None
+    lead: FleetLead | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.model
+
+    def tasks(self) -> list[Coroutine[None, None, None]]:
+        """The unit's background work (its controller runs its own loop)."""
+        work = [self.controller.run(), self.experiment.run()]
+        if self.insights.drift is not None:
+            work.append(self.insights.drift.run(DRIFT_INTERVAL))
+        if self.fleet is not None:
+            work.append(self.fleet.run())
+        if self.lead is not None:
+            work += self.lead.tasks(self.dataplane)
+        return work
+
+    def started(self) -> dict[str, object]:
+        """What the start-up log line says about this model."""
+        return {
+            "variants": {n: v.address for n, v in self.config.variants.items()},
+            "weights": dict(self.dataplane.state.current.flag.weights),
+            "shadow": self.config.shadow.variant if self.config.shadow else None,
+            "state": describe(self.control.snapshot()),
+        }
+
+    def apply(self, config: Config, live: tuple[str, ...]) -> None:
+        """The live fields (`sidecar.reload`) of this model's view."""
+        if config.shadow is not None:
+            if "shadow.sample_bp" in live and self.dataplane.mirror is not None:
+                self.dataplane.mirror.set_sample_bp(config.shadow.sample_bp)
+            if "shadow.noise_sample_bp" in live and self.dataplane.noise is not None:
+                self.dataplane.noise.set_sample_bp(config.shadow.noise_sample_bp)
+        if any(f.startswith("analysis.") for f in live):
+            self.controller.reconfigure(config.analysis)
+        self.config = config
+
+    async def close_mirrors(self, grace: float) -> None:
+        for mirror in (self.dataplane.mirror, self.dataplane.noise):
+            if mirror is not None:
+                await mirror.close(grace=min(grace, 1.0))
+
+    async def close(self) -> None:
+        """After the servers stopped: the last experiment look and checkpoint, the
+        upstream channels this unit opened, the fleet lead and membership."""
+        with contextlib.suppress(Exception):
+            self.experiment.look()
+        await self.experiment.save()
+        await self.pool.close()
+        if self.lead is not None:
+            await self.lead.close()
+        if self.fleet is not None:
+            await self.fleet.close()
+
+
+@dataclass
+class Sidecar:
+    """A built, not yet started, sidecar: the shared servers, telemetry and alerts, and
+    one `RoutedUnit` per routed model (the primary first). The single-model attributes
+    (`dataplane`, `control`, ...) are the primary's."""
+
+    config: Config
+    units: list[RoutedUnit]
     predict_server: grpc.aio.Server
     control_server: grpc.aio.Server
     health: health_aio.HealthServicer
-    control: ControlService
     tracer_provider: TracerProvider
     stats: VariantStatsProcessor
     metrics: SidecarMetrics
-    controller: RolloutController
     alerts: Alerts
-    experiment: ExperimentService
-    insights: Insights
     predict_port: int = 0
     control_port: int = 0
-    fleet: FleetMember | None = None
-    lead: FleetLead | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # routed model -> its stable's last readiness (absent: not probed yet)
+    _ready: dict[str, bool] = field(default_factory=dict)
+    _all_ready: bool | None = None
+
+    @property
+    def primary(self) -> RoutedUnit:
+        return self.units[0]
+
+    @property
+    def pool(self) -> UpstreamPool:
+        return self.primary.pool
+
+    @property
+    def dataplane(self) -> DataPlane[InferBytes, InferReply]:
+        return self.primary.dataplane
+
+    @property
+    def control(self) -> ControlService:
+        return self.primary.control
+
+    @property
+    def controller(self) -> RolloutController:
+        return self.primary.controller
+
+    @property
+    def experiment(self) -> ExperimentService:
+        return self.primary.experiment
+
+    @property
+    def insights(self) -> Insights:
+        return self.primary.insights
+
+    @property
+    def fleet(self) -> FleetMember | None:
+        return self.primary.fleet
+
+    @property
+    def lead(self) -> FleetLead | None:
+        return self.primary.lead
+
+    def unit(self, model: str) -> RoutedUnit:
+        """The routed unit of `model` (KeyError when it is not routed)."""
+        for unit in self.units:
+            if unit.name == model:
+                return unit
+        raise KeyError(model)
 
     async def start(self) -> None:
         """Start serving; on any failure, stop what was started and raise."""
@@ -138,24 +252,17 @@ class Sidecar:
                     f"{exc.strerror or exc}"
                 ) from None
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._tasks.append(asyncio.create_task(self._watch_readiness()))
-        self._tasks.append(asyncio.create_task(self.controller.run()))
-        self._tasks.append(asyncio.create_task(self.experiment.run()))
-        if self.insights.drift is not None:
-            self._tasks.append(asyncio.create_task(self.insights.drift.run(DRIFT_INTERVAL)))
-        if self.fleet is not None:
-            self._tasks.append(asyncio.create_task(self.fleet.run()))
-        if self.lead is not None:
-            self._tasks += [asyncio.create_task(t) for t in self.lead.tasks(self.dataplane)]
+        for unit in self.units:
+            self._tasks.append(asyncio.create_task(self._watch_readiness(unit)))
+            self._tasks += [asyncio.create_task(work) for work in unit.tasks()]
+        primary = self.primary.started()
         log.info(
             "sidecar.started",
             predict=f"{_host(self.config.predict_address)}:{self.predict_port}",
             control=f"{_host(self.config.control_address)}:{self.control_port}",
             model=self.config.model,
-            variants={n: v.address for n, v in self.config.variants.items()},
-            weights=dict(self.dataplane.state.current.flag.weights),
-            shadow=self.config.shadow.variant if self.config.shadow else None,
-            state=describe(self.control.snapshot()),
+            **primary,
+            models={u.name: u.started() for u in self.units[1:]} or None,
             metrics=f"{_host(self.config.metrics_address)}:{metrics_port}"
             if metrics_port
             else None,
@@ -166,36 +273,51 @@ class Sidecar:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(self.predict_server.stop(None), self.control_server.stop(None))
-        await self.pool.close()
+        for unit in self.units:
+            await unit.pool.close()
         self.metrics.close()
 
-    async def _watch_readiness(self) -> None:
-        """Keep grpc.health.v1 for the routed services in step with the stable variant."""
+    def all_ready(self) -> bool:
+        """Every routed model's stable is ready (the one place this is decided)."""
+        return all(self._ready.get(unit.name, False) for unit in self.units)
+
+    async def _watch_readiness(self, unit: RoutedUnit) -> None:
+        """Keep one routed model's stable readiness current; grpc.health.v1 for the routed
+        services follows `all_ready()`."""
         last: bool | None = None
         while True:
-            ready = await self.dataplane.stable_ready(self.config.upstream.connect_timeout or 1.0)
+            ready = await unit.dataplane.stable_ready(self.config.upstream.connect_timeout or 1.0)
             if ready != last:
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ready
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                for name in service_names():
-                    await self.health.set(name, status)
-                if self.fleet is not None:
-                    self.fleet.ready = ready
+                self._ready[unit.name] = ready
+                if unit.fleet is not None:
+                    unit.fleet.ready = ready
                 log.info(
                     "stable.readiness",
                     ready=ready,
-                    variant=self.dataplane.state.current.flag.stable,
+                    model=unit.name,
+                    variant=unit.dataplane.state.current.flag.stable,
                 )
                 last = ready
+                await self._publish_readiness()
             await asyncio.sleep(READINESS_INTERVAL)
+
+    async def _publish_readiness(self) -> None:
+        ready = self.all_ready()
+        if ready == self._all_ready:
+            return
+        self._all_ready = ready
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in service_names():
+            await self.health.set(name, status)
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration file; apply what can change live (see
-        `sidecar.reload`), keep the rest, and on an invalid file change nothing and log
-        why, naming the field. Never raises: the process keeps serving."""
+        `sidecar.reload`; per routed model), keep the rest, and on an invalid file change
+        nothing and log why, naming the field. Never raises: the process keeps serving."""
         path = self.config.source
         try:
             new = load_config(path)
@@ -231,13 +353,8 @@ class Sidecar:
     def _apply(self, config: Config, live: tuple[str, ...]) -> None:
         if "server.log_level" in live:
             set_level(config.server.log_level)
-        if config.shadow is not None:
-            if "shadow.sample_bp" in live and self.dataplane.mirror is not None:
-                self.dataplane.mirror.set_sample_bp(config.shadow.sample_bp)
-            if "shadow.noise_sample_bp" in live and self.dataplane.noise is not None:
-                self.dataplane.noise.set_sample_bp(config.shadow.noise_sample_bp)
-        if any(f.startswith("analysis.") for f in live):
-            self.controller.reconfigure(config.analysis)
+        for unit in self.units:
+            unit.apply(config.for_model(unit.name), unit_fields(live, unit.name, config.model))
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, drain in-flight within `grace`."""
@@ -248,17 +365,10 @@ class Sidecar:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(self.predict_server.stop(grace), self.control_server.stop(grace))
-        for mirror in (self.dataplane.mirror, self.dataplane.noise):
-            if mirror is not None:
-                await mirror.close(grace=min(grace, 1.0))
-        with contextlib.suppress(Exception):
-            self.experiment.look()
-        await self.experiment.save()
-        await self.pool.close()
-        if self.lead is not None:
-            await self.lead.close()
-        if self.fleet is not None:
-            await self.fleet.close()
+        for unit in self.units:
+            await unit.close_mirrors(grace)
+        for unit in self.units:
+            await unit.close()
         await self.alerts.drain()
         await asyncio.to_thread(self.tracer_provider.shutdown)  # flushes the exporter
         self.metrics.close()
@@ -477,7 +587,7 @@ def _migrate_file_state(config: Config, store: StateStore, now: float) -> Snapsh
     (`state.json` in the database's folder) is committed as it was, so an upgrade keeps
     the kill switch, weights and overrides in force. Its audit log (`audit.jsonl`) is left
     where it is, named in the `Migrate` entry; leftover temporary files are removed."""
-    if config.state.backend != "sqlite":
+    if config.state.backend != "sqlite" or config.unit:  # the old store held the primary only
         return None
     folder = Path(config.state.path).parent
     old = folder / "state.json"
@@ -529,10 +639,11 @@ def _safe_mode(config: Config, store: StateStore, exc: StateFileError, now: floa
 
 @dataclass(frozen=True)
 class _Telemetry:
-    """Spans feed the variant windows and the request metrics."""
+    """Spans feed each routed model's variant windows and request metrics (one shared
+    registry and tracer provider; the processor keeps the models apart)."""
 
     metrics: SidecarMetrics
-    windows: RollingWindows
+    windows: Mapping[str, RollingWindows]  # routed model -> its windows
     stats: VariantStatsProcessor
     provider: TracerProvider
     tracer: Tracer
@@ -555,27 +666,77 @@ class _Servers:
     control_port: int
 
 
+@dataclass(frozen=True)
+class _Shared:
+    """What every routed unit shares: telemetry, alerts, upstream channels by address."""
+
+    telemetry: _Telemetry
+    alerts: Alerts
+    channels: dict[str, grpc.aio.Channel]
+
+
 def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
-    """Wire every part from `config` and bind the listen addresses (port 0 allowed)."""
-    with _phase("loading the state (state.path)"):
+    """Wire every part from `config` (one `RoutedUnit` per routed model) and bind the
+    listen addresses (port 0 allowed)."""
+    telemetry = _telemetry(config)
+    a = config.analysis
+    shared = _Shared(telemetry, Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries), {})
+    units = [
+        _unit(config.for_model(name), shared, safe_mode=safe_mode) for name in config.routed_models
+    ]
+    telemetry.metrics.bind({unit.name: unit.readings for unit in units})
+    with _phase("binding the listen addresses (listen)"):
+        servers = _servers(
+            config, units, telemetry.server_tracer, _passthrough(config, units[0].pool)
+        )
+    for unit in units:
+        if unit.fleet is not None:  # heartbeats carry the address operators and members dial
+            unit.fleet.control_address = config.state.redis.advertised_control(
+                config.control_address, servers.control_port
+            )
+    return Sidecar(
+        config=config,
+        units=units,
+        predict_server=servers.predict,
+        control_server=servers.control,
+        health=servers.health,
+        tracer_provider=telemetry.provider,
+        stats=telemetry.stats,
+        metrics=telemetry.metrics,
+        alerts=shared.alerts,
+        predict_port=servers.predict_port,
+        control_port=servers.control_port,
+    )
+
+
+def _of_model(config: Config, what: str) -> str:
+    """A start-up phase, naming the routed model when it is not the primary."""
+    return f"{what} of model {config.model!r}" if config.unit else what
+
+
+def _unit(config: Config, shared: _Shared, *, safe_mode: bool) -> RoutedUnit:
+    """One routed model's parts from its view of the configuration (`Config.for_model`)."""
+    with _phase(_of_model(config, "loading the state") + " (state.path)"):
         store = _stores(config)
         snapshot = initial_snapshot(config, store, safe_mode=safe_mode)
     state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
     fleet = _fleet(config, store, state)
-    telemetry = _telemetry(config)
-    lead = _lead(config, fleet, telemetry.windows, lambda: experiment.tracker.counters())
+    telemetry, alerts = shared.telemetry, ModelAlerts(shared.alerts, config.model)
+    metrics = telemetry.metrics.models[config.model]
+    own_windows = telemetry.windows[config.model]
+    lead = _lead(config, fleet, own_windows, lambda: experiment.tracker.counters())
     pool = UpstreamPool(
         config.variants, config.server.max_message_bytes, telemetry.tracer,
-        client_spans=telemetry.detailed, observe=telemetry.metrics.observe_upstream,
+        client_spans=telemetry.detailed, observe=metrics.observe_upstream,
+        channels=shared.channels,
     )  # fmt: skip
-    a = config.analysis
-    alerts = Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries)
-    mirrors = _mirrors(config, pool, snapshot.flag.stable, telemetry)
-    with _phase("loading the experiment checkpoint (state.experiment_path)"):
+    mirrors = _mirrors(config, pool, snapshot.flag.stable, telemetry, metrics.observe_shadow)
+    checkpoint = _of_model(config, "loading the experiment checkpoint")
+    with _phase(f"{checkpoint} (state.experiment_path)"):
         experiment = _experiment(config, state, alerts, lead)
-    insights = _insights(config, state, telemetry.windows, mirrors, experiment, alerts)
+    insights = _insights(config, state, own_windows, mirrors, experiment, alerts)
     dataplane = _dataplane(config, state, pool, mirrors, experiment, insights.drift, lead)
-    windows = telemetry.windows if lead is None else lead.windows  # the fleet's, when leading
+    windows = own_windows if lead is None else lead.windows  # the fleet's, when leading
     control = ControlService(
         holder=state,
         template=config.flag,
@@ -587,42 +748,17 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         rollouts=RolloutSetup(
             has_shadow=mirrors.shadow is not None,
             has_experiment=bool(config.experiment.metrics),
-            baseline=stable_baseline(windows, a.lookback),
+            baseline=stable_baseline(windows, config.analysis.lookback),
         ),
     )
     controller = _controller(config, control, windows, alerts, insights, mirrors, lead)
-    telemetry.metrics.bind(
-        _readings(control, controller, experiment, insights, mirrors, dataplane.outcomes.stats)
-    )
-    with _phase("binding the listen addresses (listen)"):
-        servers = _servers(
-            config, dataplane, telemetry.server_tracer, control, insights, controller, fleet,
-            passthrough=_passthrough(config, pool),
-        )  # fmt: skip
-    if fleet is not None:  # heartbeats carry the address operators and members dial
-        fleet.control_address = config.state.redis.advertised_control(
-            config.control_address, servers.control_port
-        )
-    return Sidecar(
-        config=config,
-        pool=pool,
-        dataplane=dataplane,
-        predict_server=servers.predict,
-        control_server=servers.control,
-        health=servers.health,
-        control=control,
-        tracer_provider=telemetry.provider,
-        stats=telemetry.stats,
-        metrics=telemetry.metrics,
-        controller=controller,
-        alerts=alerts,
-        experiment=experiment,
-        insights=insights,
-        predict_port=servers.predict_port,
-        control_port=servers.control_port,
-        fleet=fleet,
-        lead=lead,
-    )
+    outcomes = dataplane.outcomes.stats
+    readings = _readings(control, controller, experiment, insights, mirrors, outcomes)
+    return RoutedUnit(
+        config=config, pool=pool, dataplane=dataplane, control=control, controller=controller,
+        experiment=experiment, insights=insights, windows=own_windows, readings=readings,
+        fleet=fleet, lead=lead,
+    )  # fmt: skip
 
 
 def _passthrough(config: Config, pool: UpstreamPool) -> PassThrough | None:
@@ -634,9 +770,19 @@ def _passthrough(config: Config, pool: UpstreamPool) -> PassThrough | None:
 
 
 def _telemetry(config: Config) -> _Telemetry:
-    metrics = SidecarMetrics(versions={n: v.model_version for n, v in config.variants.items()})
-    windows = RollingWindows(config.analysis.bucket, config.analysis.horizon)
-    stats = VariantStatsProcessor([metrics.record, windows.record])
+    metrics = SidecarMetrics(
+        versions={n: v.model_version for n, v in config.variants.items()}, model=config.model
+    )
+    windows: dict[str, RollingWindows] = {}
+    sinks: dict[str, list[Sink]] = {}
+    for name in config.routed_models:
+        view = config.for_model(name)
+        model_metrics = metrics.models.get(name) or metrics.add_model(
+            name, {n: v.model_version for n, v in view.variants.items()}
+        )
+        windows[name] = RollingWindows(config.analysis.bucket, config.analysis.horizon)
+        sinks[name] = [model_metrics.record, windows[name].record]
+    stats = VariantStatsProcessor([], models=sinks)
     provider = tracer_provider(config.telemetry, [stats])
     # Without an exporter only the SERVER spans (which feed the statistics) are recorded,
     # as stats-only spans (no SDK span); CLIENT and shadow spans would only cost CPU.
@@ -662,13 +808,19 @@ def request_inputs(request: InferBytes) -> Mapping[str, np.ndarray]:
     return decode_inputs(request.message())
 
 
-def _mirrors(config: Config, pool: UpstreamPool, stable: str, telemetry: _Telemetry) -> _Mirrors:
-    """The shadow mirror, and the noise mirror (the stable model compared with itself)."""
+def _mirrors(
+    config: Config,
+    pool: UpstreamPool,
+    stable: str,
+    telemetry: _Telemetry,
+    observe: Callable[[str, float, str], None],
+) -> _Mirrors:
+    """The shadow mirror, and the noise mirror (the stable model compared with itself);
+    `observe`: the model's mirrored-call latency metric."""
     shadow = config.shadow
     if shadow is None:
         return _Mirrors()
     tracer = telemetry.tracer if telemetry.detailed else NoOpTracer()
-    observe = telemetry.metrics.observe_shadow
     mirror = ShadowMirror(
         shadow, pool.upstreams[shadow.variant].observed_by(observe), reply_outputs,
         salt=config.flag.salt,
@@ -692,7 +844,7 @@ def _insights(
     windows: RollingWindows,
     mirrors: _Mirrors,
     experiment: ExperimentService,
-    alerts: Alerts,
+    alerts: ModelAlerts,
 ) -> Insights:
     a = config.analysis
     levels = DriftLevels(alerts)
@@ -747,7 +899,7 @@ def _controller(
     config: Config,
     control: ControlService,
     windows: WindowSource,
-    alerts: Alerts,
+    alerts: ModelAlerts,
     insights: Insights,
     mirrors: _Mirrors,
     lead: FleetLead | None = None,
@@ -757,8 +909,9 @@ def _controller(
     deployment = a.deployment()
     # The deployment's budget state, next to the experiment's checkpoint; in a fleet, in
     # Redis, so a new leader continues the same budget.
+    canary = Path(config.state.experiment_path).with_name("canary.json")
     budget: CanaryCheckpoint | None = (
-        FileCheckpoint(Path(config.state.experiment_path).with_name("canary.json"))
+        FileCheckpoint(sibling_path(str(canary), config.unit) if config.unit else canary)
         if config.state.backend != "memory"
         else None
     )
@@ -803,17 +956,12 @@ def _readings(
 
 
 def _servers(
-    config: Config,
-    dataplane: DataPlane[InferBytes, InferReply],
-    tracer: Tracer,
-    control: ControlService,
-    insights: Insights,
-    controller: RolloutController,
-    fleet: FleetMember | None = None,
-    passthrough: PassThrough | None = None,
+    config: Config, units: list[RoutedUnit], tracer: Tracer, passthrough: PassThrough | None = None
 ) -> _Servers:
-    """The predict server (front door, Predict, health, reflection) and the Control
-    server, bound to their addresses."""
+    """The predict server (front door, Predict, health, reflection) routing every unit's
+    model (others to `passthrough`, when configured), and the Control server (one
+    `ControlServicer` per unit, chosen per call by the `x-model` header), bound to their
+    addresses."""
     options = [
         ("grpc.max_receive_message_length", config.server.max_message_bytes),
         ("grpc.max_send_message_length", config.server.max_message_bytes),
@@ -821,7 +969,7 @@ def _servers(
     ]
     predict_server = grpc.aio.server(options=options)
     health_servicer = health_aio.HealthServicer()
-    routes = {config.model: dataplane}
+    routes = {unit.name: unit.dataplane for unit in units}
     add_inference_servicer(
         InferenceServicer(routes, tracer, config.upstream.default_deadline, passthrough),
         predict_server,
@@ -837,15 +985,7 @@ def _servers(
         options=options, interceptors=[AuthInterceptor(Authenticator(config.control.auth.tokens))]
     )
     control_pb2_grpc.add_ControlServicer_to_server(
-        ControlServicer(
-            config,
-            control,
-            served=lambda: dataplane.served,
-            insights=insights,
-            controller=controller,
-            fleet=fleet,
-        ),
-        control_server,
+        ControlRouter([_control_servicer(unit) for unit in units]), control_server
     )
     reflection.enable_server_reflection(
         (control_pb2.DESCRIPTOR.services_by_name["Control"].full_name, reflection.SERVICE_NAME),
@@ -859,6 +999,18 @@ def _servers(
         "listen.control", config.control_address, lambda: _bind_control(control_server, config)
     )
     return _Servers(predict_server, control_server, health_servicer, predict_port, control_port)
+
+
+def _control_servicer(unit: RoutedUnit) -> ControlServicer:
+    dataplane = unit.dataplane
+    return ControlServicer(
+        unit.config,
+        unit.control,
+        served=lambda: dataplane.served,
+        insights=unit.insights,
+        controller=unit.controller,
+        fleet=unit.fleet,
+    )
 
 
 def _bind(field: str, address: str, bind: Callable[[], int]) -> int:
@@ -911,7 +1063,7 @@ def _bind_control(server: grpc.aio.Server, config: Config) -> int:
 
 
 def _experiment(
-    config: Config, state: StateHolder, alerts: Alerts, lead: FleetLead | None = None
+    config: Config, state: StateHolder, alerts: ModelAlerts, lead: FleetLead | None = None
 ) -> ExperimentService:
     settings = config.experiment
     checkpoint = (

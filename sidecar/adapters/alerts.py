@@ -69,3 +69,16 @@ class Alerts:
     async def drain(self, timeout: float = 2.0) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+class ModelAlerts:
+    """One routed model's alerts: every alert of the shared `Alerts` with `model` (the
+    routed model's name) among its fields, so a sidecar routing several models says which
+    one an alert is about."""
+
+    def __init__(self, alerts: Alerts, model: str) -> None:
+        self.alerts = alerts
+        self.model = model
+
+    def alert(self, event: str, fields: Mapping[str, Any]) -> None:
+        self.alerts.alert(event, {"model": self.model, **fields})

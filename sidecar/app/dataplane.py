@@ -193,6 +193,7 @@ class DataPlane(Generic[Req, Resp]):
                     attr.FLAG_REASON: resolution.reason.value,
                     attr.FLAG_PROVIDER: attr.PROVIDER,
                     attr.REQUEST_ID: request_id,
+                    attr.ROUTED_MODEL: self.model,
                 }
             )
         upstream = self.upstreams.get(resolution.variant)

@@ -55,6 +55,7 @@ CONTROL_ROLES: Mapping[str, str] = MappingProxyType(
         "GetExperimentReport": VIEWER,
         "GetRollout": VIEWER,
         "ListFleetMembers": VIEWER,
+        "ListModels": VIEWER,
         # routing writes
         "SetWeights": OPERATOR,
         "SetKillSwitch": OPERATOR,

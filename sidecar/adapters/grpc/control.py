@@ -663,6 +663,7 @@ class ControlServicer:
                 shadow=self._shadow_report(),
                 drift=drift,
             )
+            report.model = self.config.model
             return fit_experiment_report(report, self._budget)
         except Exception as exc:
             await abort(context, exc)

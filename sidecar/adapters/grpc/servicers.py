@@ -392,7 +392,8 @@ class PredictServicer:
                 value = request.number_value
                 if not math.isfinite(value):
                     raise InvalidRequest("number_value: must be a finite number")
-            dataplane = self.routed.routes[self.routed.primary]
+            # Each routed model has its own ledger: the model that served (empty: primary).
+            dataplane = self.routed.find(request.model or self.routed.primary)
             attribution = dataplane.report_outcome(request.request_id, request.metric, value)
         except Exception as exc:
             await abort(context, exc)

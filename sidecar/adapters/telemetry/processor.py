@@ -2,7 +2,10 @@
 
 `VariantStatsProcessor.on_end` reads each finished SERVER span's flag decision (variant),
 duration and gRPC status and hands them to a sink (the rolling window statistics behind
-the health checker, and the Prometheus metrics). It runs on the request's thread at span
+the health checker, and the Prometheus metrics). With several routed models each model
+has its own sinks (`models`), chosen by the span's routed model (`sidecar.routed_model`,
+set by the data plane with the flag decision), so one model's requests never reach
+another's windows or series. It runs on the request's thread at span
 end, so it only does constant-time arithmetic; it never blocks and never raises
 (OpenTelemetry's `SpanProcessor.on_end` contract). Failures are counted and logged once.
 """
@@ -25,8 +28,14 @@ Sink = Callable[[str, float, float, str], None]
 
 
 class VariantStatsProcessor(SpanProcessor):
-    def __init__(self, sinks: Sequence[Sink]) -> None:
+    """`sinks` get every finished SERVER span; `models[name]` only the spans of routed
+    model `name` (a span of a model not listed reaches only `sinks`)."""
+
+    def __init__(
+        self, sinks: Sequence[Sink], models: Mapping[str, Sequence[Sink]] | None = None
+    ) -> None:
         self.sinks = list(sinks)
+        self.models = {name: list(each) for name, each in (models or {}).items()}
         self.failures = 0
         self.recorded = 0
 
@@ -52,6 +61,9 @@ class VariantStatsProcessor(SpanProcessor):
             duration = (end_ns - start_ns) / 1e9
             end = end_ns / 1e9
             for sink in self.sinks:
+                sink(variant, end, duration, status)
+            model = attributes.get(spans.ROUTED_MODEL)
+            for sink in self.models.get(model, ()) if isinstance(model, str) else ():
                 sink(variant, end, duration, status)
             self.recorded += 1
         except Exception:  # never raise into the request path

@@ -3,7 +3,8 @@
 Server span per Predict / ModelInfer call, named ``{package.Service}/{Method}``, with
 ``rpc.system``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code`` and the flag
 decision as ``feature_flag.key``, ``feature_flag.result.variant``,
-``feature_flag.result.reason``, ``feature_flag.provider.name``, plus the model that
+``feature_flag.result.reason``, ``feature_flag.provider.name``, the routed model
+(``sidecar.routed_model``: the name apps call), plus the model that
 answered (``sidecar.model.name``, ``sidecar.model.version``) and ``sidecar.request_id``.
 A model not routed here (pass-through) has the model and ``sidecar.passthrough`` only: no
 flag decision, so no statistics count it. Health RPCs are not traced.
@@ -34,6 +35,7 @@ from sidecar.app.attributes import FLAG_REASON as FLAG_REASON
 from sidecar.app.attributes import FLAG_VARIANT as FLAG_VARIANT
 from sidecar.app.attributes import PROVIDER as PROVIDER
 from sidecar.app.attributes import REQUEST_ID as REQUEST_ID
+from sidecar.app.attributes import ROUTED_MODEL as ROUTED_MODEL
 from sidecar.app.attributes import SHADOW as SHADOW
 
 RPC_SYSTEM = "rpc.system"

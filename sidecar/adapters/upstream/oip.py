@@ -196,7 +196,9 @@ class OipUpstream:
 
 
 class UpstreamPool:
-    """Channels per address and an `OipUpstream` per variant."""
+    """Channels per address and an `OipUpstream` per variant. `channels` (address ->
+    channel) may be shared by the pools of several routed models: each address gets one
+    channel, closed by the pool that opened it."""
 
     def __init__(
         self,
@@ -206,14 +208,16 @@ class UpstreamPool:
         *,
         client_spans: bool = True,
         observe: Observe = _ignore,
+        channels: dict[str, grpc.aio.Channel] | None = None,
     ) -> None:
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", 30_000),
         ]
-        self.channels: dict[str, grpc.aio.Channel] = {}
-        failures = FailureLog()  # one rate limit per (variant, status) for the process
+        self.channels: dict[str, grpc.aio.Channel] = {} if channels is None else channels
+        self._opened: list[grpc.aio.Channel] = []  # closed with this pool (shared ones stay)
+        failures = FailureLog()  # one rate limit per (variant, status) for the pool
         for spec in variants.values():
             self.channel(spec.address)
         self.upstreams: dict[str, OipUpstream] = {
@@ -235,8 +239,9 @@ class UpstreamPool:
             channel = self.channels[address] = grpc.aio.insecure_channel(
                 address, options=self._options
             )
+            self._opened.append(channel)
         return channel
 
     async def close(self) -> None:
-        for channel in self.channels.values():
+        for channel in self._opened:
             await channel.close(None)

@@ -134,6 +134,7 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
     # GetExperimentReport answers `experiment` as it is (the request is recorded).
     experiment: cpb.ExperimentReport = field(default_factory=cpb.ExperimentReport)
     fleet: cpb.ListFleetMembersResponse = field(default_factory=cpb.ListFleetMembersResponse)
+    models: cpb.ListModelsResponse = field(default_factory=cpb.ListModelsResponse)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -192,6 +193,10 @@ class FakeControl(cpb_grpc.ControlServicer):  # type: ignore[misc]
         yield from self.watch_states
         if self.watch_hold_open:
             until_call_ends(context)
+
+    def ListModels(self, request: Message, context: grpc.ServicerContext) -> cpb.ListModelsResponse:
+        self._record("ListModels", request, context)
+        return self.models
 
     def ListFleetMembers(
         self, request: Message, context: grpc.ServicerContext

@@ -210,9 +210,14 @@ async def test_lost_canary_outcomes_block_the_verdict(model: FaultInjectingUpstr
         rep = await report(sc)
         state = await control(sc).GetState(cpb.GetStateRequest(), metadata=VIEW)
         metrics = await asyncio.to_thread(scrape, sc.metrics.port)
-    assert metrics[("sidecar_experiment_sample_ratio_mismatch", ())] == 1
+    assert metrics[("sidecar_experiment_sample_ratio_mismatch", (("model", "classifier"),))] == 1
     assert (
-        metrics[("sidecar_experiment_verdict", (("metric", "converted"), ("verdict", "BLOCKED")))]
+        metrics[
+            (
+                "sidecar_experiment_verdict",
+                (("metric", "converted"), ("model", "classifier"), ("verdict", "BLOCKED")),
+            )
+        ]
         == 1
     )
     conv = metric(rep, "converted")

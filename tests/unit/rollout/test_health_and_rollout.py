@@ -224,8 +224,19 @@ async def test_healthy_plan_walks_shadow_to_promote(
         state = await control(sc).GetState(cpb.GetStateRequest(), metadata=OPS)
         entries = await audit(sc)
         metrics = await asyncio.to_thread(scrape, sc.metrics.port)
-    assert metrics[("sidecar_canary_verdicts_total", (("verdict", "PASS"),))] > 0
-    assert metrics[("sidecar_rollout_stage", (("phase", "SUCCEEDED"), ("stage", "promote")))] == 1
+    assert (
+        metrics[("sidecar_canary_verdicts_total", (("model", "classifier"), ("verdict", "PASS")))]
+        > 0
+    )
+    assert (
+        metrics[
+            (
+                "sidecar_rollout_stage",
+                (("model", "classifier"), ("phase", "SUCCEEDED"), ("stage", "promote")),
+            )
+        ]
+        == 1
+    )
     assert state.flag.stable_variant == "canary" and dict(state.flag.weights)["canary"] == 10_000
     assert {"shadow", "canary-5", "canary-25"} <= seen
     methods = [e.method for e in entries]

@@ -70,21 +70,55 @@ async def test_metrics_endpoint_reports_variants_and_shadow() -> None:
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await stub.ModelInfer(bad)
             m = await settled(sc.metrics.port, answered=40)
-    stable = m[(REQUESTS, (("model_version", "stable"), ("status", "OK"), ("variant", "stable")))]
-    canary = m[(REQUESTS, (("model_version", "canary"), ("status", "OK"), ("variant", "canary")))]
+    stable = m[
+        (
+            REQUESTS,
+            (
+                ("model", "classifier"),
+                ("model_version", "stable"),
+                ("status", "OK"),
+                ("variant", "stable"),
+            ),
+        )
+    ]
+    canary = m[
+        (
+            REQUESTS,
+            (
+                ("model", "classifier"),
+                ("model_version", "canary"),
+                ("status", "OK"),
+                ("variant", "canary"),
+            ),
+        )
+    ]
     assert stable + canary == 40 and stable > 0 and canary > 0
-    stable_labels = (("model_version", "stable"), ("variant", "stable"))
+    stable_labels = (("model", "classifier"), ("model_version", "stable"), ("variant", "stable"))
     assert m[("sidecar_request_duration_seconds_count", stable_labels)] == stable
     # The served upstream calls and the mirrored ones have their own histograms.
     upstream = "sidecar_upstream_duration_seconds_count"
-    assert m[(upstream, (*stable_labels[:1], ("status", "OK"), stable_labels[1]))] == stable
+    assert m[(upstream, (*stable_labels[:2], ("status", "OK"), stable_labels[2]))] == stable
     shadow_calls = "sidecar_shadow_duration_seconds_count"
     assert (
-        m[(shadow_calls, (("model_version", "stable"), ("status", "OK"), ("variant", "shadow")))]
+        m[
+            (
+                shadow_calls,
+                (
+                    ("model", "classifier"),
+                    ("model_version", "stable"),
+                    ("status", "OK"),
+                    ("variant", "shadow"),
+                ),
+            )
+        ]
         == 40
     )
-    agree = m[("sidecar_shadow_comparisons_total", (("result", "agree"),))]
-    disagree = m[("sidecar_shadow_comparisons_total", (("result", "disagree"),))]
+    agree = m[("sidecar_shadow_comparisons_total", (("model", "classifier"), ("result", "agree")))]
+    disagree = m[
+        ("sidecar_shadow_comparisons_total", (("model", "classifier"), ("result", "disagree")))
+    ]
     assert agree == stable and disagree == canary
-    assert m[("sidecar_kill_switch", ())] == 0
-    assert m[("sidecar_variant_weight_ratio", (("variant", "canary"),))] == 0.5
+    assert m[("sidecar_kill_switch", (("model", "classifier"),))] == 0
+    assert (
+        m[("sidecar_variant_weight_ratio", (("model", "classifier"), ("variant", "canary")))] == 0.5
+    )

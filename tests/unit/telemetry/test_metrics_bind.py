@@ -14,10 +14,13 @@ def test_bound_readings_are_scraped_and_bind_happens_once() -> None:
     metrics = SidecarMetrics()
     metrics.record("stable", 0.0, 0.01, "OK")
     before = generate_latest(metrics.registry).decode()
-    assert 'sidecar_requests_total{model_version="",status="OK",variant="stable"} 1.0' in before
+    assert (
+        'sidecar_requests_total{model="",model_version="",status="OK",variant="stable"} 1.0'
+        in before
+    )
     assert "sidecar_drift_series" not in before
     metrics.bind(Readings(drift=lambda: {"input.x": "MAJOR"}))
     after = generate_latest(metrics.registry).decode()
-    assert 'sidecar_drift_series{level="MAJOR",series="input.x"} 1.0' in after
+    assert 'sidecar_drift_series{level="MAJOR",model="",series="input.x"} 1.0' in after
     with pytest.raises(RuntimeError):
         metrics.bind(Readings())

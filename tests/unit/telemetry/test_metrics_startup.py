@@ -29,8 +29,8 @@ async def test_counters_of_every_variant_are_zero_before_the_first_request() -> 
         async with running_sidecar(raw) as sc:
             m = await asyncio.to_thread(scrape, sc.metrics.port)
     for variant, version in (("stable", "v1"), ("canary", "v2"), ("shadow", "v2")):
-        labels = (("model_version", version), ("variant", variant))
-        assert m[("sidecar_requests_total", (labels[0], ("status", "OK"), labels[1]))] == 0
+        labels = (("model", "classifier"), ("model_version", version), ("variant", variant))
+        assert m[("sidecar_requests_total", (*labels[:2], ("status", "OK"), labels[2]))] == 0
         assert m[("sidecar_request_errors_total", labels)] == 0
         assert m[("sidecar_request_duration_seconds_count", labels)] == 0
     build = [lb for (name, lb) in m if name == "sidecar_build_info"]

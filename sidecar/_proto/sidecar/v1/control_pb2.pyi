@@ -687,7 +687,7 @@ class DriftReport(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., moderate_threshold: _Optional[float] = ..., major_threshold: _Optional[float] = ..., sampled: _Optional[int] = ..., dropped: _Optional[int] = ..., reference: _Optional[str] = ..., features: _Optional[_Iterable[_Union[DriftFeature, _Mapping]]] = ..., worst_level: _Optional[str] = ...) -> None: ...
 
 class ExperimentReport(_message.Message):
-    __slots__ = ("generated_unix_time", "epoch", "started_unix_time", "control_variant", "treatment_variant", "srm", "metrics", "shadow", "drift", "warnings", "looks", "last_look_unix_time", "revision", "unit", "alpha", "segment_mix")
+    __slots__ = ("generated_unix_time", "epoch", "started_unix_time", "control_variant", "treatment_variant", "srm", "metrics", "shadow", "drift", "warnings", "looks", "last_look_unix_time", "revision", "unit", "alpha", "segment_mix", "model")
     GENERATED_UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STARTED_UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -704,6 +704,7 @@ class ExperimentReport(_message.Message):
     UNIT_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_MIX_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     generated_unix_time: float
     epoch: int
     started_unix_time: float
@@ -720,7 +721,8 @@ class ExperimentReport(_message.Message):
     unit: str
     alpha: float
     segment_mix: SegmentMixCheck
-    def __init__(self, generated_unix_time: _Optional[float] = ..., epoch: _Optional[int] = ..., started_unix_time: _Optional[float] = ..., control_variant: _Optional[str] = ..., treatment_variant: _Optional[str] = ..., srm: _Optional[_Union[SampleRatioCheck, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[MetricResult, _Mapping]]] = ..., shadow: _Optional[_Union[ShadowReport, _Mapping]] = ..., drift: _Optional[_Union[DriftReport, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., looks: _Optional[int] = ..., last_look_unix_time: _Optional[float] = ..., revision: _Optional[int] = ..., unit: _Optional[str] = ..., alpha: _Optional[float] = ..., segment_mix: _Optional[_Union[SegmentMixCheck, _Mapping]] = ...) -> None: ...
+    model: str
+    def __init__(self, generated_unix_time: _Optional[float] = ..., epoch: _Optional[int] = ..., started_unix_time: _Optional[float] = ..., control_variant: _Optional[str] = ..., treatment_variant: _Optional[str] = ..., srm: _Optional[_Union[SampleRatioCheck, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[MetricResult, _Mapping]]] = ..., shadow: _Optional[_Union[ShadowReport, _Mapping]] = ..., drift: _Optional[_Union[DriftReport, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., looks: _Optional[int] = ..., last_look_unix_time: _Optional[float] = ..., revision: _Optional[int] = ..., unit: _Optional[str] = ..., alpha: _Optional[float] = ..., segment_mix: _Optional[_Union[SegmentMixCheck, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class RolloutStage(_message.Message):
     __slots__ = ("name", "kind", "canary_bp", "min_duration_seconds", "min_samples", "ab_gate", "max_drift_psi", "progress_deadline_seconds")
@@ -915,3 +917,40 @@ class RestoreRulesRequest(_message.Message):
     reason: str
     expected_revision: int
     def __init__(self, reason: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RoutedModel(_message.Message):
+    __slots__ = ("name", "flag_key", "stable", "canary", "weights", "kill_switch", "revision", "primary")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FLAG_KEY_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    KILL_SWITCH_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    flag_key: str
+    stable: str
+    canary: str
+    weights: _containers.ScalarMap[str, int]
+    kill_switch: bool
+    revision: int
+    primary: bool
+    def __init__(self, name: _Optional[str] = ..., flag_key: _Optional[str] = ..., stable: _Optional[str] = ..., canary: _Optional[str] = ..., weights: _Optional[_Mapping[str, int]] = ..., kill_switch: _Optional[bool] = ..., revision: _Optional[int] = ..., primary: _Optional[bool] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[RoutedModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[RoutedModel, _Mapping]]] = ...) -> None: ...

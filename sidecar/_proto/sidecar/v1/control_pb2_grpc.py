@@ -145,6 +145,11 @@ class ControlStub:
                 request_serializer=sidecar_dot_v1_dot_control__pb2.RestoreRulesRequest.SerializeToString,
                 response_deserializer=sidecar_dot_v1_dot_control__pb2.State.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/sidecar.v1.Control/ListModels',
+                request_serializer=sidecar_dot_v1_dot_control__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_control__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -310,6 +315,15 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Every routed model of this sidecar (the primary first) with its flag in force. Every
+        other Control call addresses one routed model: the `x-model` request header names it
+        (absent: the primary; a model that is not routed: NOT_FOUND naming the routed ones).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -422,6 +436,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RestoreRules,
                     request_deserializer=sidecar_dot_v1_dot_control__pb2.RestoreRulesRequest.FromString,
                     response_serializer=sidecar_dot_v1_dot_control__pb2.State.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=sidecar_dot_v1_dot_control__pb2.ListModelsRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_control__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1018,6 +1037,33 @@ class Control:
             '/sidecar.v1.Control/RestoreRules',
             sidecar_dot_v1_dot_control__pb2.RestoreRulesRequest.SerializeToString,
             sidecar_dot_v1_dot_control__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Control/ListModels',
+            sidecar_dot_v1_dot_control__pb2.ListModelsRequest.SerializeToString,
+            sidecar_dot_v1_dot_control__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sidecar/v1/predict.proto\x12\nsidecar.v1\"\xab\x01\n\x0eRoutingContext\x12\x15\n\rtargeting_key\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\t\x12>\n\nattributes\x18\x03 \x03(\x0b\x32*.sidecar.v1.RoutingContext.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\x0ePredictRequest\x12+\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1a.sidecar.v1.RoutingContext\x12+\n\tinference\x18\x02 \x01(\x0b\x32\x18.sidecar.v1.InferRequest\"\xca\x01\n\x0fPredictResponse\x12,\n\tinference\x18\x01 \x01(\x0b\x32\x19.sidecar.v1.InferResponse\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\"\n\x06reason\x18\x06 \x01(\x0e\x32\x12.sidecar.v1.Reason\x12\x15\n\rreason_detail\x18\x07 \x01(\t\"q\n\x14ReportOutcomeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cnumber_value\x18\x04 \x01(\x01H\x00\x42\x07\n\x05value\"Z\n\x15ReportOutcomeResponse\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\t\x12\x0f\n\x07\x63ounted\x18\x03 \x01(\x08\x12\x0e\n\x06\x63\x61pped\x18\x04 \x01(\x08\"\x99\x01\n\x0eInferParameter\x12\x14\n\nbool_param\x18\x01 \x01(\x08H\x00\x12\x15\n\x0bint64_param\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_param\x18\x03 \x01(\tH\x00\x12\x16\n\x0c\x64ouble_param\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cuint64_param\x18\x05 \x01(\x04H\x00\x42\x12\n\x10parameter_choice\"\xd0\x01\n\x13InferTensorContents\x12\x15\n\rbool_contents\x18\x01 \x03(\x08\x12\x14\n\x0cint_contents\x18\x02 \x03(\x05\x12\x16\n\x0eint64_contents\x18\x03 \x03(\x03\x12\x15\n\ruint_contents\x18\x04 \x03(\r\x12\x17\n\x0fuint64_contents\x18\x05 \x03(\x04\x12\x15\n\rfp32_contents\x18\x06 \x03(\x02\x12\x15\n\rfp64_contents\x18\x07 \x03(\x01\x12\x16\n\x0e\x62ytes_contents\x18\x08 \x03(\x0c\"\xbb\x06\n\x0cInferRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12<\n\nparameters\x18\x04 \x03(\x0b\x32(.sidecar.v1.InferRequest.ParametersEntry\x12\x34\n\x06inputs\x18\x05 \x03(\x0b\x32$.sidecar.v1.InferRequest.InputTensor\x12?\n\x07outputs\x18\x06 \x03(\x0b\x32..sidecar.v1.InferRequest.RequestedOutputTensor\x12\x1a\n\x12raw_input_contents\x18\x07 \x03(\x0c\x1a\x88\x02\n\x0bInputTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12H\n\nparameters\x18\x04 \x03(\x0b\x32\x34.sidecar.v1.InferRequest.InputTensor.ParametersEntry\x12\x31\n\x08\x63ontents\x18\x05 \x01(\x0b\x32\x1f.sidecar.v1.InferTensorContents\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.sidecar.v1.InferParameter:\x02\x38\x01\x1a\xc8\x01\n\x15RequestedOutputTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12R\n\nparameters\x18\x02 \x03(\x0b\x32>.sidecar.v1.InferRequest.RequestedOutputTensor.ParametersEntry\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.sidecar.v1.InferParameter:\x02\x38\x01\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.sidecar.v1.InferParameter:\x02\x38\x01\"\xb8\x04\n\rInferResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12=\n\nparameters\x18\x04 \x03(\x0b\x32).sidecar.v1.InferResponse.ParametersEntry\x12\x37\n\x07outputs\x18\x05 \x03(\x0b\x32&.sidecar.v1.InferResponse.OutputTensor\x12\x1b\n\x13raw_output_contents\x18\x06 \x03(\x0c\x1a\x8b\x02\n\x0cOutputTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12J\n\nparameters\x18\x04 \x03(\x0b\x32\x36.sidecar.v1.InferResponse.OutputTensor.ParametersEntry\x12\x31\n\x08\x63ontents\x18\x05 \x01(\x0b\x32\x1f.sidecar.v1.InferTensorContents\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.sidecar.v1.InferParameter:\x02\x38\x01\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.sidecar.v1.InferParameter:\x02\x38\x01*\xda\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12REASON_KILL_SWITCH\x10\x01\x12\x18\n\x14REASON_USER_OVERRIDE\x10\x02\x12\x17\n\x13REASON_SEGMENT_RULE\x10\x03\x12\x10\n\x0cREASON_SPLIT\x10\x04\x12\x17\n\x13REASON_SPLIT_NO_KEY\x10\x05\x12\x12\n\x0eREASON_DEFAULT\x10\x06\x12\x10\n\x0cREASON_ERROR\x10\x07\x12\x1c\n\x18REASON_VERSION_REQUESTED\x10\x08\x32\xa7\x01\n\x07Predict\x12\x44\n\x07Predict\x12\x1a.sidecar.v1.PredictRequest\x1a\x1b.sidecar.v1.PredictResponse\"\x00\x12V\n\rReportOutcome\x12 .sidecar.v1.ReportOutcomeRequest\x1a!.sidecar.v1.ReportOutcomeResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sidecar/v1/predict.proto\x12\nsidecar.v1\"\xab\x01\n\x0eRoutingContext\x12\x15\n\rtargeting_key\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\t\x12>\n\nattributes\x18\x03 \x03(\x0b\x32*.sidecar.v1.RoutingContext.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\x0ePredictRequest\x12+\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1a.sidecar.v1.RoutingContext\x12+\n\tinference\x18\x02 \x01(\x0b\x32\x18.sidecar.v1.InferRequest\"\xca\x01\n\x0fPredictResponse\x12,\n\tinference\x18\x01 \x01(\x0b\x32\x19.sidecar.v1.InferResponse\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\"\n\x06reason\x18\x06 \x01(\x0e\x32\x12.sidecar.v1.Reason\x12\x15\n\rreason_detail\x18\x07 \x01(\t\"\x80\x01\n\x14ReportOutcomeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cnumber_value\x18\x04 \x01(\x01H\x00\x12\r\n\x05model\x18\x05 \x01(\tB\x07\n\x05value\"Z\n\x15ReportOutcomeResponse\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\t\x12\x0f\n\x07\x63ounted\x18\x03 \x01(\x08\x12\x0e\n\x06\x63\x61pped\x18\x04 \x01(\x08\"\x99\x01\n\x0eInferParameter\x12\x14\n\nbool_param\x18\x01 \x01(\x08H\x00\x12\x15\n\x0bint64_param\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_param\x18\x03 \x01(\tH\x00\x12\x16\n\x0c\x64ouble_param\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cuint64_param\x18\x05 \x01(\x04H\x00\x42\x12\n\x10parameter_choice\"\xd0\x01\n\x13InferTensorContents\x12\x15\n\rbool_contents\x18\x01 \x03(\x08\x12\x14\n\x0cint_contents\x18\x02 \x03(\x05\x12\x16\n\x0eint64_contents\x18\x03 \x03(\x03\x12\x15\n\ruint_contents\x18\x04 \x03(\r\x12\x17\n\x0fuint64_contents\x18\x05 \x03(\x04\x12\x15\n\rfp32_contents\x18\x06 \x03(\x02\x12\x15\n\rfp64_contents\x18\x07 \x03(\x01\x12\x16\n\x0e\x62ytes_contents\x18\x08 \x03(\x0c\"\xbb\x06\n\x0cInferRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12<\n\nparameters\x18\x04 \x03(\x0b\x32(.sidecar.v1.InferRequest.ParametersEntry\x12\x34\n\x06inputs\x18\x05 \x03(\x0b\x32$.sidecar.v1.InferRequest.InputTensor\x12?\n\x07outputs\x18\x06 \x03(\x0b\x32..sidecar.v1.InferRequest.RequestedOutputTensor\x12\x1a\n\x12raw_input_contents\x18\x07 \x03(\x0c\x1a\x88\x02\n\x0bInputTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12H\n\nparameters\x18\x04 \x03(\x0b\x32\x34.sidecar.v1.InferRequest.InputTensor.ParametersEntry\x12\x31\n\x08\x63ontents\x18\x05 \x01(\x0b\x32\x1f.sidecar.v1.InferTensorContents\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.sidecar.v1.InferParameter:\x02\x38\x01\x1a\xc8\x01\n\x15RequestedOutputTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12R\n\nparameters\x18\x02 \x03(\x0b\x32>.sidecar.v1.InferRequest.RequestedOutputTensor.ParametersEntry\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.sidecar.v1.InferParameter:\x02\x38\x01\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.sidecar.v1.InferParameter:\x02\x38\x01\"\xb8\x04\n\rInferResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12=\n\nparameters\x18\x04 \x03(\x0b\x32).sidecar.v1.InferResponse.ParametersEntry\x12\x37\n\x07outputs\x18\x05 \x03(\x0b\x32&.sidecar.v1.InferResponse.OutputTensor\x12\x1b\n\x13raw_output_contents\x18\x06 \x03(\x0c\x1a\x8b\x02\n\x0cOutputTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12J\n\nparameters\x18\x04 \x03(\x0b\x32\x36.sidecar.v1.InferResponse.OutputTensor.ParametersEntry\x12\x31\n\x08\x63ontents\x18\x05 \x01(\x0b\x32\x1f.sidecar.v1.InferTensorContents\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.sidecar.v1.InferParameter:\x02\x38\x01\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.sidecar.v1.InferParameter:\x02\x38\x01*\xda\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12REASON_KILL_SWITCH\x10\x01\x12\x18\n\x14REASON_USER_OVERRIDE\x10\x02\x12\x17\n\x13REASON_SEGMENT_RULE\x10\x03\x12\x10\n\x0cREASON_SPLIT\x10\x04\x12\x17\n\x13REASON_SPLIT_NO_KEY\x10\x05\x12\x12\n\x0eREASON_DEFAULT\x10\x06\x12\x10\n\x0cREASON_ERROR\x10\x07\x12\x1c\n\x18REASON_VERSION_REQUESTED\x10\x08\x32\xa7\x01\n\x07Predict\x12\x44\n\x07Predict\x12\x1a.sidecar.v1.PredictRequest\x1a\x1b.sidecar.v1.PredictResponse\"\x00\x12V\n\rReportOutcome\x12 .sidecar.v1.ReportOutcomeRequest\x1a!.sidecar.v1.ReportOutcomeResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,8 +44,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERRESPONSE_OUTPUTTENSOR_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_INFERRESPONSE_PARAMETERSENTRY']._loaded_options = None
   _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_REASON']._serialized_start=2503
-  _globals['_REASON']._serialized_end=2721
+  _globals['_REASON']._serialized_start=2519
+  _globals['_REASON']._serialized_end=2737
   _globals['_ROUTINGCONTEXT']._serialized_start=41
   _globals['_ROUTINGCONTEXT']._serialized_end=212
   _globals['_ROUTINGCONTEXT_ATTRIBUTESENTRY']._serialized_start=163
@@ -54,34 +54,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTREQUEST']._serialized_end=320
   _globals['_PREDICTRESPONSE']._serialized_start=323
   _globals['_PREDICTRESPONSE']._serialized_end=525
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=527
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=640
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=642
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=732
-  _globals['_INFERPARAMETER']._serialized_start=735
-  _globals['_INFERPARAMETER']._serialized_end=888
-  _globals['_INFERTENSORCONTENTS']._serialized_start=891
-  _globals['_INFERTENSORCONTENTS']._serialized_end=1099
-  _globals['_INFERREQUEST']._serialized_start=1102
-  _globals['_INFERREQUEST']._serialized_end=1929
-  _globals['_INFERREQUEST_INPUTTENSOR']._serialized_start=1383
-  _globals['_INFERREQUEST_INPUTTENSOR']._serialized_end=1647
-  _globals['_INFERREQUEST_INPUTTENSOR_PARAMETERSENTRY']._serialized_start=1570
-  _globals['_INFERREQUEST_INPUTTENSOR_PARAMETERSENTRY']._serialized_end=1647
-  _globals['_INFERREQUEST_REQUESTEDOUTPUTTENSOR']._serialized_start=1650
-  _globals['_INFERREQUEST_REQUESTEDOUTPUTTENSOR']._serialized_end=1850
-  _globals['_INFERREQUEST_REQUESTEDOUTPUTTENSOR_PARAMETERSENTRY']._serialized_start=1570
-  _globals['_INFERREQUEST_REQUESTEDOUTPUTTENSOR_PARAMETERSENTRY']._serialized_end=1647
-  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_start=1570
-  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_end=1647
-  _globals['_INFERRESPONSE']._serialized_start=1932
-  _globals['_INFERRESPONSE']._serialized_end=2500
-  _globals['_INFERRESPONSE_OUTPUTTENSOR']._serialized_start=2154
-  _globals['_INFERRESPONSE_OUTPUTTENSOR']._serialized_end=2421
-  _globals['_INFERRESPONSE_OUTPUTTENSOR_PARAMETERSENTRY']._serialized_start=1570
-  _globals['_INFERRESPONSE_OUTPUTTENSOR_PARAMETERSENTRY']._serialized_end=1647
-  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_start=1570
-  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_end=1647
-  _globals['_PREDICT']._serialized_start=2724
-  _globals['_PREDICT']._serialized_end=2891
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=528
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=656
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=658
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=748
+  _globals['_INFERPARAMETER']._serialized_start=751
+  _globals['_INFERPARAMETER']._serialized_end=904
+  _globals['_INFERTENSORCONTENTS']._serialized_start=907
+  _globals['_INFERTENSORCONTENTS']._serialized_end=1115
+  _globals['_INFERREQUEST']._serialized_start=1118
+  _globals['_INFERREQUEST']._serialized_end=1945
+  _globals['_INFERREQUEST_INPUTTENSOR']._serialized_start=1399
+  _globals['_INFERREQUEST_INPUTTENSOR']._serialized_end=1663
+  _globals['_INFERREQUEST_INPUTTENSOR_PARAMETERSENTRY']._serialized_start=1586
+  _globals['_INFERREQUEST_INPUTTENSOR_PARAMETERSENTRY']._serialized_end=1663
+  _globals['_INFERREQUEST_REQUESTEDOUTPUTTENSOR']._serialized_start=1666
+  _globals['_INFERREQUEST_REQUESTEDOUTPUTTENSOR']._serialized_end=1866
+  _globals['_INFERREQUEST_REQUESTEDOUTPUTTENSOR_PARAMETERSENTRY']._serialized_start=1586
+  _globals['_INFERREQUEST_REQUESTEDOUTPUTTENSOR_PARAMETERSENTRY']._serialized_end=1663
+  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_start=1586
+  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_end=1663
+  _globals['_INFERRESPONSE']._serialized_start=1948
+  _globals['_INFERRESPONSE']._serialized_end=2516
+  _globals['_INFERRESPONSE_OUTPUTTENSOR']._serialized_start=2170
+  _globals['_INFERRESPONSE_OUTPUTTENSOR']._serialized_end=2437
+  _globals['_INFERRESPONSE_OUTPUTTENSOR_PARAMETERSENTRY']._serialized_start=1586
+  _globals['_INFERRESPONSE_OUTPUTTENSOR_PARAMETERSENTRY']._serialized_end=1663
+  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_start=1586
+  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_end=1663
+  _globals['_PREDICT']._serialized_start=2740
+  _globals['_PREDICT']._serialized_end=2907
 # @@protoc_insertion_point(module_scope)

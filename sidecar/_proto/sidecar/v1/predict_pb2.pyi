@@ -73,16 +73,18 @@ class PredictResponse(_message.Message):
     def __init__(self, inference: _Optional[_Union[InferResponse, _Mapping]] = ..., variant: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ..., reason: _Optional[_Union[Reason, str]] = ..., reason_detail: _Optional[str] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
-    __slots__ = ("request_id", "metric", "bool_value", "number_value")
+    __slots__ = ("request_id", "metric", "bool_value", "number_value", "model")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
     NUMBER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     metric: str
     bool_value: bool
     number_value: float
-    def __init__(self, request_id: _Optional[str] = ..., metric: _Optional[str] = ..., bool_value: _Optional[bool] = ..., number_value: _Optional[float] = ...) -> None: ...
+    model: str
+    def __init__(self, request_id: _Optional[str] = ..., metric: _Optional[str] = ..., bool_value: _Optional[bool] = ..., number_value: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ReportOutcomeResponse(_message.Message):
     __slots__ = ("variant", "segment", "counted", "capped")
