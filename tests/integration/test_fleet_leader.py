@@ -181,6 +181,12 @@ def test_one_leader_and_a_killed_leader_is_replaced_mid_plan(
                 assert new_token > token
                 survivor = next(i for i in range(3) if i not in (first, second))
                 poll(lambda: _stage(m[survivor]) == "c50", timeout=60, what="stage c50")
+                # entered c50 (RolloutAdvance); its weights (RolloutStage) are the next commit
+                poll(
+                    lambda: state(m[survivor])["weights"]["canary"] == 5000,
+                    timeout=60,
+                    what="c50's weights",
+                )
             finally:
                 stop.set()
                 load.join(30)

@@ -222,9 +222,12 @@ def test_started_as_the_image_does_it_serves(
         assert real_uid != 0
     first = scrape(info["metrics"])
     for variant, version in (("stable", "v1"), ("canary", "v2"), ("shadow", "v2")):
-        labels = (("model_version", version), ("status", "OK"), ("variant", variant))
+        labels = (
+            ("model", "classifier"), ("model_version", version), ("status", "OK"),
+            ("variant", variant),
+        )  # fmt: skip
         assert first[("sidecar_requests_total", labels)] == 0
-        errors = (("model_version", version), ("variant", variant))
+        errors = (("model", "classifier"), ("model_version", version), ("variant", variant))
         assert first[("sidecar_request_errors_total", errors)] == 0
     client = grpcclient.InferenceServerClient(info["predict"])
     tensor = grpcclient.InferInput("input-0", [1, 4], "FP64")
