@@ -62,16 +62,19 @@ from sidecar.app.control import ControlService, RolloutSetup, describe
 from sidecar.app.dataplane import DataPlane
 from sidecar.app.drift import DriftMonitor
 from sidecar.app.experiment import DriftLevels, ExperimentService, FileCheckpoint, Insights
+from sidecar.app.fastpath import FastRollback
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, RevisionConflict, StateFileError, StateStore
 from sidecar.app.rollout import (
     CanaryCheckpoint,
     JudgeEvaluator,
     RolloutController,
+    automatic_rollback,
     stable_baseline,
 )
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.config import Config, ConfigError, load_config, read_drift_reference
+from sidecar.core.canary.fastpath import HardFailureDetector
 from sidecar.core.canary.merged import MergedWindows
 from sidecar.core.canary.window import RollingWindows, WindowSource
 from sidecar.core.experiment import Attribution, OutcomeLedger
@@ -114,6 +117,7 @@ class Sidecar:
     control_port: int = 0
     fleet: FleetMember | None = None
     lead: FleetLead | None = None
+    fast_rollback: FastRollback | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -136,14 +140,16 @@ class Sidecar:
                     f"listen.metrics: cannot listen on {self.config.metrics_address}: "
                     f"{exc.strerror or exc}"
                 ) from None
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._tasks.append(asyncio.create_task(self._watch_readiness()))
+        ready = await self._set_readiness(None)  # "" answers for the stable from the start
+        self._tasks.append(asyncio.create_task(self._watch_readiness(ready)))
         self._tasks.append(asyncio.create_task(self.controller.run()))
         self._tasks.append(asyncio.create_task(self.experiment.run()))
         if self.insights.drift is not None:
             self._tasks.append(asyncio.create_task(self.insights.drift.run(DRIFT_INTERVAL)))
         if self.fleet is not None:
             self._tasks.append(asyncio.create_task(self.fleet.run()))
+        if self.fast_rollback is not None:
+            self._tasks.append(asyncio.create_task(self.fast_rollback.run()))
         if self.lead is not None:
             self._tasks += [asyncio.create_task(t) for t in self.lead.tasks(self.dataplane)]
         log.info(
@@ -168,28 +174,32 @@ class Sidecar:
         await self.pool.close()
         self.metrics.close()
 
-    async def _watch_readiness(self) -> None:
-        """Keep grpc.health.v1 for the routed services in step with the stable variant."""
-        last: bool | None = None
+    async def _watch_readiness(self, last: bool) -> None:
+        """Keep grpc.health.v1 in step with the stable variant, every READINESS_INTERVAL."""
         while True:
-            ready = await self.dataplane.stable_ready(self.config.upstream.connect_timeout or 1.0)
-            if ready != last:
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ready
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                for name in service_names():
-                    await self.health.set(name, status)
-                if self.fleet is not None:
-                    self.fleet.ready = ready
-                log.info(
-                    "stable.readiness",
-                    ready=ready,
-                    variant=self.dataplane.state.current.flag.stable,
-                )
-                last = ready
             await asyncio.sleep(READINESS_INTERVAL)
+            last = await self._set_readiness(last)
+
+    async def _set_readiness(self, last: bool | None) -> bool:
+        """Ask the stable variant's model server whether its model is ready (ModelReady)
+        and, when that changed from `last`, set the overall status (service "", what a
+        Kubernetes readiness probe asks) and every routed service's to SERVING or
+        NOT_SERVING. Liveness is apart: OIP ServerLive answers while the process runs.
+        After `stop` began, the health servicer keeps NOT_SERVING whatever is set."""
+        ready = await self.dataplane.stable_ready(self.config.upstream.connect_timeout or 1.0)
+        if ready == last:
+            return ready
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *service_names()):
+            await self.health.set(name, status)
+        if self.fleet is not None:
+            self.fleet.ready = ready
+        log.info("stable.readiness", ready=ready, variant=self.dataplane.state.current.flag.stable)
+        return ready
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration file; apply what can change live (see
@@ -561,14 +571,15 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         snapshot = initial_snapshot(config, store, safe_mode=safe_mode)
     state = StateHolder(snapshot.flag, snapshot.state, safe_mode=snapshot.safe_mode)
     fleet = _fleet(config, store, state)
-    telemetry = _telemetry(config)
+    a = config.analysis
+    alerts = Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries)
+    fast = _fast_rollback(config, state, alerts, lambda: control)
+    telemetry = _telemetry(config, fast)
     lead = _lead(config, fleet, telemetry.windows, lambda: experiment.tracker.counters())
     pool = UpstreamPool(
         config.variants, config.server.max_message_bytes, telemetry.tracer,
         client_spans=telemetry.detailed, observe=telemetry.metrics.observe_upstream,
     )  # fmt: skip
-    a = config.analysis
-    alerts = Alerts(a.webhook_url, a.webhook_timeout, a.webhook_retries)
     mirrors = _mirrors(config, pool, snapshot.flag.stable, telemetry)
     with _phase("loading the experiment checkpoint (state.experiment_path)"):
         experiment = _experiment(config, state, alerts, lead)
@@ -620,13 +631,31 @@ def build(config: Config, *, safe_mode: bool = False) -> Sidecar:
         control_port=servers.control_port,
         fleet=fleet,
         lead=lead,
+        fast_rollback=fast,
     )
 
 
-def _telemetry(config: Config) -> _Telemetry:
+def _fast_rollback(
+    config: Config, state: StateHolder, alerts: Alerts, control: Callable[[], ControlService]
+) -> FastRollback | None:
+    """The fast path for a hard canary failure (`analysis.fast_rollback`): a sink of every
+    finished request that rolls back through the ControlService (built later: `control`)."""
+    settings = config.analysis.fast_rollback
+    if not settings.enabled:
+        return None
+    return FastRollback(
+        HardFailureDetector(settings),
+        snapshot=lambda: state.current,
+        rollback=lambda principal, reason: automatic_rollback(control(), principal, reason),
+        alerts=alerts,
+    )
+
+
+def _telemetry(config: Config, fast: FastRollback | None = None) -> _Telemetry:
     metrics = SidecarMetrics(versions={n: v.model_version for n, v in config.variants.items()})
     windows = RollingWindows(config.analysis.bucket, config.analysis.horizon)
-    stats = VariantStatsProcessor([metrics.record, windows.record])
+    sinks = [metrics.record, windows.record]
+    stats = VariantStatsProcessor(sinks if fast is None else [*sinks, fast.record])
     provider = tracer_provider(config.telemetry, [stats])
     # Without an exporter only the SERVER spans (which feed the statistics) are recorded,
     # as stats-only spans (no SDK span); CLIENT and shadow spans would only cost CPU.

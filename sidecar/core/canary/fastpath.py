@@ -1,0 +1,231 @@
+"""The fast path for a hard canary failure: a bounded count of the canary's and the
+stable's recent outcomes that says at once when the canary is broken.
+
+The statistical judge checks every `analysis.interval` (60 s by default); a canary whose
+model server is dead fails every request until then. `HardFailureDetector` watches every
+finished request instead and trips when, within the last `window` seconds, the canary
+failed hard on at least `failure_ratio` of at least `min_requests` counted requests while
+the stable variant did not fail the same way. Everything subtler (error-rate ratios,
+latency, timeouts) stays the judge's.
+
+What counts (`outcome`):
+
+* a **hard failure**: a status that means the variant's model server is broken
+  (`HARD_FAILURES`: UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS);
+* a **success**: OK;
+* nothing else. Client errors (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...),
+  cancellations, the caller's own deadline (DEADLINE_EXCEEDED) and size limits
+  (RESOURCE_EXHAUSTED) are chosen or caused by callers: they neither count as failures
+  nor dilute the ratio, so a hostile caller cannot steer a rollback either way with them.
+
+Memory and time are bounded: per watched variant (the canary and the stable), a ring of
+`SLOTS` time slots of `window / SLOTS` seconds, each holding two counters. `record` is
+constant time; the window read on a hard canary failure sums the ring (`SLOTS` slots). The
+window's edge is therefore exact to one slot (`window / SLOTS`, 0.5 s by default).
+
+Pure: callers pass `now` (seconds, e.g. the request's end on the wall clock); a time that
+goes back by more than the window is ignored rather than counted into the wrong slot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+from sidecar.core.canary.window import OK
+from sidecar.core.duration import Duration
+
+__all__ = [
+    "HARD_FAILURES",
+    "SLOTS",
+    "FastRollbackSettings",
+    "HardFailureDetector",
+    "Trip",
+    "outcome",
+]
+
+HARD_FAILURES: Final = frozenset({"UNAVAILABLE", "INTERNAL", "UNKNOWN", "DATA_LOSS"})
+"""gRPC status names that mean the variant (its model server or the way to it) is broken,
+whatever the caller sent. Every other non-OK status is the caller's doing or the judge's
+to weigh (timeouts)."""
+
+SLOTS: Final = 10
+"""Time slots per window: the window's edge moves in steps of `window / SLOTS`."""
+
+MAX_MIN_REQUESTS: Final = 1_000_000
+MAX_WINDOW_S: Final = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class FastRollbackSettings:
+    """`analysis.fast_rollback` in the configuration: roll back at once when, within the
+    last `window` seconds, the canary failed hard (`HARD_FAILURES`) on at least
+    `failure_ratio` of its counted requests, at least `min_requests` of them, and the
+    stable variant did not fail the same way. `enabled: false` leaves every rollback to
+    the statistical judge. Validated at construction; a bad field raises ValueError with
+    one line per problem, each naming its field."""
+
+    enabled: bool = True
+    min_requests: int = 20
+    failure_ratio: float = 0.5
+    window: Duration = 5.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.enabled, bool):
+            problems.append(f"enabled: must be true or false, got {self.enabled!r}")
+        n = self.min_requests
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_MIN_REQUESTS:
+            problems.append(f"min_requests: must be an integer 1..{MAX_MIN_REQUESTS}, got {n!r}")
+        if not _number_within(self.failure_ratio, 0.0, 1.0):
+            problems.append(
+                f"failure_ratio: must be a number in (0, 1], got {self.failure_ratio!r}"
+            )
+        if not _number_within(self.window, 0.0, MAX_WINDOW_S):
+            problems.append(
+                f"window: must be a duration in (0, {MAX_WINDOW_S:g}] seconds, got {self.window!r}"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+
+
+def _number_within(value: object, low: float, high: float) -> bool:
+    """A finite number (not a bool) in (low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and low < value <= high
+
+
+def outcome(status: str) -> bool | None:
+    """True for a hard failure, False for a success, None for a status that does not count
+    (the caller's doing, or a timeout: the judge's)."""
+    if status == OK:
+        return False
+    if status in HARD_FAILURES:
+        return True
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Counted requests and hard failures of one variant over the window."""
+
+    counted: int
+    failed: int
+
+    def failing(self, ratio: float) -> bool:
+        return self.counted > 0 and self.failed >= ratio * self.counted
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """Why the fast path fired: the canary's and the stable's tallies over the window."""
+
+    canary: str
+    stable: str
+    window_s: float
+    canary_tally: Tally
+    stable_tally: Tally
+
+    @property
+    def reason(self) -> str:
+        """E.g. ``canary failed 23 of 25 requests in 5 s (stable: 0 of 31)``."""
+        c, s = self.canary_tally, self.stable_tally
+        return (
+            f"{self.canary} failed {c.failed} of {c.counted} requests in {self.window_s:g} s "
+            f"({self.stable}: {s.failed} of {s.counted})"
+        )
+
+
+class _Ring:
+    """Counted requests and hard failures per time slot; slots older than the window are
+    reused (reset) when time reaches them again."""
+
+    __slots__ = ("counted", "failed", "index")
+
+    def __init__(self) -> None:
+        self.index = [-1] * SLOTS  # the absolute slot number each position holds
+        self.counted = [0] * SLOTS
+        self.failed = [0] * SLOTS
+
+    def add(self, slot: int, failed: bool) -> bool:
+        """Count one request in absolute slot `slot`; False (not counted) when that slot
+        has already been overwritten by a newer one (time went back past the window)."""
+        pos = slot % SLOTS
+        held = self.index[pos]
+        if held != slot:
+            if held > slot:
+                return False
+            self.index[pos], self.counted[pos], self.failed[pos] = slot, 0, 0
+        self.counted[pos] += 1
+        self.failed[pos] += failed
+        return True
+
+    def tally(self, newest: int) -> Tally:
+        """The slots in (newest - SLOTS, newest]."""
+        oldest = newest - SLOTS
+        counted = failed = 0
+        for pos in range(SLOTS):
+            if oldest < self.index[pos] <= newest:
+                counted += self.counted[pos]
+                failed += self.failed[pos]
+        return Tally(counted, failed)
+
+
+class HardFailureDetector:
+    """Counts the canary's and the stable's outcomes (`record`) and says when the canary is
+    failing hard on its own (`record` returns a `Trip`). `watch` names the variants (a
+    change of either starts the count afresh); `reset` forgets everything (after a
+    rollback, so what was in flight then cannot trip it again)."""
+
+    def __init__(self, settings: FastRollbackSettings) -> None:
+        self.settings = settings
+        self._slot_s = settings.window / SLOTS
+        self._canary: str | None = None
+        self._stable = ""
+        self._rings = (_Ring(), _Ring())  # canary, stable
+
+    @property
+    def canary(self) -> str | None:
+        return self._canary
+
+    def watch(self, canary: str | None, stable: str) -> None:
+        """The variants to judge; counting starts afresh when either changed."""
+        if canary != self._canary or stable != self._stable:
+            self._canary, self._stable = canary, stable
+            self.reset()
+
+    def reset(self) -> None:
+        self._rings = (_Ring(), _Ring())
+
+    def record(self, variant: str, now: float, status: str) -> Trip | None:
+        """Count one finished request of `variant` ending at `now` with gRPC status name
+        `status`; a `Trip` when it was a hard canary failure that makes the canary fail
+        the window on its own. Constant time."""
+        if not self.settings.enabled or self._canary is None:
+            return None
+        if variant == self._canary:
+            ring = self._rings[0]
+        elif variant == self._stable:
+            ring = self._rings[1]
+        else:
+            return None
+        failed = outcome(status)
+        if failed is None or not math.isfinite(now):
+            return None
+        slot = math.floor(now / self._slot_s)
+        if not ring.add(slot, failed) or not failed or variant != self._canary:
+            return None
+        return self._judge(slot)
+
+    def _judge(self, slot: int) -> Trip | None:
+        s = self.settings
+        canary = self._rings[0].tally(slot)
+        if canary.counted < s.min_requests or not canary.failing(s.failure_ratio):
+            return None
+        stable = self._rings[1].tally(slot)
+        if stable.failing(s.failure_ratio):  # not the canary's fault: the judge decides
+            return None
+        assert self._canary is not None
+        return Trip(self._canary, self._stable, s.window, canary, stable)
