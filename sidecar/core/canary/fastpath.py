@@ -3,10 +3,18 @@ stable's recent outcomes that says at once when the canary is broken.
 
 The statistical judge checks every `analysis.interval` (60 s by default); a canary whose
 model server is dead fails every request until then. `HardFailureDetector` watches every
-finished request instead and trips when, within the last `window` seconds, the canary
-failed hard on at least `failure_ratio` of at least `min_requests` counted requests while
-the stable variant did not fail the same way. Everything subtler (error-rate ratios,
-latency, timeouts) stays the judge's.
+finished request instead and trips when the canary failed hard on at least
+`failure_ratio` of its most recent counted requests, at least `min_requests` of them,
+within the last `window` seconds, while the stable variant did not fail the same way over
+that window. Everything subtler (error-rate ratios, latency, timeouts) stays the judge's.
+
+"Most recent" is any run of the newest time slots (the newest one, the newest two, ...
+up to the whole window) holding at least `min_requests`: a canary that served well for
+the whole window and then died trips once its recent failures outnumber its recent
+successes (about `min_requests / failure_ratio` requests after its death), not once its
+failures outnumber the whole window's successes (half the window later). A canary that
+fails rarely does not trip by chance: at a 10% hard-failure rate, 13 failures of 25
+requests has probability about 1.5e-7.
 
 What counts (`outcome`):
 
@@ -20,8 +28,8 @@ What counts (`outcome`):
 
 Memory and time are bounded: per watched variant (the canary and the stable), a ring of
 `SLOTS` time slots of `window / SLOTS` seconds, each holding two counters. `record` is
-constant time; the window read on a hard canary failure sums the ring (`SLOTS` slots). The
-window's edge is therefore exact to one slot (`window / SLOTS`, 0.5 s by default).
+constant time; the read on a hard canary failure walks the ring once (`SLOTS` slots). Time
+spans are therefore exact to one slot (`window / SLOTS`, 0.5 s by default).
 
 Pure: callers pass `now` (seconds, e.g. the request's end on the wall clock); a time that
 goes back by more than the window is ignored rather than counted into the wrong slot.
@@ -120,21 +128,23 @@ class Tally:
 
 @dataclass(frozen=True, slots=True)
 class Trip:
-    """Why the fast path fired: the canary's and the stable's tallies over the window."""
+    """Why the fast path fired: the canary's tally over its most recent `span_s` seconds
+    (the longest run of newest slots that fails) and the stable's over `window_s`."""
 
     canary: str
     stable: str
+    span_s: float
     window_s: float
     canary_tally: Tally
     stable_tally: Tally
 
     @property
     def reason(self) -> str:
-        """E.g. ``canary failed 23 of 25 requests in 5 s (stable: 0 of 31)``."""
+        """E.g. ``canary failed 23 of 25 requests in the last 1 s (stable: 0 of 31 in 5 s)``."""
         c, s = self.canary_tally, self.stable_tally
         return (
-            f"{self.canary} failed {c.failed} of {c.counted} requests in {self.window_s:g} s "
-            f"({self.stable}: {s.failed} of {s.counted})"
+            f"{self.canary} failed {c.failed} of {c.counted} requests in the last "
+            f"{self.span_s:g} s ({self.stable}: {s.failed} of {s.counted} in {self.window_s:g} s)"
         )
 
 
@@ -171,6 +181,23 @@ class _Ring:
                 counted += self.counted[pos]
                 failed += self.failed[pos]
         return Tally(counted, failed)
+
+    def failing_run(self, newest: int, least: int, ratio: float) -> tuple[Tally, int] | None:
+        """The longest run of the newest slots (1 to SLOTS, ending at `newest`) holding at
+        least `least` requests of which at least `ratio` failed, with its length in slots;
+        None when no run does."""
+        counted = failed = 0
+        found: tuple[Tally, int] | None = None
+        for k in range(SLOTS):
+            slot = newest - k
+            pos = slot % SLOTS
+            if self.index[pos] != slot or not self.counted[pos]:
+                continue  # an empty slot lengthens no run's evidence
+            counted += self.counted[pos]
+            failed += self.failed[pos]
+            if counted >= least and failed >= ratio * counted:
+                found = (Tally(counted, failed), k + 1)
+        return found
 
 
 class HardFailureDetector:
@@ -221,11 +248,12 @@ class HardFailureDetector:
 
     def _judge(self, slot: int) -> Trip | None:
         s = self.settings
-        canary = self._rings[0].tally(slot)
-        if canary.counted < s.min_requests or not canary.failing(s.failure_ratio):
+        found = self._rings[0].failing_run(slot, s.min_requests, s.failure_ratio)
+        if found is None:
             return None
         stable = self._rings[1].tally(slot)
         if stable.failing(s.failure_ratio):  # not the canary's fault: the judge decides
             return None
         assert self._canary is not None
-        return Trip(self._canary, self._stable, s.window, canary, stable)
+        canary, slots = found
+        return Trip(self._canary, self._stable, slots * self._slot_s, s.window, canary, stable)

@@ -3,6 +3,8 @@ clock: when it trips, what it ignores, and how its window moves."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from sidecar.core.canary.fastpath import (
@@ -50,7 +52,9 @@ def test_trips_at_the_ratio_once_the_minimum_is_reached() -> None:
     trip = d.record("canary", clock(), "UNAVAILABLE")
     assert trip is not None
     assert (trip.canary_tally.failed, trip.canary_tally.counted) == (20, 20)
-    assert trip.reason == "canary failed 20 of 20 requests in 5 s (stable: 0 of 0)"
+    assert (
+        trip.reason == "canary failed 20 of 20 requests in the last 0.5 s (stable: 0 of 0 in 5 s)"
+    )
 
 
 def test_below_the_ratio_does_not_trip_and_at_it_does() -> None:
@@ -72,6 +76,36 @@ def test_a_stricter_configuration_is_followed() -> None:
     assert feed(d, clock, "canary", "OK", 5) == []
     trips = feed(d, clock, "canary", "DATA_LOSS", 45)  # 45 of 50
     assert [(t.canary_tally.failed, t.canary_tally.counted) for t in trips] == [(45, 50)]
+
+
+def test_a_canary_that_dies_after_serving_well_trips_on_its_recent_requests() -> None:
+    """50 successes a second for 5 s, then it dies: its recent failures outnumber its
+    recent successes after about 20 failures, long before they would outnumber the
+    window's 250 successes; the reason names the recent run it judged."""
+    d, clock = detector(), FakeClock(start=1000.0)
+    for _ in range(100):  # 5 s at 50 requests a second, 0.05 s apart
+        assert d.record("canary", clock(), "OK") is None
+        clock.advance(0.05)
+    failures = 0
+    trip = None
+    while trip is None and failures < 250:
+        trip = d.record("canary", clock(), "UNAVAILABLE")
+        failures += 1
+        clock.advance(0.02)
+    assert trip is not None and failures <= 30, failures
+    assert trip.canary_tally.failed >= trip.canary_tally.counted / 2
+    assert trip.span_s < 5.0
+
+
+def test_a_canary_failing_rarely_does_not_trip_by_chance() -> None:
+    """200,000 canary requests at 200 a second with 10% hard failures at random (seeded):
+    no trip (the judge is in charge of that)."""
+    rng = random.Random(14)
+    d, clock = detector(), FakeClock()
+    for _ in range(200_000):
+        status = "UNAVAILABLE" if rng.random() < 0.10 else "OK"
+        assert d.record("canary", clock(), status) is None
+        clock.advance(0.005)
 
 
 def test_failures_older_than_the_window_are_forgotten() -> None:
@@ -120,7 +154,9 @@ def test_stable_failing_the_same_way_blocks_the_trip() -> None:
     feed(d, clock, "stable", "OK", 30)
     trips = feed(d, clock, "canary", "UNAVAILABLE", 20)
     assert len(trips) == 1
-    assert trips[0].reason == "canary failed 20 of 20 requests in 5 s (stable: 0 of 30)"
+    assert trips[0].reason == (
+        "canary failed 20 of 20 requests in the last 0.5 s (stable: 0 of 30 in 5 s)"
+    )
 
 
 def test_stable_failing_a_little_does_not_block() -> None:

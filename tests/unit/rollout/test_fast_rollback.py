@@ -90,7 +90,9 @@ async def test_a_dead_canary_is_rolled_back_once_with_the_reason_audited_and_ale
     assert h.state.weights["canary"] == 0 and h.state.updated_by == HEALTH_CHECKER
     [entry] = h.rollbacks()
     assert entry.principal == HEALTH_CHECKER
-    assert entry.reason == ("fast-path: canary failed 20 of 20 requests in 5 s (stable: 0 of 25)")
+    assert entry.reason == (
+        "fast-path: canary failed 20 of 20 requests in the last 0.5 s (stable: 0 of 25 in 5 s)"
+    )
     assert h.alerts.events == [
         (
             "canary.rolled_back",
