@@ -29,7 +29,7 @@ What counts (`outcome`):
 Memory and time are bounded: per watched variant (the canary and the stable), a ring of
 `SLOTS` time slots of `window / SLOTS` seconds, each holding two counters. `record` is
 constant time; the read on a hard canary failure walks the ring once (`SLOTS` slots). Time
-spans are therefore exact to one slot (`window / SLOTS`, 0.5 s by default).
+spans are therefore exact to one slot (`window / SLOTS`, 0.25 s by default).
 
 Pure: callers pass `now` (seconds, e.g. the request's end on the wall clock); a time that
 goes back by more than the window is ignored rather than counted into the wrong slot.
@@ -58,7 +58,7 @@ HARD_FAILURES: Final = frozenset({"UNAVAILABLE", "INTERNAL", "UNKNOWN", "DATA_LO
 whatever the caller sent. Every other non-OK status is the caller's doing or the judge's
 to weigh (timeouts)."""
 
-SLOTS: Final = 10
+SLOTS: Final = 20
 """Time slots per window: the window's edge moves in steps of `window / SLOTS`."""
 
 MAX_MIN_REQUESTS: Final = 1_000_000

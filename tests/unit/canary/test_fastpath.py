@@ -53,7 +53,7 @@ def test_trips_at_the_ratio_once_the_minimum_is_reached() -> None:
     assert trip is not None
     assert (trip.canary_tally.failed, trip.canary_tally.counted) == (20, 20)
     assert (
-        trip.reason == "canary failed 20 of 20 requests in the last 0.5 s (stable: 0 of 0 in 5 s)"
+        trip.reason == "canary failed 20 of 20 requests in the last 0.25 s (stable: 0 of 0 in 5 s)"
     )
 
 
@@ -121,7 +121,7 @@ def test_failures_older_than_the_window_are_forgotten() -> None:
 
 
 def test_failures_spread_over_the_window_still_count() -> None:
-    """Four failures a second over 5 s (slots of 0.5 s): all 20 inside the window trip."""
+    """Four failures a second over 5 s (slots of 0.25 s): all 20 inside the window trip."""
     d, clock = detector(), FakeClock(start=1000.0)
     trips: list[Trip] = []
     for _ in range(10):
@@ -155,7 +155,7 @@ def test_stable_failing_the_same_way_blocks_the_trip() -> None:
     trips = feed(d, clock, "canary", "UNAVAILABLE", 20)
     assert len(trips) == 1
     assert trips[0].reason == (
-        "canary failed 20 of 20 requests in the last 0.5 s (stable: 0 of 30 in 5 s)"
+        "canary failed 20 of 20 requests in the last 0.25 s (stable: 0 of 30 in 5 s)"
     )
 
 

@@ -91,7 +91,7 @@ async def test_a_dead_canary_is_rolled_back_once_with_the_reason_audited_and_ale
     [entry] = h.rollbacks()
     assert entry.principal == HEALTH_CHECKER
     assert entry.reason == (
-        "fast-path: canary failed 20 of 20 requests in the last 0.5 s (stable: 0 of 25 in 5 s)"
+        "fast-path: canary failed 20 of 20 requests in the last 0.25 s (stable: 0 of 25 in 5 s)"
     )
     assert h.alerts.events == [
         (
