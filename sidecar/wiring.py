@@ -90,6 +90,10 @@ from sidecar.reload import merge, plan_reload
 
 log = structlog.get_logger("sidecar")
 READINESS_INTERVAL = 2.0
+# grpc.health.v1 names: "" (overall) is readiness: it follows the stable variant's model,
+# like the routed services' names; LIVENESS is SERVING from start until the stop begins,
+# whatever the model servers do (a Kubernetes liveness or start-up probe asks for it).
+LIVENESS = "liveness"
 DRIFT_INTERVAL = 0.2  # short: fewer queued requests held, smaller batches of work
 FLEET_RECENT_S = 600.0  # the span of recent buckets each fleet member publishes, at least
 DRIFT_SLICE = 8  # requests decoded between yields to the event loop (about 0.3 ms of work)
@@ -140,6 +144,7 @@ class Sidecar:
                     f"listen.metrics: cannot listen on {self.config.metrics_address}: "
                     f"{exc.strerror or exc}"
                 ) from None
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         ready = await self._set_readiness(None)  # "" answers for the stable from the start
         self._tasks.append(asyncio.create_task(self._watch_readiness(ready)))
         self._tasks.append(asyncio.create_task(self.controller.run()))

@@ -1,7 +1,7 @@
 """The overall health status (grpc.health.v1, service "") is readiness: it follows the
 stable variant's MLServer. Killed: NOT_SERVING; back on the same port: SERVING. Liveness
-(OIP ServerLive) stays true while the sidecar runs. What a Kubernetes readiness probe
-(`grpc: {port: predict, service: ""}`) sees."""
+(OIP ServerLive, health service "liveness") stays true while the sidecar runs. What a
+Kubernetes readiness probe (`grpc: {port: 8500, service: ""}`) sees."""
 
 from __future__ import annotations
 
@@ -69,6 +69,8 @@ def test_overall_health_follows_the_stable_model_server(
         assert failed.value.status() == "StatusCode.UNAVAILABLE"
         assert client.is_server_live()
         assert not client.is_server_ready()
+        liveness = health_pb2.HealthCheckRequest(service="liveness")
+        assert health.Check(liveness, timeout=5).status == SERVING  # what liveness probes ask
         fresh_mlserver.restart()
         wait_for_status(health, SERVING)
         assert client.infer("classifier", [tensor]).get_response().model_version == "v1"

@@ -41,9 +41,9 @@ async def health(port: int, service: str = "") -> int:
 async def test_overall_health_follows_the_stable_readiness(
     model_server: FaultInjectingUpstream,
 ) -> None:
-    """ "" is SERVING once started with a ready stable; NOT_SERVING (with the routed
-    services) while the stable's ModelReady fails, although the process is live
-    (ServerLive); SERVING again once it answers."""
+    """The overall status "" is SERVING once started with a ready stable; NOT_SERVING
+    (with the routed services) while the stable's ModelReady fails, although the process
+    is live (ServerLive, and the health name "liveness"); SERVING again once it answers."""
     raw = config_dict({"stable": model_server.address}, weights={"stable": 10_000})
     async with running_sidecar(raw) as sc:
         port = sc.predict_port
@@ -56,13 +56,14 @@ async def test_overall_health_follows_the_stable_readiness(
         async def look() -> None:
             statuses[""] = await health(port)
             statuses[ROUTED_SERVICE] = await health(port, ROUTED_SERVICE)
+            statuses["liveness"] = await health(port, "liveness")
 
         for _ in range(1000):
             await look()
-            if statuses == {"": NOT_SERVING, ROUTED_SERVICE: NOT_SERVING}:
+            if statuses[""] == NOT_SERVING:
                 break
             await asyncio.sleep(0.05)
-        assert statuses == {"": NOT_SERVING, ROUTED_SERVICE: NOT_SERVING}
+        assert statuses == {"": NOT_SERVING, ROUTED_SERVICE: NOT_SERVING, "liveness": SERVING}
         live = await stub(port).ServerLive(oip.ServerLiveRequest(), timeout=5)
         assert live.live
         model_server.heal()
@@ -95,6 +96,8 @@ async def test_a_stopping_sidecar_stays_not_serving(model_server: FaultInjecting
                 break
             await asyncio.sleep(0.01)
         assert await status() == NOT_SERVING
+        liveness = health_pb2.HealthCheckRequest(service="liveness")
+        assert (await sc.health.Check(liveness, None)).status == NOT_SERVING  # type: ignore[arg-type]
         assert not pending.done()
         assert await sc._set_readiness(False) is True  # the stable answers ready ...
         assert await status() == NOT_SERVING  # ... and "" stays NOT_SERVING
