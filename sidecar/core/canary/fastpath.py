@@ -16,15 +16,21 @@ failures outnumber the whole window's successes (half the window later). A canar
 fails rarely does not trip by chance: at a 10% hard-failure rate, 13 failures of 25
 requests has probability about 1.5e-7.
 
-What counts (`outcome`):
+What counts (`FastRollbackSettings.outcome`):
 
-* a **hard failure**: a status that means the variant's model server is broken
-  (`HARD_FAILURES`: UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS);
+* a **hard failure**: a status in `hard_failures`, by default UNAVAILABLE and DATA_LOSS
+  (`DEFAULT_HARD_FAILURES`): the variant's model server, or the way to it, is broken,
+  whatever the caller sent. INTERNAL and UNKNOWN (`SERVER_FAILURES`) may be added where
+  callers are trusted: model servers also answer malformed input with them (MLServer
+  1.7: a tensor of the wrong width, NaN, BYTES for FP64 are all INTERNAL), so a caller
+  that learns which keys the canary serves (`x-variant`) could steer a rollback with them;
 * a **success**: OK;
 * nothing else. Client errors (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...),
-  cancellations, the caller's own deadline (DEADLINE_EXCEEDED) and size limits
-  (RESOURCE_EXHAUSTED) are chosen or caused by callers: they neither count as failures
-  nor dilute the ratio, so a hostile caller cannot steer a rollback either way with them.
+  cancellations, the caller's own deadline (DEADLINE_EXCEEDED), size limits
+  (RESOURCE_EXHAUSTED) and the server failures not chosen are caused by callers or left
+  to the judge: they neither count as failures nor dilute the ratio, so a hostile caller
+  cannot steer a rollback either way with them. A hung canary (every call ends at the
+  caller's deadline) is the judge's (its timeout rate).
 
 Memory and time are bounded: per watched variant (the canary and the stable), a ring of
 `SLOTS` time slots of `window / SLOTS` seconds, each holding two counters. `record` is
@@ -45,18 +51,19 @@ from sidecar.core.canary.window import OK
 from sidecar.core.duration import Duration
 
 __all__ = [
-    "HARD_FAILURES",
+    "DEFAULT_HARD_FAILURES",
+    "SERVER_FAILURES",
     "SLOTS",
     "FastRollbackSettings",
     "HardFailureDetector",
     "Trip",
-    "outcome",
 ]
 
-HARD_FAILURES: Final = frozenset({"UNAVAILABLE", "INTERNAL", "UNKNOWN", "DATA_LOSS"})
-"""gRPC status names that mean the variant (its model server or the way to it) is broken,
-whatever the caller sent. Every other non-OK status is the caller's doing or the judge's
-to weigh (timeouts)."""
+SERVER_FAILURES: Final = ("UNAVAILABLE", "DATA_LOSS", "INTERNAL", "UNKNOWN")
+"""The gRPC status names `hard_failures` may name: failures of the server side."""
+
+DEFAULT_HARD_FAILURES: Final = ("UNAVAILABLE", "DATA_LOSS")
+"""What counts as a hard failure by default: nothing a caller's input can cause."""
 
 SLOTS: Final = 20
 """Time slots per window: the window's edge moves in steps of `window / SLOTS`."""
@@ -68,19 +75,20 @@ MAX_WINDOW_S: Final = 300.0
 @dataclass(frozen=True, slots=True)
 class FastRollbackSettings:
     """`analysis.fast_rollback` in the configuration: roll back at once when, within the
-    last `window` seconds, the canary failed hard (`HARD_FAILURES`) on at least
-    `failure_ratio` of its counted requests, at least `min_requests` of them, and the
-    stable variant did not fail the same way. `enabled: false` leaves every rollback to
-    the statistical judge. Validated at construction; a bad field raises ValueError with
-    one line per problem, each naming its field."""
+    last `window` seconds, the canary failed hard (a status of `hard_failures`) on at
+    least `failure_ratio` of its latest counted requests, at least `min_requests` of them,
+    and the stable variant did not fail the same way. `enabled: false` leaves every
+    rollback to the statistical judge. Validated at construction; a bad field raises
+    ValueError with one line per problem, each naming its field."""
 
     enabled: bool = True
     min_requests: int = 20
     failure_ratio: float = 0.5
     window: Duration = 5.0
+    hard_failures: tuple[str, ...] = DEFAULT_HARD_FAILURES
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self._hard_failure_problems()
         if not isinstance(self.enabled, bool):
             problems.append(f"enabled: must be true or false, got {self.enabled!r}")
         n = self.min_requests
@@ -97,22 +105,35 @@ class FastRollbackSettings:
         if problems:
             raise ValueError("\n".join(problems))
 
+    def _hard_failure_problems(self) -> list[str]:
+        names = self.hard_failures
+        if (
+            not isinstance(names, tuple)
+            or not names
+            or len(set(names)) != len(names)
+            or not all(isinstance(n, str) and n in SERVER_FAILURES for n in names)
+        ):
+            return [
+                f"hard_failures: must be distinct names among {', '.join(SERVER_FAILURES)} "
+                f"(at least one), got {names!r}"
+            ]
+        return []
+
+    def outcome(self, status: str) -> bool | None:
+        """True for a hard failure, False for a success, None for a status that does not
+        count (the caller's doing, or the judge's to weigh)."""
+        if status == OK:
+            return False
+        if status in self.hard_failures:
+            return True
+        return None
+
 
 def _number_within(value: object, low: float, high: float) -> bool:
     """A finite number (not a bool) in (low, high]."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return math.isfinite(value) and low < value <= high
-
-
-def outcome(status: str) -> bool | None:
-    """True for a hard failure, False for a success, None for a status that does not count
-    (the caller's doing, or a timeout: the judge's)."""
-    if status == OK:
-        return False
-    if status in HARD_FAILURES:
-        return True
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +259,7 @@ class HardFailureDetector:
             ring = self._rings[1]
         else:
             return None
-        failed = outcome(status)
+        failed = self.settings.outcome(status)
         if failed is None or not math.isfinite(now):
             return None
         slot = math.floor(now / self._slot_s)

@@ -8,11 +8,10 @@ import random
 import pytest
 
 from sidecar.core.canary.fastpath import (
-    HARD_FAILURES,
+    DEFAULT_HARD_FAILURES,
     FastRollbackSettings,
     HardFailureDetector,
     Trip,
-    outcome,
 )
 from sidecar.testing.clock import FakeClock
 
@@ -29,6 +28,8 @@ CLIENT_ERRORS = (
     "DEADLINE_EXCEEDED",
     "ABORTED",
     "UNIMPLEMENTED",
+    "INTERNAL",  # model servers answer malformed input with these two (not by default)
+    "UNKNOWN",
 )
 
 
@@ -61,15 +62,19 @@ def test_below_the_ratio_does_not_trip_and_at_it_does() -> None:
     """30 successes then 29 failures (49%): no trip; the 30th failure (50%) trips."""
     d, clock = detector(), FakeClock()
     assert feed(d, clock, "canary", "OK", 30) == []
-    assert feed(d, clock, "canary", "INTERNAL", 29) == []
-    trips = feed(d, clock, "canary", "INTERNAL", 1)
+    assert feed(d, clock, "canary", "UNAVAILABLE", 29) == []
+    trips = feed(d, clock, "canary", "UNAVAILABLE", 1)
     assert len(trips) == 1 and trips[0].canary_tally.failed == 30
     assert trips[0].canary_tally.counted == 60
 
 
 def test_a_stricter_configuration_is_followed() -> None:
-    """min_requests 50, failure_ratio 0.9, window 2 s: 45 of 50 trips, 44 of 50 does not."""
-    d, clock = detector(min_requests=50, failure_ratio=0.9, window=2.0), FakeClock()
+    """min_requests 50, failure_ratio 0.9, window 2 s, UNKNOWN and DATA_LOSS hard: 45 of 50
+    trips, 44 of 50 does not."""
+    d = detector(
+        min_requests=50, failure_ratio=0.9, window=2.0, hard_failures=("UNKNOWN", "DATA_LOSS")
+    )
+    clock = FakeClock()
     assert feed(d, clock, "canary", "OK", 6) == []
     assert feed(d, clock, "canary", "UNKNOWN", 44) == []  # 44 of 50
     d.reset()
@@ -135,12 +140,22 @@ def test_client_errors_neither_trip_nor_dilute() -> None:
     20 successes and 20 hard failures among them still trip (20 of 40)."""
     d, clock = detector(), FakeClock()
     for status in CLIENT_ERRORS:
-        assert outcome(status) is None
+        assert d.settings.outcome(status) is None
         assert feed(d, clock, "canary", status, 1000) == []
     assert feed(d, clock, "canary", "OK", 20) == []
     trips = feed(d, clock, "canary", "UNAVAILABLE", 20)
     assert [(t.canary_tally.failed, t.canary_tally.counted) for t in trips] == [(20, 40)]
-    assert {"UNAVAILABLE", "INTERNAL", "UNKNOWN", "DATA_LOSS"} == HARD_FAILURES
+    assert DEFAULT_HARD_FAILURES == ("UNAVAILABLE", "DATA_LOSS")
+
+
+def test_internal_and_unknown_count_only_when_chosen() -> None:
+    """INTERNAL (what MLServer answers a malformed tensor with) trips nothing by default;
+    with `hard_failures` naming it (trusted callers), 20 of 20 trip."""
+    d, clock = detector(), FakeClock()
+    assert feed(d, clock, "canary", "INTERNAL", 100) == []
+    assert feed(d, clock, "canary", "UNKNOWN", 100) == []
+    trusting, clock = detector(hard_failures=("UNAVAILABLE", "INTERNAL")), FakeClock()
+    assert len(feed(trusting, clock, "canary", "INTERNAL", 20)) == 1
 
 
 def test_stable_failing_the_same_way_blocks_the_trip() -> None:
@@ -163,8 +178,8 @@ def test_stable_failing_a_little_does_not_block() -> None:
     """Stable fails 5 of 50 (10%, below the ratio): the canary's 20 of 20 trip."""
     d, clock = detector(), FakeClock()
     feed(d, clock, "stable", "OK", 45)
-    feed(d, clock, "stable", "INTERNAL", 5)
-    trips = feed(d, clock, "canary", "INTERNAL", 20)
+    feed(d, clock, "stable", "UNAVAILABLE", 5)
+    trips = feed(d, clock, "canary", "DATA_LOSS", 20)
     assert [t.stable_tally.failed for t in trips] == [5]
 
 
@@ -220,6 +235,9 @@ def test_time_going_back_past_the_window_is_not_counted() -> None:
         ({"window": 0.0}, "window: must be a duration in (0, 300] seconds"),
         ({"window": 301.0}, "window: must be a duration in (0, 300] seconds"),
         ({"enabled": "yes"}, "enabled: must be true or false"),
+        ({"hard_failures": ()}, "hard_failures: must be distinct names among UNAVAILABLE"),
+        ({"hard_failures": ("INVALID_ARGUMENT",)}, "hard_failures: must be distinct names"),
+        ({"hard_failures": ("UNAVAILABLE", "UNAVAILABLE")}, "hard_failures: must be distinct"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_field(

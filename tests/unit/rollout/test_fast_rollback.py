@@ -110,7 +110,7 @@ async def test_acting_again_is_a_no_op_and_never_reverts_a_promotion() -> None:
     await h.control.promote("ops", "ship canary", 0)  # canary is stable now
     await h.control.set_weights("ops", "v1 again", 0, {"canary": 8000, "stable": 2000})
     assert (h.state.stable, h.state.canary) == ("canary", "stable")
-    h.requests("stable", "INTERNAL", 20)  # "stable" is the canary slot now
+    h.requests("stable", "UNAVAILABLE", 20)  # "stable" is the canary slot now
     trip = h.fast.pending
     assert trip is not None and trip.canary == "stable"
     assert await h.fast.act(trip) is True
