@@ -37,10 +37,11 @@ VOLUME ["/var/lib/sidecar"]
 USER 10001:10001
 # predict (+ grpc.health.v1), control, metrics (/metrics)
 EXPOSE 8500 8501 9464
-# For `docker run` / Compose (Kubernetes uses its own gRPC probes): grpc.health.v1, overall.
+# For `docker run` / Compose (Kubernetes uses its own gRPC probes): grpc.health.v1, overall
+# (SERVING while the stable variant's model is ready).
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD ["python", "-c", "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; sys.exit(g.HealthStub(grpc.insecure_channel('127.0.0.1:8500')).Check(h.HealthCheckRequest(), timeout=2).status != h.HealthCheckResponse.SERVING)"]
-# Kubernetes: readiness/liveness via grpc.health.v1 on the predict port
-# (grpc: {port: 8500, service: "inference.GRPCInferenceService"}); SIGHUP reloads the
+# Kubernetes: grpc.health.v1 on the predict port: readiness {port: 8500, service: ""},
+# liveness and start-up {port: 8500, service: liveness}; SIGHUP reloads the
 # configuration (`kill -HUP 1`), SIGTERM drains and exits 0.
 ENTRYPOINT ["sidecar", "serve", "--config", "/etc/sidecar/sidecar.yaml"]

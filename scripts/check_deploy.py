@@ -239,14 +239,20 @@ def _check_policies(where: str, docs: list[dict[str, Any]]) -> None:
         problem(where, f"no container named {SIDECAR_CONTAINER!r}")
 
 
+# grpc.health.v1 service names the sidecar's probes ask for: "" (overall) follows the
+# stable variant's readiness; "liveness" stays SERVING while the process answers.
+PROBE_SERVICES = {"readinessProbe": "", "livenessProbe": "liveness", "startupProbe": "liveness"}
+
+
 def _check_sidecar_container(label: str, container: dict[str, Any], pod: dict[str, Any]) -> None:
     for probe in ("readinessProbe", "livenessProbe"):
         grpc = (container.get(probe) or {}).get("grpc")
         if not grpc or grpc.get("port") != 8500:
             problem(label, f"{probe} must be a grpc.health.v1 probe on the predict port 8500")
-    readiness = ((container.get("readinessProbe") or {}).get("grpc") or {}).get("service")
-    if readiness != "inference.GRPCInferenceService":
-        problem(label, "readinessProbe must ask for inference.GRPCInferenceService")
+    for probe, service in PROBE_SERVICES.items():
+        grpc = (container.get(probe) or {}).get("grpc")
+        if grpc is not None and grpc.get("service", "") != service:
+            problem(label, f"{probe} must ask for service {service!r} (grpc.health.v1)")
     mounts = {m["mountPath"]: m for m in container.get("volumeMounts") or []}
     state = mounts.get("/var/lib/sidecar")
     if state is None or state.get("readOnly"):

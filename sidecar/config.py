@@ -49,6 +49,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import core_schema
 
 from sidecar.core.canary import analysis as canary
+from sidecar.core.canary.fastpath import FastRollbackSettings
 from sidecar.core.canary.judge import JudgeConfig
 from sidecar.core.canary.sequential import SequentialConfig
 from sidecar.core.duration import Duration
@@ -630,6 +631,8 @@ class AnalysisConfig(_Section):
     # stalled (status warning, log, alert, metric); a plan stage may set its own. 0: off.
     progress_deadline: NonNegativeDuration = 3600.0
     progress_deadline_abort: bool = False  # true: also roll back a stalled stage
+    # Roll a hard-failing canary back at once, between the judge's checks (core.canary.fastpath).
+    fast_rollback: FastRollbackSettings = FastRollbackSettings()
 
     @model_validator(mode="after")
     def _horizon_holds_lookback(self) -> AnalysisConfig:

@@ -63,17 +63,26 @@ from sidecar.adapters.upstream.wire import InferBytes, InferReply
 from sidecar.app.control import ControlService, RolloutSetup, describe
 from sidecar.app.dataplane import DataPlane
 from sidecar.app.drift import DriftMonitor
-from sidecar.app.experiment import DriftLevels, ExperimentService, FileCheckpoint, Insights
+from sidecar.app.experiment import (
+    AlertSink,
+    DriftLevels,
+    ExperimentService,
+    FileCheckpoint,
+    Insights,
+)
+from sidecar.app.fastpath import FastRollback
 from sidecar.app.mirror import ShadowMirror
 from sidecar.app.ports import AuditEntry, RevisionConflict, StateFileError, StateStore
 from sidecar.app.rollout import (
     CanaryCheckpoint,
     JudgeEvaluator,
     RolloutController,
+    automatic_rollback,
     stable_baseline,
 )
 from sidecar.app.state import Snapshot, StateHolder
 from sidecar.config import Config, ConfigError, load_config, read_drift_reference, sibling_path
+from sidecar.core.canary.fastpath import HardFailureDetector
 from sidecar.core.canary.merged import MergedWindows
 from sidecar.core.canary.window import RollingWindows, WindowSource
 from sidecar.core.experiment import Attribution, OutcomeLedger
@@ -89,6 +98,10 @@ from sidecar.reload import merge, plan_reload, unit_fields
 
 log = structlog.get_logger("sidecar")
 READINESS_INTERVAL = 2.0
+# grpc.health.v1 names: "" (overall) is readiness: it follows the stable variant's model,
+# like the routed services' names; LIVENESS is SERVING from start until the stop begins,
+# whatever the model servers do (a Kubernetes liveness or start-up probe asks for it).
+LIVENESS = "liveness"
 DRIFT_INTERVAL = 0.2  # short: fewer queued requests held, smaller batches of work
 FLEET_RECENT_S = 600.0  # the span of recent buckets each fleet member publishes, at least
 DRIFT_SLICE = 8  # requests decoded between yields to the event loop (about 0.3 ms of work)
@@ -112,6 +125,7 @@ class RoutedUnit:
     readings: Readings
     fleet: FleetMember | None = None
     lead: FleetLead | None = None
+    fast_rollback: FastRollback | None = None
 
     @property
     def name(self) -> str:
@@ -126,6 +140,8 @@ class RoutedUnit:
             work.append(self.fleet.run())
         if self.lead is not None:
             work += self.lead.tasks(self.dataplane)
+        if self.fast_rollback is not None:
+            work.append(self.fast_rollback.run())
         return work
 
     def started(self) -> dict[str, object]:
@@ -224,6 +240,10 @@ class Sidecar:
     def lead(self) -> FleetLead | None:
         return self.primary.lead
 
+    @property
+    def fast_rollback(self) -> FastRollback | None:
+        return self.primary.fast_rollback
+
     def unit(self, model: str) -> RoutedUnit:
         """The routed unit of `model` (KeyError when it is not routed)."""
         for unit in self.units:
@@ -251,7 +271,8 @@ class Sidecar:
                     f"listen.metrics: cannot listen on {self.config.metrics_address}: "
                     f"{exc.strerror or exc}"
                 ) from None
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        await self.refresh_readiness()  # "" answers for the stables from the start
         for unit in self.units:
             self._tasks.append(asyncio.create_task(self._watch_readiness(unit)))
             self._tasks += [asyncio.create_task(work) for work in unit.tasks()]
@@ -281,27 +302,42 @@ class Sidecar:
         """Every routed model's stable is ready (the one place this is decided)."""
         return all(self._ready.get(unit.name, False) for unit in self.units)
 
+    async def refresh_readiness(self) -> bool:
+        """Ask every routed model's stable now and publish the health status; whether all
+        are ready."""
+        for unit in self.units:
+            await self._probe(unit)
+        await self._publish_readiness()
+        return self.all_ready()
+
     async def _watch_readiness(self, unit: RoutedUnit) -> None:
-        """Keep one routed model's stable readiness current; grpc.health.v1 for the routed
-        services follows `all_ready()`."""
-        last: bool | None = None
+        """Keep one routed model's stable readiness current (asked every
+        READINESS_INTERVAL); grpc.health.v1 follows `all_ready()`."""
         while True:
-            ready = await unit.dataplane.stable_ready(self.config.upstream.connect_timeout or 1.0)
-            if ready != last:
-                self._ready[unit.name] = ready
-                if unit.fleet is not None:
-                    unit.fleet.ready = ready
-                log.info(
-                    "stable.readiness",
-                    ready=ready,
-                    model=unit.name,
-                    variant=unit.dataplane.state.current.flag.stable,
-                )
-                last = ready
-                await self._publish_readiness()
             await asyncio.sleep(READINESS_INTERVAL)
+            await self._probe(unit)
+            await self._publish_readiness()
+
+    async def _probe(self, unit: RoutedUnit) -> None:
+        """One routed model's stable readiness (ModelReady on its model server)."""
+        ready = await unit.dataplane.stable_ready(self.config.upstream.connect_timeout or 1.0)
+        if ready == self._ready.get(unit.name):
+            return
+        self._ready[unit.name] = ready
+        if unit.fleet is not None:
+            unit.fleet.ready = ready
+        log.info(
+            "stable.readiness",
+            ready=ready,
+            model=unit.name,
+            variant=unit.dataplane.state.current.flag.stable,
+        )
 
     async def _publish_readiness(self) -> None:
+        """The overall status (service "", what a Kubernetes readiness probe asks) and
+        every routed service's: SERVING when `all_ready()`, else NOT_SERVING. Liveness is
+        apart (service `liveness`, OIP ServerLive). After `stop` began, the health
+        servicer keeps NOT_SERVING whatever is set."""
         ready = self.all_ready()
         if ready == self._all_ready:
             return
@@ -311,7 +347,7 @@ class Sidecar:
             if ready
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in service_names():
+        for name in ("", *service_names()):
             await self.health.set(name, status)
 
     def reload(self) -> None:
@@ -724,6 +760,9 @@ def _unit(config: Config, shared: _Shared, *, safe_mode: bool) -> RoutedUnit:
     telemetry, alerts = shared.telemetry, ModelAlerts(shared.alerts, config.model)
     metrics = telemetry.metrics.models[config.model]
     own_windows = telemetry.windows[config.model]
+    fast = _fast_rollback(config, state, alerts, lambda: control)
+    if fast is not None:  # one more sink of this model's finished requests
+        telemetry.stats.models[config.model].append(fast.record)
     lead = _lead(config, fleet, own_windows, lambda: experiment.tracker.counters())
     pool = UpstreamPool(
         config.variants, config.server.max_message_bytes, telemetry.tracer,
@@ -757,7 +796,7 @@ def _unit(config: Config, shared: _Shared, *, safe_mode: bool) -> RoutedUnit:
     return RoutedUnit(
         config=config, pool=pool, dataplane=dataplane, control=control, controller=controller,
         experiment=experiment, insights=insights, windows=own_windows, readings=readings,
-        fleet=fleet, lead=lead,
+        fleet=fleet, lead=lead, fast_rollback=fast,
     )  # fmt: skip
 
 
@@ -767,6 +806,25 @@ def _passthrough(config: Config, pool: UpstreamPool) -> PassThrough | None:
     if settings is None:
         return None
     return PassThrough(settings, config.upstream, pool.channel(settings.address))
+
+
+def _fast_rollback(
+    config: Config,
+    state: StateHolder,
+    alerts: AlertSink,
+    control: Callable[[], ControlService],
+) -> FastRollback | None:
+    """The fast path for a hard canary failure (`analysis.fast_rollback`): a sink of every
+    finished request that rolls back through the ControlService (built later: `control`)."""
+    settings = config.analysis.fast_rollback
+    if not settings.enabled:
+        return None
+    return FastRollback(
+        HardFailureDetector(settings),
+        snapshot=lambda: state.current,
+        rollback=lambda principal, reason: automatic_rollback(control(), principal, reason),
+        alerts=alerts,
+    )
 
 
 def _telemetry(config: Config) -> _Telemetry:

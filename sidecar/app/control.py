@@ -446,7 +446,7 @@ class ControlService:
         async def mutate(s: DesiredState) -> DesiredState:
             elsewhere = {n: w for n, w in s.weights.items() if n != s.stable and w > 0}
             active = s.rollout is not None and s.rollout.phase.active
-            if elsewhere or active or _rules_elsewhere(s):
+            if elsewhere or active or rules_elsewhere(s):
                 weights = all_traffic_to(s.weights, s.stable)
                 rollout = (
                     s.rollout.evolve(phase=end_rollout, message=reason)
@@ -663,7 +663,7 @@ class RolloutSetup:
     baseline: Callable[[str, float], Baseline] = _no_baseline
 
 
-def _rules_elsewhere(s: DesiredState) -> bool:
+def rules_elsewhere(s: DesiredState) -> bool:
     """Whether a user override or segment rule in force sends requests off the stable
     variant (a rollback has something to take away even with every weight on stable)."""
     if s.rules_suspended:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 import structlog
 
-from sidecar.app.control import ControlService
+from sidecar.app.control import ControlService, rules_elsewhere
 from sidecar.app.ports import AlwaysLeader, Leadership
 from sidecar.app.state import Snapshot
 from sidecar.config import AnalysisConfig
@@ -61,7 +61,7 @@ from sidecar.core.rollout import (
 from sidecar.core.routing import BASIS_POINTS
 from sidecar.core.shadow.report import ShadowThresholds
 from sidecar.core.state import DesiredState
-from sidecar.errors import FailedPrecondition, InvalidRequest, SidecarError
+from sidecar.errors import FailedPrecondition, InvalidRequest, SidecarError, StaleRevision
 
 log = structlog.get_logger("sidecar.health")
 
@@ -76,9 +76,47 @@ __all__ = [
     "Evaluator",
     "JudgeEvaluator",
     "RolloutController",
+    "automatic_rollback",
+    "moves_traffic",
     "run_drill",
     "stable_baseline",
 ]
+
+
+def moves_traffic(state: DesiredState) -> bool:
+    """Whether a Rollback of `state` sends traffic back to stable (a non-stable variant
+    has weight, a plan is running, or a user override or segment rule in force names
+    another variant: the rollback suspends it) rather than reverting the last promotion. Automatic
+    rollbacks act only then, at the revision they checked: a second rollback racing the
+    first (the fast path, the judge, an operator, another fleet member) must never turn
+    into a promotion revert."""
+    running = state.rollout is not None and state.rollout.phase.active
+    weighted = any(w > 0 for n, w in state.weights.items() if n != state.stable)
+    return running or weighted or rules_elsewhere(state)
+
+
+ROLLBACK_ATTEMPTS = 3
+
+
+async def automatic_rollback(
+    control: ControlService, principal: str, reason: str
+) -> Snapshot | None:
+    """Roll back as `principal` when it moves traffic (`moves_traffic`), at the revision
+    checked; re-checked when another write got in first (up to `ROLLBACK_ATTEMPTS`
+    times). None when there was nothing to roll back; the reason is clipped to the bound,
+    never refused by it. Raises the `SidecarError` of the last attempt (ABORTED when
+    others kept writing first, e.g. a fleet member whose change has not arrived yet)."""
+    reason = clip(reason, CONTROL_LIMITS.reason_bytes)
+    for attempt in range(ROLLBACK_ATTEMPTS):
+        snap = control.snapshot()
+        if not moves_traffic(snap.state):
+            return None
+        try:
+            return await control.rollback(principal, reason, snap.revision)
+        except StaleRevision:
+            if attempt == ROLLBACK_ATTEMPTS - 1:
+                raise
+    return None
 
 
 Pair = tuple[VariantWindow, VariantWindow]
@@ -508,8 +546,9 @@ class RolloutController:
     async def _roll_back(self, reason: str, principal: str) -> None:
         started = self.clock()
         try:
-            # An automatic reason (gate details) is clipped, never refused by the bound.
-            await self.control.rollback(principal, clip(reason, CONTROL_LIMITS.reason_bytes), 0)
+            if await automatic_rollback(self.control, principal, reason) is None:
+                log.info("health.rollback_skipped", reason=reason, why="already on stable")
+                return
         except SidecarError as exc:
             log.error("health.rollback_failed", reason=reason, error=exc.message)
             return

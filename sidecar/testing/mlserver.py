@@ -566,8 +566,22 @@ class MLServerProcess:
             return self
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _spawn(self, python: Path, attempt: int) -> None:
-        self.http_port, self.grpc_port, self.metrics_port = reserve_ports(3)
+    def restart(self) -> Self:
+        """Start again on the same ports after ``stop()`` / ``kill()`` (a model server
+        that comes back where clients expect it); returns once every model is ready."""
+        if self._proc is None or self.is_running():
+            raise MLServerError("restart() needs a server that was started and has stopped")
+        self._spawn(mlserver_python(), 1, same_ports=True)
+        try:
+            self._wait_ready()
+        except MLServerStartupError:
+            self._terminate(grace=2.0)
+            raise
+        return self
+
+    def _spawn(self, python: Path, attempt: int, *, same_ports: bool = False) -> None:
+        if not same_ports:
+            self.http_port, self.grpc_port, self.metrics_port = reserve_ports(3)
         env = _venv_env(
             python,
             {

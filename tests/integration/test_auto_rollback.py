@@ -73,6 +73,9 @@ def test_failing_canary_rolls_back_by_itself(
                 "min_latency_samples": 40,
                 "max_p50_ratio": 5.0,
                 "max_p95_ratio": 5.0,
+                # This test is about the statistical judge: the fast path (which would
+                # roll this canary back first) is tested in test_fast_rollback.py.
+                "fast_rollback": {"enabled": False},
             },
         }
         env = {

@@ -41,6 +41,11 @@ def test_example_config_is_valid_and_complete() -> None:
     assert config.drift.enabled and config.drift.major == 0.25
     # A realistic sample: every mirrored request is one more inference upstream.
     assert config.shadow.sample_bp == 500 and config.shadow.noise_sample_bp == 100
+    fast = config.analysis.fast_rollback
+    assert (fast.enabled, fast.min_requests, fast.failure_ratio, fast.window) == (
+        True, 20, 0.5, 5.0,
+    )  # fmt: skip
+    assert fast.hard_failures == ("UNAVAILABLE", "DATA_LOSS")
 
 
 def mutate(path: str, value: Any) -> dict[str, Any]:
@@ -124,6 +129,15 @@ BAD = [
     ("drift.bins", 1, "drift.bins: must be 2..100"),
     ("drift.reference_file", "missing.json", "drift.reference_file: no such file"),
     ("drift.enabled", "yes", "drift.enabled: must be true or false"),
+    ("analysis.fast_rollback.min_requests", 0, "analysis.fast_rollback.min_requests: must be"),
+    ("analysis.fast_rollback.window", "10m", "analysis.fast_rollback.window: must be a dura"),
+    ("analysis.fast_rollback.failure_ratio", 0, "analysis.fast_rollback.failure_ratio: must"),
+    (
+        "analysis.fast_rollback.hard_failures",
+        ["NOT_FOUND"],
+        "analysis.fast_rollback.hard_failures: must be distinct names among UNAVAILABLE",
+    ),
+    ("analysis.fast_rollback.colour", 1, "analysis.fast_rollback.colour"),
 ]
 
 

@@ -73,6 +73,24 @@ def test_a_root_pod_and_a_writable_root_filesystem_fail(checker: ModuleType) -> 
     assert "readinessProbe must be a grpc.health.v1 probe" in text
 
 
+def test_probes_asking_for_the_wrong_health_service_fail(checker: ModuleType) -> None:
+    """Readiness must ask for "" (it follows the stable's readiness), liveness and start-up
+    for "liveness" (a liveness probe on "" would restart the sidecar whenever the model
+    server is down)."""
+    deployment = model_deployment(checker)
+    sidecar = deployment["spec"]["template"]["spec"]["containers"][1]
+    checker._check_policies("k8s", [deployment])
+    assert checker.problems == []
+    sidecar["readinessProbe"]["grpc"]["service"] = "inference.GRPCInferenceService"
+    sidecar["livenessProbe"]["grpc"].pop("service")
+    sidecar["startupProbe"]["grpc"]["service"] = ""
+    checker._check_policies("k8s", [deployment])
+    text = "\n".join(checker.problems)
+    assert "readinessProbe must ask for service ''" in text
+    assert "livenessProbe must ask for service 'liveness'" in text
+    assert "startupProbe must ask for service 'liveness'" in text
+
+
 def test_a_bad_sidecar_configuration_is_named(checker: ModuleType) -> None:
     raw = yaml.safe_load((ROOT / "deploy/compose/sidecar.yaml").read_text())
     raw["analysis"]["intervall"] = 5
