@@ -98,6 +98,7 @@ from sidecar.reload import merge, plan_reload, unit_fields
 
 log = structlog.get_logger("sidecar")
 READINESS_INTERVAL = 2.0
+STOP_TASKS_S = 5.0  # how long a stop waits for the cancelled background tasks to end
 # grpc.health.v1 names: "" (overall) is readiness: it follows the stable variant's model,
 # like the routed services' names; LIVENESS is SERVING from start until the stop begins,
 # whatever the model servers do (a Kubernetes liveness or start-up probe asks for it).
@@ -399,7 +400,13 @@ class Sidecar:
         await self.health.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a task that swallowed its cancellation cannot hold the stop
+            ended, stuck = await asyncio.wait(self._tasks, timeout=STOP_TASKS_S)
+            for task in ended:  # retrieved, as gather(return_exceptions=True) would
+                if not task.cancelled():
+                    task.exception()
+            if stuck:
+                log.warning("sidecar.tasks_not_stopped", tasks=sorted(t.get_name() for t in stuck))
         await asyncio.gather(self.predict_server.stop(grace), self.control_server.stop(grace))
         for unit in self.units:
             await unit.close_mirrors(grace)

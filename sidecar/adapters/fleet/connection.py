@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import redis
@@ -40,3 +41,15 @@ def sync_client(config: RedisConfig) -> redis.Redis:
         socket_timeout=config.connect_timeout,
         **_tls_kwargs(config),
     )
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation of the current task that a Redis call consumed.
+
+    redis-py's asyncio client can swallow the CancelledError of a command interrupted
+    mid-read (it surfaces as a connection error, or not at all), so a loop that retries
+    on errors would run on after `Task.cancel()` and a graceful stop would wait for it
+    for ever. Every fleet loop calls this after each Redis step."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -40,6 +40,7 @@ import redis
 import redis.asyncio
 import structlog
 
+from sidecar.adapters.fleet.connection import raise_if_cancelled
 from sidecar.adapters.fleet.keys import FleetKeys
 from sidecar.app.ports import NotLeader, leader_fence
 
@@ -185,6 +186,7 @@ class LeaderLease:
         `follower_interval` otherwise; for ever (cancel to stop)."""
         while True:
             leading = await self.step()
+            raise_if_cancelled()
             await asyncio.sleep(self.interval if leading else self.follower_interval)
 
     @contextlib.contextmanager

@@ -38,6 +38,7 @@ import redis
 import redis.asyncio
 import structlog
 
+from sidecar.adapters.fleet.connection import raise_if_cancelled
 from sidecar.adapters.fleet.keys import FleetKeys
 from sidecar.adapters.store.redis import RedisStore, decode_revision
 from sidecar.app.ports import AuditEntry, CommitRefused, MemberStatus, StateFileError
@@ -132,11 +133,13 @@ class FleetMember:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=LISTEN_POLL
                     )
+                    raise_if_cancelled()
                     notice = _notice(message)
                     if notice is not None and notice[0] > self.holder.current.revision:
                         await self.take(*notice)
             except Exception as exc:  # logged, retried: never stops the member's work
                 self._failed("listen", exc)
+                raise_if_cancelled()
                 await asyncio.sleep(backoff)
                 backoff = min(BACKOFF_MAX, backoff * 2)
             finally:
@@ -151,6 +154,7 @@ class FleetMember:
                 self._recovered("resync")
             except Exception as exc:  # logged, retried: never stops the member's work
                 self._failed("resync", exc)
+            raise_if_cancelled()
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -159,6 +163,7 @@ class FleetMember:
                 self._recovered("heartbeat")
             except Exception as exc:  # logged, retried: never stops the member's work
                 self._failed("heartbeat", exc)
+            raise_if_cancelled()
             await asyncio.sleep(self.heartbeat_interval)
 
     async def _report_applied(self) -> None:
@@ -171,6 +176,7 @@ class FleetMember:
                     queue.get_nowait()
                 with contextlib.suppress(Exception):  # the timer's heartbeat retries
                     await self.beat()
+                raise_if_cancelled()
         finally:
             self.holder.unwatch(queue)
 

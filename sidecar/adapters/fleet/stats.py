@@ -54,6 +54,7 @@ import redis
 import redis.asyncio
 import structlog
 
+from sidecar.adapters.fleet.connection import raise_if_cancelled
 from sidecar.adapters.fleet.keys import FleetKeys
 from sidecar.app.dataplane import new_request_id
 from sidecar.core.canary.merged import MergedWindows
@@ -251,6 +252,7 @@ class FleetStats:
         while True:
             await self.publish()
             await self.refresh()
+            raise_if_cancelled()
             await asyncio.sleep(self.interval)
 
 
@@ -395,7 +397,9 @@ class OutcomeForwarder:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            if not await self.send():
+            sent = await self.send()
+            raise_if_cancelled()
+            if not sent:
                 self._ready.set()
                 await asyncio.sleep(0.5)
 
@@ -410,8 +414,10 @@ class OutcomeForwarder:
                     {stream: last}, count=CONSUME_BATCH, block=self.block_ms
                 )
             except (redis.RedisError, OSError):
+                raise_if_cancelled()
                 await asyncio.sleep(0.5)
                 continue
+            raise_if_cancelled()
             for _, entries in got or []:
                 ids = []
                 for entry_id, fields in entries:
