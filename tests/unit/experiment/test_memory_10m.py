@@ -114,4 +114,7 @@ def test_ten_million_outcomes_keep_memory_flat() -> None:
     # flat: nothing grows per request or per outcome (8M outcomes would leave millions of
     # blocks); the only growth allowed is the bounded look history (16 looks x 2 metrics)
     assert block_growth < 2_000, block_growth
-    assert rss_growth < 1024 * 1024, rss_growth
+    # RSS also moves with the allocator (arenas, fragmentation, a worker's earlier tests:
+    # 4 MiB seen once on a fresh clone); 16 MiB over 8M outcomes is 2 bytes per outcome,
+    # so a per-outcome leak still fails here, and the block count above is the exact check
+    assert rss_growth < 16 * 1024 * 1024, rss_growth
