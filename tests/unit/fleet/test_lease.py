@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from sidecar.adapters.fleet.keys import FleetKeys
 from sidecar.adapters.fleet.lease import SAFETY, LeaderLease
@@ -95,7 +97,12 @@ async def test_unreachable_redis_keeps_leadership_only_until_the_deadline(
     client: redis.asyncio.Redis,
 ) -> None:
     clock = FakeClock(0.0)
-    dead = redis.asyncio.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    # no retries: redis-py's default backoff spends seconds of real time per refused
+    # command (2.8 s measured), and the real lease key (5 s ttl in Redis's own time) could
+    # expire meanwhile and be re-acquired through b's live client
+    dead = redis.asyncio.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     a = LeaderLease(dead, KEYS, "a", 5.0, clock=clock)
     assert not await a.step()
     assert a.errors == 1
