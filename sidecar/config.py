@@ -281,6 +281,13 @@ class UpstreamConfig(_Section):
             raise ValueError("default_deadline: must not exceed upstream.max_deadline")
         return self
 
+    def timeout_for(self, time_remaining: float | None) -> float:
+        """The caller's remaining deadline capped by `max_deadline` (`default_deadline`
+        when the caller set none)."""
+        if time_remaining is None:
+            return self.default_deadline
+        return max(0.0, min(time_remaining, self.max_deadline))
+
 
 class PassThroughConfig(_Section):
     """`passthrough:` — the default upstream for models this sidecar does not route: their

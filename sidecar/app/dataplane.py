@@ -137,9 +137,7 @@ class DataPlane(Generic[Req, Resp]):
 
     def timeout_for(self, time_remaining: float | None) -> float:
         """The caller's deadline, capped by the configured maximum (default when unset)."""
-        if time_remaining is None:
-            return self.limits.default_deadline
-        return max(0.0, min(time_remaining, self.limits.max_deadline))
+        return self.limits.timeout_for(time_remaining)
 
     async def infer(
         self,

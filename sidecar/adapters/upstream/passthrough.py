@@ -7,9 +7,10 @@ sent them. Not routed, so not counted: no flag decision, no variant, no window, 
 experiment. Bounded: the caller's deadline capped by `passthrough.max_deadline`, at most
 `passthrough.max_in_flight` calls at once (RESOURCE_EXHAUSTED beyond), trailers at most
 `MAX_TRAILERS` entries and `MAX_TRAILER_BYTES` bytes (gRPC's own and hop-by-hop names
-dropped). The server's address never reaches the caller: transport failures (UNAVAILABLE,
-DEADLINE_EXCEEDED, or details naming the address) are answered with a message naming
-the pass-through upstream only; the details go to the log at debug level.
+dropped: `trailers.passed_trailers`). The server's address never reaches the caller:
+transport failures (UNAVAILABLE, DEADLINE_EXCEEDED, or details naming the address) are
+answered with a message naming the pass-through upstream only; the details go to the
+log at debug level.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ import grpc
 import structlog
 
 from sidecar.adapters.telemetry import spans
+from sidecar.adapters.upstream.trailers import (
+    MAX_TRAILER_BYTES,
+    MAX_TRAILERS,
+    TRANSPORT,
+    Trailers,
+    passed_trailers,
+)
 from sidecar.config import PassThroughConfig, UpstreamConfig
 from sidecar.errors import ErrorCode, SidecarError, UpstreamError
 
@@ -31,12 +39,8 @@ METHODS = (
     "ModelInfer", "ModelReady", "ModelMetadata",
     "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
 )  # fmt: skip
-MAX_TRAILERS = 16  # the app's client limits all metadata (8 KiB by default)
-MAX_TRAILER_BYTES = 4096
-_HOP_BY_HOP = frozenset({"content-type", "te", "user-agent", "content-length"})
 NAME = "the pass-through model server"
-
-Trailers = tuple[tuple[str, str | bytes], ...]
+__all__ = ["MAX_TRAILERS", "MAX_TRAILER_BYTES", "PassThrough", "PassThroughError", "Relayed"]
 
 
 class Relayed(NamedTuple):
@@ -55,21 +59,9 @@ class PassThroughError(UpstreamError):
 
 
 def relayed_trailers(metadata: Iterable[Any] | None) -> Trailers:
-    """The upstream's trailers an app may see: gRPC's own (`grpc-*`, pseudo-headers) and
-    hop-by-hop names dropped, at most `MAX_TRAILERS` entries and `MAX_TRAILER_BYTES`
-    bytes (the rest dropped)."""
-    out: list[tuple[str, str | bytes]] = []
-    size = 0
-    for key, value in metadata or ():
-        if not isinstance(key, str) or not isinstance(value, str | bytes):
-            continue
-        if key.startswith(("grpc-", ":")) or key in _HOP_BY_HOP:
-            continue
-        size += len(key) + (len(value) if isinstance(value, bytes) else len(value.encode()))
-        if len(out) >= MAX_TRAILERS or size > MAX_TRAILER_BYTES:
-            break
-        out.append((key, value))
-    return tuple(out)
+    """The upstream's trailers an app may see: `passed_trailers` keeping an upstream's
+    `x-variant` / `x-request-id` (the sidecar sets none on a pass-through answer)."""
+    return passed_trailers(metadata, TRANSPORT)
 
 
 def _identity(data: bytes) -> bytes:
@@ -95,16 +87,10 @@ class PassThrough:
             for method in METHODS
         }
 
-    def timeout_for(self, time_remaining: float | None) -> float:
-        """The caller's deadline capped by the pass-through maximum (default when unset)."""
-        if time_remaining is None:
-            return self.limits.default_deadline
-        return max(0.0, min(time_remaining, self.limits.max_deadline))
-
     async def call(self, method: str, data: bytes, *, time_remaining: float | None) -> Relayed:
         """Send `data` (a serialised request of `method`) as it is; the answer's bytes and
         trailers as they came, or `PassThroughError` with the upstream's status."""
-        timeout = self.timeout_for(time_remaining)
+        timeout = self.limits.timeout_for(time_remaining)
         if timeout <= 0.0:
             raise SidecarError("deadline already expired", ErrorCode.DEADLINE_EXCEEDED)
         if self.in_flight >= self.max_in_flight:

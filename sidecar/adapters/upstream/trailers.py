@@ -25,7 +25,7 @@ NO_TRAILERS: Trailers = ()
 MAX_TRAILERS = 16
 MAX_TRAILER_BYTES = 4096
 SIDECAR_OWN = frozenset({"x-variant", "x-request-id"})
-DROPPED = frozenset(
+TRANSPORT = frozenset(
     {
         "content-type",
         "content-length",
@@ -38,21 +38,22 @@ DROPPED = frozenset(
         "proxy-connection",
         "user-agent",
         "host",
-        *SIDECAR_OWN,
     }
 )
+DROPPED = TRANSPORT | SIDECAR_OWN  # a routed answer: the sidecar sets its own
 
 
-def passed_trailers(raw: Iterable[Any] | None) -> Trailers:
+def passed_trailers(raw: Iterable[Any] | None, dropped: frozenset[str] = DROPPED) -> Trailers:
     """The entries of the upstream's trailing metadata ((key, value) pairs, as gRPC gives
-    them) that the app gets (see the module)."""
+    them) that the app gets (see the module); `dropped`: the names never passed (the
+    pass-through, which sets no trailers of its own, passes `TRANSPORT`)."""
     if not raw:
         return NO_TRAILERS
     kept: list[tuple[str, str | bytes]] = []
     used = 0
     for key, value in raw:
         name = str(key).lower()
-        if name.startswith(("grpc-", ":")) or name in DROPPED:
+        if name.startswith(("grpc-", ":")) or name in dropped:
             continue
         size = len(name) + (len(value) if isinstance(value, bytes) else len(value.encode()))
         if len(kept) == MAX_TRAILERS or used + size > MAX_TRAILER_BYTES:

@@ -15,7 +15,6 @@ from sidecar.core.routing.model import (
 )
 from sidecar.core.routing.versions import (
     served_variants,
-    variant_for_version,
     variants_for_version,
 )
 
@@ -35,6 +34,5 @@ __all__ = [
     "evaluate",
     "served_variants",
     "shadow_sampled",
-    "variant_for_version",
     "variants_for_version",
 ]

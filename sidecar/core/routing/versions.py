@@ -32,12 +32,3 @@ def variants_for_version(
     if not version:
         return ()
     return tuple(n for n in served_variants(flag, shadow) if versions.get(n) == version)
-
-
-def variant_for_version(
-    flag: Flag, versions: Mapping[str, str], version: str, shadow: str | None = None
-) -> str | None:
-    """The one served variant whose model version is `version`, else None (none, or
-    several: then the version does not choose between them)."""
-    named = variants_for_version(flag, versions, version, shadow)
-    return named[0] if len(named) == 1 else None

@@ -12,7 +12,7 @@ from sidecar.core.routing import (
     SegmentRule,
     evaluate,
     served_variants,
-    variant_for_version,
+    variants_for_version,
 )
 
 VERSIONS = {"stable": "v1", "canary": "v2", "blue": "v3", "shadow": "v4"}
@@ -47,10 +47,10 @@ def test_a_version_names_its_served_variant_or_none() -> None:
     """Versions match `model_version`; an unknown, unserved, shadow's or empty version
     names no variant."""
     flag = make_flag()
-    assert variant_for_version(flag, VERSIONS, "v1", "shadow") == "stable"
-    assert variant_for_version(flag, VERSIONS, "v2", "shadow") == "canary"
+    assert variants_for_version(flag, VERSIONS, "v1", "shadow") == ("stable",)
+    assert variants_for_version(flag, VERSIONS, "v2", "shadow") == ("canary",)
     for version in ("v3", "v4", "v9", ""):
-        assert variant_for_version(flag, VERSIONS, version, "shadow") is None
+        assert variants_for_version(flag, VERSIONS, version, "shadow") == ()
 
 
 def test_requested_version_beats_overrides_segments_and_split() -> None:
