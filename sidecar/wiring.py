@@ -22,7 +22,8 @@ import redis
 import structlog
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NoOpTracer, Tracer
 
@@ -45,6 +46,7 @@ from sidecar.adapters.grpc.control import ControlServicer
 from sidecar.adapters.grpc.converters import decode_outputs
 from sidecar.adapters.grpc.models import ControlRouter
 from sidecar.adapters.grpc.servicers import (
+    GenericOnly,
     InferenceServicer,
     PredictServicer,
     add_inference_servicer,
@@ -859,7 +861,9 @@ def _telemetry(config: Config) -> _Telemetry:
         provider=provider,
         tracer=tracer,
         detailed=config.telemetry.export,
-        server_tracer=tracer if config.telemetry.export else StatsTracer(stats.record_span),
+        server_tracer=(
+            tracer if config.telemetry.export else StatsTracer(stats.record_span, stats.record)
+        ),
     )
 
 
@@ -1033,18 +1037,22 @@ def _servers(
         ("grpc.so_reuseport", 0),
     ]
     predict_server = grpc.aio.server(options=options)
+    generic = GenericOnly(predict_server)  # the data path: generic handlers only
     health_servicer = health_aio.HealthServicer()
     routes = {unit.name: unit.dataplane for unit in units}
     add_inference_servicer(
         InferenceServicer(routes, tracer, config.upstream.default_deadline, passthrough),
-        predict_server,
+        generic,
     )
     predict_pb2_grpc.add_PredictServicer_to_server(
-        PredictServicer(config, routes, tracer), predict_server
+        PredictServicer(config, routes, tracer),
+        generic,
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, predict_server)
-    reflection.enable_server_reflection(
-        (*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), predict_server
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, generic)
+    # what enable_server_reflection adds for an aio server (it checks the server type)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        ReflectionServicer((*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME)),
+        generic,
     )
     control_server = grpc.aio.server(
         options=options, interceptors=[AuthInterceptor(Authenticator(config.control.auth.tokens))]

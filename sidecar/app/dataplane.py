@@ -162,6 +162,9 @@ class DataPlane(Generic[Req, Resp]):
             "targeting key (context.targeting_key, x-user-id)", targeting_key, self.max_key_bytes
         )
         check_key("segment (context.segment, x-segment)", segment, self.max_key_bytes)
+        timeout = self.limits.timeout_for(time_remaining)
+        if timeout <= 0.0:  # refused before routing: no variant is charged with it
+            raise SidecarError("deadline already expired", ErrorCode.DEADLINE_EXCEEDED)
         snapshot = self.state.current
         flag = snapshot.flag
         named = self.requested(flag, version) if version else ()
@@ -199,9 +202,6 @@ class DataPlane(Generic[Req, Resp]):
             raise SidecarError(
                 f"variant {resolution.variant!r} has no upstream", ErrorCode.INTERNAL
             )
-        timeout = self.timeout_for(time_remaining)
-        if timeout <= 0.0:
-            raise SidecarError("deadline already expired", ErrorCode.DEADLINE_EXCEEDED)
         started = self._clock()
         response = await upstream.infer(request, timeout=timeout, metadata=metadata)
         done = self._clock()

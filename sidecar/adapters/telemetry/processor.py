@@ -58,18 +58,36 @@ class VariantStatsProcessor(SpanProcessor):
             status = (
                 spans.STATUS_NAMES[code] if isinstance(code, int) and 0 <= code < 17 else "UNKNOWN"
             )
-            duration = (end_ns - start_ns) / 1e9
-            end = end_ns / 1e9
+            model = attributes.get(spans.ROUTED_MODEL)
+            self.record(
+                model if isinstance(model, str) else None,
+                variant,
+                end_ns / 1e9,
+                (end_ns - start_ns) / 1e9,
+                status,
+            )
+        except Exception:  # never raise into the request path
+            self._failed()
+
+    def record(
+        self, model: str | None, variant: str, end: float, duration: float, status: str
+    ) -> None:
+        """One finished request of routed `model` (None: no model's sinks) served by
+        `variant` to the sinks: what `record_span` reads off a span, handed over directly
+        by the front door when nothing is exported. Never raises."""
+        try:
             for sink in self.sinks:
                 sink(variant, end, duration, status)
-            model = attributes.get(spans.ROUTED_MODEL)
-            for sink in self.models.get(model, ()) if isinstance(model, str) else ():
+            for sink in self.models.get(model, ()) if model is not None else ():
                 sink(variant, end, duration, status)
             self.recorded += 1
         except Exception:  # never raise into the request path
-            self.failures += 1
-            if self.failures == 1:
-                log.exception("telemetry.processor_failed")
+            self._failed()
+
+    def _failed(self) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            log.exception("telemetry.processor_failed")
 
     def shutdown(self) -> None:
         return None

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import (
+    INVALID_SPAN,
     INVALID_SPAN_CONTEXT,
     NoOpTracer,
     Span,
@@ -135,10 +136,20 @@ class StatsSpan(Span):
 
 class StatsTracer(NoOpTracer):
     """The SERVER-span tracer when nothing is exported: `server_span` makes `StatsSpan`s
-    that feed `record` (`VariantStatsProcessor.record_span`)."""
+    that feed `record` (`VariantStatsProcessor.record_span`). `finished`, when given, takes
+    a finished request's numbers with no span at all (`VariantStatsProcessor.record`: the
+    Open Inference Protocol front door's path)."""
 
-    def __init__(self, record: Callable[[Mapping[str, object], int, int], None]) -> None:
+    def __init__(
+        self,
+        record: Callable[[Mapping[str, object], int, int], None],
+        finished: Callable[[str | None, str, float, float, str], None] | None = None,
+    ) -> None:
         self.record = record
+        self.finished = finished
+
+
+TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 @contextmanager
@@ -184,6 +195,8 @@ def inject(metadata: list[tuple[str, str]], span: Span | None = None) -> None:
         current = trace.get_current_span()
         if isinstance(current, StatsSpan):
             metadata.extend(current._carrier.items())
+            return
+        if current is INVALID_SPAN:  # no span at all (the front door's stats-only path)
             return
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(span) if span else None)
