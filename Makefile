@@ -55,6 +55,7 @@ bench: venv ## Benchmarks: data plane, kill-switch propagation, canary judge, A/
 	$(PY) bench/fleet.py
 	$(PY) bench/fleet_failover.py
 	$(PY) bench/canary_death.py
+	$(PY) bench/instructions.py
 
 check-deploy: venv ## Validate deploy/: kustomize + Kubernetes schemas, Compose schema, promtool rules and tests, dashboard
 	$(PY) scripts/check_deploy.py
