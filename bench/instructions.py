@@ -25,12 +25,10 @@ is skipped and says so.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,7 +43,14 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from _load import LoadPool  # noqa: E402
-from dataplane import free_ports, request_bytes, sidecar_config  # noqa: E402
+from dataplane import (  # noqa: E402
+    Proc,
+    Procs,
+    free_ports,
+    request_bytes,
+    sidecar_config,
+    wait_ready,
+)
 
 PY = sys.executable
 CONCURRENCY = 16
@@ -62,56 +67,31 @@ def _totals(files: list[str]) -> int:
     return total
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def _callgrind(out: str) -> list[str]:
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
 
 
 def measure(
-    name: str, command: str, pool: LoadPool, port: int, out_dir: str, args: argparse.Namespace
+    proc: Proc, target: str, pool: LoadPool, out_prefix: str, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Instructions per request of one hop started by `command` (listening on `port`)."""
-    prefix = f"{out_dir}/{name}"
-    valgrind = f"valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file={prefix}.%p.out"
-    proc = subprocess.Popen(
-        command.format(valgrind=valgrind),
-        shell=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    target = f"127.0.0.1:{port}"
+    """Instructions per request of one hop running under callgrind at `target`."""
     request = request_bytes()
-    try:
-        deadline = time.monotonic() + args.start_timeout
-        error = "not started"
-        while time.monotonic() < deadline:
-            error = pool.probe(target, request, timeout=5.0)
-            if not error:
-                break
-            time.sleep(0.5)
-        else:
-            return {"error": f"{name} did not answer within {args.start_timeout} s: {error}"}
-        pool.closed(
-            target, request, CONCURRENCY, warmup_s=0.0, duration_s=600.0,
-            max_requests=args.warmup, timeout=30.0,
-        )  # fmt: skip
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True)
-        run = pool.closed(
-            target, request, CONCURRENCY, warmup_s=0.0, duration_s=600.0,
-            max_requests=args.requests, timeout=30.0,
-        )  # fmt: skip
-        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True)
-        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True)
-    finally:
-        _stop(proc)
-    instructions = _totals(sorted(glob.glob(f"{prefix}.*.out*")))
+    failure = wait_ready(pool, {proc.name: proc}, {proc.name: target}, request, args.start_timeout)
+    if failure:
+        return {"error": failure[proc.name]}
+    pid = str(proc.popen.pid)
+    pool.closed(
+        target, request, CONCURRENCY, warmup_s=0.0, duration_s=600.0,
+        max_requests=args.warmup, timeout=30.0,
+    )  # fmt: skip
+    subprocess.run(["callgrind_control", "-i", "on", pid], capture_output=True)
+    run = pool.closed(
+        target, request, CONCURRENCY, warmup_s=0.0, duration_s=600.0,
+        max_requests=args.requests, timeout=30.0,
+    )  # fmt: skip
+    subprocess.run(["callgrind_control", "-i", "off", pid], capture_output=True)
+    subprocess.run(["callgrind_control", "-d", pid], capture_output=True)
+    instructions = _totals(sorted(glob.glob(f"{out_prefix}.*")))
     return {
         "requests": run.completed,
         "errors": run.errors,
@@ -131,41 +111,42 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("instructions: valgrind is not installed (Debian: apt-get install valgrind); skipped")
         return 0
-    tmp = tempfile.mkdtemp(prefix="bench-instructions-")
-    up_port, pass_port, predict_port, control_port = free_ports(4)
-    upstream = subprocess.Popen(
-        [PY, str(HERE / "upstream_server.py"), "--port", str(up_port), "--delay-ms", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    config = sidecar_config(f"127.0.0.1:{up_port}", None, [predict_port, control_port])
-    config_path = Path(tmp) / "sidecar.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    env = "env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_EXPORTER"
-    hops = {
-        "passthrough": (
-            f"exec {{valgrind}} {PY} {HERE / 'passthrough.py'} --port {pass_port} "
-            f"--upstream 127.0.0.1:{up_port}",
-            pass_port,
-        ),
-        "sidecar": (
-            f"cd {tmp} && exec {env} {{valgrind}} {PY} -m sidecar.cli serve --config {config_path}",
-            predict_port,
-        ),
-    }
-    pool = LoadPool(1, cpus=[1] if (os.cpu_count() or 1) > 1 else None)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
+    procs = Procs(tmp)
+    cpus = os.sched_getaffinity(0)
+    pool = LoadPool(1, cpus=[max(cpus)] if len(cpus) > 1 else None)
     results: dict[str, Any] = {}
     try:
-        for name, (command, port) in hops.items():
-            results[name] = measure(name, command, pool, port, tmp, args)
+        upstream = procs.start(
+            "upstream",
+            [PY, str(HERE / "upstream_server.py"), "--port", "0", "--delay-ms", "1"],
+            cpus,
+        )
+        up = f"127.0.0.1:{procs.wait_port(upstream)}"
+        predict, control = free_ports(2)
+        config = tmp / "sidecar.yaml"
+        config.write_text(yaml.safe_dump(sidecar_config(up, None, [predict, control])))
+        passthrough = [str(HERE / "passthrough.py"), "--port", "0", "--upstream", up]
+        hops = {
+            "passthrough": [PY, *passthrough],
+            "sidecar": [PY, "-m", "sidecar.cli", "serve", "--config", str(config)],
+        }
+        for name, argv in hops.items():
+            prefix = str(tmp / f"{name}.callgrind")
+            proc = procs.start(name, [*_callgrind(f"{prefix}.%p"), *argv], cpus)
+            if name == "passthrough":
+                port = procs.wait_port(proc, timeout=args.start_timeout)
+            else:
+                port = predict
+            results[name] = measure(proc, f"127.0.0.1:{port}", pool, prefix, args)
             print(f"{name:12s} {json.dumps(results[name])}", flush=True)
     finally:
         pool.close()
-        _stop(upstream)
+        procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
     per = {name: r.get("instructions_per_request") for name, r in results.items()}
-    ratio = per["sidecar"] / per["passthrough"] if per["sidecar"] and per["passthrough"] else None
+    sidecar, bare = per.get("sidecar"), per.get("passthrough")
+    ratio = sidecar / bare if sidecar and bare else None
     out = {
         "benchmark": "instructions",
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -162,7 +162,7 @@ class DataPlane(Generic[Req, Resp]):
             "targeting key (context.targeting_key, x-user-id)", targeting_key, self.max_key_bytes
         )
         check_key("segment (context.segment, x-segment)", segment, self.max_key_bytes)
-        timeout = self.limits.timeout_for(time_remaining)
+        timeout = self.timeout_for(time_remaining)
         if timeout <= 0.0:  # refused before routing: no variant is charged with it
             raise SidecarError("deadline already expired", ErrorCode.DEADLINE_EXCEEDED)
         snapshot = self.state.current

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -48,15 +48,21 @@ PREDICT_SERVICE = "sidecar.v1.Predict"
 _REASONS = {reason: getattr(pb, f"REASON_{reason.value}") for reason in Reason}
 
 
-def _routing_headers(metadata: Iterable[tuple[str, str | bytes]]) -> tuple[str, str]:
-    """(targeting key, segment) from the call's metadata."""
+def _routing_headers(
+    metadata: Iterable[tuple[str, str | bytes]],
+) -> tuple[str, str, list[tuple[str, str]]]:
+    """(targeting key, segment, W3C trace context headers: one each, the last, as the
+    server span reads them) from the call's metadata."""
     user = segment = ""
+    trace_context: dict[str, str] = {}
     for key, value in metadata:
         if key == USER_HEADER:
             user = str(value)
         elif key == SEGMENT_HEADER:
             segment = str(value)
-    return user, segment
+        elif key in spans.TRACE_HEADERS and isinstance(value, str):
+            trace_context[key] = value
+    return user, segment, list(trace_context.items())
 
 
 def annotate(span: Span, served: Served[InferReply], segment: str) -> None:
@@ -69,6 +75,14 @@ def annotate(span: Span, served: Served[InferReply], segment: str) -> None:
         }
     )
     spans.set_status(span, "OK")
+
+
+def _served_trailers(context: Context, served: Served[InferReply]) -> None:
+    """The answer's trailers: the upstream's (filtered; usually none), then which variant
+    answered and the request id (ours win a clash)."""
+    own = (("x-variant", served.resolution.variant), ("x-request-id", served.request_id))
+    passed = served.response.trailers
+    context.set_trailing_metadata(passed + own if passed else own)
 
 
 def _failed(
@@ -89,8 +103,6 @@ def _failed(
 
 
 Routes = Mapping[str, DataPlane[InferBytes, InferReply]]
-# (routed model, variant, end in seconds since the epoch, duration in seconds, status name)
-Finished = Callable[[str | None, str, float, float, str], None]
 
 
 class _Routed:
@@ -168,7 +180,7 @@ class InferenceServicer:
                 dataplane = self.routed.routes.get(payload.head.model_name)
                 if dataplane is None:
                     return await self._pass_infer(payload, span, context)
-                user, segment = _routing_headers(metadata)
+                user, segment, _ = _routing_headers(metadata)  # the span carries the trace
                 served = await dataplane.infer(
                     payload,
                     targeting_key=user,
@@ -183,9 +195,7 @@ class InferenceServicer:
                 await abort(context, exc)
                 raise
             annotate(span, served, segment)
-        own = (("x-variant", served.resolution.variant), ("x-request-id", served.request_id))
-        passed = served.response.trailers  # the upstream's, filtered (usually none)
-        context.set_trailing_metadata(passed + own if passed else own)
+        _served_trailers(context, served)
         return answer
 
     async def _infer_unexported(
@@ -193,22 +203,14 @@ class InferenceServicer:
         request: bytes,
         metadata: Iterable[tuple[str, str | bytes]],
         context: Context,
-        finished: Finished,
+        finished: spans.Finished,
     ) -> bytes:
         """`ModelInfer` when no span is exported: the same answers, trailers and statistics
         without a span object. The finished request's variant, duration and status go
         straight to `finished` (the statistics sinks), and the caller's trace context
         goes to the upstream as it came. Measured per request on the data-plane bench:
         see `bench/README.md`."""
-        user = segment = ""
-        trace_context: list[tuple[str, str]] = []
-        for key, value in metadata:
-            if key == USER_HEADER:
-                user = str(value)
-            elif key == SEGMENT_HEADER:
-                segment = str(value)
-            elif key in spans.TRACE_HEADERS and isinstance(value, str):
-                trace_context.append((key, value))
+        user, segment, trace_context = _routing_headers(metadata)
         started = time.time_ns()
         dataplane = None
         try:
@@ -236,9 +238,7 @@ class InferenceServicer:
         ended = time.time_ns()
         variant = served.resolution.variant
         finished(dataplane.model, variant, ended / 1e9, (ended - started) / 1e9, "OK")
-        own = (("x-variant", variant), ("x-request-id", served.request_id))
-        passed = served.response.trailers  # the upstream's, filtered (usually none)
-        context.set_trailing_metadata(passed + own if passed else own)
+        _served_trailers(context, served)
         return answer
 
     async def _pass_infer(self, payload: InferBytes, span: Span | None, context: Context) -> bytes:

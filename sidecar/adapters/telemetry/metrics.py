@@ -261,16 +261,20 @@ class _Light(Collector):
     def describe(self) -> list[Metric]:
         return [self.family(self.name, self.documentation, labels=self.labelnames)]
 
+    def _child(self, values: tuple[str, ...], make: Callable[[], Any]) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected")
+            child = self._children[values] = make()
+        return child
+
 
 class LightCounter(_Light):
     family = CounterMetricFamily
 
     def labels(self, *values: str) -> _Count:
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected")
-            child = self._children[values] = _Count()
+        child: _Count = self._child(values, _Count)
         return child
 
     def collect(self) -> Iterator[Metric]:
@@ -297,11 +301,7 @@ class LightHistogram(_Light):
         super().__init__(name, documentation, labelnames, registry)
 
     def labels(self, *values: str) -> _Buckets:
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected")
-            child = self._children[values] = _Buckets(self.bounds)
+        child: _Buckets = self._child(values, lambda: _Buckets(self.bounds))
         return child
 
     def collect(self) -> Iterator[Metric]:

@@ -134,6 +134,11 @@ class StatsSpan(Span):
         return None
 
 
+# A finished request with no span: (routed model, variant, end in seconds since the epoch,
+# duration in seconds, gRPC status name); `VariantStatsProcessor.record`.
+Finished = Callable[[str | None, str, float, float, str], None]
+
+
 class StatsTracer(NoOpTracer):
     """The SERVER-span tracer when nothing is exported: `server_span` makes `StatsSpan`s
     that feed `record` (`VariantStatsProcessor.record_span`). `finished`, when given, takes
@@ -143,7 +148,7 @@ class StatsTracer(NoOpTracer):
     def __init__(
         self,
         record: Callable[[Mapping[str, object], int, int], None],
-        finished: Callable[[str | None, str, float, float, str], None] | None = None,
+        finished: Finished | None = None,
     ) -> None:
         self.record = record
         self.finished = finished
