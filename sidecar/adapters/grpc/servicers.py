@@ -45,6 +45,7 @@ SERVER_NAME = "rollout-sidecar"
 OIP_SERVICE = "inference.GRPCInferenceService"
 PREDICT_SERVICE = "sidecar.v1.Predict"
 
+_TRACEPARENT, _TRACESTATE = spans.TRACE_HEADERS
 _REASONS = {reason: getattr(pb, f"REASON_{reason.value}") for reason in Reason}
 
 
@@ -52,17 +53,18 @@ def _routing_headers(
     metadata: Iterable[tuple[str, str | bytes]],
 ) -> tuple[str, str, list[tuple[str, str]]]:
     """(targeting key, segment, W3C trace context headers: one each, the last, as the
-    server span reads them) from the call's metadata."""
-    user = segment = ""
-    trace_context: dict[str, str] = {}
-    for key, value in metadata:
-        if key == USER_HEADER:
-            user = str(value)
-        elif key == SEGMENT_HEADER:
-            segment = str(value)
-        elif key in spans.TRACE_HEADERS and isinstance(value, str):
-            trace_context[key] = value
-    return user, segment, list(trace_context.items())
+    server span reads them) from the call's metadata (one dict of it: gRPC bounds its
+    size; a repeated header's last value wins)."""
+    headers = dict(metadata)
+    user = headers.get(USER_HEADER, "")
+    segment = headers.get(SEGMENT_HEADER, "")
+    trace_context: list[tuple[str, str]] = []
+    parent, state = headers.get(_TRACEPARENT), headers.get(_TRACESTATE)
+    if isinstance(parent, str):
+        trace_context.append((_TRACEPARENT, parent))
+    if isinstance(state, str):
+        trace_context.append((_TRACESTATE, state))
+    return str(user), str(segment), trace_context
 
 
 def annotate(span: Span, served: Served[InferReply], segment: str) -> None:
@@ -225,6 +227,7 @@ class InferenceServicer:
                 time_remaining=context.time_remaining(),
                 metadata=trace_context,
                 version=payload.head.model_version,
+                traced=False,
             )
             answer = served.response.named(dataplane.model)
         except Exception as exc:

@@ -107,8 +107,8 @@ def evaluate(flag: Flag, ctx: RoutingContext) -> Resolution:
             return Resolution(rules.default, Reason.DEFAULT)
         b = bucket(flag.salt, key)
         for upper, name in flag.split:
-            if b < upper:
-                return Resolution(name, reason, bucket=b)
+            if b < upper:  # the common case: the C constructor (see `wire._new`)
+                return tuple.__new__(Resolution, (name, reason, b, ""))
         return Resolution(rules.default, Reason.DEFAULT, bucket=b)
     except Exception as exc:  # evaluation must never fail a request
         return Resolution(flag.default, Reason.ERROR, rule=type(exc).__name__)

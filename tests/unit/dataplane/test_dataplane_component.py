@@ -238,9 +238,10 @@ FRONT_DOOR_REFUSED = [
     ("unknown model", infer_request(model="nope").SerializeToString(), grpc.StatusCode.NOT_FOUND, "not served here"),
     ("truncated", infer_request().SerializeToString()[:-3], grpc.StatusCode.INVALID_ARGUMENT, "past the end"),
     ("bad varint", b"\x0a" + b"\xff" * 11, grpc.StatusCode.INVALID_ARGUMENT, "varint"),
-    ("group", b"\x0b\x0c", grpc.StatusCode.INVALID_ARGUMENT, "wire type 3"),
+    ("unterminated group", b"\x0b", grpc.StatusCode.INVALID_ARGUMENT, "wire type 3"),
     ("name not utf-8", b"\x0a\x02\xff\xfe", grpc.StatusCode.INVALID_ARGUMENT, "UTF-8"),
-    ("name as varint", b"\x08\x01", grpc.StatusCode.INVALID_ARGUMENT, "field 1"),
+    # field 1 as a varint is an unknown field to protobuf (and to the upstream): no name
+    ("name as varint", b"\x08\x01", grpc.StatusCode.NOT_FOUND, "model '' is not served"),
 ]  # fmt: skip
 
 

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 from sidecar._proto.inference import grpc_predict_v2_pb2 as oip
 from sidecar.adapters.upstream.wire import (
     MAX_TOP_LEVEL_FIELDS,
+    PARSED_BODY_BYTES,
     Head,
     InferBytes,
     InferReply,
     ScanError,
+    head,
     scan,
     with_model,
 )
@@ -109,6 +111,70 @@ def test_the_scan_agrees_with_the_parser_or_refuses(data: bytes) -> None:
     except Exception:
         return  # nested damage: the upstream's to refuse
     assert head == Head(parsed.model_name, parsed.model_version)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200))
+def test_the_parsed_head_agrees_with_the_scan_and_the_parser_or_refuses(data: bytes) -> None:
+    """For arbitrary small bodies (read by protobuf's parser into the two head fields):
+    whatever `head` accepts, the scan reads the same (unless it refuses a group, which the
+    parser reads as an unknown field) and the generated parser reads the same when it
+    parses at all; `head` never raises anything but ScanError."""
+    try:
+        got = head(data)
+    except ScanError:
+        return
+    try:
+        assert scan(data) == got
+    except ScanError as exc:
+        assert "wire type 3" in str(exc) or "wire type 4" in str(exc)
+    try:
+        parsed = oip.ModelInferRequest.FromString(data)
+    except Exception:
+        return  # nested damage: the upstream's to refuse
+    assert got == Head(parsed.model_name, parsed.model_version)
+
+
+@given(infer_requests())
+@settings(max_examples=100, deadline=None)
+def test_small_and_large_bodies_read_the_same_head(request: oip.ModelInferRequest) -> None:
+    """A request read by the parser (small) and the same request grown past
+    `PARSED_BODY_BYTES` with raw contents (scanned) give the head the parser reads."""
+    small = request.SerializeToString()
+    large_request = oip.ModelInferRequest()
+    large_request.CopyFrom(request)
+    large_request.raw_input_contents.append(b"\0" * (PARSED_BODY_BYTES + 1))
+    large = large_request.SerializeToString()
+    expected = Head(request.model_name, request.model_version)
+    if len(small) <= PARSED_BODY_BYTES:
+        assert head(small) == expected
+    assert len(large) > PARSED_BODY_BYTES and head(large) == expected
+
+
+@pytest.mark.parametrize("size", [10, PARSED_BODY_BYTES + 100])
+def test_field_1_of_another_wire_type_is_an_unknown_field_as_protobuf_reads_it(
+    size: int,
+) -> None:
+    """Small (parsed) and large (scanned) bodies alike: a varint or fixed field 1 or 2 is
+    skipped as protobuf skips it; a string field 1 after it still names the model."""
+    padding = oip.ModelInferRequest(raw_input_contents=[b"x" * size]).SerializeToString()
+    body = b"\x08\x05" + b"\x11" + b"\0" * 8 + padding + b"\x0a\x01m"
+    assert head(body) == Head("m", "") == scan(body)
+    assert oip.ModelInferRequest.FromString(body).model_name == "m"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\x0a\x05ab", "past the end"),
+        (b"\x0a\x02\xff\xfe", "UTF-8"),
+        (b"\x0b", "wire type 3"),
+        (b"\x00\x01", "field number 0"),
+    ],
+)
+def test_a_small_body_the_parser_refuses_gets_the_scans_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(ScanError, match=reason):
+        head(body)
 
 
 def test_the_scan_is_bounded_by_field_count() -> None:
